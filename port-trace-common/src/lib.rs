@@ -1,0 +1,131 @@
+//! Types shared by the eBPF programs and the daemon. `#[repr(C)]`, explicit padding, nothing
+//! else: both sides must agree on every byte.
+#![no_std]
+
+/// One record in the ring buffer: a port was allocated, released, or could not be allocated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when it happened.
+    pub ts_ns: u64,
+    /// Socket cookie: the socket's one identity across every hook and sock_diag.
+    pub cookie: u64,
+    /// Thread-group id (the pid users know) of the process that caused the allocation.
+    pub pid: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    pub comm: [u8; 16],
+    /// Local and remote address; IPv4 uses the first 4 bytes, network order.
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    /// Local and remote port, host order.
+    pub lport: u16,
+    pub rport: u16,
+    /// One of `EVENT_*`.
+    pub event: u8,
+    /// One of `KIND_*`.
+    pub kind: u8,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// For `EVENT_FAIL`: the positive errno.
+    pub errno: u32,
+    pub _pad: [u8; 4],
+}
+
+impl PortEvent {
+    pub const ZERO: Self = Self {
+        ts_ns: 0,
+        cookie: 0,
+        pid: 0,
+        netns: 0,
+        comm: [0; 16],
+        laddr: [0; 16],
+        raddr: [0; 16],
+        lport: 0,
+        rport: 0,
+        event: 0,
+        kind: 0,
+        proto: 0,
+        family: 0,
+        errno: 0,
+        _pad: [0; 4],
+    };
+}
+
+pub const EVENT_ALLOC: u8 = 1;
+pub const EVENT_RELEASE: u8 = 2;
+pub const EVENT_FAIL: u8 = 3;
+
+pub const KIND_CONNECT: u8 = 1;
+pub const KIND_BIND: u8 = 2;
+pub const KIND_LISTEN: u8 = 3;
+pub const KIND_SENDMSG: u8 = 4;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// Indexes into the per-CPU `LOST` counters: why an event never reached userspace.
+pub const LOST_RINGBUF_FULL: u32 = 0;
+/// The per-socket table was full, so a new socket could not be tracked.
+pub const LOST_TABLE_FULL: u32 = 1;
+pub const LOST_REASONS: u32 = 2;
+
+/// Struct field offsets the programs need, resolved from the running kernel's BTF by the
+/// daemon and written into the programs' read-only data before load (Rust eBPF gets no CO-RE
+/// relocations, so offsets compiled in from one kernel's headers would be wrong on another).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock`: `__sk_common.skc_num` (u16, host order).
+    pub sk_num: u32,
+    /// `struct sock`: `__sk_common.skc_dport` (be16).
+    pub sk_dport: u32,
+    /// `struct sock`: `__sk_common.skc_family` (u16).
+    pub sk_family: u32,
+    /// `struct sock`: `__sk_common.skc_rcv_saddr` (be32).
+    pub sk_rcv_saddr: u32,
+    /// `struct sock`: `__sk_common.skc_daddr` (be32).
+    pub sk_daddr: u32,
+    /// `struct sock`: `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub sk_v6_rcv_saddr: u32,
+    /// `struct sock`: `__sk_common.skc_v6_daddr` (16 bytes).
+    pub sk_v6_daddr: u32,
+    /// `struct sock`: `sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `struct sock`: `__sk_common.skc_net` (a `struct net *`).
+    pub sk_net: u32,
+    /// `struct net`: `ns.inum` (u32).
+    pub net_inum: u32,
+    /// `struct task_struct`: `nsproxy`.
+    pub task_nsproxy: u32,
+    /// `struct nsproxy`: `net_ns`.
+    pub nsproxy_net_ns: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, every bit pattern valid, no padding the compiler adds (the
+    // explicit `_pad` fills it).
+    unsafe impl aya::Pod for super::PortEvent {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        // The field sizes add up to the struct size: nothing is left for the compiler to pad.
+        assert_eq!(size_of::<PortEvent>(), 8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<PortEvent>() % 8, 0);
+        assert_eq!(size_of::<KernelOffsets>(), 12 * 4);
+    }
+}

@@ -1,0 +1,98 @@
+//! Reads from kernel structs at offsets the daemon resolved from this kernel's BTF.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+    bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+};
+use port_trace_common::{AF_INET, AF_INET6, KernelOffsets, PortEvent};
+
+/// Written by the daemon before load (aya `override_global`); all zero in the object file.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    sk_num: 0,
+    sk_dport: 0,
+    sk_family: 0,
+    sk_rcv_saddr: 0,
+    sk_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    sk_protocol: 0,
+    sk_net: 0,
+    net_inum: 0,
+    task_nsproxy: 0,
+    nsproxy_net_ns: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // Volatile: otherwise the compiler folds the all-zero initializer into the code.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub unsafe fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(i64::from)
+}
+
+/// A socket's local port (`skc_num`, host order); 0 until the kernel chose one.
+#[inline(always)]
+pub fn sk_num(sk: *const u8, off: &KernelOffsets) -> u16 {
+    unsafe { read::<u16>(sk, off.sk_num) }.unwrap_or(0)
+}
+
+/// A new event for `sk` caused by the current process: who, where, and both endpoints as the
+/// socket knows them now.
+#[inline(always)]
+pub fn sock_event(sk: *const u8, off: &KernelOffsets, proto: u8, kind: u8) -> PortEvent {
+    let mut event = current_event(kind, proto);
+    let family = unsafe { read::<u16>(sk, off.sk_family) }.unwrap_or(0) as u8;
+    event.family = family;
+    event.lport = sk_num(sk, off);
+    event.rport = u16::from_be(unsafe { read::<u16>(sk, off.sk_dport) }.unwrap_or(0));
+    if family == AF_INET {
+        let _ = unsafe {
+            bpf_probe_read_kernel_buf(sk.add(off.sk_rcv_saddr as usize), &mut event.laddr[..4])
+        };
+        let _ = unsafe {
+            bpf_probe_read_kernel_buf(sk.add(off.sk_daddr as usize), &mut event.raddr[..4])
+        };
+    } else if family == AF_INET6 {
+        let _ = unsafe {
+            bpf_probe_read_kernel_buf(sk.add(off.sk_v6_rcv_saddr as usize), &mut event.laddr)
+        };
+        let _ = unsafe {
+            bpf_probe_read_kernel_buf(sk.add(off.sk_v6_daddr as usize), &mut event.raddr)
+        };
+    }
+    event.netns = sk_netns(sk, off);
+    event
+}
+
+/// An event stamped with the current process and time; the caller fills the socket's part.
+#[inline(always)]
+pub fn current_event(kind: u8, proto: u8) -> PortEvent {
+    let mut event = PortEvent::ZERO;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    event.kind = kind;
+    event.proto = proto;
+    event
+}
+
+/// The inode number of the socket's network namespace (`sk->skc_net->ns.inum`).
+#[inline(always)]
+pub fn sk_netns(sk: *const u8, off: &KernelOffsets) -> u32 {
+    let net = unsafe { read::<*const u8>(sk, off.sk_net) }.unwrap_or(core::ptr::null());
+    unsafe { read::<u32>(net, off.net_inum) }.unwrap_or(0)
+}
+
+/// The inode number of the current task's network namespace, for hooks that get no `struct
+/// sock` pointer (the cgroup ones); they run in the process's own bind()/close().
+#[inline(always)]
+pub fn current_netns(off: &KernelOffsets) -> u32 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let nsproxy = unsafe { read::<*const u8>(task, off.task_nsproxy) }.unwrap_or(core::ptr::null());
+    let net = unsafe { read::<*const u8>(nsproxy, off.nsproxy_net_ns) }.unwrap_or(core::ptr::null());
+    unsafe { read::<u32>(net, off.net_inum) }.unwrap_or(0)
+}

@@ -1,0 +1,31 @@
+//! port-trace's kernel programs: one small program per hook, each a thin wrapper around a
+//! `try_*` function. They share the maps below and speak `port_trace_common::PortEvent`.
+//!
+//! The tracepoint backend (kernels without kprobes) sees a port's life like this:
+//! - `tcp_state` (tp_btf `inet_sock_set_state`): a connect() or listen() on a socket with no
+//!   port yet is *pending*; any TCP socket reaching CLOSE releases its port.
+//! - `tcp_port_chosen` (cgroup sock_ops): the TCP_CONNECT/TCP_LISTEN callbacks run right after
+//!   the kernel chose the port, so that is where a pending connect/listen becomes an alloc.
+//! - `bind4_request`/`bind6_request` (cgroup sock_addr): a bind() asking for port 0 is pending;
+//!   `post_bind4`/`post_bind6` (cgroup sock) see the port the kernel chose.
+//! - `sock_release` (cgroup sock): the port of a socket closed while in CLOSE (bound, never
+//!   connected or listening) is free again.
+#![no_std]
+#![no_main]
+
+mod bind;
+mod kernel;
+mod release;
+mod sock_ops;
+mod tcp_state;
+mod track;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,31 @@
+//! `sock_release` (cgroup sock): close() of a socket whose port is held but that never left
+//! CLOSE (bound, never connected or listening): no state change marks that release.
+
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
+};
+use port_trace_common::IPPROTO_TCP;
+
+use crate::track;
+
+const TCP_CLOSE: u32 = 7;
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    try_sock_release(&ctx);
+    1
+}
+
+fn try_sock_release(ctx: &SockContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
+    let Some(entry) = track::lookup(cookie) else {
+        return;
+    };
+    let sock = unsafe { &*ctx.sock };
+    // A TCP socket past CLOSE keeps its port until the state machine takes it to CLOSE
+    // (FIN handshake, TIME_WAIT); tcp_state reports that release.
+    if sock.protocol == u32::from(IPPROTO_TCP) && sock.state != TCP_CLOSE {
+        return;
+    }
+    track::end(cookie, entry);
+}

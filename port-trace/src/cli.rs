@@ -1,0 +1,115 @@
+//! The command line.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+use crate::duration::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "port-trace",
+    version,
+    about = "Trace every ephemeral port the kernel hands out, and how long each is held",
+    long_about = "Trace every ephemeral port the kernel hands out, and how long each is held.\n\n\
+        port-trace attaches eBPF programs that see each port the kernel chooses (TCP connect(), \
+        bind() to port 0, listen() without bind) and each release, and reports how long ports \
+        are held, per protocol, kind and process. When a host fails with \"Cannot assign \
+        requested address\", this shows who is holding the ephemeral range and for how long.\n\n\
+        Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), a kernel with BTF \
+        (/sys/kernel/btf/vmlinux) and cgroup v2.\n\n\
+        Exit codes: 0 done, 1 unexpected failure, 2 bad command line, 3 not permitted \
+        (not root), 4 the kernel lacks a feature port-trace needs."
+)]
+pub struct Cli {
+    /// Stop after this long (e.g. 30s, 5m, 1h30m); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Print a summary this often (and once more on exit).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Stream every event: `json` prints one JSON object per line on stdout (summaries move
+    /// to stderr); `text` prints aligned lines for people.
+    #[arg(long, value_name = "FORMAT")]
+    pub events: Option<EventFormat>,
+
+    /// Write a JSON report (totals, lifetime percentiles overall, per protocol, kind and
+    /// process) to FILE on exit.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// How many sockets the kernel side can track at once. A socket beyond that is counted
+    /// as lost ("socket table full"), never dropped silently.
+    #[arg(long, value_name = "N", default_value_t = 131_072,
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_sockets: u32,
+
+    /// Size of the kernel-to-daemon ring buffer in KiB (a power of two). Events that do not
+    /// fit are counted as lost ("ring buffer full").
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: u32,
+
+    /// More logs on stderr: -v for debug, -vv for trace.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventFormat {
+    Json,
+    Text,
+}
+
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of KiB"))?;
+    if !kib.is_power_of_two() || !(4..=1_048_576).contains(&kib) {
+        return Err(format!("`{text}`: must be a power of two from 4 to 1048576"));
+    }
+    Ok(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_typical_line() {
+        let cli = Cli::try_parse_from([
+            "port-trace",
+            "--duration",
+            "30s",
+            "--events",
+            "json",
+            "--report",
+            "/tmp/r.json",
+        ])
+        .expect("parses");
+        assert_eq!(cli.duration, Some(Duration::from_secs(30)));
+        assert_eq!(cli.interval, Duration::from_secs(10));
+        assert_eq!(cli.events, Some(EventFormat::Json));
+    }
+
+    #[test]
+    fn rejects_bad_input_as_usage_errors() {
+        for args in [
+            &["port-trace", "--duration", "soon"][..],
+            &["port-trace", "--no-such-flag"],
+            &["port-trace", "--events", "xml"],
+            &["port-trace", "--ring-buffer-kib", "1000"],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("rejected");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Fatal errors and the exit codes they map to (documented in the README).
+
+use thiserror::Error;
+
+/// Exit codes: 0 success, 1 unexpected failure, 2 bad command line (clap), 3 not permitted,
+/// 4 the kernel lacks something port-trace needs.
+#[derive(Debug, Error)]
+pub enum Fatal {
+    #[error("{0}")]
+    NotPermitted(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Fatal {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Fatal::Other(_) => 1,
+            Fatal::NotPermitted(_) => 3,
+            Fatal::Unsupported(_) => 4,
+        }
+    }
+}
+
+impl From<std::io::Error> for Fatal {
+    fn from(err: std::io::Error) -> Self {
+        Fatal::Other(err.into())
+    }
+}

@@ -1,0 +1,226 @@
+//! Events: the ring buffer's bytes decoded into typed events.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use port_trace_common::{
+    AF_INET, AF_INET6, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, IPPROTO_TCP, IPPROTO_UDP,
+    KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Alloc,
+    Release,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// How the kernel came to choose the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocKind {
+    /// connect() on a socket with no port.
+    Connect,
+    /// bind() to port 0.
+    Bind,
+    /// listen() on a socket with no port.
+    Listen,
+    /// The first sendto()/sendmsg() on an unbound UDP socket.
+    Sendmsg,
+}
+
+macro_rules! display_as_serde_name {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let name = serde_json::to_value(self).ok();
+                f.write_str(name.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+            }
+        }
+    )*};
+}
+display_as_serde_name!(EventType, Proto, Family, AllocKind);
+
+/// One decoded ring buffer record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event: EventType,
+    /// CLOCK_MONOTONIC nanoseconds, as the kernel stamped it.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub netns: u32,
+    pub proto: Proto,
+    pub family: Family,
+    pub kind: AllocKind,
+    pub laddr: IpAddr,
+    pub port: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub errno: u32,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event")]
+    Short(usize),
+    #[error("unknown {field} value {value}")]
+    Unknown { field: &'static str, value: u8 },
+}
+
+fn unknown(field: &'static str, value: u8) -> DecodeError {
+    DecodeError::Unknown { field, value }
+}
+
+fn ip(family: Family, raw: [u8; 16]) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(raw)),
+    }
+}
+
+/// The process name as the kernel stores it: up to 16 bytes, NUL-terminated.
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < size_of::<PortEvent>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: the length is checked above and PortEvent is plain old data; the ring buffer
+    // gives no alignment promise, hence the unaligned read.
+    let raw: PortEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    decode_raw(&raw)
+}
+
+pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
+    let event = match raw.event {
+        EVENT_ALLOC => EventType::Alloc,
+        EVENT_RELEASE => EventType::Release,
+        EVENT_FAIL => EventType::Fail,
+        other => return Err(unknown("event", other)),
+    };
+    let proto = match raw.proto {
+        IPPROTO_TCP => Proto::Tcp,
+        IPPROTO_UDP => Proto::Udp,
+        other => return Err(unknown("proto", other)),
+    };
+    let family = match raw.family {
+        AF_INET => Family::Ipv4,
+        AF_INET6 => Family::Ipv6,
+        other => return Err(unknown("family", other)),
+    };
+    let kind = match raw.kind {
+        KIND_CONNECT => AllocKind::Connect,
+        KIND_BIND => AllocKind::Bind,
+        KIND_LISTEN => AllocKind::Listen,
+        KIND_SENDMSG => AllocKind::Sendmsg,
+        other => return Err(unknown("kind", other)),
+    };
+    Ok(Event {
+        event,
+        ts_ns: raw.ts_ns,
+        cookie: raw.cookie,
+        pid: raw.pid,
+        comm: comm(&raw.comm),
+        netns: raw.netns,
+        proto,
+        family,
+        kind,
+        laddr: ip(family, raw.laddr),
+        port: raw.lport,
+        raddr: ip(family, raw.raddr),
+        rport: raw.rport,
+        errno: raw.errno,
+    })
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// A raw TCP IPv4 connect alloc, as the kernel would write it.
+    pub fn raw_connect() -> PortEvent {
+        let mut raw = PortEvent::ZERO;
+        raw.event = EVENT_ALLOC;
+        raw.ts_ns = 1_000;
+        raw.cookie = 42;
+        raw.pid = 7;
+        raw.comm[..4].copy_from_slice(b"curl");
+        raw.netns = 4026531840;
+        raw.proto = IPPROTO_TCP;
+        raw.family = AF_INET;
+        raw.kind = KIND_CONNECT;
+        raw.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.lport = 40001;
+        raw.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        raw.rport = 443;
+        raw
+    }
+
+    fn bytes(raw: &PortEvent) -> Vec<u8> {
+        // SAFETY: PortEvent is plain old data.
+        unsafe {
+            std::slice::from_raw_parts(
+                (raw as *const PortEvent).cast::<u8>(),
+                size_of::<PortEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_ipv4_connect() {
+        let event = decode(&bytes(&raw_connect())).expect("decodes");
+        assert_eq!(event.event, EventType::Alloc);
+        assert_eq!(event.comm, "curl");
+        assert_eq!(event.laddr, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(event.raddr, IpAddr::from([10, 1, 2, 3]));
+        assert_eq!((event.port, event.rport), (40001, 443));
+        assert_eq!(event.kind, AllocKind::Connect);
+    }
+
+    #[test]
+    fn decodes_ipv6_addresses_and_a_full_comm() {
+        let mut raw = raw_connect();
+        raw.family = AF_INET6;
+        raw.laddr = Ipv6Addr::LOCALHOST.octets();
+        raw.comm = *b"sixteen-bytes-xx";
+        let event = decode_raw(&raw).expect("decodes");
+        assert_eq!(event.laddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(event.comm, "sixteen-bytes-xx");
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(decode(&[0; 8]), Err(DecodeError::Short(8)));
+        let mut raw = raw_connect();
+        raw.kind = 99;
+        assert_eq!(decode_raw(&raw), Err(unknown("kind", 99)));
+        let mut raw = raw_connect();
+        raw.family = 1;
+        assert_eq!(decode_raw(&raw), Err(unknown("family", 1)));
+    }
+}

@@ -1,0 +1,54 @@
+//! port-trace: traces every ephemeral port the kernel hands out and how long it is held.
+//!
+//! The daemon is a pipeline; each stage is a module:
+//! probes (load/attach) -> events (decode) -> tracker (per-socket state, lifetimes)
+//! -> stats (histograms, totals) -> sinks (summary, event lines, report).
+
+mod cli;
+mod duration;
+mod error;
+mod events;
+mod probes;
+mod sinks;
+mod stats;
+mod trace;
+mod tracker;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 here, with clap's message.
+    let cli = cli::Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env("PORT_TRACE_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("port-trace: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(trace::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("port-trace: {err:#}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Event lines: `--events json` (one object per line, the contract other tools parse) and
+//! `--events text` (aligned, for people).
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::{WallClock, human_ns};
+use crate::{
+    events::{AllocKind, Event, EventType, Family, Proto},
+    tracker::Outcome,
+};
+
+/// One JSON line. Field names and meanings are the daemon's contract (README).
+#[derive(Debug, Serialize)]
+pub struct EventRecord<'a> {
+    #[serde(rename = "type")]
+    pub event: EventType,
+    /// Unix-epoch nanoseconds.
+    pub ts_ns: u64,
+    pub proto: Proto,
+    pub family: Family,
+    pub port: u16,
+    pub kind: AllocKind,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub netns: u32,
+    pub laddr: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime_ns: Option<u64>,
+    pub cookie: u64,
+}
+
+impl<'a> EventRecord<'a> {
+    pub fn new(event: &'a Event, outcome: Outcome, clock: WallClock) -> Self {
+        let connect = event.kind == AllocKind::Connect;
+        Self {
+            event: event.event,
+            ts_ns: clock.to_epoch_ns(event.ts_ns),
+            proto: event.proto,
+            family: event.family,
+            port: event.port,
+            kind: event.kind,
+            pid: event.pid,
+            comm: &event.comm,
+            netns: event.netns,
+            laddr: event.laddr,
+            raddr: connect.then_some(event.raddr),
+            rport: connect.then_some(event.rport),
+            lifetime_ns: match outcome {
+                Outcome::Released { lifetime_ns } => Some(lifetime_ns),
+                _ => None,
+            },
+            cookie: event.cookie,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing plain fields to a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn to_text(&self) -> String {
+        let peer = match (self.raddr, self.rport) {
+            (Some(addr), Some(port)) => format!("-> {}", socket_addr(addr, port)),
+            _ => String::new(),
+        };
+        let lifetime = self
+            .lifetime_ns
+            .map(|ns| format!("held {}", human_ns(ns)))
+            .unwrap_or_default();
+        format!(
+            "{:<7} {:<3} {:<4} {:<7} {:>7} {:<16} {:<30} {:<30} {}",
+            self.event.to_string(),
+            self.proto.to_string(),
+            if self.family == Family::Ipv4 { "v4" } else { "v6" },
+            self.kind.to_string(),
+            self.pid,
+            self.comm,
+            socket_addr(self.laddr, self.port),
+            peer,
+            lifetime
+        )
+        .trim_end()
+        .to_string()
+    }
+}
+
+pub fn text_header() -> String {
+    format!(
+        "{:<7} {:<3} {:<4} {:<7} {:>7} {:<16} {:<30} {:<30} {}",
+        "EVENT", "PRO", "FAM", "KIND", "PID", "COMM", "LOCAL", "REMOTE", "LIFETIME"
+    )
+}
+
+fn socket_addr(addr: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
+}
+
+/// The first JSON line, printed once every program is attached.
+#[derive(Debug, Serialize)]
+pub struct ReadyRecord<'a> {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub backend: &'a str,
+    pub programs: &'a [String],
+    pub version: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use port_trace_common::EVENT_RELEASE;
+
+    use super::*;
+    use crate::events::{decode_raw, tests::raw_connect};
+
+    #[test]
+    fn connect_alloc_json_has_the_destination() {
+        let event = decode_raw(&raw_connect()).expect("decodes");
+        let json = EventRecord::new(&event, Outcome::Allocated, WallClock::with_offset(10))
+            .to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(value["type"], "alloc");
+        assert_eq!(value["ts_ns"], 1_010);
+        assert_eq!(value["proto"], "tcp");
+        assert_eq!(value["family"], "ipv4");
+        assert_eq!(value["kind"], "connect");
+        assert_eq!(value["port"], 40001);
+        assert_eq!(value["raddr"], "10.1.2.3");
+        assert_eq!(value["rport"], 443);
+        assert_eq!(value["comm"], "curl");
+        assert!(value.get("lifetime_ns").is_none());
+    }
+
+    #[test]
+    fn release_json_has_the_lifetime_and_bind_has_no_destination() {
+        let mut raw = raw_connect();
+        raw.event = EVENT_RELEASE;
+        raw.kind = port_trace_common::KIND_BIND;
+        let event = decode_raw(&raw).expect("decodes");
+        let record = EventRecord::new(
+            &event,
+            Outcome::Released { lifetime_ns: 77 },
+            WallClock::with_offset(0),
+        );
+        let value: serde_json::Value = serde_json::from_str(&record.to_json()).expect("JSON");
+        assert_eq!(value["type"], "release");
+        assert_eq!(value["lifetime_ns"], 77);
+        assert!(value.get("raddr").is_none() && value.get("rport").is_none());
+        assert!(record.to_text().contains("held 77ns"));
+    }
+}

@@ -1,0 +1,83 @@
+//! The JSON report written on exit (`--report FILE`).
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::stats::{LifetimeSummary, LostCounts, Stats, Totals};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub version: &'static str,
+    pub backend: String,
+    pub duration_ns: u64,
+    pub totals: Totals,
+    pub lost: LostCounts,
+    /// Ports still held when tracing stopped.
+    pub held_at_exit: usize,
+    pub lifetime_ns: LifetimeGroups,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LifetimeGroups {
+    pub all: LifetimeSummary,
+    pub by_proto: BTreeMap<String, LifetimeSummary>,
+    pub by_kind: BTreeMap<String, LifetimeSummary>,
+    pub by_process: BTreeMap<String, LifetimeSummary>,
+}
+
+impl Report {
+    pub fn new(stats: &Stats, backend: &str, duration_ns: u64, held_at_exit: usize) -> Self {
+        fn group<K: ToString>(
+            map: &BTreeMap<K, crate::stats::Lifetimes>,
+        ) -> BTreeMap<String, LifetimeSummary> {
+            map.iter().map(|(k, v)| (k.to_string(), v.summary())).collect()
+        }
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            backend: backend.to_string(),
+            duration_ns,
+            totals: stats.totals,
+            lost: stats.lost,
+            held_at_exit,
+            lifetime_ns: LifetimeGroups {
+                all: stats.all.summary(),
+                by_proto: group(&stats.by_proto),
+                by_kind: group(&stats.by_kind),
+                by_process: group(&stats.by_process),
+            },
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let json = serde_json::to_string_pretty(self).context("serializing the report")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        events::{decode_raw, tests::raw_connect},
+        tracker::Outcome,
+    };
+
+    #[test]
+    fn report_shape() {
+        let mut stats = Stats::default();
+        let event = decode_raw(&raw_connect()).expect("decodes");
+        stats.record(&event, Outcome::Allocated);
+        stats.record(&event, Outcome::Released { lifetime_ns: 1_000 });
+        let value = serde_json::to_value(Report::new(&stats, "tracepoint", 5, 0)).expect("json");
+        assert_eq!(value["totals"]["alloc"], 1);
+        assert_eq!(value["totals"]["release"], 1);
+        assert_eq!(value["totals"]["lost"], 0);
+        assert_eq!(value["lifetime_ns"]["all"]["p99.9"], 1_000);
+        assert_eq!(value["lifetime_ns"]["by_proto"]["tcp"]["count"], 1);
+        assert_eq!(value["lifetime_ns"]["by_process"]["curl"]["max"], 1_000);
+        assert_eq!(value["lifetime_ns"]["by_kind"]["connect"]["min"], 1_000);
+    }
+}

@@ -1,0 +1,91 @@
+//! The human summary printed every `--interval` and on exit.
+
+use std::fmt::Write as _;
+
+use super::human_ns;
+use crate::stats::{LifetimeSummary, Stats};
+
+/// How many processes the summary lists.
+const TOP_PROCESSES: usize = 5;
+
+fn row(out: &mut String, label: &str, s: &LifetimeSummary) {
+    let _ = writeln!(
+        out,
+        "  {:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        label,
+        s.count,
+        human_ns(s.p50),
+        human_ns(s.p90),
+        human_ns(s.p99),
+        human_ns(s.p999),
+        human_ns(s.max)
+    );
+}
+
+pub fn render(stats: &Stats, elapsed_ns: u64, held: usize) -> String {
+    let t = &stats.totals;
+    let mut out = format!(
+        "port-trace after {}: {} allocated, {} released, {} held now, {} failed, {} lost",
+        human_ns(elapsed_ns),
+        t.alloc,
+        t.release,
+        held,
+        t.fail,
+        t.lost
+    );
+    if t.lost > 0 {
+        let _ = write!(
+            out,
+            " (ring buffer full: {}, socket table full: {})",
+            stats.lost.ring_buffer_full, stats.lost.socket_table_full
+        );
+    }
+    out.push('\n');
+    if stats.all.summary().count == 0 {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "lifetime", "released", "p50", "p90", "p99", "p99.9", "max"
+    );
+    row(&mut out, "all", &stats.all.summary());
+    for (proto, lifetimes) in &stats.by_proto {
+        row(&mut out, &proto.to_string(), &lifetimes.summary());
+    }
+    for (kind, lifetimes) in &stats.by_kind {
+        row(&mut out, &kind.to_string(), &lifetimes.summary());
+    }
+    let mut processes: Vec<_> = stats.by_process.iter().collect();
+    processes.sort_by_key(|(_, l)| std::cmp::Reverse(l.summary().count));
+    for (comm, lifetimes) in processes.into_iter().take(TOP_PROCESSES) {
+        row(&mut out, &format!("[{comm}]"), &lifetimes.summary());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        events::{decode_raw, tests::raw_connect},
+        tracker::Outcome,
+    };
+
+    #[test]
+    fn shows_totals_groups_and_lost_reasons() {
+        let mut stats = Stats::default();
+        let event = decode_raw(&raw_connect()).expect("decodes");
+        stats.record(&event, Outcome::Allocated);
+        stats.record(&event, Outcome::Released { lifetime_ns: 2_000_000 });
+        stats.set_lost(crate::stats::LostCounts {
+            ring_buffer_full: 3,
+            socket_table_full: 0,
+        });
+        let text = render(&stats, 1_000_000_000, 0);
+        assert!(text.contains("1 allocated, 1 released"), "{text}");
+        assert!(text.contains("3 lost (ring buffer full: 3"), "{text}");
+        assert!(text.contains("[curl]"), "{text}");
+        assert!(text.lines().any(|l| l.trim_start().starts_with("tcp")), "{text}");
+    }
+}

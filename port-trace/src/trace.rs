@@ -1,0 +1,172 @@
+//! The pipeline at run time: ring buffer -> decode -> tracker -> stats -> sinks, until a
+//! signal or `--duration` ends it.
+
+use std::{
+    future::pending,
+    io::Write,
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+use tracing::warn;
+
+use crate::{
+    cli::{Cli, EventFormat},
+    error::Fatal,
+    events::decode,
+    probes::{ProbeConfig, Probes},
+    sinks::{
+        WallClock,
+        events::{EventRecord, ReadyRecord, text_header},
+        report::Report,
+        summary,
+    },
+    stats::Stats,
+    tracker::Tracker,
+};
+
+pub async fn run(cli: Cli) -> Result<(), Fatal> {
+    let mut probes = Probes::attach(&ProbeConfig {
+        max_sockets: cli.max_sockets,
+        ring_buffer_bytes: cli.ring_buffer_kib * 1024,
+    })?;
+    let ring = probes.take_events()?;
+    // SAFETY: the AsyncFd owns the ring buffer, so the fd stays open as long as it is
+    // registered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .context("watching the ring buffer")?;
+    let clock = WallClock::now();
+    let started = Instant::now();
+
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match cli.events {
+        Some(EventFormat::Json) => {
+            let ready = ReadyRecord {
+                record: "ready",
+                backend: probes.backend,
+                programs: &probes.programs,
+                version: env!("CARGO_PKG_VERSION"),
+            };
+            writeln!(out, "{}", serde_json::to_string(&ready).unwrap_or_default())?;
+        }
+        Some(EventFormat::Text) => writeln!(out, "{}", text_header())?,
+        None => eprintln!(
+            "port-trace: tracing with the {} backend; Ctrl-C to stop",
+            probes.backend
+        ),
+    }
+    out.flush()?;
+    // With JSON events on stdout, stdout carries nothing else.
+    let summaries_to_stderr = cli.events.is_some();
+
+    let mut pipeline = Pipeline {
+        tracker: Tracker::default(),
+        stats: Stats::default(),
+        clock,
+        format: cli.events,
+    };
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = async {
+        match cli.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => pending::<()>().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + cli.interval,
+        cli.interval,
+    );
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                pipeline.drain(guard.get_inner_mut(), &mut out)?;
+                guard.clear_ready();
+            }
+            _ = ticker.tick() => {
+                pipeline.stats.set_lost(probes.lost()?);
+                let text = pipeline.summary(started);
+                print_summary(&text, summaries_to_stderr, &mut out)?;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+        }
+    }
+
+    // Whatever the kernel wrote before we stopped still counts.
+    pipeline.drain(ring.get_mut(), &mut out)?;
+    pipeline.stats.set_lost(probes.lost()?);
+    let text = pipeline.summary(started);
+    print_summary(&text, summaries_to_stderr, &mut out)?;
+    if let Some(path) = &cli.report {
+        let held = pipeline.tracker.held();
+        Report::new(&pipeline.stats, probes.backend, elapsed_ns(started), held).write(path)?;
+    }
+    // Dropping the probes detaches every program.
+    drop(ring);
+    drop(probes);
+    Ok(())
+}
+
+/// The stages after the ring buffer: decode -> tracker -> stats -> event sink.
+struct Pipeline {
+    tracker: Tracker,
+    stats: Stats,
+    clock: WallClock,
+    format: Option<EventFormat>,
+}
+
+impl Pipeline {
+    /// Handles every event waiting in the ring buffer, then flushes the event lines.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, out: &mut dyn Write) -> std::io::Result<()> {
+        while let Some(item) = ring.next() {
+            let event = match decode(&item) {
+                Ok(event) => event,
+                Err(err) => {
+                    warn!("skipping an undecodable event: {err}");
+                    continue;
+                }
+            };
+            let outcome = self.tracker.apply(&event);
+            self.stats.record(&event, outcome);
+            if let Some(format) = self.format {
+                let record = EventRecord::new(&event, outcome, self.clock);
+                let line = match format {
+                    EventFormat::Json => record.to_json(),
+                    EventFormat::Text => record.to_text(),
+                };
+                writeln!(out, "{line}")?;
+            }
+        }
+        out.flush()
+    }
+
+    fn summary(&self, started: Instant) -> String {
+        summary::render(&self.stats, elapsed_ns(started), self.tracker.held())
+    }
+}
+
+fn elapsed_ns(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn print_summary(text: &str, to_stderr: bool, out: &mut dyn Write) -> std::io::Result<()> {
+    if to_stderr {
+        eprint!("{text}");
+        Ok(())
+    } else {
+        write!(out, "{text}")?;
+        out.flush()
+    }
+}
+
