@@ -124,7 +124,10 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         // The field sizes add up to the struct size: nothing is left for the compiler to pad.
-        assert_eq!(size_of::<PortEvent>(), 8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 4);
+        assert_eq!(
+            size_of::<PortEvent>(),
+            8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 4
+        );
         assert_eq!(size_of::<PortEvent>() % 8, 0);
         assert_eq!(size_of::<KernelOffsets>(), 12 * 4);
     }

@@ -93,6 +93,7 @@ pub fn sk_netns(sk: *const u8, off: &KernelOffsets) -> u32 {
 pub fn current_netns(off: &KernelOffsets) -> u32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let nsproxy = unsafe { read::<*const u8>(task, off.task_nsproxy) }.unwrap_or(core::ptr::null());
-    let net = unsafe { read::<*const u8>(nsproxy, off.nsproxy_net_ns) }.unwrap_or(core::ptr::null());
+    let net =
+        unsafe { read::<*const u8>(nsproxy, off.nsproxy_net_ns) }.unwrap_or(core::ptr::null());
     unsafe { read::<u32>(net, off.net_inum) }.unwrap_or(0)
 }

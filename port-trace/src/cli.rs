@@ -67,7 +67,9 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a whole number of KiB"))?;
     if !kib.is_power_of_two() || !(4..=1_048_576).contains(&kib) {
-        return Err(format!("`{text}`: must be a power of two from 4 to 1048576"));
+        return Err(format!(
+            "`{text}`: must be a power of two from 4 to 1048576"
+        ));
     }
     Ok(kib)
 }

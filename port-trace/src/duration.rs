@@ -11,7 +11,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("`{text}`: expected a number at `{rest}`"));
         }
@@ -19,7 +21,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("`{text}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -27,7 +31,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(3600),
             "d" => Duration::from_secs(86_400),
             "" => return Err(format!("`{text}`: missing unit; write e.g. {number}s")),
-            other => return Err(format!("`{text}`: unknown unit `{other}` (use ms, s, m, h, d)")),
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}` (use ms, s, m, h, d)"
+                ));
+            }
         };
         rest = &rest[unit_len..];
         let part = u32::try_from(number)
@@ -59,7 +67,17 @@ mod tests {
 
     #[test]
     fn rejects_what_is_ambiguous_or_wrong() {
-        for bad in ["", "30", "s", "5x", "-5s", "1.5s", "0s", "99999999999h", "5m3"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "5x",
+            "-5s",
+            "1.5s",
+            "0s",
+            "99999999999h",
+            "5m3",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
         assert!(parse_duration("30").unwrap_err().contains("missing unit"));

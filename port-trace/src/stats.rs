@@ -152,7 +152,10 @@ impl Stats {
                     .entry(event.proto)
                     .or_default()
                     .record(lifetime_ns);
-                self.by_kind.entry(event.kind).or_default().record(lifetime_ns);
+                self.by_kind
+                    .entry(event.kind)
+                    .or_default()
+                    .record(lifetime_ns);
                 self.by_process
                     .entry(event.comm.clone())
                     .or_default()

@@ -1,11 +1,7 @@
 //! The pipeline at run time: ring buffer -> decode -> tracker -> stats -> sinks, until a
 //! signal or `--duration` ends it.
 
-use std::{
-    future::pending,
-    io::Write,
-    time::Instant,
-};
+use std::{future::pending, io::Write, time::Instant};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -80,10 +76,8 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
         }
     };
     tokio::pin!(deadline);
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + cli.interval,
-        cli.interval,
-    );
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
 
     loop {
         tokio::select! {
@@ -169,4 +163,3 @@ fn print_summary(text: &str, to_stderr: bool, out: &mut dyn Write) -> std::io::R
         out.flush()
     }
 }
-

@@ -10,7 +10,9 @@ use crate::events::{Event, EventType};
 pub enum Outcome {
     Allocated,
     /// The port is free again after `lifetime_ns`.
-    Released { lifetime_ns: u64 },
+    Released {
+        lifetime_ns: u64,
+    },
     /// A release whose allocation was never seen (lost, or before port-trace started).
     UnmatchedRelease,
     Failed,

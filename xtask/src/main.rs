@@ -15,7 +15,10 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "port-trace's build, test and install tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "port-trace's build, test and install tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -92,6 +95,17 @@ fn test() -> Result<()> {
     setup::ensure_build_toolchain()?;
     run(cmd("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(cmd("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate only builds for the bpf target, so it gets its own lint run.
+    run(cmd("cargo")
+        .current_dir("port-trace-ebpf")
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"]))?;
     if !setup::is_root() {
         eprintln!(
             "xtask: not root: the kernel integration tests will skip (they load eBPF programs); \

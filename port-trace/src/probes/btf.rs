@@ -43,9 +43,13 @@ struct Member {
 
 #[derive(Debug, Clone)]
 enum Type {
-    Composite { members: Vec<Member> },
+    Composite {
+        members: Vec<Member>,
+    },
     /// typedef, const, volatile, restrict, type tag: a name or qualifier over `target`.
-    Alias { target: u32 },
+    Alias {
+        target: u32,
+    },
     Other,
 }
 
@@ -64,7 +68,10 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
 
 fn string_at(strings: &[u8], at: u32) -> Result<String, BtfError> {
     let tail = strings.get(at as usize..).ok_or(BtfError::Truncated)?;
-    let end = tail.iter().position(|&b| b == 0).ok_or(BtfError::Truncated)?;
+    let end = tail
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(BtfError::Truncated)?;
     Ok(String::from_utf8_lossy(&tail[..end]).into_owned())
 }
 
@@ -98,10 +105,10 @@ impl Btf {
             let kind_flag = info >> 31 == 1;
             at += 12;
             let extra = match kind {
-                1 | 14 | 17 => 4,                     // int, var, decl tag
-                3 => 12,                              // array
-                4 | 5 | 15 | 19 => vlen * 12,         // struct, union, datasec, enum64
-                6 | 13 => vlen * 8,                   // enum, func proto
+                1 | 14 | 17 => 4,             // int, var, decl tag
+                3 => 12,                      // array
+                4 | 5 | 15 | 19 => vlen * 12, // struct, union, datasec, enum64
+                6 | 13 => vlen * 8,           // enum, func proto
                 2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
                 other => return Err(BtfError::UnknownKind(other)),
             };
@@ -295,11 +302,26 @@ mod tests {
         let mut b = Builder::new();
         b.int("u16", 2); // 1
         b.int("u32", 4); // 2
-        b.composite(KIND_STRUCT, "", 4, &[("skc_dport", 1, 0), ("skc_num", 1, 16)]); // 3
+        b.composite(
+            KIND_STRUCT,
+            "",
+            4,
+            &[("skc_dport", 1, 0), ("skc_num", 1, 16)],
+        ); // 3
         b.composite(KIND_UNION, "", 4, &[("skc_portpair", 2, 0), ("", 3, 0)]); // 4
-        b.composite(KIND_STRUCT, "sock_common", 16, &[("skc_hash", 2, 0), ("", 4, 96)]); // 5
+        b.composite(
+            KIND_STRUCT,
+            "sock_common",
+            16,
+            &[("skc_hash", 2, 0), ("", 4, 96)],
+        ); // 5
         b.typedef("sock_common_t", 5); // 6
-        b.composite(KIND_STRUCT, "sock", 64, &[("__sk_common", 6, 0), ("sk_protocol", 1, 256)]); // 7
+        b.composite(
+            KIND_STRUCT,
+            "sock",
+            64,
+            &[("__sk_common", 6, 0), ("sk_protocol", 1, 256)],
+        ); // 7
         b.build()
     }
 
@@ -320,12 +342,18 @@ mod tests {
                 path: "sock.nope".into()
             })
         );
-        assert_eq!(btf.offset_of("net.ns"), Err(BtfError::NoStruct("net".into())));
+        assert_eq!(
+            btf.offset_of("net.ns"),
+            Err(BtfError::NoStruct("net".into()))
+        );
     }
 
     #[test]
     fn rejects_garbage_and_truncation() {
-        assert_eq!(Btf::parse(b"not btf at all, not at all").err(), Some(BtfError::BadHeader));
+        assert_eq!(
+            Btf::parse(b"not btf at all, not at all").err(),
+            Some(BtfError::BadHeader)
+        );
         let mut data = sample();
         data.truncate(data.len() - 10);
         assert_eq!(Btf::parse(&data).err(), Some(BtfError::Truncated));
@@ -337,7 +365,9 @@ mod tests {
             eprintln!("skipped: no /sys/kernel/btf/vmlinux on this machine");
             return;
         };
-        let offsets = Btf::parse(&data).and_then(|b| b.kernel_offsets()).expect("offsets");
+        let offsets = Btf::parse(&data)
+            .and_then(|b| b.kernel_offsets())
+            .expect("offsets");
         // skc_dport and skc_num share a 32-bit port pair: dport first, then num.
         assert_eq!(offsets.sk_num, offsets.sk_dport + 2);
         assert!(offsets.sk_protocol > offsets.sk_net);

@@ -75,7 +75,9 @@ impl Probes {
         programs.push("tcp_state (tp_btf/inet_sock_set_state)".to_string());
 
         let sock_ops: &mut SockOps = program(&mut ebpf, "tcp_port_chosen")?;
-        sock_ops.load().map_err(|e| load_error("tcp_port_chosen", e))?;
+        sock_ops
+            .load()
+            .map_err(|e| load_error("tcp_port_chosen", e))?;
         sock_ops
             .attach(&cgroup, CGROUP_LINK_MODE)
             .map_err(|e| load_error("tcp_port_chosen", e))?;
@@ -116,9 +118,7 @@ impl Probes {
     pub fn lost(&self) -> anyhow::Result<LostCounts> {
         let map = self.ebpf.map("LOST").context("the LOST map is missing")?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        let sum = |index: u32| -> anyhow::Result<u64> {
-            Ok(counters.get(&index, 0)?.iter().sum())
-        };
+        let sum = |index: u32| -> anyhow::Result<u64> { Ok(counters.get(&index, 0)?.iter().sum()) };
         Ok(LostCounts {
             ring_buffer_full: sum(LOST_RINGBUF_FULL)?,
             socket_table_full: sum(LOST_TABLE_FULL)?,

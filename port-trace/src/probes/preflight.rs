@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn root_has_everything() {
-        assert_eq!(missing_capabilities("Name:\tx\nCapEff:\t000001ffffffffff\n"), None);
+        assert_eq!(
+            missing_capabilities("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            None
+        );
     }
 
     #[test]

@@ -77,7 +77,11 @@ impl<'a> EventRecord<'a> {
             "{:<7} {:<3} {:<4} {:<7} {:>7} {:<16} {:<30} {:<30} {}",
             self.event.to_string(),
             self.proto.to_string(),
-            if self.family == Family::Ipv4 { "v4" } else { "v6" },
+            if self.family == Family::Ipv4 {
+                "v4"
+            } else {
+                "v6"
+            },
             self.kind.to_string(),
             self.pid,
             self.comm,
@@ -121,8 +125,8 @@ mod tests {
     #[test]
     fn connect_alloc_json_has_the_destination() {
         let event = decode_raw(&raw_connect()).expect("decodes");
-        let json = EventRecord::new(&event, Outcome::Allocated, WallClock::with_offset(10))
-            .to_json();
+        let json =
+            EventRecord::new(&event, Outcome::Allocated, WallClock::with_offset(10)).to_json();
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         assert_eq!(value["type"], "alloc");
         assert_eq!(value["ts_ns"], 1_010);

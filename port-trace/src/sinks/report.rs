@@ -32,7 +32,9 @@ impl Report {
         fn group<K: ToString>(
             map: &BTreeMap<K, crate::stats::Lifetimes>,
         ) -> BTreeMap<String, LifetimeSummary> {
-            map.iter().map(|(k, v)| (k.to_string(), v.summary())).collect()
+            map.iter()
+                .map(|(k, v)| (k.to_string(), v.summary()))
+                .collect()
         }
         Self {
             version: env!("CARGO_PKG_VERSION"),

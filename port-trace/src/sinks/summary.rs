@@ -77,7 +77,12 @@ mod tests {
         let mut stats = Stats::default();
         let event = decode_raw(&raw_connect()).expect("decodes");
         stats.record(&event, Outcome::Allocated);
-        stats.record(&event, Outcome::Released { lifetime_ns: 2_000_000 });
+        stats.record(
+            &event,
+            Outcome::Released {
+                lifetime_ns: 2_000_000,
+            },
+        );
         stats.set_lost(crate::stats::LostCounts {
             ring_buffer_full: 3,
             socket_table_full: 0,
@@ -86,6 +91,9 @@ mod tests {
         assert!(text.contains("1 allocated, 1 released"), "{text}");
         assert!(text.contains("3 lost (ring buffer full: 3"), "{text}");
         assert!(text.contains("[curl]"), "{text}");
-        assert!(text.lines().any(|l| l.trim_start().starts_with("tcp")), "{text}");
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with("tcp")),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,80 @@
+//! Bad input gets a clear message and a documented exit code, never a panic.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::binary;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("port-trace runs")
+}
+
+fn assert_no_panic(output: &Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2_with_claps_message() {
+    for (args, says) in [
+        (&["--no-such-flag"][..], "unexpected argument"),
+        (&["--duration", "soon"], "expected a number"),
+        (&["--duration", "30"], "missing unit"),
+        (&["--interval", "0s"], "longer than zero"),
+        (&["--events", "xml"], "possible values: json, text"),
+        (&["--max-sockets", "5"], "not in 1024..=16777216"),
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_no_panic(&output);
+    }
+}
+
+#[test]
+fn help_teaches_the_exit_codes() {
+    let output = run(&["--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("3 not permitted"), "{help}");
+    assert!(help.contains("--duration <DUR>"), "{help}");
+}
+
+#[test]
+fn not_root_exits_3_with_one_sentence() {
+    // As root (CI), drop to nobody with setpriv; as a normal user, we already are one.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let output = if root {
+        match Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(binary())
+            .args(["--duration", "1s"])
+            .output()
+        {
+            Ok(output) => output,
+            Err(err) => {
+                eprintln!("skipped: setpriv (util-linux) is not available: {err}");
+                return;
+            }
+        }
+    } else {
+        run(&["--duration", "1s"])
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_no_panic(&output);
+}

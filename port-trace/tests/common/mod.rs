@@ -1,0 +1,112 @@
+//! Runs the real port-trace binary against the real kernel for integration tests.
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, channel},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// Integration tests load eBPF programs: they need root, which CI has. Elsewhere they say
+/// why they skip.
+pub fn skip_unless_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped {test}: needs root to load eBPF programs (run `sudo cargo xtask test`)");
+        return true;
+    }
+    false
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_port-trace")
+}
+
+/// A running `port-trace --events json`, with its stdout collected line by line.
+pub struct Tracer {
+    child: Child,
+    lines: Receiver<String>,
+    pub report: PathBuf,
+}
+
+impl Tracer {
+    /// Starts port-trace and waits for its `ready` record (every program attached).
+    pub fn start(extra_args: &[&str]) -> Tracer {
+        let report = std::env::temp_dir().join(format!(
+            "port-trace-report-{}-{}.json",
+            std::process::id(),
+            thread_id()
+        ));
+        let mut child = Command::new(binary())
+            .args(["--events", "json", "--interval", "1h", "--report"])
+            .arg(&report)
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("port-trace starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("port-trace prints its ready record");
+        let ready: Value = serde_json::from_str(&ready).expect("ready is JSON");
+        assert_eq!(ready["type"], "ready", "first record: {ready}");
+        Tracer {
+            child,
+            lines,
+            report,
+        }
+    }
+
+    /// Stops port-trace with SIGINT; returns every event record and the report.
+    pub fn stop(mut self) -> (Vec<Value>, Value) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("port-trace exits");
+        assert!(status.success(), "port-trace exited with {status}");
+        let events: Vec<Value> = self
+            .lines
+            .try_iter()
+            .map(|line| {
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
+            })
+            .collect();
+        let report = std::fs::read_to_string(&self.report).expect("report written");
+        let _ = std::fs::remove_file(&self.report);
+        (
+            events,
+            serde_json::from_str(&report).expect("report is JSON"),
+        )
+    }
+}
+
+fn thread_id() -> String {
+    format!("{:?}", thread::current().id())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect()
+}
+
+/// The records of one type made by this test process.
+pub fn ours<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    let pid = u64::from(std::process::id());
+    events
+        .iter()
+        .filter(|e| e["type"] == kind && e["pid"].as_u64() == Some(pid))
+        .collect()
+}
