@@ -24,32 +24,36 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 pub fn ensure_build_toolchain() -> Result<()> {
-    ensure_nightly_rust_src()?;
+    ensure_nightly_components()?;
     ensure_apt_packages(APT_PACKAGES)?;
     ensure_bpf_linker()?;
     Ok(())
 }
 
-fn ensure_nightly_rust_src() -> Result<()> {
+/// Nightly builds the eBPF crate (`-Z build-std=core` needs rust-src) and lints it (clippy).
+const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
+
+fn ensure_nightly_components() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
         .context("rustup is needed to build the eBPF programs (https://rustup.rs)")?;
     if !installed.status.success() {
-        eprintln!("setup: installing the nightly toolchain with rust-src");
-        return run(cmd("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]));
+        eprintln!("setup: installing the nightly toolchain with rust-src and clippy");
+        return run(cmd("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .args(NIGHTLY_COMPONENTS.iter().flat_map(|c| ["--component", c])));
     }
-    if !String::from_utf8_lossy(&installed.stdout).contains("rust-src") {
-        eprintln!("setup: adding rust-src to nightly (eBPF builds core with -Z build-std)");
-        run(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    let listed = String::from_utf8_lossy(&installed.stdout);
+    let missing: Vec<&str> = NIGHTLY_COMPONENTS
+        .into_iter()
+        .filter(|c| !listed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("setup: adding {} to nightly", missing.join(", "));
+        run(cmd("rustup")
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(&missing))?;
     }
     Ok(())
 }
