@@ -73,9 +73,14 @@ impl Tracer {
     }
 
     /// Stops port-trace with SIGINT; returns every event record and the report.
-    pub fn stop(mut self) -> (Vec<Value>, Value) {
+    pub fn stop(self) -> (Vec<Value>, Value) {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Stops port-trace with `signal`; returns every event record and the report.
+    pub fn stop_with(mut self, signal: i32) -> (Vec<Value>, Value) {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().expect("port-trace exits");
         assert!(status.success(), "port-trace exited with {status}");
         let events: Vec<Value> = self
