@@ -55,3 +55,25 @@ fn signals_detach_every_program() {
         );
     }
 }
+
+#[test]
+fn duration_ends_the_trace_and_text_events_have_a_header() {
+    if skip_unless_root("duration_ends_the_trace_and_text_events_have_a_header") {
+        return;
+    }
+    let started = Instant::now();
+    let output = std::process::Command::new(common::binary())
+        .args(["--duration", "1s", "--events", "text"])
+        .output()
+        .expect("port-trace runs");
+    assert!(output.status.success(), "{output:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let header = stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("EVENT") && header.contains("LIFETIME"),
+        "{stdout}"
+    );
+    // The final summary goes to stderr when events own stdout.
+    assert!(String::from_utf8_lossy(&output.stderr).contains("allocated"));
+}
