@@ -3,6 +3,7 @@
 mod common;
 
 use std::{
+    sync::{Mutex, PoisonError},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -27,14 +28,18 @@ fn loaded_port_trace_programs() -> usize {
         .count()
 }
 
+/// The tests here count programs, so they must not run their tracers at the same time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn signals_detach_every_program() {
     if skip_unless_root("signals_detach_every_program") {
         return;
     }
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let before = loaded_port_trace_programs();
     for signal in [libc::SIGINT, libc::SIGTERM] {
-        let tracer = Tracer::start(&[]);
+        let mut tracer = Tracer::start(&[]);
         assert_eq!(
             loaded_port_trace_programs(),
             before + 7,
@@ -61,6 +66,7 @@ fn duration_ends_the_trace_and_text_events_have_a_header() {
     if skip_unless_root("duration_ends_the_trace_and_text_events_have_a_header") {
         return;
     }
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let started = Instant::now();
     let output = std::process::Command::new(common::binary())
         .args(["--duration", "1s", "--events", "text"])

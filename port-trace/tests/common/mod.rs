@@ -73,12 +73,12 @@ impl Tracer {
     }
 
     /// Stops port-trace with SIGINT; returns every event record and the report.
-    pub fn stop(self) -> (Vec<Value>, Value) {
+    pub fn stop(mut self) -> (Vec<Value>, Value) {
         self.stop_with(libc::SIGINT)
     }
 
     /// Stops port-trace with `signal`; returns every event record and the report.
-    pub fn stop_with(mut self, signal: i32) -> (Vec<Value>, Value) {
+    pub fn stop_with(&mut self, signal: i32) -> (Vec<Value>, Value) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().expect("port-trace exits");
@@ -97,6 +97,16 @@ impl Tracer {
             events,
             serde_json::from_str(&report).expect("report is JSON"),
         )
+    }
+}
+
+/// A test that fails before `stop` must not leave port-trace (and its programs) behind.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
