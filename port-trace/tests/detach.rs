@@ -10,25 +10,38 @@ use std::{
 
 use common::{Tracer, skip_unless_root};
 
-/// How many programs with port-trace's program names the kernel has loaded now.
-fn loaded_port_trace_programs() -> usize {
-    // Kernel program names are cut to 15 bytes; these are port-trace's, unique enough.
-    const NAMES: [&str; 7] = [
-        "tcp_state",
-        "tcp_port_chosen",
-        "bind4_request",
-        "bind6_request",
-        "post_bind4",
-        "post_bind6",
-        "sock_release",
-    ];
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|info| info.name_as_str().is_some_and(|name| NAMES.contains(&name)))
-        .count()
+/// The ids of the eBPF programs process `pid` holds open (from its fds' fdinfo).
+fn program_ids_held_by(pid: u32) -> Vec<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog")
+        })
+        .filter_map(|fd| {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
 }
 
-/// The tests here count programs, so they must not run their tracers at the same time.
+fn still_loaded(ids: &[u32]) -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|info| info.id())
+        .filter(|id| ids.contains(id))
+        .collect()
+}
+
+/// The tests here start tracers of their own; one at a time keeps them independent.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[test]
@@ -37,25 +50,22 @@ fn signals_detach_every_program() {
         return;
     }
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
-    let before = loaded_port_trace_programs();
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let mut tracer = Tracer::start(&[]);
-        assert_eq!(
-            loaded_port_trace_programs(),
-            before + 7,
-            "all seven attached"
-        );
+        let ids = program_ids_held_by(tracer.pid());
+        assert_eq!(ids.len(), 7, "seven programs loaded: {ids:?}");
+        assert_eq!(still_loaded(&ids).len(), 7);
         let (_, report) = tracer.stop_with(signal);
         assert_eq!(report["totals"]["lost"], 0);
         // The kernel frees detached programs asynchronously (after an RCU grace period), so
         // give it a moment; a program still loaded after that is a leak.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while loaded_port_trace_programs() != before && Instant::now() < deadline {
+        while !still_loaded(&ids).is_empty() && Instant::now() < deadline {
             sleep(Duration::from_millis(50));
         }
         assert_eq!(
-            loaded_port_trace_programs(),
-            before,
+            still_loaded(&ids),
+            Vec::<u32>::new(),
             "signal {signal} left programs loaded"
         );
     }

@@ -72,6 +72,10 @@ impl Tracer {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops port-trace with SIGINT; returns every event record and the report.
     pub fn stop(mut self) -> (Vec<Value>, Value) {
         self.stop_with(libc::SIGINT)
