@@ -31,7 +31,9 @@ pub struct PortEvent {
     pub family: u8,
     /// For `EVENT_FAIL`: the positive errno.
     pub errno: u32,
-    pub _pad: [u8; 4],
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 impl PortEvent {
@@ -50,13 +52,18 @@ impl PortEvent {
         proto: 0,
         family: 0,
         errno: 0,
-        _pad: [0; 4],
+        flags: 0,
+        _pad: [0; 3],
     };
 }
 
 pub const EVENT_ALLOC: u8 = 1;
 pub const EVENT_RELEASE: u8 = 2;
 pub const EVENT_FAIL: u8 = 3;
+
+/// On a TCP release: the socket closed actively (from FIN_WAIT1/FIN_WAIT2/CLOSING), so its
+/// port most likely lives on in a TIME_WAIT socket; the daemon watches for that one to go.
+pub const FLAG_TIME_WAIT: u8 = 1;
 
 pub const KIND_CONNECT: u8 = 1;
 pub const KIND_BIND: u8 = 2;
@@ -72,7 +79,14 @@ pub const AF_INET6: u8 = 10;
 pub const LOST_RINGBUF_FULL: u32 = 0;
 /// The per-socket table was full, so a new socket could not be tracked.
 pub const LOST_TABLE_FULL: u32 = 1;
-pub const LOST_REASONS: u32 = 2;
+/// The failure ring buffer was full (failures have their own, so floods of allocations
+/// cannot crowd them out; this counts what was lost anyway).
+pub const LOST_FAILURE_RING_FULL: u32 = 2;
+pub const LOST_REASONS: u32 = 3;
+
+pub const EADDRINUSE: u32 = 98;
+pub const EADDRNOTAVAIL: u32 = 99;
+pub const EAGAIN: u32 = 11;
 
 /// Struct field offsets the programs need, resolved from the running kernel's BTF by the
 /// daemon and written into the programs' read-only data before load (Rust eBPF gets no CO-RE
@@ -104,6 +118,8 @@ pub struct KernelOffsets {
     pub task_nsproxy: u32,
     /// `struct nsproxy`: `net_ns`.
     pub nsproxy_net_ns: u32,
+    /// Offset of `ret` in the `syscalls:sys_exit_*` tracepoints' records (from tracefs).
+    pub syscall_exit_ret: u32,
 }
 
 #[cfg(feature = "user")]
@@ -126,9 +142,9 @@ mod tests {
         // The field sizes add up to the struct size: nothing is left for the compiler to pad.
         assert_eq!(
             size_of::<PortEvent>(),
-            8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 4
+            8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 1 + 3
         );
         assert_eq!(size_of::<PortEvent>() % 8, 0);
-        assert_eq!(size_of::<KernelOffsets>(), 12 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 13 * 4);
     }
 }

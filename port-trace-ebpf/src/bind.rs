@@ -1,6 +1,7 @@
 //! bind() to port 0: `bind4_request`/`bind6_request` (cgroup sock_addr) see the requested port
 //! before the kernel acts; `post_bind4`/`post_bind6` (cgroup sock) see the port it chose.
-//! Explicit ports are not ephemeral allocations and are left alone.
+//! Explicit ports are not ephemeral allocations and are left alone. A bind(0) that finds no
+//! port never reaches post_bind; `syscalls::bind_exit` reports it (EADDRINUSE).
 
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie,
@@ -16,26 +17,41 @@ const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(bind4)]
 pub fn bind4_request(ctx: SockAddrContext) -> i32 {
-    try_bind_request(&ctx);
+    try_bind_request::<false>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn bind6_request(ctx: SockAddrContext) -> i32 {
-    try_bind_request(&ctx);
+    try_bind_request::<true>(&ctx);
     ALLOW
 }
 
-fn try_bind_request(ctx: &SockAddrContext) {
+/// `V6` is fixed per program: the verifier refuses `user_ip6` in a bind4 program.
+#[inline(always)]
+fn try_bind_request<const V6: bool>(ctx: &SockAddrContext) {
     let addr = unsafe { &*ctx.sock_addr };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     if addr.user_port != 0 {
+        // An explicit port: a fresh UDP socket is no longer one sendmsg could autobind.
+        track::forget(cookie);
         return;
     }
     let mut event = kernel::current_event(KIND_BIND, addr.protocol as u8);
-    event.family = addr.user_family as u8;
+    // The address asked for; post_bind confirms it, a failure reports it.
+    if V6 {
+        event.family = AF_INET6;
+        for (i, word) in addr.user_ip6.iter().enumerate() {
+            event.laddr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+    } else {
+        event.family = AF_INET;
+        event.laddr[..4].copy_from_slice(&addr.user_ip4.to_ne_bytes());
+    }
     event.netns = kernel::current_netns(&kernel::offsets());
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-    track::begin(cookie, &event);
+    track::begin(cookie, &event, track::PENDING);
+    // Settled in post_bind if a port is found, else at the syscall's exit (bind_exit).
+    track::in_flight(cookie, 0);
 }
 
 #[cgroup_sock(post_bind4)]
@@ -55,6 +71,9 @@ fn try_post_bind(ctx: &SockContext, family: u8) {
     let Some(entry) = track::lookup(cookie) else {
         return;
     };
+    if unsafe { (*entry).state } != track::PENDING {
+        return;
+    }
     let sock = unsafe { &*ctx.sock };
     if sock.src_port == 0 {
         // IP_BIND_ADDRESS_NO_PORT: the port is chosen at connect(), which tcp_state tracks.

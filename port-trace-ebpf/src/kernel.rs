@@ -21,6 +21,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     net_inum: 0,
     task_nsproxy: 0,
     nsproxy_net_ns: 0,
+    syscall_exit_ret: 0,
 };
 
 #[inline(always)]

@@ -8,8 +8,12 @@
 //!   the kernel chose the port, so that is where a pending connect/listen becomes an alloc.
 //! - `bind4_request`/`bind6_request` (cgroup sock_addr): a bind() asking for port 0 is pending;
 //!   `post_bind4`/`post_bind6` (cgroup sock) see the port the kernel chose.
-//! - `sock_release` (cgroup sock): the port of a socket closed while in CLOSE (bound, never
-//!   connected or listening) is free again.
+//! - `sock_release` (cgroup sock): the port of a UDP socket, or of a TCP socket closed while in
+//!   CLOSE (bound, never connected or listening), is free again.
+//! - UDP (`udp.rs`): `udp_create` marks fresh UDP sockets; `udp_connect4/6` notes a connect()
+//!   that will autobind; `udp_sendmsg4/6` sees the port a fresh socket's first send chose.
+//! - `bind_exit`/`connect_exit` (tracepoints `syscalls:sys_exit_bind/connect`): settle a
+//!   bind(0) or UDP connect() in flight: the port chosen, or the errno when none was found.
 #![no_std]
 #![no_main]
 
@@ -17,8 +21,10 @@ mod bind;
 mod kernel;
 mod release;
 mod sock_ops;
+mod syscalls;
 mod tcp_state;
 mod track;
+mod udp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,5 +1,6 @@
-//! `sock_release` (cgroup sock): close() of a socket whose port is held but that never left
-//! CLOSE (bound, never connected or listening): no state change marks that release.
+//! `sock_release` (cgroup sock): close() of a UDP socket, or of a TCP socket whose port is held
+//! but that never left CLOSE (bound, never connected or listening): no state change marks
+//! that release.
 
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
@@ -22,10 +23,14 @@ fn try_sock_release(ctx: &SockContext) {
         return;
     };
     let sock = unsafe { &*ctx.sock };
+    if unsafe { (*entry).state } != track::HELD {
+        track::forget(cookie);
+        return;
+    }
     // A TCP socket past CLOSE keeps its port until the state machine takes it to CLOSE
     // (FIN handshake, TIME_WAIT); tcp_state reports that release.
     if sock.protocol == u32::from(IPPROTO_TCP) && sock.state != TCP_CLOSE {
         return;
     }
-    track::end(cookie, entry);
+    track::end(cookie, entry, 0);
 }

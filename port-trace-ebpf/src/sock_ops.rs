@@ -25,7 +25,7 @@ fn try_tcp_port_chosen(ctx: &SockOpsContext) {
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
     if let Some(entry) = track::lookup(cookie)
-        && unsafe { (*entry).held } == 0
+        && unsafe { (*entry).state } == track::PENDING
     {
         track::allocated(entry, ctx.local_port() as u16);
     }

@@ -5,13 +5,16 @@ use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use port_trace_common::{IPPROTO_TCP, KIND_CONNECT, KIND_LISTEN};
+use port_trace_common::{EADDRNOTAVAIL, FLAG_TIME_WAIT, IPPROTO_TCP, KIND_CONNECT, KIND_LISTEN};
 
 use crate::{kernel, track};
 
 const TCP_SYN_SENT: i32 = 2;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
+const TCP_CLOSING: i32 = 11;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
@@ -27,10 +30,7 @@ fn try_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         (TCP_CLOSE, TCP_SYN_SENT) => KIND_CONNECT,
         (TCP_CLOSE, TCP_LISTEN) => KIND_LISTEN,
         (_, TCP_CLOSE) => {
-            let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-            if let Some(entry) = track::lookup(cookie) {
-                track::end(cookie, entry);
-            }
+            closed(sk, oldstate);
             return Ok(());
         }
         _ => return Ok(()),
@@ -48,6 +48,36 @@ fn try_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // The port is chosen next, in this same syscall; sock_ops reports it (tcp_port_chosen).
     let event = kernel::sock_event(sk, &off, IPPROTO_TCP, kind);
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    track::begin(cookie, &event);
+    track::begin(cookie, &event, track::PENDING);
     Ok(())
+}
+
+/// A TCP socket reached CLOSE: its port is free, moves to a TIME_WAIT socket, or was never
+/// found.
+fn closed(sk: *const u8, oldstate: i32) {
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let Some(entry) = track::lookup(cookie) else {
+        return;
+    };
+    // SAFETY: `entry` points into SOCKETS, valid for this program run.
+    let (state, kind) = unsafe { ((*entry).state, (*entry).event.kind) };
+    if state == track::PENDING {
+        // A connect() whose port sock_ops never reported: inet_hash_connect found none.
+        if kind == KIND_CONNECT
+            && oldstate == TCP_SYN_SENT
+            && kernel::sk_num(sk, &kernel::offsets()) == 0
+        {
+            track::failed(cookie, entry, EADDRNOTAVAIL);
+        } else {
+            track::forget(cookie);
+        }
+        return;
+    }
+    // An active close hands the port to a TIME_WAIT socket (created just before this
+    // transition); the daemon watches that one to see the port really freed.
+    let flags = match oldstate {
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING => FLAG_TIME_WAIT,
+        _ => 0,
+    };
+    track::end(cookie, entry, flags);
 }

@@ -1,27 +1,48 @@
-//! The per-socket table, the ring buffer, and the lost-event counters every program shares.
+//! The per-socket table, the ring buffers, and the lost-event counters every program shares.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use port_trace_common::{
-    EVENT_ALLOC, EVENT_RELEASE, LOST_REASONS, LOST_RINGBUF_FULL, LOST_TABLE_FULL, PortEvent,
+    EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, LOST_FAILURE_RING_FULL, LOST_REASONS,
+    LOST_RINGBUF_FULL, LOST_TABLE_FULL, PortEvent,
 };
 
+/// Where a tracked socket's port stands.
+pub const PENDING: u8 = 0;
+pub const HELD: u8 = 1;
+/// A UDP socket with no port yet and no request for one: its first send with a destination
+/// autobinds it (sendmsg4/6 then sees the port).
+pub const FRESH: u8 = 2;
+
 /// What the kernel remembers about one socket, keyed by socket cookie: the alloc record, and
-/// whether the port is chosen yet (a connect/listen/bind(0) is pending until then).
+/// where its port stands (`PENDING`, `HELD`, `FRESH`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SockEntry {
     pub event: PortEvent,
-    pub held: u8,
+    pub state: u8,
     pub _pad: [u8; 7],
 }
 
-/// Sized by the daemon at load time (`--ring-buffer-size`).
+/// A port request in flight in one thread's bind()/connect(), settled at the syscall's exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    pub cookie: u64,
+    /// The `struct sock *`, to read the chosen port at exit.
+    pub sk: u64,
+}
+
+/// Sized by the daemon at load time (`--ring-buffer-kib`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Failed allocations only: a flood of allocs and releases cannot crowd them out.
+#[map]
+static FAILURES: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 
 /// A plain hash, not LRU: every tracked socket reaches CLOSE or release, which deletes its
 /// entry, so nothing goes stale; and when the table is full a new socket is refused and
@@ -29,6 +50,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// daemon at load time (`--max-sockets`).
 #[map]
 static SOCKETS: HashMap<u64, SockEntry> = HashMap::with_max_entries(131_072, 0);
+
+/// By pid_tgid: at most one bind()/connect() per thread is in flight.
+#[map]
+static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16_384, 0);
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);
@@ -40,23 +65,24 @@ pub fn count_lost(reason: u32) {
     }
 }
 
-pub fn submit(event: &PortEvent) {
-    match EVENTS.reserve::<PortEvent>(0) {
+fn submit_to(ring: &RingBuf, event: &PortEvent, lost: u32) {
+    match ring.reserve::<PortEvent>(0) {
         Some(mut slot) => {
             slot.write(*event);
             slot.submit(0);
         }
-        None => count_lost(LOST_RINGBUF_FULL),
+        None => count_lost(lost),
     }
 }
 
-/// Remembers a socket whose port the kernel is about to choose.
-pub fn begin(cookie: u64, event: &PortEvent) {
+/// Remembers a socket whose port the kernel is about to choose (`PENDING`), or a fresh UDP
+/// socket (`FRESH`).
+pub fn begin(cookie: u64, event: &PortEvent, state: u8) {
     let mut event = *event;
     event.cookie = cookie;
     let entry = SockEntry {
         event,
-        held: 0,
+        state,
         _pad: [0; 7],
     };
     if SOCKETS.insert(cookie, entry, 0).is_err() {
@@ -72,26 +98,59 @@ pub fn lookup(cookie: u64) -> Option<*mut SockEntry> {
 pub fn allocated(entry: *mut SockEntry, lport: u16) {
     // SAFETY: `entry` points into SOCKETS, valid for this program run.
     let entry = unsafe { &mut *entry };
-    entry.held = 1;
+    entry.state = HELD;
     entry.event.ts_ns = unsafe { bpf_ktime_get_ns() };
     entry.event.lport = lport;
     entry.event.event = EVENT_ALLOC;
-    submit(&entry.event);
+    submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL);
 }
 
 /// The socket is gone or its port is free: report the release if the port was held.
-pub fn end(cookie: u64, entry: *mut SockEntry) {
+pub fn end(cookie: u64, entry: *mut SockEntry, flags: u8) {
     // SAFETY: as above; copied out before the entry is deleted.
     let entry = unsafe { *entry };
     let _ = SOCKETS.remove(cookie);
-    if entry.held == 1 {
+    if entry.state == HELD {
         let mut event = entry.event;
         event.event = EVENT_RELEASE;
         event.ts_ns = unsafe { bpf_ktime_get_ns() };
-        submit(&event);
+        event.flags = flags;
+        submit_to(&EVENTS, &event, LOST_RINGBUF_FULL);
     }
+}
+
+/// The kernel could not find a port for a pending socket.
+pub fn failed(cookie: u64, entry: *mut SockEntry, errno: u32) {
+    // SAFETY: as above; copied out before the entry is deleted.
+    let mut event = unsafe { (*entry).event };
+    let _ = SOCKETS.remove(cookie);
+    event.event = EVENT_FAIL;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.errno = errno;
+    submit_to(&FAILURES, &event, LOST_FAILURE_RING_FULL);
 }
 
 pub fn forget(cookie: u64) {
     let _ = SOCKETS.remove(cookie);
+}
+
+/// Notes this thread's port request, to settle at the syscall's exit.
+pub fn in_flight(cookie: u64, sk: u64) {
+    let entry = InFlight { cookie, sk };
+    if IN_FLIGHT
+        .insert(bpf_get_current_pid_tgid(), entry, 0)
+        .is_err()
+    {
+        count_lost(LOST_TABLE_FULL);
+    }
+}
+
+/// This thread's port request, if one is in flight; it is settled now either way.
+pub fn take_in_flight() -> Option<InFlight> {
+    let key = bpf_get_current_pid_tgid();
+    let found = unsafe { IN_FLIGHT.get(key) }.copied();
+    if found.is_some() {
+        let _ = IN_FLIGHT.remove(key);
+    }
+    found
 }

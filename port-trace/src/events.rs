@@ -6,8 +6,8 @@ use std::{
 };
 
 use port_trace_common::{
-    AF_INET, AF_INET6, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND,
-    KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
+    AF_INET, AF_INET6, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, FLAG_TIME_WAIT, IPPROTO_TCP,
+    IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -78,6 +78,18 @@ pub struct Event {
     pub raddr: IpAddr,
     pub rport: u16,
     pub errno: u32,
+    /// A TCP release by active close: the port may live on in a TIME_WAIT socket.
+    pub time_wait: bool,
+}
+
+/// The symbolic name of the errnos a port allocation fails with.
+pub fn errno_name(errno: u32) -> &'static str {
+    match errno {
+        11 => "EAGAIN",
+        98 => "EADDRINUSE",
+        99 => "EADDRNOTAVAIL",
+        _ => "other",
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -154,6 +166,7 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         raddr: ip(family, raw.raddr),
         rport: raw.rport,
         errno: raw.errno,
+        time_wait: raw.flags & FLAG_TIME_WAIT != 0,
     })
 }
 

@@ -1,16 +1,20 @@
 //! port-trace: traces every ephemeral port the kernel hands out and how long it is held.
 //!
 //! The daemon is a pipeline; each stage is a module:
-//! probes (load/attach) -> events (decode) -> tracker (per-socket state, lifetimes)
-//! -> stats (histograms, totals) -> sinks (summary, event lines, report).
+//! probes (load/attach) -> events (decode) -> tracker (per-socket state, lifetimes; with
+//! time_wait watching TIME_WAIT sockets through sock_diag) -> stats (histograms, totals)
+//! -> sinks (summary, event lines, report).
 
 mod cli;
 mod duration;
 mod error;
 mod events;
+mod netns;
 mod probes;
 mod sinks;
+mod sock_diag;
 mod stats;
+mod time_wait;
 mod trace;
 mod tracker;
 

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
-    events::{AllocKind, Event, Proto},
+    events::{AllocKind, Event, Proto, errno_name},
     tracker::Outcome,
 };
 
@@ -115,11 +115,13 @@ pub struct LostCounts {
     pub ring_buffer_full: u64,
     /// The per-socket table was full (`--max-sockets`): a socket went untracked.
     pub socket_table_full: u64,
+    /// The failure ring buffer was full: failed allocations went unreported.
+    pub failure_ring_full: u64,
 }
 
 impl LostCounts {
     pub fn total(&self) -> u64 {
-        self.ring_buffer_full + self.socket_table_full
+        self.ring_buffer_full + self.socket_table_full + self.failure_ring_full
     }
 }
 
@@ -133,6 +135,8 @@ pub struct Stats {
     pub by_process: BTreeMap<String, Lifetimes>,
     /// Allocations per process, released or not.
     pub allocs_by_process: BTreeMap<String, u64>,
+    /// Failed allocations by errno name.
+    pub fails_by_error: BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -145,7 +149,7 @@ impl Stats {
                     .entry(event.comm.clone())
                     .or_default() += 1;
             }
-            Outcome::Released { lifetime_ns } => {
+            Outcome::Released { lifetime_ns, .. } => {
                 self.totals.release += 1;
                 self.all.record(lifetime_ns);
                 self.by_proto
@@ -165,7 +169,15 @@ impl Stats {
                 self.totals.release += 1;
                 self.totals.unmatched_release += 1;
             }
-            Outcome::Failed => self.totals.fail += 1,
+            Outcome::Failed => {
+                self.totals.fail += 1;
+                *self
+                    .fails_by_error
+                    .entry(errno_name(event.errno))
+                    .or_default() += 1;
+            }
+            // Still held; counted when its TIME_WAIT socket goes.
+            Outcome::EnteredTimeWait => {}
         }
     }
 
@@ -217,7 +229,17 @@ mod tests {
         let mut stats = Stats::default();
         let event = decode_raw(&raw_connect()).expect("decodes");
         stats.record(&event, Outcome::Allocated);
-        stats.record(&event, Outcome::Released { lifetime_ns: 10 });
+        stats.record(
+            &event,
+            Outcome::Released {
+                lifetime_ns: 10,
+                time_wait_ns: None,
+            },
+        );
+        let mut failed = event.clone();
+        failed.errno = 99;
+        stats.record(&failed, Outcome::Failed);
+        assert_eq!(stats.fails_by_error["EADDRNOTAVAIL"], 1);
         stats.record(&event, Outcome::UnmatchedRelease);
         assert_eq!(stats.totals.alloc, 1);
         assert_eq!(stats.totals.release, 2);
@@ -228,7 +250,8 @@ mod tests {
         stats.set_lost(LostCounts {
             ring_buffer_full: 2,
             socket_table_full: 3,
+            failure_ring_full: 1,
         });
-        assert_eq!(stats.totals.lost, 5);
+        assert_eq!(stats.totals.lost, 6);
     }
 }

@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::{
     cli::{Cli, EventFormat},
     error::Fatal,
-    events::decode,
+    events::{Event, decode},
     probes::{ProbeConfig, Probes},
     sinks::{
         WallClock,
@@ -23,7 +23,8 @@ use crate::{
         summary,
     },
     stats::Stats,
-    tracker::Tracker,
+    time_wait::TimeWaitWatcher,
+    tracker::{Outcome, Tracker},
 };
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
@@ -31,11 +32,8 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
         max_sockets: cli.max_sockets,
         ring_buffer_bytes: cli.ring_buffer_kib * 1024,
     })?;
-    let ring = probes.take_events()?;
-    // SAFETY: the AsyncFd owns the ring buffer, so the fd stays open as long as it is
-    // registered.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .context("watching the ring buffer")?;
+    let mut ring = watch(probes.take_events()?)?;
+    let mut failures = watch(probes.take_failures()?)?;
     let clock = WallClock::now();
     let started = Instant::now();
 
@@ -76,6 +74,8 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
         }
     };
     tokio::pin!(deadline);
+    let mut time_wait = TimeWaitWatcher::default();
+    let mut time_wait_ticker = tokio::time::interval(TIME_WAIT_POLL);
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
 
@@ -85,6 +85,17 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 pipeline.drain(guard.get_inner_mut(), &mut out)?;
                 guard.clear_ready();
+            }
+            guard = failures.readable_mut() => {
+                let mut guard = guard.context("waiting on the failure ring buffer")?;
+                pipeline.drain(guard.get_inner_mut(), &mut out)?;
+                guard.clear_ready();
+            }
+            _ = time_wait_ticker.tick() => {
+                for (event, outcome) in time_wait.poll(&mut pipeline.tracker) {
+                    pipeline.emit(&event, outcome, &mut out)?;
+                }
+                out.flush()?;
             }
             _ = ticker.tick() => {
                 pipeline.stats.set_lost(probes.lost()?);
@@ -98,6 +109,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     }
 
     // Whatever the kernel wrote before we stopped still counts.
+    pipeline.drain(failures.get_mut(), &mut out)?;
     pipeline.drain(ring.get_mut(), &mut out)?;
     pipeline.stats.set_lost(probes.lost()?);
     let text = pipeline.summary(started);
@@ -132,22 +144,48 @@ impl Pipeline {
                 }
             };
             let outcome = self.tracker.apply(&event);
-            self.stats.record(&event, outcome);
-            if let Some(format) = self.format {
-                let record = EventRecord::new(&event, outcome, self.clock);
-                let line = match format {
-                    EventFormat::Json => record.to_json(),
-                    EventFormat::Text => record.to_text(),
-                };
-                writeln!(out, "{line}")?;
-            }
+            self.emit(&event, outcome, out)?;
         }
         out.flush()
+    }
+
+    /// Counts one matched event and writes its line, if events are streamed.
+    fn emit(
+        &mut self,
+        event: &Event,
+        outcome: Outcome,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        self.stats.record(event, outcome);
+        let Some(format) = self.format else {
+            return Ok(());
+        };
+        // The port is still held; its release line comes when TIME_WAIT ends.
+        if outcome == Outcome::EnteredTimeWait {
+            return Ok(());
+        }
+        let record = EventRecord::new(event, outcome, self.clock);
+        let line = match format {
+            EventFormat::Json => record.to_json(),
+            EventFormat::Text => record.to_text(),
+        };
+        writeln!(out, "{line}")
     }
 
     fn summary(&self, started: Instant) -> String {
         summary::render(&self.stats, elapsed_ns(started), self.tracker.held())
     }
+}
+
+/// How often TIME_WAIT sockets are checked (while any port is in TIME_WAIT): the error on a
+/// TIME_WAIT lifetime is at most this.
+const TIME_WAIT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn watch(ring: RingBuf<MapData>) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the AsyncFd owns the ring buffer, so the fd stays open as long as it is
+    // registered.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .context("watching a ring buffer")
 }
 
 fn elapsed_ns(started: Instant) -> u64 {

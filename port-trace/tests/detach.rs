@@ -53,8 +53,14 @@ fn signals_detach_every_program() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let mut tracer = Tracer::start(&[]);
         let ids = program_ids_held_by(tracer.pid());
-        assert_eq!(ids.len(), 7, "seven programs loaded: {ids:?}");
-        assert_eq!(still_loaded(&ids).len(), 7);
+        let attached = tracer.ready["programs"].as_array().map_or(0, Vec::len);
+        assert!(attached > 0, "{}", tracer.ready);
+        assert_eq!(
+            ids.len(),
+            attached,
+            "one loaded program per attached one: {ids:?}"
+        );
+        assert_eq!(still_loaded(&ids).len(), attached);
         let (_, report) = tracer.stop_with(signal);
         assert_eq!(report["totals"]["lost"], 0);
         // The kernel frees detached programs asynchronously (after an RCU grace period), so

@@ -228,6 +228,8 @@ impl Btf {
             net_inum: self.offset_of("net.ns.inum")?,
             task_nsproxy: self.offset_of("task_struct.nsproxy")?,
             nsproxy_net_ns: self.offset_of("nsproxy.net_ns")?,
+            // Not in BTF: the daemon reads it from tracefs (probes::tracefs).
+            syscall_exit_ret: 0,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod preflight;
+pub mod tracefs;
 
 use std::fs::File;
 
@@ -12,9 +13,10 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps,
+        TracePoint,
     },
 };
-use port_trace_common::{LOST_RINGBUF_FULL, LOST_TABLE_FULL};
+use port_trace_common::{LOST_FAILURE_RING_FULL, LOST_RINGBUF_FULL, LOST_TABLE_FULL};
 use tracing::{debug, info};
 
 use crate::{error::Fatal, stats::LostCounts};
@@ -39,8 +41,20 @@ pub struct Probes {
 const CGROUP_LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// The tracepoint backend's cgroup programs: (program, what it hooks).
-const CGROUP_SOCK_ADDR: [&str; 2] = ["bind4_request", "bind6_request"];
-const CGROUP_SOCK: [&str; 3] = ["post_bind4", "post_bind6", "sock_release"];
+const CGROUP_SOCK_ADDR: [&str; 6] = [
+    "bind4_request",
+    "bind6_request",
+    "udp_connect4",
+    "udp_connect6",
+    "udp_sendmsg4",
+    "udp_sendmsg6",
+];
+const CGROUP_SOCK: [&str; 4] = ["post_bind4", "post_bind6", "sock_release", "udp_create"];
+/// (program, tracepoint in the `syscalls` category).
+const SYSCALL_EXITS: [(&str, &str); 2] = [
+    ("bind_exit", "sys_exit_bind"),
+    ("connect_exit", "sys_exit_connect"),
+];
 
 impl Probes {
     pub fn attach(config: &ProbeConfig) -> Result<Self, Fatal> {
@@ -49,9 +63,13 @@ impl Probes {
 
         let btf_bytes = std::fs::read(preflight::VMLINUX_BTF)
             .with_context(|| format!("reading {}", preflight::VMLINUX_BTF))?;
-        let offsets = btf::Btf::parse(&btf_bytes)
+        let mut offsets = btf::Btf::parse(&btf_bytes)
             .and_then(|b| b.kernel_offsets())
             .map_err(|e| Fatal::Unsupported(format!("cannot read this kernel's BTF: {e}")))?;
+        let tracefs =
+            tracefs::ensure_mounted().map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
+        offsets.syscall_exit_ret = tracefs::syscall_exit_ret_offset(&tracefs)
+            .map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
         debug!(?offsets, "kernel struct offsets from BTF");
         let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
 
@@ -97,6 +115,13 @@ impl Probes {
                 .map_err(|e| load_error(name, e))?;
             programs.push(format!("{name} (cgroup sock)"));
         }
+        for (name, tracepoint) in SYSCALL_EXITS {
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| load_error(name, e))?;
+            prog.attach("syscalls", tracepoint)
+                .map_err(|e| load_error(name, e))?;
+            programs.push(format!("{name} (tracepoint syscalls:{tracepoint})"));
+        }
         info!(cgroup = %machine.cgroup2.display(), "attached {} programs", programs.len());
         Ok(Self {
             ebpf,
@@ -105,12 +130,21 @@ impl Probes {
         })
     }
 
-    /// The ring buffer the programs write events to. Can be taken once.
+    /// The ring buffer of allocations and releases. Can be taken once.
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        self.take_ring("EVENTS")
+    }
+
+    /// The ring buffer of failed allocations. Can be taken once.
+    pub fn take_failures(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        self.take_ring("FAILURES")
+    }
+
+    fn take_ring(&mut self, name: &str) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .context("the EVENTS ring buffer is missing or was taken")?;
+            .take_map(name)
+            .with_context(|| format!("the {name} ring buffer is missing or was taken"))?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -122,6 +156,7 @@ impl Probes {
         Ok(LostCounts {
             ring_buffer_full: sum(LOST_RINGBUF_FULL)?,
             socket_table_full: sum(LOST_TABLE_FULL)?,
+            failure_ring_full: sum(LOST_FAILURE_RING_FULL)?,
         })
     }
 }

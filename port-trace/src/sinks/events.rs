@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{WallClock, human_ns};
 use crate::{
-    events::{AllocKind, Event, EventType, Family, Proto},
+    events::{AllocKind, Event, EventType, Family, Proto, errno_name},
     tracker::Outcome,
 };
 
@@ -32,12 +32,20 @@ pub struct EventRecord<'a> {
     pub rport: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifetime_ns: Option<u64>,
+    /// Of `lifetime_ns`, the time in TIME_WAIT (TCP active closes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_wait_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
     pub cookie: u64,
 }
 
 impl<'a> EventRecord<'a> {
     pub fn new(event: &'a Event, outcome: Outcome, clock: WallClock) -> Self {
-        let connect = event.kind == AllocKind::Connect;
+        let has_peer = matches!(event.kind, AllocKind::Connect | AllocKind::Sendmsg);
+        let failed = event.event == EventType::Fail;
         Self {
             event: event.event,
             ts_ns: clock.to_epoch_ns(event.ts_ns),
@@ -49,12 +57,18 @@ impl<'a> EventRecord<'a> {
             comm: &event.comm,
             netns: event.netns,
             laddr: event.laddr,
-            raddr: connect.then_some(event.raddr),
-            rport: connect.then_some(event.rport),
+            raddr: has_peer.then_some(event.raddr),
+            rport: has_peer.then_some(event.rport),
             lifetime_ns: match outcome {
-                Outcome::Released { lifetime_ns } => Some(lifetime_ns),
+                Outcome::Released { lifetime_ns, .. } => Some(lifetime_ns),
                 _ => None,
             },
+            time_wait_ns: match outcome {
+                Outcome::Released { time_wait_ns, .. } => time_wait_ns,
+                _ => None,
+            },
+            errno: failed.then_some(event.errno),
+            error: failed.then(|| errno_name(event.errno)),
             cookie: event.cookie,
         }
     }
@@ -69,10 +83,14 @@ impl<'a> EventRecord<'a> {
             (Some(addr), Some(port)) => format!("-> {}", socket_addr(addr, port)),
             _ => String::new(),
         };
-        let lifetime = self
-            .lifetime_ns
-            .map(|ns| format!("held {}", human_ns(ns)))
-            .unwrap_or_default();
+        let lifetime = match (self.lifetime_ns, self.time_wait_ns, self.error) {
+            (Some(ns), Some(tw), _) if tw > 0 => {
+                format!("held {} ({} TIME_WAIT)", human_ns(ns), human_ns(tw))
+            }
+            (Some(ns), _, _) => format!("held {}", human_ns(ns)),
+            (None, _, Some(error)) => error.to_string(),
+            _ => String::new(),
+        };
         format!(
             "{:<7} {:<3} {:<4} {:<7} {:>7} {:<16} {:<30} {:<30} {}",
             self.event.to_string(),
@@ -148,7 +166,10 @@ mod tests {
         let event = decode_raw(&raw).expect("decodes");
         let record = EventRecord::new(
             &event,
-            Outcome::Released { lifetime_ns: 77 },
+            Outcome::Released {
+                lifetime_ns: 77,
+                time_wait_ns: None,
+            },
             WallClock::with_offset(0),
         );
         let value: serde_json::Value = serde_json::from_str(&record.to_json()).expect("JSON");
@@ -156,5 +177,21 @@ mod tests {
         assert_eq!(value["lifetime_ns"], 77);
         assert!(value.get("raddr").is_none() && value.get("rport").is_none());
         assert!(record.to_text().contains("held 77ns"));
+        assert!(value.get("time_wait_ns").is_none() && value.get("errno").is_none());
+    }
+
+    #[test]
+    fn fail_json_names_the_error_and_the_destination() {
+        let mut raw = raw_connect();
+        raw.event = port_trace_common::EVENT_FAIL;
+        raw.errno = 99;
+        let event = decode_raw(&raw).expect("decodes");
+        let record = EventRecord::new(&event, Outcome::Failed, WallClock::with_offset(0));
+        let value: serde_json::Value = serde_json::from_str(&record.to_json()).expect("JSON");
+        assert_eq!(value["type"], "fail");
+        assert_eq!(value["errno"], 99);
+        assert_eq!(value["error"], "EADDRNOTAVAIL");
+        assert_eq!(value["raddr"], "10.1.2.3");
+        assert!(record.to_text().ends_with("EADDRNOTAVAIL"));
     }
 }

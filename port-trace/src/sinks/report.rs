@@ -14,8 +14,10 @@ pub struct Report {
     pub duration_ns: u64,
     pub totals: Totals,
     pub lost: LostCounts,
-    /// Ports still held when tracing stopped.
+    /// Ports still held when tracing stopped (in TIME_WAIT included).
     pub held_at_exit: usize,
+    /// Failed allocations by errno name.
+    pub fail_by_error: BTreeMap<&'static str, u64>,
     pub lifetime_ns: LifetimeGroups,
 }
 
@@ -43,6 +45,7 @@ impl Report {
             totals: stats.totals,
             lost: stats.lost,
             held_at_exit,
+            fail_by_error: stats.fails_by_error.clone(),
             lifetime_ns: LifetimeGroups {
                 all: stats.all.summary(),
                 by_proto: group(&stats.by_proto),
@@ -72,7 +75,13 @@ mod tests {
         let mut stats = Stats::default();
         let event = decode_raw(&raw_connect()).expect("decodes");
         stats.record(&event, Outcome::Allocated);
-        stats.record(&event, Outcome::Released { lifetime_ns: 1_000 });
+        stats.record(
+            &event,
+            Outcome::Released {
+                lifetime_ns: 1_000,
+                time_wait_ns: None,
+            },
+        );
         let value = serde_json::to_value(Report::new(&stats, "tracepoint", 5, 0)).expect("json");
         assert_eq!(value["totals"]["alloc"], 1);
         assert_eq!(value["totals"]["release"], 1);

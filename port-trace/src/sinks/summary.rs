@@ -36,9 +36,17 @@ pub fn render(stats: &Stats, elapsed_ns: u64, held: usize) -> String {
     if t.lost > 0 {
         let _ = write!(
             out,
-            " (ring buffer full: {}, socket table full: {})",
-            stats.lost.ring_buffer_full, stats.lost.socket_table_full
+            " (ring buffer full: {}, socket table full: {}, failure ring full: {})",
+            stats.lost.ring_buffer_full, stats.lost.socket_table_full, stats.lost.failure_ring_full
         );
+    }
+    if t.fail > 0 {
+        let by_error: Vec<String> = stats
+            .fails_by_error
+            .iter()
+            .map(|(error, n)| format!("{error}: {n}"))
+            .collect();
+        let _ = write!(out, "\n  failed allocations: {}", by_error.join(", "));
     }
     out.push('\n');
     if stats.all.summary().count == 0 {
@@ -81,11 +89,12 @@ mod tests {
             &event,
             Outcome::Released {
                 lifetime_ns: 2_000_000,
+                time_wait_ns: None,
             },
         );
         stats.set_lost(crate::stats::LostCounts {
             ring_buffer_full: 3,
-            socket_table_full: 0,
+            ..Default::default()
         });
         let text = render(&stats, 1_000_000_000, 0);
         assert!(text.contains("1 allocated, 1 released"), "{text}");

@@ -31,6 +31,8 @@ pub fn binary() -> &'static str {
 /// A running `port-trace --events json`, with its stdout collected line by line.
 pub struct Tracer {
     child: Child,
+    /// The `ready` record: backend and the programs attached.
+    pub ready: Value,
     lines: Receiver<String>,
     pub report: PathBuf,
 }
@@ -67,6 +69,7 @@ impl Tracer {
         assert_eq!(ready["type"], "ready", "first record: {ready}");
         Tracer {
             child,
+            ready,
             lines,
             report,
         }

@@ -1,0 +1,59 @@
+//! `bind_exit` and `connect_exit` (tracepoints `syscalls:sys_exit_bind/connect`): settle a
+//! bind(0) or UDP connect() noted in flight by this thread. Success: the UDP connect's port is
+//! read from the socket. Failure for want of a port: bind(0) gets EADDRINUSE, UDP autobind
+//! EAGAIN. Any other error is not about ports and is dropped.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use port_trace_common::{EADDRINUSE, EAGAIN, IPPROTO_UDP, KIND_BIND, KIND_CONNECT};
+
+use crate::{kernel, track};
+
+#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
+pub fn bind_exit(ctx: TracePointContext) -> u32 {
+    settle(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    settle(&ctx);
+    0
+}
+
+fn settle(ctx: &TracePointContext) {
+    let Some(request) = track::take_in_flight() else {
+        return;
+    };
+    let Some(entry) = track::lookup(request.cookie) else {
+        return;
+    };
+    // SAFETY: `entry` points into SOCKETS, valid for this program run.
+    let (state, kind, proto) =
+        unsafe { ((*entry).state, (*entry).event.kind, (*entry).event.proto) };
+    if state != track::PENDING {
+        // post_bind already reported it.
+        return;
+    }
+    let off = kernel::offsets();
+    let ret: i64 = unsafe { ctx.read_at(off.syscall_exit_ret as usize) }.unwrap_or(0);
+    if ret == 0 {
+        let port = kernel::sk_num(request.sk as *const u8, &off);
+        if kind == KIND_CONNECT && proto == IPPROTO_UDP && port != 0 {
+            track::allocated(entry, port);
+        } else {
+            track::forget(request.cookie);
+        }
+        return;
+    }
+    let errno = (-ret) as u32;
+    let port_shortage = match kind {
+        KIND_BIND => errno == EADDRINUSE,
+        KIND_CONNECT => proto == IPPROTO_UDP && errno == EAGAIN,
+        _ => false,
+    };
+    if port_shortage {
+        track::failed(request.cookie, entry, errno);
+    } else {
+        track::forget(request.cookie);
+    }
+}
