@@ -132,3 +132,35 @@ pub fn ours<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
         .filter(|e| e["type"] == kind && e["pid"].as_u64() == Some(pid))
         .collect()
 }
+
+/// Moves the calling thread into a new network namespace with loopback up and the
+/// ephemeral range `low..=high`; returns the namespace's inode. Only this thread (and the
+/// processes it spawns) is in it: network namespaces are per thread.
+pub fn enter_tiny_netns(low: u16, high: u16) -> u64 {
+    // SAFETY: unshare affects only the calling thread's namespaces.
+    assert_eq!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    let status = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip (iproute2) runs");
+    assert!(status.success(), "ip link set lo up");
+    std::fs::write(
+        "/proc/sys/net/ipv4/ip_local_port_range",
+        format!("{low} {high}"),
+    )
+    .expect("set ip_local_port_range");
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/task/{}/ns/net", gettid()))
+        .expect("our netns")
+        .ino()
+}
+
+pub fn gettid() -> i64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) }
+}

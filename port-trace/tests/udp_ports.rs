@@ -1,0 +1,132 @@
+//! UDP ports the kernel chooses: bind(0), connect() autobind, first sendto() autobind; IPv4
+//! and IPv6; with lifetimes from the real kernel.
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::{Tracer, ours, skip_unless_root};
+use serde_json::Value;
+
+const TOLERANCE: Duration = Duration::from_millis(50);
+
+struct Case {
+    socket: UdpSocket,
+    kind: &'static str,
+    family: &'static str,
+    started: Instant,
+}
+
+fn loopback(v6: bool, port: u16) -> SocketAddr {
+    if v6 {
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port))
+    } else {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+}
+
+fn unbound(v6: bool) -> UdpSocket {
+    let domain = if v6 {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    socket2::Socket::new(domain, socket2::Type::DGRAM, None)
+        .expect("udp socket")
+        .into()
+}
+
+#[test]
+fn kernel_chosen_udp_ports_are_reported_with_their_lifetimes() {
+    if skip_unless_root("kernel_chosen_udp_ports_are_reported_with_their_lifetimes") {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let sink = UdpSocket::bind(loopback(false, 0)).expect("v4 sink");
+    let sink6 = UdpSocket::bind(loopback(true, 0)).expect("v6 sink");
+    let mut cases = Vec::new();
+    for v6 in [false, true] {
+        let family = if v6 { "ipv6" } else { "ipv4" };
+        let target = if v6 {
+            sink6.local_addr()
+        } else {
+            sink.local_addr()
+        }
+        .expect("sink address");
+
+        let started = Instant::now();
+        let socket = UdpSocket::bind(loopback(v6, 0)).expect("bind(0)");
+        cases.push(Case {
+            socket,
+            kind: "bind",
+            family,
+            started,
+        });
+
+        let started = Instant::now();
+        let socket = unbound(v6);
+        socket.connect(target).expect("connect autobinds");
+        cases.push(Case {
+            socket,
+            kind: "connect",
+            family,
+            started,
+        });
+
+        let started = Instant::now();
+        let socket = unbound(v6);
+        socket.send_to(b"hello", target).expect("sendto autobinds");
+        socket.send_to(b"again", target).expect("second send");
+        cases.push(Case {
+            socket,
+            kind: "sendmsg",
+            family,
+            started,
+        });
+    }
+    sleep(Duration::from_millis(150));
+    let mut expected = Vec::new();
+    for case in cases {
+        let port = case.socket.local_addr().expect("getsockname").port();
+        drop(case.socket);
+        expected.push((port, case.kind, case.family, case.started.elapsed()));
+    }
+    sleep(Duration::from_millis(100));
+    let (events, report) = tracer.stop();
+
+    let allocs = ours(&events, "alloc");
+    let releases = ours(&events, "release");
+    let on_port = |records: &[&Value], port: u16| -> Vec<Value> {
+        records
+            .iter()
+            .filter(|e| e["proto"] == "udp" && e["port"].as_u64() == Some(u64::from(port)))
+            .map(|e| (*e).clone())
+            .collect()
+    };
+    for (port, kind, family, held) in expected {
+        let alloc = on_port(&allocs, port);
+        assert_eq!(alloc.len(), 1, "{kind}/{family} port {port}: {alloc:?}");
+        assert_eq!(alloc[0]["kind"], kind, "{}", alloc[0]);
+        assert_eq!(alloc[0]["family"], family, "{}", alloc[0]);
+        if kind != "bind" {
+            assert!(
+                alloc[0]["rport"].as_u64().is_some_and(|p| p > 0),
+                "{}",
+                alloc[0]
+            );
+        }
+        let release = on_port(&releases, port);
+        assert_eq!(release.len(), 1, "{kind}/{family} release: {release:?}");
+        let lifetime = Duration::from_nanos(release[0]["lifetime_ns"].as_u64().expect("ns"));
+        assert!(
+            lifetime.abs_diff(held) <= TOLERANCE,
+            "{kind}/{family}: lifetime {lifetime:?}, held {held:?}"
+        );
+    }
+    assert!(report["lifetime_ns"]["by_proto"]["udp"]["count"].as_u64() >= Some(6));
+    assert_eq!(report["totals"]["lost"], 0);
+}
