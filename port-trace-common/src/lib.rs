@@ -60,6 +60,9 @@ impl PortEvent {
 pub const EVENT_ALLOC: u8 = 1;
 pub const EVENT_RELEASE: u8 = 2;
 pub const EVENT_FAIL: u8 = 3;
+/// The TIME_WAIT socket that held a released port is gone (kprobe backend: the kernel sees
+/// it die; the tracepoint backend watches sock_diag instead).
+pub const EVENT_TIME_WAIT_END: u8 = 4;
 
 /// On a TCP release: the socket closed actively (from FIN_WAIT1/FIN_WAIT2/CLOSING), so its
 /// port most likely lives on in a TIME_WAIT socket; the daemon watches for that one to go.
@@ -120,6 +123,8 @@ pub struct KernelOffsets {
     pub nsproxy_net_ns: u32,
     /// Offset of `ret` in the `syscalls:sys_exit_*` tracepoints' records (from tracefs).
     pub syscall_exit_ret: u32,
+    /// `struct socket`: `sk`.
+    pub socket_sk: u32,
 }
 
 #[cfg(feature = "user")]
@@ -145,6 +150,6 @@ mod tests {
             8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 1 + 3
         );
         assert_eq!(size_of::<PortEvent>() % 8, 0);
-        assert_eq!(size_of::<KernelOffsets>(), 13 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
     }
 }

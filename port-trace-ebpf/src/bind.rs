@@ -51,7 +51,7 @@ fn try_bind_request<const V6: bool>(ctx: &SockAddrContext) {
     event.netns = kernel::current_netns(&kernel::offsets());
     track::begin(cookie, &event, track::PENDING);
     // Settled in post_bind if a port is found, else at the syscall's exit (bind_exit).
-    track::in_flight(cookie, 0);
+    track::in_flight(cookie, 0, KIND_BIND);
 }
 
 #[cgroup_sock(post_bind4)]

@@ -22,7 +22,18 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_nsproxy: 0,
     nsproxy_net_ns: 0,
     syscall_exit_ret: 0,
+    socket_sk: 0,
 };
+
+/// Random per run, from the daemon: the kprobe backend names a socket `sk ^ SOCKET_ID_KEY`,
+/// since kprobes cannot take socket cookies and kernel addresses must not reach the output.
+#[unsafe(no_mangle)]
+static SOCKET_ID_KEY: u64 = 0;
+
+#[inline(always)]
+pub fn socket_id(sk: *const u8) -> u64 {
+    (sk as u64) ^ unsafe { core::ptr::read_volatile(&SOCKET_ID_KEY) }
+}
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {

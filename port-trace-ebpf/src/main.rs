@@ -19,6 +19,7 @@
 
 mod bind;
 mod kernel;
+mod kprobes;
 mod release;
 mod sock_ops;
 mod syscalls;

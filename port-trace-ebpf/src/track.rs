@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use port_trace_common::{
-    EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, LOST_FAILURE_RING_FULL, LOST_REASONS,
-    LOST_RINGBUF_FULL, LOST_TABLE_FULL, PortEvent,
+    EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, LOST_FAILURE_RING_FULL,
+    LOST_REASONS, LOST_RINGBUF_FULL, LOST_TABLE_FULL, PortEvent,
 };
 
 /// Where a tracked socket's port stands.
@@ -27,13 +27,17 @@ pub struct SockEntry {
     pub _pad: [u8; 7],
 }
 
-/// A port request in flight in one thread's bind()/connect(), settled at the syscall's exit.
+/// A port request in flight in one thread's bind()/connect()/listen()/send, settled when the
+/// call returns.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct InFlight {
     pub cookie: u64,
     /// The `struct sock *`, to read the chosen port at exit.
     pub sk: u64,
+    /// `KIND_*` of the request: nested kernel calls settle only their own kind.
+    pub kind: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Sized by the daemon at load time (`--ring-buffer-kib`).
@@ -135,8 +139,13 @@ pub fn forget(cookie: u64) {
 }
 
 /// Notes this thread's port request, to settle at the syscall's exit.
-pub fn in_flight(cookie: u64, sk: u64) {
-    let entry = InFlight { cookie, sk };
+pub fn in_flight(cookie: u64, sk: u64, kind: u8) {
+    let entry = InFlight {
+        cookie,
+        sk,
+        kind,
+        _pad: [0; 7],
+    };
     if IN_FLIGHT
         .insert(bpf_get_current_pid_tgid(), entry, 0)
         .is_err()
@@ -153,4 +162,53 @@ pub fn take_in_flight() -> Option<InFlight> {
         let _ = IN_FLIGHT.remove(key);
     }
     found
+}
+
+/// This thread's request in flight, left in place.
+pub fn peek_in_flight() -> Option<InFlight> {
+    unsafe { IN_FLIGHT.get(bpf_get_current_pid_tgid()) }.copied()
+}
+
+/// Takes this thread's request in flight if it is of `kind`.
+pub fn take_in_flight_of(kind: u8) -> Option<InFlight> {
+    match peek_in_flight() {
+        Some(found) if found.kind == kind => take_in_flight(),
+        _ => None,
+    }
+}
+
+/// The socket handed its port to a TIME_WAIT socket: report the release (flagged, so the
+/// daemon keeps the port held) and re-key the entry by the TIME_WAIT socket's id, whose end
+/// `time_wait_end` reports.
+pub fn moved_to_time_wait(id: u64, tw_id: u64, flags: u8) {
+    let Some(entry) = lookup(id) else {
+        return;
+    };
+    // SAFETY: `entry` points into SOCKETS, valid for this program run.
+    let entry = unsafe { *entry };
+    let _ = SOCKETS.remove(id);
+    if entry.state != HELD {
+        return;
+    }
+    let mut event = entry.event;
+    event.event = EVENT_RELEASE;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.flags = flags;
+    submit_to(&EVENTS, &event, LOST_RINGBUF_FULL);
+    if SOCKETS.insert(tw_id, entry, 0).is_err() {
+        count_lost(LOST_TABLE_FULL);
+    }
+}
+
+/// A TIME_WAIT socket died: its port is free now.
+pub fn time_wait_end(tw_id: u64) {
+    let Some(entry) = lookup(tw_id) else {
+        return;
+    };
+    // SAFETY: as above.
+    let mut event = unsafe { (*entry).event };
+    let _ = SOCKETS.remove(tw_id);
+    event.event = EVENT_TIME_WAIT_END;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    submit_to(&EVENTS, &event, LOST_RINGBUF_FULL);
 }

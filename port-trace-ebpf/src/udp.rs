@@ -81,7 +81,7 @@ fn try_udp_connect<const V6: bool>(ctx: &SockAddrContext) {
     event.netns = kernel::current_netns(&kernel::offsets());
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     track::begin(cookie, &event, track::PENDING);
-    track::in_flight(cookie, sk as u64);
+    track::in_flight(cookie, sk as u64, KIND_CONNECT);
 }
 
 #[cgroup_sock_addr(sendmsg4)]

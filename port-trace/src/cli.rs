@@ -51,9 +51,23 @@ pub struct Cli {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 
+    /// Which kernel hooks to use. `kprobe`: kprobes on inet_bind, __inet_hash_connect,
+    /// udp_lib_get_port and the release paths (distribution kernels). `tracepoint`: the
+    /// inet_sock_set_state tracepoint with cgroup socket hooks, for kernels without kprobes.
+    /// `auto` takes kprobe where it attaches, else tracepoint.
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    pub backend: Backend,
+
     /// More logs on stderr: -v for debug, -vv for trace.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Auto,
+    Kprobe,
+    Tracepoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

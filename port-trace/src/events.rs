@@ -6,8 +6,8 @@ use std::{
 };
 
 use port_trace_common::{
-    AF_INET, AF_INET6, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, FLAG_TIME_WAIT, IPPROTO_TCP,
-    IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
+    AF_INET, AF_INET6, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, FLAG_TIME_WAIT,
+    IPPROTO_TCP, IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -80,6 +80,8 @@ pub struct Event {
     pub errno: u32,
     /// A TCP release by active close: the port may live on in a TIME_WAIT socket.
     pub time_wait: bool,
+    /// The release of a port whose TIME_WAIT socket just died (kprobe backend).
+    pub time_wait_end: bool,
 }
 
 /// The symbolic name of the errnos a port allocation fails with.
@@ -130,7 +132,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
     let event = match raw.event {
         EVENT_ALLOC => EventType::Alloc,
-        EVENT_RELEASE => EventType::Release,
+        EVENT_RELEASE | EVENT_TIME_WAIT_END => EventType::Release,
         EVENT_FAIL => EventType::Fail,
         other => return Err(unknown("event", other)),
     };
@@ -167,6 +169,7 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         rport: raw.rport,
         errno: raw.errno,
         time_wait: raw.flags & FLAG_TIME_WAIT != 0,
+        time_wait_end: raw.event == EVENT_TIME_WAIT_END,
     })
 }
 

@@ -29,6 +29,7 @@ use crate::{
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut probes = Probes::attach(&ProbeConfig {
+        backend: cli.backend,
         max_sockets: cli.max_sockets,
         ring_buffer_bytes: cli.ring_buffer_kib * 1024,
     })?;
@@ -36,6 +37,9 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut failures = watch(probes.take_failures()?)?;
     let clock = WallClock::now();
     let started = Instant::now();
+    // Before `ready`: whoever waits for it may signal us at once.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -65,8 +69,6 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
         clock,
         format: cli.events,
     };
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = async {
         match cli.duration {
             Some(duration) => tokio::time::sleep(duration).await,
@@ -91,7 +93,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
                 pipeline.drain(guard.get_inner_mut(), &mut out)?;
                 guard.clear_ready();
             }
-            _ = time_wait_ticker.tick() => {
+            _ = time_wait_ticker.tick(), if !probes.sees_time_wait_end() => {
                 for (event, outcome) in time_wait.poll(&mut pipeline.tracker) {
                     pipeline.emit(&event, outcome, &mut out)?;
                 }

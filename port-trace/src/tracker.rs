@@ -48,6 +48,7 @@ impl Tracker {
                 self.held.insert(event.cookie, event.ts_ns);
                 Outcome::Allocated
             }
+            EventType::Release if event.time_wait_end => self.end_time_wait(event),
             EventType::Release => match self.held.remove(&event.cookie) {
                 Some(since) if event.time_wait => {
                     self.time_wait.insert(
@@ -67,6 +68,17 @@ impl Tracker {
                 None => Outcome::UnmatchedRelease,
             },
             EventType::Fail => Outcome::Failed,
+        }
+    }
+
+    /// The kernel saw the TIME_WAIT socket holding a port die (kprobe backend).
+    fn end_time_wait(&mut self, event: &Event) -> Outcome {
+        match self.time_wait.remove(&event.cookie) {
+            Some(tw) => Outcome::Released {
+                lifetime_ns: event.ts_ns.saturating_sub(tw.allocated_ns),
+                time_wait_ns: Some(event.ts_ns.saturating_sub(tw.release.ts_ns)),
+            },
+            None => Outcome::UnmatchedRelease,
         }
     }
 
@@ -230,6 +242,29 @@ mod tests {
                 time_wait_ns: Some(0)
             }
         );
+    }
+
+    #[test]
+    fn the_kernel_can_report_the_end_of_time_wait() {
+        let mut tracker = Tracker::default();
+        let alloc = alloc();
+        tracker.apply(&alloc);
+        let closed = alloc.ts_ns + 1_000;
+        tracker.apply(&release(alloc.cookie, closed, FLAG_TIME_WAIT));
+        let mut raw = raw_connect();
+        raw.event = port_trace_common::EVENT_TIME_WAIT_END;
+        raw.ts_ns = closed + 60_000;
+        let end = decode_raw(&raw).expect("decodes");
+        assert_eq!(end.event, EventType::Release);
+        assert_eq!(
+            tracker.apply(&end),
+            Outcome::Released {
+                lifetime_ns: 61_000,
+                time_wait_ns: Some(60_000)
+            }
+        );
+        assert_eq!(tracker.held(), 0);
+        assert_eq!(tracker.apply(&end), Outcome::UnmatchedRelease);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! README's two commands work on a fresh Debian/Ubuntu machine.
 
 mod setup;
+mod vm;
 
 use std::{
     env,
@@ -36,8 +37,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the whole test suite: fmt, clippy, unit and kernel integration tests.
+    /// Set up, then run the whole test suite: fmt, clippy, unit and kernel integration
+    /// tests here, then the kernel matrix in VMs (vm-test).
     Test,
+    /// Run the test suite in VMs on Debian's 6.1 and 6.12 kernels, once per backend, and
+    /// print a kernel x backend table.
+    VmTest {
+        /// Backends to run the suite with.
+        #[arg(long, value_delimiter = ',', default_value = "tracepoint,kprobe")]
+        backends: Vec<String>,
+    },
     /// Set up, build, and copy port-trace into PREFIX/bin (default /usr/local).
     Install {
         #[arg(long, default_value = "/usr/local")]
@@ -73,6 +82,7 @@ fn run_task(task: Task) -> Result<()> {
             run(Command::new(binary).args(args))
         }
         Task::Test => test(),
+        Task::VmTest { backends } => vm_matrix(&backends),
         Task::Install { prefix } => {
             build()?;
             let dir = prefix.join("bin");
@@ -114,7 +124,25 @@ fn test() -> Result<()> {
     }
     // Integration tests each start a tracer; one at a time keeps their timings honest on
     // small machines.
-    run(cmd("cargo").args(["test", "--all-targets", "--", "--test-threads=1"]))
+    run(cmd("cargo").args(["test", "--all-targets", "--", "--test-threads=1"]))?;
+    if !setup::is_root() {
+        eprintln!("xtask: not root: skipping the VM kernel matrix (it installs qemu with apt)");
+        return Ok(());
+    }
+    vm_matrix(&["tracepoint".to_string(), "kprobe".to_string()])
+}
+
+fn vm_matrix(backends: &[String]) -> Result<()> {
+    let outcomes = vm::vm_test(backends)?;
+    vm::print_table(&outcomes);
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} kernel x backend runs failed",
+            outcomes.len()
+        );
+    }
+    Ok(())
 }
 
 /// A command with cargo's bin directory on PATH, where `cargo install` put bpf-linker.

@@ -230,6 +230,7 @@ impl Btf {
             nsproxy_net_ns: self.offset_of("nsproxy.net_ns")?,
             // Not in BTF: the daemon reads it from tracefs (probes::tracefs).
             syscall_exit_ret: 0,
+            socket_sk: self.offset_of("socket.sk")?,
         })
     }
 }

@@ -2,29 +2,27 @@
 //! buffer and the lost-event counters.
 
 pub mod btf;
+mod kprobe;
 pub mod preflight;
 pub mod tracefs;
-
-use std::fs::File;
+mod tracepoint;
 
 use anyhow::Context as _;
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps,
-        TracePoint,
-    },
+    programs::ProgramError,
 };
 use port_trace_common::{LOST_FAILURE_RING_FULL, LOST_RINGBUF_FULL, LOST_TABLE_FULL};
 use tracing::{debug, info};
 
-use crate::{error::Fatal, stats::LostCounts};
+use crate::{cli::Backend, error::Fatal, stats::LostCounts};
 
 /// The eBPF object built by build.rs from port-trace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-trace"));
 
 pub struct ProbeConfig {
+    pub backend: Backend,
     pub max_sockets: u32,
     pub ring_buffer_bytes: u32,
 }
@@ -36,98 +34,67 @@ pub struct Probes {
     pub programs: Vec<String>,
 }
 
-/// On kernels >= 5.7 aya attaches cgroup programs as BPF links, which always coexist with
-/// other programs on the cgroup and take no flags: any flag is EINVAL.
-const CGROUP_LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
-
-/// The tracepoint backend's cgroup programs: (program, what it hooks).
-const CGROUP_SOCK_ADDR: [&str; 6] = [
-    "bind4_request",
-    "bind6_request",
-    "udp_connect4",
-    "udp_connect6",
-    "udp_sendmsg4",
-    "udp_sendmsg6",
-];
-const CGROUP_SOCK: [&str; 4] = ["post_bind4", "post_bind6", "sock_release", "udp_create"];
-/// (program, tracepoint in the `syscalls` category).
-const SYSCALL_EXITS: [(&str, &str); 2] = [
-    ("bind_exit", "sys_exit_bind"),
-    ("connect_exit", "sys_exit_connect"),
-];
-
 impl Probes {
     pub fn attach(config: &ProbeConfig) -> Result<Self, Fatal> {
         let machine = preflight::check()?;
         raise_memlock_limit();
+        let backend = match config.backend {
+            Backend::Auto if kprobe::available() => Backend::Kprobe,
+            Backend::Auto => Backend::Tracepoint,
+            Backend::Kprobe if !kprobe::available() => {
+                return Err(Fatal::Unsupported(
+                    "this kernel cannot attach kprobes (no kprobe PMU: CONFIG_KPROBE_EVENTS is \
+                     off); use --backend tracepoint"
+                        .into(),
+                ));
+            }
+            chosen => chosen,
+        };
 
         let btf_bytes = std::fs::read(preflight::VMLINUX_BTF)
             .with_context(|| format!("reading {}", preflight::VMLINUX_BTF))?;
         let mut offsets = btf::Btf::parse(&btf_bytes)
             .and_then(|b| b.kernel_offsets())
             .map_err(|e| Fatal::Unsupported(format!("cannot read this kernel's BTF: {e}")))?;
-        let tracefs =
-            tracefs::ensure_mounted().map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
-        offsets.syscall_exit_ret = tracefs::syscall_exit_ret_offset(&tracefs)
-            .map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
+        // Only the tracepoint backend reads syscall exits (bind()/connect() errors).
+        if backend == Backend::Tracepoint {
+            let tracefs =
+                tracefs::ensure_mounted().map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
+            offsets.syscall_exit_ret = tracefs::syscall_exit_ret_offset(&tracefs)
+                .map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
+        }
         debug!(?offsets, "kernel struct offsets from BTF");
         let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
 
+        let socket_id_key = random_u64();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
+            .override_global("SOCKET_ID_KEY", &socket_id_key, true)
             .map_max_entries("SOCKETS", config.max_sockets)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| classify(anyhow::Error::new(e).context("loading the eBPF maps")))?;
 
-        let cgroup = File::open(&machine.cgroup2)
-            .with_context(|| format!("opening cgroup v2 at {}", machine.cgroup2.display()))?;
-        let mut programs = Vec::new();
-
-        let tcp_state: &mut BtfTracePoint = program(&mut ebpf, "tcp_state")?;
-        tcp_state
-            .load("inet_sock_set_state", &aya_btf)
-            .map_err(|e| load_error("tcp_state", e))?;
-        tcp_state.attach().map_err(|e| load_error("tcp_state", e))?;
-        programs.push("tcp_state (tp_btf/inet_sock_set_state)".to_string());
-
-        let sock_ops: &mut SockOps = program(&mut ebpf, "tcp_port_chosen")?;
-        sock_ops
-            .load()
-            .map_err(|e| load_error("tcp_port_chosen", e))?;
-        sock_ops
-            .attach(&cgroup, CGROUP_LINK_MODE)
-            .map_err(|e| load_error("tcp_port_chosen", e))?;
-        programs.push("tcp_port_chosen (cgroup sock_ops)".to_string());
-
-        for name in CGROUP_SOCK_ADDR {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| load_error(name, e))?;
-            prog.attach(&cgroup, CGROUP_LINK_MODE)
-                .map_err(|e| load_error(name, e))?;
-            programs.push(format!("{name} (cgroup sock_addr)"));
-        }
-        for name in CGROUP_SOCK {
-            let prog: &mut CgroupSock = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| load_error(name, e))?;
-            prog.attach(&cgroup, CGROUP_LINK_MODE)
-                .map_err(|e| load_error(name, e))?;
-            programs.push(format!("{name} (cgroup sock)"));
-        }
-        for (name, tracepoint) in SYSCALL_EXITS {
-            let prog: &mut TracePoint = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| load_error(name, e))?;
-            prog.attach("syscalls", tracepoint)
-                .map_err(|e| load_error(name, e))?;
-            programs.push(format!("{name} (tracepoint syscalls:{tracepoint})"));
-        }
-        info!(cgroup = %machine.cgroup2.display(), "attached {} programs", programs.len());
+        let (backend, programs) = match backend {
+            Backend::Kprobe => ("kprobe", kprobe::attach(&mut ebpf)?),
+            _ => (
+                "tracepoint",
+                tracepoint::attach(&mut ebpf, &aya_btf, &machine.cgroup2)?,
+            ),
+        };
+        info!(backend, "attached {} programs", programs.len());
         Ok(Self {
             ebpf,
-            backend: "tracepoint",
+            backend,
             programs,
         })
+    }
+
+    /// Whether the kernel side reports the end of TIME_WAIT itself (kprobe backend); else
+    /// the daemon watches TIME_WAIT sockets through sock_diag.
+    pub fn sees_time_wait_end(&self) -> bool {
+        self.backend == "kprobe"
     }
 
     /// The ring buffer of allocations and releases. Can be taken once.
@@ -161,7 +128,7 @@ impl Probes {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Fatal>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Fatal>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -173,7 +140,7 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))?)
 }
 
-fn load_error(name: &str, err: ProgramError) -> Fatal {
+pub(super) fn load_error(name: &str, err: ProgramError) -> Fatal {
     classify(anyhow::Error::new(err).context(format!("loading or attaching {name}")))
 }
 
@@ -192,6 +159,14 @@ fn classify(err: anyhow::Error) -> Fatal {
     } else {
         Fatal::Other(err)
     }
+}
+
+/// Random bits from the kernel, for the per-run socket id key.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: filling a buffer we own; a short read leaves zeros, which only weakens hiding.
+    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    u64::from_ne_bytes(bytes)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the memory cgroup,

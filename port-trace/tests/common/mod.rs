@@ -48,6 +48,7 @@ impl Tracer {
         let mut child = Command::new(binary())
             .args(["--events", "json", "--interval", "1h", "--report"])
             .arg(&report)
+            .args(backend_args())
             .args(extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -114,6 +115,15 @@ impl Drop for Tracer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// `--backend X` when the suite runs for one backend (the VM matrix sets
+/// PORT_TRACE_TEST_BACKEND), else nothing: port-trace's own choice.
+pub fn backend_args() -> Vec<String> {
+    match std::env::var("PORT_TRACE_TEST_BACKEND") {
+        Ok(backend) if !backend.is_empty() => vec!["--backend".into(), backend],
+        _ => Vec::new(),
     }
 }
 

@@ -1,0 +1,103 @@
+//! The kprobe backend (distribution kernels): kprobes and kretprobes where Linux chooses and
+//! frees ports (port-trace-ebpf/src/kprobes.rs has the table of functions).
+
+use aya::{
+    Ebpf,
+    programs::{KProbe, ProgramError},
+};
+
+use super::{load_error, program};
+use crate::error::Fatal;
+
+/// (program, kernel functions it attaches to). A `|` separates names a function has had in
+/// different kernels: the first one this kernel has is used.
+const PROBES: [(&str, &[&str]); 14] = [
+    ("kp_bind", &["inet_bind", "inet6_bind"]),
+    ("kr_bind", &["inet_bind", "inet6_bind"]),
+    ("kp_hash_connect", &["__inet_hash_connect"]),
+    ("kr_hash_connect", &["__inet_hash_connect"]),
+    ("kp_csk_get_port", &["inet_csk_get_port"]),
+    ("kr_csk_get_port", &["inet_csk_get_port"]),
+    ("kp_dgram_connect", &["inet_dgram_connect"]),
+    ("kr_dgram_connect", &["inet_dgram_connect"]),
+    ("kp_udp_get_port", &["udp_lib_get_port"]),
+    ("kr_udp_get_port", &["udp_lib_get_port"]),
+    ("kp_put_port", &["inet_put_port"]),
+    ("kp_udp_unhash", &["udp_lib_unhash"]),
+    // 6.9 renamed inet_twsk_hashdance to inet_twsk_hashdance_schedule.
+    (
+        "kp_tw_hashdance",
+        &["inet_twsk_hashdance_schedule|inet_twsk_hashdance"],
+    ),
+    ("kp_twsk_kill", &["inet_twsk_kill"]),
+];
+
+/// Whether this kernel can attach kprobes at all: a kprobe PMU, or tracefs kprobe_events.
+pub fn available() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || [
+            "/sys/kernel/tracing/kprobe_events",
+            "/sys/kernel/debug/tracing/kprobe_events",
+        ]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+}
+
+/// The first of `alternatives` (`a|b|c`) this kernel has, from /proc/kallsyms.
+fn resolve(alternatives: &str, kallsyms: &str) -> Option<String> {
+    alternatives
+        .split('|')
+        .find(|name| {
+            kallsyms
+                .lines()
+                .any(|line| line.split_whitespace().nth(2) == Some(*name))
+        })
+        .map(str::to_string)
+}
+
+pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<String>, Fatal> {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms")?;
+    let mut attached = Vec::new();
+    for (name, functions) in PROBES {
+        let prog: &mut KProbe = program(ebpf, name)?;
+        prog.load().map_err(|e| load_error(name, e))?;
+        let mut targets = Vec::new();
+        for alternatives in functions {
+            let function = resolve(alternatives, &kallsyms).ok_or_else(|| {
+                Fatal::Unsupported(format!(
+                    "this kernel has no {alternatives} to attach {name} to (see /proc/kallsyms)"
+                ))
+            })?;
+            prog.attach(&function, 0)
+                .map_err(|e: ProgramError| load_error(name, e))?;
+            targets.push(function);
+        }
+        let kind = if name.starts_with("kr_") {
+            "kretprobe"
+        } else {
+            "kprobe"
+        };
+        attached.push(format!("{name} ({kind} {})", targets.join(", ")));
+    }
+    Ok(attached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_the_name_this_kernel_has() {
+        let kallsyms =
+            "ffffffff82057560 T inet_twsk_hashdance\nffffffff82057561 t inet_twsk_kill\n";
+        assert_eq!(
+            resolve("inet_twsk_hashdance_schedule|inet_twsk_hashdance", kallsyms).as_deref(),
+            Some("inet_twsk_hashdance")
+        );
+        assert_eq!(
+            resolve("inet_twsk_kill", kallsyms).as_deref(),
+            Some("inet_twsk_kill")
+        );
+        assert_eq!(resolve("inet_bind_sk", kallsyms), None);
+    }
+}

@@ -1,0 +1,80 @@
+//! The tracepoint backend, for kernels without kprobes: tp_btf `inet_sock_set_state`, cgroup
+//! socket hooks at the cgroup v2 root (which see every process), and the syscall exit
+//! tracepoints for bind()/connect() errors.
+
+use std::{fs::File, path::Path};
+
+use anyhow::Context as _;
+use aya::{
+    Btf, Ebpf,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
+};
+
+use super::{load_error, program};
+use crate::error::Fatal;
+
+/// On kernels >= 5.7 aya attaches cgroup programs as BPF links, which always coexist with
+/// other programs on the cgroup and take no flags: any flag is EINVAL.
+const CGROUP_LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+/// The tracepoint backend's cgroup programs: (program, what it hooks).
+const CGROUP_SOCK_ADDR: [&str; 6] = [
+    "bind4_request",
+    "bind6_request",
+    "udp_connect4",
+    "udp_connect6",
+    "udp_sendmsg4",
+    "udp_sendmsg6",
+];
+const CGROUP_SOCK: [&str; 4] = ["post_bind4", "post_bind6", "sock_release", "udp_create"];
+/// (program, tracepoint in the `syscalls` category).
+const SYSCALL_EXITS: [(&str, &str); 2] = [
+    ("bind_exit", "sys_exit_bind"),
+    ("connect_exit", "sys_exit_connect"),
+];
+
+/// Loads and attaches the backend's programs; returns what was attached, for people.
+pub fn attach(ebpf: &mut Ebpf, btf: &Btf, cgroup2: &Path) -> Result<Vec<String>, Fatal> {
+    let cgroup = File::open(cgroup2)
+        .with_context(|| format!("opening cgroup v2 at {}", cgroup2.display()))?;
+    let mut programs = Vec::new();
+
+    let tcp_state: &mut BtfTracePoint = program(ebpf, "tcp_state")?;
+    tcp_state
+        .load("inet_sock_set_state", btf)
+        .map_err(|e| load_error("tcp_state", e))?;
+    tcp_state.attach().map_err(|e| load_error("tcp_state", e))?;
+    programs.push("tcp_state (tp_btf/inet_sock_set_state)".to_string());
+
+    let sock_ops: &mut SockOps = program(ebpf, "tcp_port_chosen")?;
+    sock_ops
+        .load()
+        .map_err(|e| load_error("tcp_port_chosen", e))?;
+    sock_ops
+        .attach(&cgroup, CGROUP_LINK_MODE)
+        .map_err(|e| load_error("tcp_port_chosen", e))?;
+    programs.push("tcp_port_chosen (cgroup sock_ops)".to_string());
+
+    for name in CGROUP_SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load().map_err(|e| load_error(name, e))?;
+        prog.attach(&cgroup, CGROUP_LINK_MODE)
+            .map_err(|e| load_error(name, e))?;
+        programs.push(format!("{name} (cgroup sock_addr)"));
+    }
+    for name in CGROUP_SOCK {
+        let prog: &mut CgroupSock = program(ebpf, name)?;
+        prog.load().map_err(|e| load_error(name, e))?;
+        prog.attach(&cgroup, CGROUP_LINK_MODE)
+            .map_err(|e| load_error(name, e))?;
+        programs.push(format!("{name} (cgroup sock)"));
+    }
+    for (name, tracepoint) in SYSCALL_EXITS {
+        let prog: &mut TracePoint = program(ebpf, name)?;
+        prog.load().map_err(|e| load_error(name, e))?;
+        prog.attach("syscalls", tracepoint)
+            .map_err(|e| load_error(name, e))?;
+        programs.push(format!("{name} (tracepoint syscalls:{tracepoint})"));
+    }
+    Ok(programs)
+}

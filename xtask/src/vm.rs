@@ -1,0 +1,393 @@
+//! `cargo xtask vm-test`: the test suite on other kernels, in VMs.
+//!
+//! Boots Debian's 6.1 and 6.12 cloud kernels under qemu (TCG: KVM is not available here)
+//! from an initramfs holding busybox, the test binaries, port-trace and the shared libraries
+//! they need, runs every test binary inside once per backend, and prints a kernel x backend
+//! table. Kernel packages are cached in `CACHE` between runs.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{BufRead, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, run, setup};
+
+pub struct Kernel {
+    pub name: &'static str,
+    pub package: &'static str,
+}
+
+/// The distribution kernels the suite must pass on (KERNEL-NOTES.md).
+pub const KERNELS: [Kernel; 2] = [
+    Kernel {
+        name: "6.1",
+        package: "linux-image-6.1.0-50-cloud-amd64",
+    },
+    Kernel {
+        name: "6.12",
+        package: "linux-image-6.12.115+deb12-cloud-amd64",
+    },
+];
+
+const CACHE: &str = "/var/cache/port-trace/vm";
+const VM_PACKAGES: [&str; 5] = [
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "binutils",
+];
+/// Host programs the tests run, copied in with their libraries (busybox has no ss, and its
+/// setpriv lacks the options the tests use).
+const HOST_TOOLS: [&str; 2] = ["/usr/bin/ss", "/usr/bin/setpriv"];
+/// sock_diag for TCP and UDP: modules in Debian's kernels, which a real host loads on demand
+/// and the VM's init loads by hand, in this order.
+const DIAG_MODULES: [&str; 4] = [
+    "net/core/sock_diag",
+    "net/ipv4/inet_diag",
+    "net/ipv4/tcp_diag",
+    "net/ipv4/udp_diag",
+];
+/// One VM run: boot plus the whole suite, TIME_WAIT test included, under TCG.
+const VM_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+pub struct Outcome {
+    pub kernel: &'static str,
+    pub backend: String,
+    pub passed: bool,
+    pub summary: String,
+}
+
+pub fn vm_test(backends: &[String]) -> Result<Vec<Outcome>> {
+    setup::ensure_apt_packages(&VM_PACKAGES)?;
+    let tests = build_test_binaries()?;
+    let work = Path::new("target/vm");
+    fs::create_dir_all(work)?;
+    let images: Vec<PathBuf> = KERNELS.iter().map(fetch_kernel).collect::<Result<_>>()?;
+    let initrd = build_initramfs(&tests, work)?;
+    let mut outcomes = Vec::new();
+    for (kernel, vmlinuz) in KERNELS.iter().zip(images) {
+        for backend in backends {
+            eprintln!("vm-test: {} kernel, {backend} backend", kernel.name);
+            let log = work.join(format!("{}-{backend}.log", kernel.name));
+            let (passed, summary) = boot(&vmlinuz, &initrd, backend, &log)?;
+            outcomes.push(Outcome {
+                kernel: kernel.name,
+                backend: backend.clone(),
+                passed,
+                summary,
+            });
+        }
+    }
+    Ok(outcomes)
+}
+
+pub fn print_table(outcomes: &[Outcome]) {
+    println!("\nkernel   backend      result  detail");
+    for o in outcomes {
+        println!(
+            "{:<8} {:<12} {:<7} {}",
+            o.kernel,
+            o.backend,
+            if o.passed { "pass" } else { "FAIL" },
+            o.summary
+        );
+    }
+}
+
+/// Builds the test binaries (and port-trace, which the integration tests run) and returns
+/// the test executables.
+fn build_test_binaries() -> Result<Vec<PathBuf>> {
+    let out = cmd("cargo")
+        .args([
+            "test",
+            "--package",
+            "port-trace",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && msg["profile"]["test"] == true
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            tests.push(PathBuf::from(exe));
+        }
+    }
+    if tests.is_empty() {
+        bail!("cargo built no test executables");
+    }
+    Ok(tests)
+}
+
+/// The kernel image from the cached Debian package, downloading it once.
+fn fetch_kernel(kernel: &Kernel) -> Result<PathBuf> {
+    let dir = Path::new(CACHE).join(kernel.package);
+    let boot = dir.join("root/boot");
+    if let Some(found) = find_vmlinuz(&boot) {
+        return Ok(found);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("vm-test: downloading {}", kernel.package);
+    let mut download = Command::new("apt-get");
+    download
+        .args(["download", kernel.package])
+        .current_dir(&dir);
+    if run(&mut download).is_err() {
+        run(Command::new("apt-get").arg("update"))?;
+        run(&mut download)?;
+    }
+    let deb = fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("root")))?;
+    find_vmlinuz(&boot).with_context(|| format!("no vmlinuz in {}", deb.display()))
+}
+
+fn find_vmlinuz(boot: &Path) -> Option<PathBuf> {
+    fs::read_dir(boot)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
+        })
+}
+
+/// The shared libraries `binary` loads, from ldd.
+fn shared_libraries(binary: &Path) -> Result<BTreeSet<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output().context("ldd")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect())
+}
+
+/// Copies `from` to the same absolute path under `root`.
+fn place(root: &Path, from: &Path) -> Result<()> {
+    let to = root.join(from.strip_prefix("/").unwrap_or(from));
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+    Ok(())
+}
+
+fn build_initramfs(tests: &[PathBuf], work: &Path) -> Result<PathBuf> {
+    let root = work.join("root");
+    let _ = fs::remove_dir_all(&root);
+    for dir in ["bin", "proc", "sys", "dev", "tmp", "tests", "root", "run"] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+
+    // port-trace must be where the tests were built to find it (CARGO_BIN_EXE_port-trace).
+    let port_trace = fs::canonicalize("target/debug/port-trace")?;
+    let mut binaries: Vec<PathBuf> = vec![port_trace.clone()];
+    binaries.extend(HOST_TOOLS.iter().map(PathBuf::from));
+    let mut libraries = BTreeSet::new();
+    for binary in binaries.iter().chain(tests) {
+        libraries.extend(shared_libraries(binary)?);
+    }
+    for file in binaries.iter().chain(&libraries) {
+        place(&root, file)?;
+    }
+    for test in tests {
+        let name = test.file_name().context("test without a name")?;
+        let to = root.join("tests").join(name);
+        fs::copy(test, &to)?;
+        // Debug info is most of a test binary's size and the VM holds it all in RAM.
+        let _ = Command::new("strip").arg("--strip-debug").arg(&to).status();
+    }
+    let _ = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(root.join(port_trace.strip_prefix("/")?))
+        .status();
+
+    for kernel in &KERNELS {
+        copy_diag_modules(kernel, &root)?;
+    }
+
+    let init = root.join("init");
+    fs::write(&init, INIT)?;
+    run(Command::new("chmod").arg("755").arg(&init))?;
+
+    let initrd = work.join("initrd.cpio");
+    let archive = fs::File::create(&initrd)?;
+    let mut cpio = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio --quiet -o -H newc")
+        .current_dir(&root)
+        .stdout(archive)
+        .spawn()
+        .context("cpio")?;
+    if !cpio.wait()?.success() {
+        bail!("cpio failed");
+    }
+    Ok(initrd)
+}
+
+/// Copies `DIAG_MODULES` of `kernel` into the initramfs, decompressed (busybox insmod takes
+/// plain .ko files); a module built into the kernel is simply absent.
+fn copy_diag_modules(kernel: &Kernel, root: &Path) -> Result<()> {
+    let modules = Path::new(CACHE)
+        .join(kernel.package)
+        .join("root/lib/modules");
+    for version in fs::read_dir(&modules)?.filter_map(Result::ok) {
+        let target = root.join("lib/modules").join(version.file_name());
+        fs::create_dir_all(&target)?;
+        for module in DIAG_MODULES {
+            let name = module.rsplit('/').next().unwrap_or(module);
+            let base = version.path().join("kernel").join(module);
+            let plain = base.with_extension("ko");
+            let packed = base.with_extension("ko.xz");
+            let to = target.join(format!("{name}.ko"));
+            if plain.exists() {
+                fs::copy(&plain, &to)?;
+            } else if packed.exists() {
+                let out = Command::new("xz")
+                    .arg("-dc")
+                    .arg(&packed)
+                    .output()
+                    .context("xz")?;
+                if !out.status.success() {
+                    bail!("xz -d {} failed", packed.display());
+                }
+                fs::write(&to, out.stdout)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The VM's init: mounts what port-trace needs, runs every test binary, powers off.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+# The host's ss and setpriv (in /usr) before busybox's applets of the same names.
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
+ip link set lo up
+for module in sock_diag inet_diag tcp_diag udp_diag; do
+  [ -f "/lib/modules/$(uname -r)/$module.ko" ] && insmod "/lib/modules/$(uname -r)/$module.ko"
+done
+for word in $(cat /proc/cmdline); do
+  case "$word" in pt_backend=*) export PORT_TRACE_TEST_BACKEND="${word#pt_backend=}";; esac
+done
+echo "=== vm kernel $(uname -r) backend $PORT_TRACE_TEST_BACKEND"
+for t in /tests/*; do
+  "$t" --test-threads=1
+  echo "=== exit $(basename "$t") $?"
+done
+echo "=== done"
+poweroff -f
+"#;
+
+/// Boots one VM; returns whether every test binary passed and a one-line summary.
+fn boot(vmlinuz: &Path, initrd: &Path, backend: &str, log: &Path) -> Result<(bool, String)> {
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet pt_backend={backend}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut file = fs::File::create(log)?;
+    let (mut exits, mut failed, mut done, mut results) = (0, Vec::new(), false, (0u32, 0u32));
+    loop {
+        let left = VM_TIMEOUT.saturating_sub(started.elapsed());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        writeln!(file, "{line}")?;
+        if let Some(rest) = line.strip_prefix("=== exit ") {
+            exits += 1;
+            let mut words = rest.split_whitespace();
+            if let (Some(name), Some(code)) = (words.next(), words.next())
+                && code != "0"
+            {
+                failed.push(name.to_string());
+            }
+        } else if line.starts_with("=== done") {
+            done = true;
+        } else if let Some(rest) = line.trim().strip_prefix("test result: ") {
+            // "ok. 3 passed; 0 failed; ..." or "FAILED. ..."
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.split_whitespace().last()?.parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            results.0 += count(" passed");
+            results.1 += count(" failed");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let passed = done && failed.is_empty() && exits > 0;
+    let mut summary = format!(
+        "{} passed, {} failed in {} binaries, {:.0}s",
+        results.0,
+        results.1,
+        exits,
+        started.elapsed().as_secs_f64()
+    );
+    if !done {
+        summary.push_str(" (did not finish: see ");
+        summary.push_str(&log.display().to_string());
+        summary.push(')');
+    } else if !failed.is_empty() {
+        summary.push_str(&format!(
+            " (failing: {}; log {})",
+            failed.join(", "),
+            log.display()
+        ));
+    }
+    Ok((passed, summary))
+}
