@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
 
@@ -19,9 +19,13 @@ use crate::duration::parse_duration;
         Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), a kernel with BTF \
         (/sys/kernel/btf/vmlinux) and cgroup v2.\n\n\
         Exit codes: 0 done, 1 unexpected failure, 2 bad command line, 3 not permitted \
-        (not root), 4 the kernel lacks a feature port-trace needs."
+        (not root), 4 the kernel lacks a feature port-trace needs.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Stop after this long (e.g. 30s, 5m, 1h30m); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -61,6 +65,14 @@ pub struct Cli {
     /// More logs on stderr: -v for debug, -vv for trace.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Will port-trace work on this kernel, and with what? Checks privileges, BTF, tracefs
+    /// and cgroup v2, then loads and attaches every hook of each backend (and detaches it)
+    /// and says which attach. Exits 0 if a backend works, 4 if none does.
+    Check,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,6 +126,13 @@ mod tests {
         assert_eq!(cli.duration, Some(Duration::from_secs(30)));
         assert_eq!(cli.interval, Duration::from_secs(10));
         assert_eq!(cli.events, Some(EventFormat::Json));
+    }
+
+    #[test]
+    fn check_is_a_subcommand() {
+        let cli = Cli::try_parse_from(["port-trace", "check"]).expect("parses");
+        assert!(matches!(cli.command, Some(Command::Check)));
+        assert!(Cli::try_parse_from(["port-trace", "check", "--duration", "1s"]).is_err());
     }
 
     #[test]

@@ -24,6 +24,21 @@ impl Fatal {
     }
 }
 
+impl Fatal {
+    /// What went wrong, without port-trace's own outermost context ("loading X").
+    pub fn root_cause(&self) -> String {
+        match self {
+            Fatal::Other(err) if err.chain().count() > 1 => err
+                .chain()
+                .skip(1)
+                .map(|cause| cause.to_string())
+                .collect::<Vec<_>>()
+                .join(": "),
+            other => format!("{other:#}"),
+        }
+    }
+}
+
 impl From<std::io::Error> for Fatal {
     fn from(err: std::io::Error) -> Self {
         Fatal::Other(err.into())

@@ -5,6 +5,7 @@
 //! time_wait watching TIME_WAIT sockets through sock_diag) -> stats (histograms, totals)
 //! -> sinks (summary, event lines, report).
 
+mod check;
 mod cli;
 mod duration;
 mod error;
@@ -48,7 +49,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(trace::run(cli)) {
+    let result = match cli.command {
+        Some(cli::Command::Check) => check::run(),
+        None => runtime.block_on(trace::run(cli)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("port-trace: {err:#}");

@@ -30,6 +30,7 @@ use crate::{
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut probes = Probes::attach(&ProbeConfig {
         backend: cli.backend,
+        strict: true,
         max_sockets: cli.max_sockets,
         ring_buffer_bytes: cli.ring_buffer_kib * 1024,
     })?;

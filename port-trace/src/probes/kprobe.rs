@@ -6,7 +6,7 @@ use aya::{
     programs::{KProbe, ProgramError},
 };
 
-use super::{load_error, program};
+use super::{Hooks, load_error, program};
 use crate::error::Fatal;
 
 /// (program, kernel functions it attaches to). A `|` separates names a function has had in
@@ -32,16 +32,13 @@ const PROBES: [(&str, &[&str]); 14] = [
     ("kp_twsk_kill", &["inet_twsk_kill"]),
 ];
 
-/// Whether this kernel can attach kprobes at all: a kprobe PMU, or tracefs kprobe_events.
+/// Whether this kernel can attach kprobes the way aya does (kernels >= 4.17): through the
+/// kprobe PMU, which exists only with CONFIG_KPROBE_EVENTS.
 pub fn available() -> bool {
-    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
-        || [
-            "/sys/kernel/tracing/kprobe_events",
-            "/sys/kernel/debug/tracing/kprobe_events",
-        ]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists())
+    std::path::Path::new(KPROBE_PMU).exists()
 }
+
+pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 /// The first of `alternatives` (`a|b|c`) this kernel has, from /proc/kallsyms.
 fn resolve(alternatives: &str, kallsyms: &str) -> Option<String> {
@@ -55,31 +52,37 @@ fn resolve(alternatives: &str, kallsyms: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<String>, Fatal> {
+pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<(), Fatal> {
     let kallsyms = std::fs::read_to_string("/proc/kallsyms")?;
-    let mut attached = Vec::new();
     for (name, functions) in PROBES {
-        let prog: &mut KProbe = program(ebpf, name)?;
-        prog.load().map_err(|e| load_error(name, e))?;
-        let mut targets = Vec::new();
-        for alternatives in functions {
-            let function = resolve(alternatives, &kallsyms).ok_or_else(|| {
-                Fatal::Unsupported(format!(
-                    "this kernel has no {alternatives} to attach {name} to (see /proc/kallsyms)"
-                ))
-            })?;
-            prog.attach(&function, 0)
-                .map_err(|e: ProgramError| load_error(name, e))?;
-            targets.push(function);
-        }
         let kind = if name.starts_with("kr_") {
             "kretprobe"
         } else {
             "kprobe"
         };
-        attached.push(format!("{name} ({kind} {})", targets.join(", ")));
+        let resolved: Vec<Option<String>> = functions
+            .iter()
+            .map(|alternatives| resolve(alternatives, &kallsyms))
+            .collect();
+        let shown: Vec<&str> = resolved
+            .iter()
+            .zip(functions)
+            .map(|(found, wanted)| found.as_deref().unwrap_or(wanted))
+            .collect();
+        hooks.record(&format!("{name} ({kind} {})", shown.join(", ")), || {
+            let prog: &mut KProbe = program(ebpf, name)?;
+            prog.load().map_err(|e| load_error(name, e))?;
+            for (function, wanted) in resolved.iter().zip(functions) {
+                let function = function.as_deref().ok_or_else(|| {
+                    Fatal::Unsupported(format!("this kernel has no {wanted} (/proc/kallsyms)"))
+                })?;
+                prog.attach(function, 0)
+                    .map_err(|e: ProgramError| load_error(name, e))?;
+            }
+            Ok(())
+        })?;
     }
-    Ok(attached)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! buffer and the lost-event counters.
 
 pub mod btf;
-mod kprobe;
+pub mod kprobe;
 pub mod preflight;
 pub mod tracefs;
 mod tracepoint;
@@ -23,6 +23,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 pub struct ProbeConfig {
     pub backend: Backend,
+    /// Stop at the first hook that fails to attach (tracing); else try every hook and
+    /// record each result (`port-trace check`).
+    pub strict: bool,
     pub max_sockets: u32,
     pub ring_buffer_bytes: u32,
 }
@@ -32,6 +35,40 @@ pub struct Probes {
     ebpf: Ebpf,
     pub backend: &'static str,
     pub programs: Vec<String>,
+    /// Every hook tried, with its result (all Ok when strict).
+    pub hooks: Vec<Hook>,
+}
+
+/// One program and where it attaches, and whether loading and attaching it worked.
+pub struct Hook {
+    pub label: String,
+    pub result: Result<(), String>,
+}
+
+/// Collects hook results; when strict, the first failure ends the attach.
+pub struct Hooks {
+    strict: bool,
+    list: Vec<Hook>,
+}
+
+impl Hooks {
+    fn record(
+        &mut self,
+        label: &str,
+        attach: impl FnOnce() -> Result<(), Fatal>,
+    ) -> Result<(), Fatal> {
+        let result = attach();
+        match result {
+            Err(err) if self.strict => Err(err),
+            result => {
+                self.list.push(Hook {
+                    label: label.to_string(),
+                    result: result.map_err(|e| e.root_cause()),
+                });
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Probes {
@@ -41,7 +78,7 @@ impl Probes {
         let backend = match config.backend {
             Backend::Auto if kprobe::available() => Backend::Kprobe,
             Backend::Auto => Backend::Tracepoint,
-            Backend::Kprobe if !kprobe::available() => {
+            Backend::Kprobe if config.strict && !kprobe::available() => {
                 return Err(Fatal::Unsupported(
                     "this kernel cannot attach kprobes (no kprobe PMU: CONFIG_KPROBE_EVENTS is \
                      off); use --backend tracepoint"
@@ -76,18 +113,26 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| classify(anyhow::Error::new(e).context("loading the eBPF maps")))?;
 
-        let (backend, programs) = match backend {
-            Backend::Kprobe => ("kprobe", kprobe::attach(&mut ebpf)?),
-            _ => (
-                "tracepoint",
-                tracepoint::attach(&mut ebpf, &aya_btf, &machine.cgroup2)?,
-            ),
+        let mut hooks = Hooks {
+            strict: config.strict,
+            list: Vec::new(),
         };
-        info!(backend, "attached {} programs", programs.len());
+        let backend = match backend {
+            Backend::Kprobe => {
+                kprobe::attach(&mut ebpf, &mut hooks)?;
+                "kprobe"
+            }
+            _ => {
+                tracepoint::attach(&mut ebpf, &aya_btf, &machine.cgroup2, &mut hooks)?;
+                "tracepoint"
+            }
+        };
+        info!(backend, "attached {} programs", hooks.list.len());
         Ok(Self {
             ebpf,
             backend,
-            programs,
+            programs: hooks.list.iter().map(|h| h.label.clone()).collect(),
+            hooks: hooks.list,
         })
     }
 

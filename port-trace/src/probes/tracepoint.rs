@@ -10,7 +10,7 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
 };
 
-use super::{load_error, program};
+use super::{Hooks, load_error, program};
 use crate::error::Fatal;
 
 /// On kernels >= 5.7 aya attaches cgroup programs as BPF links, which always coexist with
@@ -33,48 +33,54 @@ const SYSCALL_EXITS: [(&str, &str); 2] = [
     ("connect_exit", "sys_exit_connect"),
 ];
 
-/// Loads and attaches the backend's programs; returns what was attached, for people.
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf, cgroup2: &Path) -> Result<Vec<String>, Fatal> {
+/// Loads and attaches the backend's programs, one hook at a time, into `hooks`.
+pub fn attach(ebpf: &mut Ebpf, btf: &Btf, cgroup2: &Path, hooks: &mut Hooks) -> Result<(), Fatal> {
     let cgroup = File::open(cgroup2)
         .with_context(|| format!("opening cgroup v2 at {}", cgroup2.display()))?;
-    let mut programs = Vec::new();
 
-    let tcp_state: &mut BtfTracePoint = program(ebpf, "tcp_state")?;
-    tcp_state
-        .load("inet_sock_set_state", btf)
-        .map_err(|e| load_error("tcp_state", e))?;
-    tcp_state.attach().map_err(|e| load_error("tcp_state", e))?;
-    programs.push("tcp_state (tp_btf/inet_sock_set_state)".to_string());
-
-    let sock_ops: &mut SockOps = program(ebpf, "tcp_port_chosen")?;
-    sock_ops
-        .load()
-        .map_err(|e| load_error("tcp_port_chosen", e))?;
-    sock_ops
-        .attach(&cgroup, CGROUP_LINK_MODE)
-        .map_err(|e| load_error("tcp_port_chosen", e))?;
-    programs.push("tcp_port_chosen (cgroup sock_ops)".to_string());
-
-    for name in CGROUP_SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-        prog.load().map_err(|e| load_error(name, e))?;
+    hooks.record("tcp_state (tp_btf/inet_sock_set_state)", || {
+        let prog: &mut BtfTracePoint = program(ebpf, "tcp_state")?;
+        prog.load("inet_sock_set_state", btf)
+            .map_err(|e| load_error("tcp_state", e))?;
+        prog.attach().map_err(|e| load_error("tcp_state", e))?;
+        Ok(())
+    })?;
+    hooks.record("tcp_port_chosen (cgroup sock_ops)", || {
+        let prog: &mut SockOps = program(ebpf, "tcp_port_chosen")?;
+        prog.load().map_err(|e| load_error("tcp_port_chosen", e))?;
         prog.attach(&cgroup, CGROUP_LINK_MODE)
-            .map_err(|e| load_error(name, e))?;
-        programs.push(format!("{name} (cgroup sock_addr)"));
+            .map_err(|e| load_error("tcp_port_chosen", e))?;
+        Ok(())
+    })?;
+    for name in CGROUP_SOCK_ADDR {
+        hooks.record(&format!("{name} (cgroup sock_addr)"), || {
+            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+            prog.load().map_err(|e| load_error(name, e))?;
+            prog.attach(&cgroup, CGROUP_LINK_MODE)
+                .map_err(|e| load_error(name, e))?;
+            Ok(())
+        })?;
     }
     for name in CGROUP_SOCK {
-        let prog: &mut CgroupSock = program(ebpf, name)?;
-        prog.load().map_err(|e| load_error(name, e))?;
-        prog.attach(&cgroup, CGROUP_LINK_MODE)
-            .map_err(|e| load_error(name, e))?;
-        programs.push(format!("{name} (cgroup sock)"));
+        hooks.record(&format!("{name} (cgroup sock)"), || {
+            let prog: &mut CgroupSock = program(ebpf, name)?;
+            prog.load().map_err(|e| load_error(name, e))?;
+            prog.attach(&cgroup, CGROUP_LINK_MODE)
+                .map_err(|e| load_error(name, e))?;
+            Ok(())
+        })?;
     }
     for (name, tracepoint) in SYSCALL_EXITS {
-        let prog: &mut TracePoint = program(ebpf, name)?;
-        prog.load().map_err(|e| load_error(name, e))?;
-        prog.attach("syscalls", tracepoint)
-            .map_err(|e| load_error(name, e))?;
-        programs.push(format!("{name} (tracepoint syscalls:{tracepoint})"));
+        hooks.record(
+            &format!("{name} (tracepoint syscalls:{tracepoint})"),
+            || {
+                let prog: &mut TracePoint = program(ebpf, name)?;
+                prog.load().map_err(|e| load_error(name, e))?;
+                prog.attach("syscalls", tracepoint)
+                    .map_err(|e| load_error(name, e))?;
+                Ok(())
+            },
+        )?;
     }
-    Ok(programs)
+    Ok(())
 }

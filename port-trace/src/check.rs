@@ -1,0 +1,120 @@
+//! `port-trace check`: a one-screen answer to "will it work here, and with what".
+
+use std::path::Path;
+
+use crate::{
+    cli::Backend,
+    error::Fatal,
+    probes::{ProbeConfig, Probes, kprobe, preflight, tracefs},
+};
+
+fn line(what: &str, ok: bool, detail: &str) {
+    println!(
+        "  {:<56} {:<3} {detail}",
+        what,
+        if ok { "ok" } else { "no" }
+    );
+}
+
+/// The first line of an error, short enough for the table.
+fn brief(err: &str) -> String {
+    let first = err.lines().next().unwrap_or_default();
+    match first.char_indices().nth(90) {
+        Some((cut, _)) => format!("{}...", &first[..cut]),
+        None => first.to_string(),
+    }
+}
+
+fn uname() -> String {
+    let read = |f: &str| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    format!(
+        "{} {}",
+        read("/proc/sys/kernel/osrelease"),
+        std::env::consts::ARCH
+    )
+}
+
+pub fn run() -> Result<(), Fatal> {
+    println!("port-trace check: Linux {}", uname());
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let missing = preflight::missing_capabilities(&status);
+    line(
+        "privileges (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)",
+        missing.is_none(),
+        missing.as_deref().map_or("", |m| m),
+    );
+    let btf = Path::new(preflight::VMLINUX_BTF).exists();
+    line("BTF", btf, preflight::VMLINUX_BTF);
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let cgroup2 = preflight::cgroup2_mount(&mounts);
+    line(
+        "cgroup v2",
+        cgroup2.is_some(),
+        &cgroup2.map_or("not mounted".into(), |p| p.display().to_string()),
+    );
+    match tracefs::ensure_mounted() {
+        Ok(root) => line("tracefs", true, &root.display().to_string()),
+        Err(err) => line("tracefs", false, &brief(&format!("{err:#}"))),
+    }
+    line(
+        "kprobes",
+        kprobe::available(),
+        if kprobe::available() {
+            kprobe::KPROBE_PMU
+        } else {
+            "no kprobe PMU (CONFIG_KPROBE_EVENTS is off)"
+        },
+    );
+    if let Some(missing) = missing {
+        return Err(Fatal::NotPermitted(format!(
+            "port-trace needs root to load eBPF programs (missing {missing}); run it with sudo"
+        )));
+    }
+
+    let mut usable = Vec::new();
+    for (name, backend) in [
+        ("kprobe", Backend::Kprobe),
+        ("tracepoint", Backend::Tracepoint),
+    ] {
+        println!("{name} backend:");
+        let survey = Probes::attach(&ProbeConfig {
+            backend,
+            strict: false,
+            max_sockets: 1024,
+            ring_buffer_bytes: 64 * 1024,
+        });
+        match survey {
+            Ok(probes) => {
+                line("ring buffer and maps", true, "");
+                for hook in &probes.hooks {
+                    match &hook.result {
+                        Ok(()) => line(&hook.label, true, ""),
+                        Err(err) => line(&hook.label, false, &brief(err)),
+                    }
+                }
+                if probes.hooks.iter().all(|h| h.result.is_ok()) {
+                    usable.push(name);
+                }
+                // Dropping the probes detaches every hook before the next backend is tried.
+            }
+            Err(err) => line("load", false, &brief(&err.to_string())),
+        }
+    }
+    match usable.first() {
+        Some(first) => {
+            println!(
+                "will work: backends {}; auto uses {first}",
+                usable.join(", ")
+            );
+            Ok(())
+        }
+        None => Err(Fatal::Unsupported(
+            "no backend attaches on this kernel (see above)".into(),
+        )),
+    }
+}
