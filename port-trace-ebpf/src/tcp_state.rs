@@ -5,7 +5,9 @@ use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use port_trace_common::{EADDRNOTAVAIL, FLAG_TIME_WAIT, IPPROTO_TCP, KIND_CONNECT, KIND_LISTEN};
+use port_trace_common::{
+    EADDRINUSE, EADDRNOTAVAIL, FLAG_TIME_WAIT, IPPROTO_TCP, KIND_CONNECT, KIND_LISTEN,
+};
 
 use crate::{kernel, track};
 
@@ -62,14 +64,13 @@ fn closed(sk: *const u8, oldstate: i32) {
     // SAFETY: `entry` points into SOCKETS, valid for this program run.
     let (state, kind) = unsafe { ((*entry).state, (*entry).event.kind) };
     if state == track::PENDING {
-        // A connect() whose port sock_ops never reported: inet_hash_connect found none.
-        if kind == KIND_CONNECT
-            && oldstate == TCP_SYN_SENT
-            && kernel::sk_num(sk, &kernel::offsets()) == 0
-        {
-            track::failed(cookie, entry, EADDRNOTAVAIL);
-        } else {
-            track::forget(cookie);
+        // A connect()/listen() whose port sock_ops never reported: none was found.
+        // (inet_hash_connect failing is EADDRNOTAVAIL; listen's get_port, EADDRINUSE.)
+        let no_port = kernel::sk_num(sk, &kernel::offsets()) == 0;
+        match (kind, oldstate) {
+            (KIND_CONNECT, TCP_SYN_SENT) if no_port => track::failed(cookie, entry, EADDRNOTAVAIL),
+            (KIND_LISTEN, TCP_LISTEN) if no_port => track::failed(cookie, entry, EADDRINUSE),
+            _ => track::forget(cookie),
         }
         return;
     }

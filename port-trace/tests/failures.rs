@@ -1,5 +1,6 @@
 //! Failed allocations, driven for real in a network namespace with a 10-port ephemeral range:
-//! TCP connect() EADDRNOTAVAIL, bind(0) EADDRINUSE, UDP autobind EAGAIN. Each names who
+//! TCP connect() EADDRNOTAVAIL, bind(0) and listen() without bind EADDRINUSE, UDP autobind
+//! EAGAIN. Each names who
 //! failed and, for connect, where to.
 
 mod common;
@@ -41,6 +42,11 @@ fn exhaustion_failures_are_reported_with_who_and_where() {
         // All ten ports are in use, so a bind(0) finds none either.
         let err = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect_err("bind(0) fails");
         assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE), "{err}");
+        // Nor does listen() on a socket never bound.
+        let unbound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("tcp socket");
+        let err = unbound.listen(8).expect_err("listen without bind fails");
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE), "{err}");
         drop(held);
         drop(listener);
         // UDP: ten bound sockets fill the range; an autobinding connect() gets EAGAIN.
@@ -74,6 +80,7 @@ fn exhaustion_failures_are_reported_with_who_and_where() {
     };
     assert_eq!(find("tcp", "connect", "EADDRNOTAVAIL"), 1, "{fails:?}");
     assert_eq!(find("tcp", "bind", "EADDRINUSE"), 1, "{fails:?}");
+    assert_eq!(find("tcp", "listen", "EADDRINUSE"), 1, "{fails:?}");
     assert_eq!(find("udp", "connect", "EAGAIN"), 1, "{fails:?}");
     let connect = in_netns
         .iter()
