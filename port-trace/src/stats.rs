@@ -188,9 +188,24 @@ impl Stats {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::events::{decode_raw, tests::raw_connect};
+
+    /// Stats that saw one TCP connect by `curl` allocated and released after `lifetime_ns`.
+    pub fn one_connect_held_for(lifetime_ns: u64) -> (Stats, Event) {
+        let mut stats = Stats::default();
+        let event = decode_raw(&raw_connect()).expect("decodes");
+        stats.record(&event, Outcome::Allocated);
+        stats.record(
+            &event,
+            Outcome::Released {
+                lifetime_ns,
+                time_wait_ns: None,
+            },
+        );
+        (stats, event)
+    }
 
     #[test]
     fn summary_of_known_values() {
@@ -226,16 +241,7 @@ mod tests {
 
     #[test]
     fn groups_by_proto_kind_and_process() {
-        let mut stats = Stats::default();
-        let event = decode_raw(&raw_connect()).expect("decodes");
-        stats.record(&event, Outcome::Allocated);
-        stats.record(
-            &event,
-            Outcome::Released {
-                lifetime_ns: 10,
-                time_wait_ns: None,
-            },
-        );
+        let (mut stats, event) = one_connect_held_for(10);
         let mut failed = event.clone();
         failed.errno = 99;
         stats.record(&failed, Outcome::Failed);

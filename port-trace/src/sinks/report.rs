@@ -65,23 +65,11 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        events::{decode_raw, tests::raw_connect},
-        tracker::Outcome,
-    };
+    use crate::stats::tests::one_connect_held_for;
 
     #[test]
     fn report_shape() {
-        let mut stats = Stats::default();
-        let event = decode_raw(&raw_connect()).expect("decodes");
-        stats.record(&event, Outcome::Allocated);
-        stats.record(
-            &event,
-            Outcome::Released {
-                lifetime_ns: 1_000,
-                time_wait_ns: None,
-            },
-        );
+        let (stats, _) = one_connect_held_for(1_000);
         let value = serde_json::to_value(Report::new(&stats, "tracepoint", 5, 0)).expect("json");
         assert_eq!(value["totals"]["alloc"], 1);
         assert_eq!(value["totals"]["release"], 1);

@@ -75,23 +75,11 @@ pub fn render(stats: &Stats, elapsed_ns: u64, held: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        events::{decode_raw, tests::raw_connect},
-        tracker::Outcome,
-    };
+    use crate::stats::tests::one_connect_held_for;
 
     #[test]
     fn shows_totals_groups_and_lost_reasons() {
-        let mut stats = Stats::default();
-        let event = decode_raw(&raw_connect()).expect("decodes");
-        stats.record(&event, Outcome::Allocated);
-        stats.record(
-            &event,
-            Outcome::Released {
-                lifetime_ns: 2_000_000,
-                time_wait_ns: None,
-            },
-        );
+        let (mut stats, _) = one_connect_held_for(2_000_000);
         stats.set_lost(crate::stats::LostCounts {
             ring_buffer_full: 3,
             ..Default::default()
