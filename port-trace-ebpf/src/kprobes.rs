@@ -155,11 +155,27 @@ pub fn kp_dgram_connect(ctx: ProbeContext) -> u32 {
 
 fn try_kp_dgram_connect(ctx: &ProbeContext) -> Result<(), i64> {
     let sock: *const u8 = ctx.arg(0).ok_or(0)?;
+    let uaddr: *const u8 = ctx.arg(1).ok_or(0)?;
     let off = kernel::offsets();
     let sk: *const u8 = unsafe { kernel::read(sock, off.socket_sk) }?;
     let proto = unsafe { kernel::read::<u16>(sk, off.sk_protocol) }?;
-    if proto == u16::from(IPPROTO_UDP) && kernel::sk_num(sk, &off) == 0 {
-        request(sk, KIND_CONNECT);
+    if proto != u16::from(IPPROTO_UDP) || kernel::sk_num(sk, &off) != 0 {
+        return Ok(());
+    }
+    let id = request(sk, KIND_CONNECT);
+    // The socket learns its destination only after the autobind: take it from the call.
+    if let Some(entry) = track::lookup(id) {
+        let event = unsafe { &mut (*entry).event };
+        event.rport = u16::from_be(unsafe { kernel::read::<u16>(uaddr, SIN_PORT as u32) }?);
+        let family: u16 = unsafe { kernel::read(uaddr, 0) }?;
+        let (at, len) = if family == u16::from(port_trace_common::AF_INET) {
+            (SIN_ADDR, 4)
+        } else {
+            (SIN6_ADDR, 16)
+        };
+        let _ = unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel_buf(uaddr.add(at), &mut event.raddr[..len])
+        };
     }
     Ok(())
 }

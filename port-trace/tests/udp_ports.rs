@@ -48,6 +48,8 @@ fn kernel_chosen_udp_ports_are_reported_with_their_lifetimes() {
     let tracer = Tracer::start(&[]);
     let sink = UdpSocket::bind(loopback(false, 0)).expect("v4 sink");
     let sink6 = UdpSocket::bind(loopback(true, 0)).expect("v6 sink");
+    let sink_port = sink.local_addr().expect("sink").port();
+    let sink6_port = sink6.local_addr().expect("sink6").port();
     let mut cases = Vec::new();
     for v6 in [false, true] {
         let family = if v6 { "ipv6" } else { "ipv4" };
@@ -112,12 +114,22 @@ fn kernel_chosen_udp_ports_are_reported_with_their_lifetimes() {
         assert_eq!(alloc.len(), 1, "{kind}/{family} port {port}: {alloc:?}");
         assert_eq!(alloc[0]["kind"], kind, "{}", alloc[0]);
         assert_eq!(alloc[0]["family"], family, "{}", alloc[0]);
-        if kind != "bind" {
-            assert!(
-                alloc[0]["rport"].as_u64().is_some_and(|p| p > 0),
+        if kind == "connect" {
+            let sink_port = if family == "ipv6" {
+                sink6_port
+            } else {
+                sink_port
+            };
+            assert_eq!(
+                alloc[0]["rport"].as_u64(),
+                Some(u64::from(sink_port)),
                 "{}",
                 alloc[0]
             );
+            let loopback = if family == "ipv6" { "::1" } else { "127.0.0.1" };
+            assert_eq!(alloc[0]["raddr"], loopback, "{}", alloc[0]);
+        } else {
+            assert!(alloc[0].get("rport").is_none(), "{}", alloc[0]);
         }
         let release = on_port(&releases, port);
         assert_eq!(release.len(), 1, "{kind}/{family} release: {release:?}");

@@ -44,7 +44,9 @@ pub struct EventRecord<'a> {
 
 impl<'a> EventRecord<'a> {
     pub fn new(event: &'a Event, outcome: Outcome, clock: WallClock) -> Self {
-        let has_peer = matches!(event.kind, AllocKind::Connect | AllocKind::Sendmsg);
+        // Only a connect() has a destination of its own: an unconnected UDP socket may send
+        // anywhere after the send that bound it.
+        let has_peer = event.kind == AllocKind::Connect;
         let failed = event.event == EventType::Fail;
         Self {
             event: event.event,
