@@ -32,6 +32,11 @@ pub fn bind6_request(ctx: SockAddrContext) -> i32 {
 fn try_bind_request<const V6: bool>(ctx: &SockAddrContext) {
     let addr = unsafe { &*ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+    let sk = unsafe { addr.__bindgen_anon_1.sk };
+    if unsafe { (*sk).src_port } != 0 {
+        // Bound already: this bind() fails (EINVAL) and the port stays as it is.
+        return;
+    }
     if addr.user_port != 0 {
         // An explicit port: a fresh UDP socket is no longer one sendmsg could autobind.
         track::forget(cookie);

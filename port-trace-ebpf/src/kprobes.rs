@@ -55,13 +55,15 @@ fn settle(kind: u8, ret: i64, shortage: u32) {
     if unsafe { (*entry).state } != track::PENDING {
         return;
     }
-    if ret == 0 {
-        match kernel::sk_num(request.sk as *const u8, &kernel::offsets()) {
-            0 => track::forget(request.cookie),
-            port => track::allocated(entry, port),
-        }
-    } else if (-ret) as u32 == shortage || (shortage == EAGAIN && kind == KIND_SENDMSG) {
+    let port = kernel::sk_num(request.sk as *const u8, &kernel::offsets());
+    let is_shortage =
+        ret != 0 && ((-ret) as u32 == shortage || (shortage == EAGAIN && kind == KIND_SENDMSG));
+    if is_shortage {
         track::failed(request.cookie, entry, shortage);
+    } else if port != 0 {
+        // Success, or a failure after the port was chosen (a UDP connect() that autobound
+        // and then found no route): either way the socket holds the port now.
+        track::allocated(entry, port);
     } else {
         track::forget(request.cookie);
     }
@@ -82,6 +84,10 @@ fn try_kp_bind(ctx: &ProbeContext) -> Result<(), i64> {
     }
     let off = kernel::offsets();
     let sk: *const u8 = unsafe { kernel::read(sock, off.socket_sk) }?;
+    if kernel::sk_num(sk, &off) != 0 {
+        // Bound already: this bind() fails (EINVAL) and the port stays as it is.
+        return Ok(());
+    }
     let id = request(sk, KIND_BIND);
     // The address asked for: a failure reports it.
     if let Some(entry) = track::lookup(id) {

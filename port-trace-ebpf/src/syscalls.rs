@@ -1,7 +1,7 @@
 //! `bind_exit` and `connect_exit` (tracepoints `syscalls:sys_exit_bind/connect`): settle a
-//! bind(0) or UDP connect() noted in flight by this thread. Success: the UDP connect's port is
-//! read from the socket. Failure for want of a port: bind(0) gets EADDRINUSE, UDP autobind
-//! EAGAIN. Any other error is not about ports and is dropped.
+//! bind(0) or UDP connect() noted in flight by this thread. Failure for want of a port:
+//! bind(0) gets EADDRINUSE, UDP autobind EAGAIN. Otherwise the UDP connect's port is read from
+//! the socket (a bind(0) that found a port was reported by post_bind already).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use port_trace_common::{EADDRINUSE, EAGAIN, IPPROTO_UDP, KIND_BIND, KIND_CONNECT};
@@ -36,23 +36,21 @@ fn settle(ctx: &TracePointContext) {
     }
     let off = kernel::offsets();
     let ret: i64 = unsafe { ctx.read_at(off.syscall_exit_ret as usize) }.unwrap_or(0);
-    if ret == 0 {
-        let port = kernel::sk_num(request.sk as *const u8, &off);
-        if kind == KIND_CONNECT && proto == IPPROTO_UDP && port != 0 {
-            track::allocated(entry, port);
-        } else {
-            track::forget(request.cookie);
-        }
-        return;
-    }
     let errno = (-ret) as u32;
-    let port_shortage = match kind {
-        KIND_BIND => errno == EADDRINUSE,
-        KIND_CONNECT => proto == IPPROTO_UDP && errno == EAGAIN,
-        _ => false,
-    };
+    let port_shortage = ret != 0
+        && match kind {
+            KIND_BIND => errno == EADDRINUSE,
+            KIND_CONNECT => proto == IPPROTO_UDP && errno == EAGAIN,
+            _ => false,
+        };
     if port_shortage {
         track::failed(request.cookie, entry, errno);
+        return;
+    }
+    // A UDP connect() holds the port it autobound even when it then fails (no route).
+    let port = kernel::sk_num(request.sk as *const u8, &off);
+    if kind == KIND_CONNECT && proto == IPPROTO_UDP && port != 0 {
+        track::allocated(entry, port);
     } else {
         track::forget(request.cookie);
     }

@@ -84,6 +84,8 @@ fn bind_zero_and_hold(addr: SocketAddr, hold: Duration) -> Expected {
     let start = Instant::now();
     socket.bind(&addr.into()).expect("bind");
     let port = local_port(&socket);
+    // A second bind() fails (EINVAL) and changes nothing: still one alloc, one release.
+    assert!(socket.bind(&addr.into()).is_err(), "second bind");
     sleep(hold);
     drop(socket);
     Expected {
