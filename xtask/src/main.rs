@@ -46,6 +46,12 @@ enum Task {
         /// Backends to run the suite with.
         #[arg(long, value_delimiter = ',', default_value = "tracepoint,kprobe")]
         backends: Vec<String>,
+        /// Only these kernels (6.1, 6.12); default all.
+        #[arg(long, value_delimiter = ',')]
+        kernels: Vec<String>,
+        /// Only the test binaries whose name starts with this (e.g. `tcp_lifetimes`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Set up, build, and copy port-trace into PREFIX/bin (default /usr/local).
     Install {
@@ -82,7 +88,15 @@ fn run_task(task: Task) -> Result<()> {
             run(Command::new(binary).args(args))
         }
         Task::Test => test(),
-        Task::VmTest { backends } => vm_matrix(&backends),
+        Task::VmTest {
+            backends,
+            kernels,
+            only,
+        } => vm_matrix(&vm::Selection {
+            backends: &backends,
+            kernels: &kernels,
+            only: only.as_deref(),
+        }),
         Task::Install { prefix } => {
             build()?;
             let dir = prefix.join("bin");
@@ -129,11 +143,15 @@ fn test() -> Result<()> {
         eprintln!("xtask: not root: skipping the VM kernel matrix (it installs qemu with apt)");
         return Ok(());
     }
-    vm_matrix(&["tracepoint".to_string(), "kprobe".to_string()])
+    vm_matrix(&vm::Selection {
+        backends: &["tracepoint".to_string(), "kprobe".to_string()],
+        kernels: &[],
+        only: None,
+    })
 }
 
-fn vm_matrix(backends: &[String]) -> Result<()> {
-    let outcomes = vm::vm_test(backends)?;
+fn vm_matrix(selection: &vm::Selection) -> Result<()> {
+    let outcomes = vm::vm_test(selection)?;
     vm::print_table(&outcomes);
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     if failed > 0 {

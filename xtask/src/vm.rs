@@ -65,7 +65,15 @@ pub struct Outcome {
     pub summary: String,
 }
 
-pub fn vm_test(backends: &[String]) -> Result<Vec<Outcome>> {
+/// What to run: backends, and optionally only some kernels and test binaries (by name
+/// prefix), for working on one failure.
+pub struct Selection<'a> {
+    pub backends: &'a [String],
+    pub kernels: &'a [String],
+    pub only: Option<&'a str>,
+}
+
+pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
     setup::ensure_apt_packages(&VM_PACKAGES)?;
     let tests = build_test_binaries()?;
     let work = Path::new("target/vm");
@@ -74,10 +82,13 @@ pub fn vm_test(backends: &[String]) -> Result<Vec<Outcome>> {
     let initrd = build_initramfs(&tests, work)?;
     let mut outcomes = Vec::new();
     for (kernel, vmlinuz) in KERNELS.iter().zip(images) {
-        for backend in backends {
+        if !selection.kernels.is_empty() && !selection.kernels.iter().any(|k| k == kernel.name) {
+            continue;
+        }
+        for backend in selection.backends {
             eprintln!("vm-test: {} kernel, {backend} backend", kernel.name);
             let log = work.join(format!("{}-{backend}.log", kernel.name));
-            let (passed, summary) = boot(&vmlinuz, &initrd, backend, &log)?;
+            let (passed, summary) = boot(&vmlinuz, &initrd, backend, selection.only, &log)?;
             outcomes.push(Outcome {
                 kernel: kernel.name,
                 backend: backend.clone(),
@@ -301,11 +312,15 @@ ip link set lo up
 for module in sock_diag inet_diag tcp_diag udp_diag; do
   [ -f "/lib/modules/$(uname -r)/$module.ko" ] && insmod "/lib/modules/$(uname -r)/$module.ko"
 done
+only=""
 for word in $(cat /proc/cmdline); do
-  case "$word" in pt_backend=*) export PORT_TRACE_TEST_BACKEND="${word#pt_backend=}";; esac
+  case "$word" in
+    pt_backend=*) export PORT_TRACE_TEST_BACKEND="${word#pt_backend=}";;
+    pt_only=*) only="${word#pt_only=}";;
+  esac
 done
 echo "=== vm kernel $(uname -r) backend $PORT_TRACE_TEST_BACKEND"
-for t in /tests/*; do
+for t in /tests/${only}*; do
   "$t" --test-threads=1
   echo "=== exit $(basename "$t") $?"
 done
@@ -314,16 +329,26 @@ poweroff -f
 "#;
 
 /// Boots one VM; returns whether every test binary passed and a one-line summary.
-fn boot(vmlinuz: &Path, initrd: &Path, backend: &str, log: &Path) -> Result<(bool, String)> {
+fn boot(
+    vmlinuz: &Path,
+    initrd: &Path,
+    backend: &str,
+    only: Option<&str>,
+    log: &Path,
+) -> Result<(bool, String)> {
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp"])
+        .arg(std::env::var("PT_VM_SMP").unwrap_or_else(|_| "2".into()))
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 quiet pt_backend={backend}"))
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet pt_backend={backend} pt_only={}",
+            only.unwrap_or("")
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,6 +1,8 @@
 //! The kprobe backend (distribution kernels): kprobes and kretprobes where Linux chooses and
 //! frees ports (port-trace-ebpf/src/kprobes.rs has the table of functions).
 
+use std::collections::HashSet;
+
 use aya::{
     Ebpf,
     programs::{KProbe, ProgramError},
@@ -40,20 +42,33 @@ pub fn available() -> bool {
 
 pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
-/// The first of `alternatives` (`a|b|c`) this kernel has, from /proc/kallsyms.
-fn resolve(alternatives: &str, kallsyms: &str) -> Option<String> {
+/// The kernel functions PROBES may attach to that this kernel has, in one pass over
+/// /proc/kallsyms (it has ~200k lines: scanning it once per probe was the slowest part of
+/// starting up).
+fn present_functions(kallsyms: &str) -> HashSet<&str> {
+    let wanted: HashSet<&str> = PROBES
+        .iter()
+        .flat_map(|(_, functions)| functions.iter())
+        .flat_map(|alternatives| alternatives.split('|'))
+        .collect();
+    kallsyms
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .filter(|name| wanted.contains(name))
+        .collect()
+}
+
+/// The first of `alternatives` (`a|b|c`) this kernel has.
+fn resolve(alternatives: &str, present: &HashSet<&str>) -> Option<String> {
     alternatives
         .split('|')
-        .find(|name| {
-            kallsyms
-                .lines()
-                .any(|line| line.split_whitespace().nth(2) == Some(*name))
-        })
+        .find(|name| present.contains(name))
         .map(str::to_string)
 }
 
 pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<(), Fatal> {
     let kallsyms = std::fs::read_to_string("/proc/kallsyms")?;
+    let present = present_functions(&kallsyms);
     for (name, functions) in PROBES {
         let kind = if name.starts_with("kr_") {
             "kretprobe"
@@ -62,7 +77,7 @@ pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<(), Fatal> {
         };
         let resolved: Vec<Option<String>> = functions
             .iter()
-            .map(|alternatives| resolve(alternatives, &kallsyms))
+            .map(|alternatives| resolve(alternatives, &present))
             .collect();
         let shown: Vec<&str> = resolved
             .iter()
@@ -91,16 +106,19 @@ mod tests {
 
     #[test]
     fn resolves_the_name_this_kernel_has() {
-        let kallsyms =
-            "ffffffff82057560 T inet_twsk_hashdance\nffffffff82057561 t inet_twsk_kill\n";
+        let kallsyms = "ffffffff82057560 T inet_twsk_hashdance\n\
+                        ffffffff82057561 t inet_twsk_kill\n\
+                        ffffffff82057562 t unrelated_function\n";
+        let present = present_functions(kallsyms);
+        assert_eq!(present.len(), 2);
         assert_eq!(
-            resolve("inet_twsk_hashdance_schedule|inet_twsk_hashdance", kallsyms).as_deref(),
+            resolve("inet_twsk_hashdance_schedule|inet_twsk_hashdance", &present).as_deref(),
             Some("inet_twsk_hashdance")
         );
         assert_eq!(
-            resolve("inet_twsk_kill", kallsyms).as_deref(),
+            resolve("inet_twsk_kill", &present).as_deref(),
             Some("inet_twsk_kill")
         );
-        assert_eq!(resolve("inet_bind_sk", kallsyms), None);
+        assert_eq!(resolve("inet_bind_sk", &present), None);
     }
 }

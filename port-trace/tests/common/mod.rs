@@ -63,8 +63,10 @@ impl Tracer {
                 }
             }
         });
+        // A deadline against hangs, not a timing: under emulation (the VM matrix) loading
+        // and attaching take seconds.
         let ready = lines
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(Duration::from_secs(120))
             .expect("port-trace prints its ready record");
         let ready: Value = serde_json::from_str(&ready).expect("ready is JSON");
         assert_eq!(ready["type"], "ready", "first record: {ready}");
