@@ -55,6 +55,16 @@ pub struct Cli {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 
+    /// Warn when a scope (a namespace's range, or the ports for one destination) is this
+    /// full, in percent of its capacity.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
+    pub warn_at: f64,
+
+    /// Raise a critical warning at this fullness, in percent. Every failed allocation is
+    /// critical at once.
+    #[arg(long, value_name = "PERCENT", default_value_t = 95.0, value_parser = parse_percent)]
+    pub critical_at: f64,
+
     /// Which kernel hooks to use. `kprobe`: kprobes on inet_bind, __inet_hash_connect,
     /// udp_lib_get_port and the release paths (distribution kernels). `tracepoint`: the
     /// inet_sock_set_state tracepoint with cgroup socket hooks, for kernels without kprobes.
@@ -86,6 +96,17 @@ pub enum Backend {
 pub enum EventFormat {
     Json,
     Text,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let percent: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{text}` is not a percentage"))?;
+    if !(1.0..=100.0).contains(&percent) {
+        return Err(format!("`{text}`: must be from 1 to 100"));
+    }
+    Ok(percent)
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {
@@ -142,6 +163,8 @@ mod tests {
             &["port-trace", "--no-such-flag"],
             &["port-trace", "--events", "xml"],
             &["port-trace", "--ring-buffer-kib", "1000"],
+            &["port-trace", "--warn-at", "0"],
+            &["port-trace", "--critical-at", "101%"],
         ] {
             let err = Cli::try_parse_from(args).expect_err("rejected");
             assert_eq!(err.exit_code(), 2, "{args:?}");

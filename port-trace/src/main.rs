@@ -2,22 +2,27 @@
 //!
 //! The daemon is a pipeline; each stage is a module:
 //! probes (load/attach) -> events (decode) -> tracker (per-socket state, lifetimes; with
-//! time_wait watching TIME_WAIT sockets through sock_diag) -> stats (histograms, totals)
-//! -> sinks (summary, event lines, report).
+//! time_wait watching TIME_WAIT sockets through sock_diag) -> stats (histograms, totals;
+//! occupancy per namespace and destination; warnings and forecasts) -> sinks (summary, event
+//! lines, report).
 
 mod check;
 mod cli;
 mod duration;
 mod error;
 mod events;
+mod exhaustion;
 mod netns;
+mod occupancy;
 mod probes;
 mod sinks;
+mod snapshot;
 mod sock_diag;
 mod stats;
 mod time_wait;
 mod trace;
 mod tracker;
+mod warnings;
 
 use std::process::ExitCode;
 

@@ -1,20 +1,25 @@
-//! Network namespaces by inode number, as the eBPF programs report them.
+//! Network namespaces by inode number, as the eBPF programs report them, and doing things
+//! inside one: setns() changes only the calling thread, so a short-lived thread enters it.
 
-use std::{os::unix::fs::MetadataExt, path::PathBuf};
+use std::{io, os::fd::AsRawFd, os::unix::fs::MetadataExt, path::Path, path::PathBuf};
+
+use crate::occupancy::PortRange;
 
 /// The inode number of the namespace a `/proc/.../ns/net` path names.
-pub fn inode_of(path: &std::path::Path) -> Option<u32> {
+pub fn inode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
 }
 
 /// Our own network namespace's inode.
 pub fn own() -> Option<u32> {
-    inode_of(std::path::Path::new("/proc/self/ns/net"))
+    inode_of(Path::new("/proc/self/ns/net"))
 }
 
-/// A path that opens namespace `inode`: some process's `/proc/PID/ns/net` that lives in it.
+/// A path that opens namespace `inode`: some process's `/proc/PID/ns/net` that lives in it,
+/// a named one in /run/netns, or failing that some thread's (a thread can setns() into a namespace its process is not
+/// in, and /proc/PID/ns shows only the main thread's).
 pub fn find(inode: u32) -> Option<PathBuf> {
-    std::fs::read_dir("/proc")
+    let pids: Vec<PathBuf> = std::fs::read_dir("/proc")
         .ok()?
         .filter_map(Result::ok)
         .filter(|e| {
@@ -23,8 +28,63 @@ pub fn find(inode: u32) -> Option<PathBuf> {
                 .bytes()
                 .all(|b| b.is_ascii_digit())
         })
-        .map(|e| e.path().join("ns/net"))
-        .find(|path| inode_of(path) == Some(inode))
+        .map(|e| e.path())
+        .collect();
+    let matches = |path: &PathBuf| inode_of(path) == Some(inode);
+    // Named namespaces (`ip netns add`) may have no process in them at all.
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path());
+    pids.iter()
+        .map(|pid| pid.join("ns/net"))
+        .chain(named)
+        .find(matches)
+        .or_else(|| {
+            pids.iter()
+                .filter_map(|pid| std::fs::read_dir(pid.join("task")).ok())
+                .flat_map(|tasks| tasks.filter_map(Result::ok))
+                .map(|task| task.path().join("ns/net"))
+                .find(matches)
+        })
+}
+
+/// Runs `work` in a thread that has entered the namespace `netns_file` names.
+pub fn run_in<T: Send>(netns_file: &Path, work: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let ns = std::fs::File::open(netns_file)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on a namespace fd we hold, for this thread only.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(work())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
+    })
+}
+
+/// Runs `work` in namespace `inode`: right here if it is ours, else in a thread that enters
+/// it. None when no process is left in that namespace.
+pub fn run_in_inode<T: Send>(inode: u32, work: impl FnOnce() -> T + Send) -> Option<T> {
+    if own() == Some(inode) {
+        return Some(work());
+    }
+    run_in(&find(inode)?, work).ok()
+}
+
+/// The ephemeral range of namespace `inode`: `/proc/sys/net` shows the reading thread's own.
+pub fn port_range(inode: u32) -> Option<PortRange> {
+    run_in_inode(inode, || {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+        let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
+            .unwrap_or_default();
+        PortRange::parse(&range, &reserved)
+    })
+    .flatten()
 }
 
 #[cfg(test)]
@@ -32,9 +92,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_our_own_namespace() {
+    fn finds_our_own_namespace_and_its_range() {
         let own = own().expect("own netns");
         let path = find(own).expect("some process is in our namespace");
         assert_eq!(inode_of(&path), Some(own));
+        let range = port_range(own).expect("readable range");
+        assert!(range.size() > 0);
     }
 }

@@ -2,11 +2,12 @@
 //! TIME_WAIT sockets still exist, by socket cookie.
 //!
 //! A netlink socket answers for the network namespace it was created in, so `SockDiag::in_netns`
-//! creates one inside another namespace (from a short-lived thread that enters it).
+//! creates one inside another namespace.
 
 use std::{
     collections::HashSet,
     io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -41,7 +42,21 @@ pub struct DiagSocket {
     pub state: u8,
     pub sport: u16,
     pub dport: u16,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub cookie: u64,
+    /// The socket's inode: which process holds it, through /proc/PID/fd.
+    pub inode: u32,
+}
+
+fn address(family: u8, raw: &[u8]) -> IpAddr {
+    if family == libc::AF_INET6 as u8 {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(&raw[..16]);
+        IpAddr::V6(Ipv6Addr::from(octets))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
 }
 
 /// A dump request for `protocol` sockets of `family` in the states of `state_mask`.
@@ -92,7 +107,10 @@ pub fn parse(buf: &[u8], into: &mut Vec<DiagSocket>) -> Result<bool, DiagError> 
                 state: body[1],
                 sport: u16::from_be_bytes([body[4], body[5]]),
                 dport: u16::from_be_bytes([body[6], body[7]]),
+                src: address(body[0], &body[8..24]),
+                dst: address(body[0], &body[24..40]),
                 cookie: u64::from(u32_ne(body, 44)) | (u64::from(u32_ne(body, 48)) << 32),
+                inode: u32_ne(body, 68),
             }),
             _ => return Err(DiagError::Truncated),
         }
@@ -129,22 +147,9 @@ impl SockDiag {
         })
     }
 
-    /// One for the network namespace `netns_file` (e.g. `/proc/PID/ns/net`) names. setns()
-    /// changes only the calling thread, so a throwaway thread enters the namespace.
+    /// One for the network namespace `netns_file` (e.g. `/proc/PID/ns/net`) names.
     pub fn in_netns(netns_file: &std::path::Path) -> io::Result<Self> {
-        let ns = std::fs::File::open(netns_file)?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns on a namespace fd we hold, for this thread only.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Self::new()
-                })
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
-        })
+        crate::netns::run_in(netns_file, Self::new)?
     }
 
     /// Every socket of `protocol` in the states of `state_mask`, IPv4 and IPv6.
@@ -206,6 +211,8 @@ mod tests {
         body[0] = libc::AF_INET as u8;
         body[1] = state;
         body[4..6].copy_from_slice(&sport.to_be_bytes());
+        body[8..12].copy_from_slice(&[10, 0, 0, 1]);
+        body[68..72].copy_from_slice(&1234u32.to_ne_bytes());
         body[44..48].copy_from_slice(&(cookie as u32).to_ne_bytes());
         body[48..52].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
         body
@@ -232,6 +239,8 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].cookie, 0x1_0000_0002);
         assert_eq!(out[0].sport, 40000);
+        assert_eq!(out[0].src, IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(out[0].inode, 1234);
         assert_eq!(out[1].state, 6);
         assert_eq!(parse(&message(NLMSG_DONE, &[0; 4]), &mut out), Ok(true));
     }

@@ -15,16 +15,21 @@ use crate::{
     cli::{Cli, EventFormat},
     error::Fatal,
     events::{Event, decode},
+    exhaustion::Exhaustion,
+    occupancy::{ScopeKey, Usage},
     probes::{ProbeConfig, Probes},
+    sinks::events::WarningRecord,
     sinks::{
         WallClock,
         events::{EventRecord, ReadyRecord, text_header},
         report::Report,
         summary,
     },
+    snapshot::Snapshot,
     stats::Stats,
-    time_wait::TimeWaitWatcher,
+    time_wait::{TimeWaitWatcher, monotonic_ns},
     tracker::{Outcome, Tracker},
+    warnings::{Level, Thresholds},
 };
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
@@ -42,6 +47,8 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
+    // Sockets that hold ports already: counted from the first second.
+    let (snapshot, existing) = Snapshot::take();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match cli.events {
@@ -67,9 +74,22 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut pipeline = Pipeline {
         tracker: Tracker::default(),
         stats: Stats::default(),
+        exhaustion: Exhaustion::new(Thresholds {
+            warn: cli.warn_at / 100.0,
+            critical: cli.critical_at / 100.0,
+        }),
+        snapshot,
         clock,
         format: cli.events,
+        // SAFETY: isatty has no preconditions.
+        colour: unsafe { libc::isatty(libc::STDERR_FILENO) } == 1,
     };
+    for event in &existing {
+        pipeline.exhaustion.hold_existing(event);
+    }
+    let warnings = pipeline.exhaustion.refresh(monotonic_ns());
+    pipeline.warn(&warnings, &mut out)?;
+    out.flush()?;
     let deadline = async {
         match cli.duration {
             Some(duration) => tokio::time::sleep(duration).await,
@@ -84,12 +104,16 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
 
     loop {
         tokio::select! {
+            // Allocations before failures, whichever woke us: a failure comes after the
+            // allocations that used the range up, and so do the warnings they raise.
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 pipeline.drain(guard.get_inner_mut(), &mut out)?;
                 guard.clear_ready();
+                pipeline.drain(failures.get_mut(), &mut out)?;
             }
             guard = failures.readable_mut() => {
+                pipeline.drain(ring.get_mut(), &mut out)?;
                 let mut guard = guard.context("waiting on the failure ring buffer")?;
                 pipeline.drain(guard.get_inner_mut(), &mut out)?;
                 guard.clear_ready();
@@ -101,6 +125,11 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
                 out.flush()?;
             }
             _ = ticker.tick() => {
+                for event in pipeline.snapshot.gone() {
+                    pipeline.exhaustion.free_existing(&event);
+                }
+                let warnings = pipeline.exhaustion.refresh(monotonic_ns());
+                pipeline.warn(&warnings, &mut out)?;
                 pipeline.stats.set_lost(probes.lost()?);
                 let text = pipeline.summary(started);
                 print_summary(&text, summaries_to_stderr, &mut out)?;
@@ -112,14 +141,20 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     }
 
     // Whatever the kernel wrote before we stopped still counts.
-    pipeline.drain(failures.get_mut(), &mut out)?;
     pipeline.drain(ring.get_mut(), &mut out)?;
+    pipeline.drain(failures.get_mut(), &mut out)?;
     pipeline.stats.set_lost(probes.lost()?);
     let text = pipeline.summary(started);
     print_summary(&text, summaries_to_stderr, &mut out)?;
     if let Some(path) = &cli.report {
         let held = pipeline.tracker.held();
-        Report::new(&pipeline.stats, probes.backend, elapsed_ns(started), held).write(path)?;
+        let mut report = Report::new(&pipeline.stats, probes.backend, elapsed_ns(started), held);
+        report.scopes = pipeline
+            .fullest_scopes(REPORT_SCOPES)
+            .iter()
+            .map(Into::into)
+            .collect();
+        report.write(path)?;
     }
     // Dropping the probes detaches every program.
     drop(ring);
@@ -127,12 +162,17 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     Ok(())
 }
 
-/// The stages after the ring buffer: decode -> tracker -> stats -> event sink.
+/// The stages after the ring buffer: decode -> tracker -> stats and exhaustion -> sinks.
 struct Pipeline {
     tracker: Tracker,
     stats: Stats,
+    exhaustion: Exhaustion,
+    /// Sockets found at start-up, until they are gone.
+    snapshot: Snapshot,
     clock: WallClock,
     format: Option<EventFormat>,
+    /// Warnings printed to a terminal stand out in colour.
+    colour: bool,
 }
 
 impl Pipeline {
@@ -147,6 +187,11 @@ impl Pipeline {
                 }
             };
             let outcome = self.tracker.apply(&event);
+            if outcome == Outcome::Allocated
+                && let Some(copy) = self.snapshot.take_over(event.netns, event.cookie)
+            {
+                self.exhaustion.free_existing(&copy);
+            }
             self.emit(&event, outcome, out)?;
         }
         out.flush()
@@ -160,25 +205,56 @@ impl Pipeline {
         out: &mut dyn Write,
     ) -> std::io::Result<()> {
         self.stats.record(event, outcome);
-        let Some(format) = self.format else {
-            return Ok(());
-        };
-        // The port is still held; its release line comes when TIME_WAIT ends.
-        if outcome == Outcome::EnteredTimeWait {
-            return Ok(());
+        let warnings = self.exhaustion.observe(event, outcome);
+        // The port is still held while in TIME_WAIT; its release line comes when that ends.
+        if let Some(format) = self.format
+            && outcome != Outcome::EnteredTimeWait
+        {
+            let record = EventRecord::new(event, outcome, self.clock);
+            let line = match format {
+                EventFormat::Json => record.to_json(),
+                EventFormat::Text => record.to_text(),
+            };
+            writeln!(out, "{line}")?;
         }
-        let record = EventRecord::new(event, outcome, self.clock);
-        let line = match format {
-            EventFormat::Json => record.to_json(),
-            EventFormat::Text => record.to_text(),
-        };
-        writeln!(out, "{line}")
+        self.warn(&warnings, out)
+    }
+
+    /// Warnings go with the event stream when there is one, else to stderr, where they stand
+    /// out among the summaries.
+    fn warn(&self, warnings: &[WarningRecord], out: &mut dyn Write) -> std::io::Result<()> {
+        for warning in warnings {
+            match self.format {
+                Some(EventFormat::Json) => writeln!(out, "{}", warning.to_json())?,
+                Some(EventFormat::Text) => writeln!(out, "{}", warning.to_text(false))?,
+                None => eprintln!("{}", warning.to_text(self.colour)),
+            }
+        }
+        Ok(())
+    }
+
+    fn fullest_scopes(&self, n: usize) -> Vec<(ScopeKey, Usage, Level)> {
+        self.exhaustion
+            .occupancy
+            .fullest(n)
+            .into_iter()
+            .map(|(key, usage)| (key, usage, self.exhaustion.level(&key)))
+            .collect()
     }
 
     fn summary(&self, started: Instant) -> String {
-        summary::render(&self.stats, elapsed_ns(started), self.tracker.held())
+        let scopes = self.fullest_scopes(summary::FULLEST_SCOPES);
+        summary::render(
+            &self.stats,
+            elapsed_ns(started),
+            self.tracker.held(),
+            &scopes,
+        )
     }
 }
+
+/// How many of the fullest scopes the report lists.
+const REPORT_SCOPES: usize = 50;
 
 /// How often TIME_WAIT sockets are checked (while any port is in TIME_WAIT): the error on a
 /// TIME_WAIT lifetime is at most this.

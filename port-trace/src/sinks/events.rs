@@ -8,7 +8,9 @@ use serde::Serialize;
 use super::{WallClock, human_ns};
 use crate::{
     events::{AllocKind, Event, EventType, Family, Proto, errno_name},
+    occupancy::{Holder, Scope, ScopeKey, Usage},
     tracker::Outcome,
+    warnings::Level,
 };
 
 /// One JSON line. Field names and meanings are the daemon's contract (README).
@@ -123,6 +125,123 @@ pub fn text_header() -> String {
 
 fn socket_addr(addr: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(addr, port).to_string()
+}
+
+/// A scope is filling up, or an allocation in it failed.
+#[derive(Debug, Serialize)]
+pub struct WarningRecord {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub level: Level,
+    /// "threshold" (the scope crossed a line) or "failure" (an allocation in it failed).
+    pub reason: &'static str,
+    pub netns: u32,
+    pub proto: Proto,
+    /// "namespace" or "destination".
+    pub scope: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub laddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rport: Option<u16>,
+    pub used: u32,
+    pub capacity: u32,
+    pub ratio: f64,
+    /// Seconds to exhaustion at the current pace; null when the scope is not filling.
+    pub forecast_s: Option<f64>,
+    pub top: Vec<TopHolder>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopHolder {
+    pub pid: u32,
+    pub comm: String,
+    pub count: u32,
+}
+
+impl WarningRecord {
+    pub fn new(
+        key: &ScopeKey,
+        level: Level,
+        reason: &'static str,
+        usage: Usage,
+        forecast_s: Option<f64>,
+        top: Vec<(Holder, u32)>,
+    ) -> Self {
+        let dest = match key.scope {
+            Scope::Destination(dest) => Some(dest),
+            Scope::Namespace => None,
+        };
+        Self {
+            record: "warning",
+            level,
+            reason,
+            netns: key.netns,
+            proto: key.proto,
+            scope: if dest.is_some() {
+                "destination"
+            } else {
+                "namespace"
+            },
+            laddr: dest.map(|d| d.laddr),
+            raddr: dest.map(|d| d.raddr),
+            rport: dest.map(|d| d.rport),
+            used: usage.used,
+            capacity: usage.capacity,
+            ratio: (usage.ratio() * 1000.0).round() / 1000.0,
+            forecast_s: forecast_s.map(|s| (s * 10.0).round() / 10.0),
+            top: top
+                .into_iter()
+                .map(|(h, count)| TopHolder {
+                    pid: h.pid,
+                    comm: h.comm,
+                    count,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// One line for people; `colour` when it goes to a terminal.
+    pub fn to_text(&self, colour: bool) -> String {
+        let level = match (self.level, colour) {
+            (Level::Critical, true) => "\x1b[1;31mCRITICAL\x1b[0m".to_string(),
+            (Level::Warn, true) => "\x1b[1;33mWARNING\x1b[0m".to_string(),
+            (Level::Critical, false) => "CRITICAL".to_string(),
+            _ => "WARNING".to_string(),
+        };
+        let scope = match (self.raddr, self.rport) {
+            (Some(addr), Some(port)) => format!("to {}", socket_addr(addr, port)),
+            _ => "namespace".to_string(),
+        };
+        let forecast = self
+            .forecast_s
+            .map(|s| format!(", full in ~{s:.0}s"))
+            .unwrap_or_default();
+        let top: Vec<String> = self
+            .top
+            .iter()
+            .map(|t| format!("{}[{}] {}", t.comm, t.pid, t.count))
+            .collect();
+        format!(
+            "{level} {} ports {scope} in netns {}: {}/{} used ({:.0}%){forecast}{}; top: {}",
+            self.proto,
+            self.netns,
+            self.used,
+            self.capacity,
+            self.ratio * 100.0,
+            if self.reason == "failure" {
+                ", an allocation failed"
+            } else {
+                ""
+            },
+            top.join(", ")
+        )
+    }
 }
 
 /// The first JSON line, printed once every program is attached.

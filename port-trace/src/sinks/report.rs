@@ -5,7 +5,12 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::stats::{LifetimeSummary, LostCounts, Stats, Totals};
+use crate::{
+    events::Proto,
+    occupancy::{Scope, ScopeKey, Usage},
+    stats::{LifetimeSummary, LostCounts, Stats, Totals},
+    warnings::Level,
+};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -19,6 +24,47 @@ pub struct Report {
     /// Failed allocations by errno name.
     pub fail_by_error: BTreeMap<&'static str, u64>,
     pub lifetime_ns: LifetimeGroups,
+    /// The fullest scopes when tracing stopped.
+    pub scopes: Vec<ScopeRecord>,
+}
+
+/// One scope's occupancy in the report.
+#[derive(Debug, Serialize)]
+pub struct ScopeRecord {
+    pub netns: u32,
+    pub proto: Proto,
+    /// "namespace" or "destination".
+    pub scope: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raddr: Option<std::net::IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rport: Option<u16>,
+    pub used: u32,
+    pub capacity: u32,
+    pub level: Level,
+}
+
+impl From<&(ScopeKey, Usage, Level)> for ScopeRecord {
+    fn from((key, usage, level): &(ScopeKey, Usage, Level)) -> Self {
+        let dest = match key.scope {
+            Scope::Destination(d) => Some(d),
+            Scope::Namespace => None,
+        };
+        Self {
+            netns: key.netns,
+            proto: key.proto,
+            scope: if dest.is_some() {
+                "destination"
+            } else {
+                "namespace"
+            },
+            raddr: dest.map(|d| d.raddr),
+            rport: dest.map(|d| d.rport),
+            used: usage.used,
+            capacity: usage.capacity,
+            level: *level,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +92,7 @@ impl Report {
             lost: stats.lost,
             held_at_exit,
             fail_by_error: stats.fails_by_error.clone(),
+            scopes: Vec::new(),
             lifetime_ns: LifetimeGroups {
                 all: stats.all.summary(),
                 by_proto: group(&stats.by_proto),

@@ -3,10 +3,35 @@
 use std::fmt::Write as _;
 
 use super::human_ns;
-use crate::stats::{LifetimeSummary, Stats};
+use crate::{
+    occupancy::{Scope, ScopeKey, Usage},
+    stats::{LifetimeSummary, Stats},
+    warnings::Level,
+};
 
 /// How many processes the summary lists.
 const TOP_PROCESSES: usize = 5;
+/// How many of the fullest scopes the summary shows.
+pub const FULLEST_SCOPES: usize = 5;
+const BAR_WIDTH: usize = 20;
+
+/// `[#########-----------]`: how full, at a glance.
+fn bar(usage: &Usage) -> String {
+    let filled = ((usage.ratio().min(1.0) * BAR_WIDTH as f64).round() as usize).min(BAR_WIDTH);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(BAR_WIDTH - filled))
+}
+
+fn scope_name(key: &ScopeKey) -> String {
+    match key.scope {
+        Scope::Namespace => format!("{} netns {}", key.proto, key.netns),
+        Scope::Destination(d) => format!(
+            "{} netns {} to {}",
+            key.proto,
+            key.netns,
+            std::net::SocketAddr::new(d.raddr, d.rport)
+        ),
+    }
+}
 
 fn row(out: &mut String, label: &str, s: &LifetimeSummary) {
     let _ = writeln!(
@@ -22,7 +47,12 @@ fn row(out: &mut String, label: &str, s: &LifetimeSummary) {
     );
 }
 
-pub fn render(stats: &Stats, elapsed_ns: u64, held: usize) -> String {
+pub fn render(
+    stats: &Stats,
+    elapsed_ns: u64,
+    held: usize,
+    scopes: &[(ScopeKey, Usage, Level)],
+) -> String {
     let t = &stats.totals;
     let mut out = format!(
         "port-trace after {}: {} allocated, {} released, {} held now, {} failed, {} lost",
@@ -49,6 +79,25 @@ pub fn render(stats: &Stats, elapsed_ns: u64, held: usize) -> String {
         let _ = write!(out, "\n  failed allocations: {}", by_error.join(", "));
     }
     out.push('\n');
+    if !scopes.is_empty() {
+        let _ = writeln!(out, "  fullest ephemeral ranges");
+        for (key, usage, level) in scopes {
+            let mark = match level {
+                Level::Critical => "  CRITICAL",
+                Level::Warn => "  WARNING",
+                Level::Ok => "",
+            };
+            let _ = writeln!(
+                out,
+                "  {:<44} {} {:>6}/{:<6} {:>4.0}%{mark}",
+                scope_name(key),
+                bar(usage),
+                usage.used,
+                usage.capacity,
+                usage.ratio() * 100.0
+            );
+        }
+    }
     if stats.all.summary().count == 0 {
         return out;
     }
@@ -84,7 +133,24 @@ mod tests {
             ring_buffer_full: 3,
             ..Default::default()
         });
-        let text = render(&stats, 1_000_000_000, 0);
+        let key = ScopeKey {
+            netns: 7,
+            proto: crate::events::Proto::Tcp,
+            scope: Scope::Namespace,
+        };
+        let usage = Usage {
+            used: 9,
+            capacity: 10,
+        };
+        let text = render(&stats, 1_000_000_000, 0, &[(key, usage, Level::Warn)]);
+        assert!(
+            text.contains("tcp netns 7") && text.contains("[##################--]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("9/10") && text.contains("90%  WARNING"),
+            "{text}"
+        );
         assert!(text.contains("1 allocated, 1 released"), "{text}");
         assert!(text.contains("3 lost (ring buffer full: 3"), "{text}");
         assert!(text.contains("[curl]"), "{text}");

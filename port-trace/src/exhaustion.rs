@@ -1,0 +1,240 @@
+//! Exhaustion watch: keeps the occupancy model current from matched events, and turns what
+//! it sees into warnings (a scope crossing a line, or an allocation failing) with who holds
+//! the ports and how long until the scope is full.
+
+use crate::{
+    events::Event,
+    netns,
+    occupancy::{Occupancy, PortRange, ScopeKey},
+    sinks::events::WarningRecord,
+    tracker::Outcome,
+    warnings::{Forecast, Level, Levels, Thresholds},
+};
+
+/// How many holders a warning names.
+const TOP: usize = 5;
+
+pub struct Exhaustion {
+    pub occupancy: Occupancy,
+    levels: Levels,
+    forecast: Forecast,
+    /// Where a namespace's range comes from: the running system, or a fixed one in tests.
+    read_range: fn(u32) -> Option<PortRange>,
+}
+
+impl Exhaustion {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
+            occupancy: Occupancy::default(),
+            levels: Levels::new(thresholds),
+            forecast: Forecast::default(),
+            read_range: netns::port_range,
+        }
+    }
+
+    fn warning(
+        &self,
+        key: &ScopeKey,
+        level: Level,
+        reason: &'static str,
+        now_ns: u64,
+    ) -> WarningRecord {
+        let usage = self.occupancy.usage(key);
+        WarningRecord::new(
+            key,
+            level,
+            reason,
+            usage,
+            self.forecast.seconds_left(key, usage, now_ns),
+            self.occupancy.top_holders(key, TOP),
+        )
+    }
+
+    pub fn level(&self, key: &ScopeKey) -> Level {
+        self.levels.level(key)
+    }
+
+    /// A namespace seen for the first time gets its range read.
+    fn know(&mut self, netns: u32) {
+        if !self.occupancy.has_namespace(netns) {
+            let range = (self.read_range)(netns).unwrap_or_default();
+            self.occupancy.set_range(netns, range);
+        }
+    }
+
+    /// A socket that held its port before tracing started (the snapshot).
+    pub fn hold_existing(&mut self, event: &Event) {
+        self.know(event.netns);
+        self.occupancy.hold(event);
+    }
+
+    /// A socket from the snapshot is gone.
+    pub fn free_existing(&mut self, event: &Event) {
+        self.occupancy.free(event);
+    }
+
+    /// Takes one matched event; returns the warnings it raises.
+    pub fn observe(&mut self, event: &Event, outcome: Outcome) -> Vec<WarningRecord> {
+        let mut raised = Vec::new();
+        match outcome {
+            Outcome::Allocated => {
+                self.know(event.netns);
+                self.occupancy.hold(event);
+                for key in Occupancy::scopes_of(event) {
+                    self.forecast.allocated(key, event.ts_ns);
+                    let usage = self.occupancy.usage(&key);
+                    if let Some(level) = self.levels.update(key, usage) {
+                        raised.push(self.warning(&key, level, "threshold", event.ts_ns));
+                    }
+                }
+            }
+            Outcome::Released { lifetime_ns, .. } => {
+                self.occupancy.free(event);
+                for key in Occupancy::scopes_of(event) {
+                    self.forecast.released(key, lifetime_ns);
+                    let usage = self.occupancy.usage(&key);
+                    self.levels.update(key, usage);
+                }
+            }
+            Outcome::Failed => {
+                self.know(event.netns);
+                // The scope the failed request drew from: its destination for a TCP
+                // connect, else its namespace.
+                if let Some(key) = Occupancy::scopes_of(event).pop() {
+                    self.levels.failed(key);
+                    raised.push(self.warning(&key, Level::Critical, "failure", event.ts_ns));
+                }
+            }
+            Outcome::EnteredTimeWait | Outcome::UnmatchedRelease => {}
+        }
+        raised
+    }
+
+    /// Re-reads every namespace's range (it can change at run time) and re-checks the
+    /// scopes in use against it.
+    pub fn refresh(&mut self, now_ns: u64) -> Vec<WarningRecord> {
+        let namespaces: Vec<u32> = self.occupancy.namespaces().collect();
+        for netns in namespaces {
+            if let Some(range) = (self.read_range)(netns) {
+                self.occupancy.set_range(netns, range);
+            }
+        }
+        let mut raised = Vec::new();
+        for (key, usage) in self.occupancy.fullest(usize::MAX) {
+            if let Some(level) = self.levels.update(key, usage) {
+                raised.push(self.warning(&key, level, "threshold", now_ns));
+            }
+        }
+        raised
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use port_trace_common::{EVENT_FAIL, EVENT_RELEASE};
+
+    use super::*;
+    use crate::events::{decode_raw, tests::raw_connect};
+
+    fn tiny(_: u32) -> Option<PortRange> {
+        PortRange::parse("40000 40009", "")
+    }
+
+    fn exhaustion() -> Exhaustion {
+        let mut e = Exhaustion::new(Thresholds {
+            warn: 0.8,
+            critical: 0.95,
+        });
+        e.read_range = tiny;
+        e
+    }
+
+    fn connect(port: u16, ts_ns: u64) -> Event {
+        let mut raw = raw_connect();
+        raw.lport = port;
+        raw.ts_ns = ts_ns;
+        decode_raw(&raw).expect("decodes")
+    }
+
+    #[test]
+    fn warns_at_80_then_critical_then_on_failure() {
+        let mut e = exhaustion();
+        let mut raised = Vec::new();
+        for (i, port) in (40000..40010).enumerate() {
+            let warnings = e.observe(&connect(port, i as u64 * 100_000_000), Outcome::Allocated);
+            raised.extend(warnings.into_iter().map(|w| (port, w)));
+        }
+        // 8 of 10 for the destination (and the namespace): warn; 10 of 10: critical.
+        let levels: Vec<_> = raised.iter().map(|(p, w)| (*p, w.scope, w.level)).collect();
+        assert_eq!(
+            levels,
+            vec![
+                (40007, "namespace", Level::Warn),
+                (40007, "destination", Level::Warn),
+                (40009, "namespace", Level::Critical),
+                (40009, "destination", Level::Critical),
+            ]
+        );
+        let warn = &raised[1].1;
+        assert_eq!((warn.used, warn.capacity), (8, 10));
+        assert_eq!(warn.rport, Some(443));
+        assert_eq!(warn.top[0].comm, "curl");
+        assert_eq!(warn.top[0].count, 8);
+        // 10 allocations a second, nothing released: 2 ports left is about 2 s... at the
+        // decayed rate, a little more.
+        let left = warn.forecast_s.expect("filling");
+        assert!((1.0..30.0).contains(&left), "{left}");
+
+        let mut raw = raw_connect();
+        raw.event = EVENT_FAIL;
+        raw.errno = 99;
+        let fail = decode_raw(&raw).expect("decodes");
+        let w = e.observe(&fail, Outcome::Failed);
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            (w[0].level, w[0].reason, w[0].scope),
+            (Level::Critical, "failure", "destination")
+        );
+        let json: serde_json::Value = serde_json::from_str(&w[0].to_json()).expect("json");
+        assert_eq!(json["type"], "warning");
+        assert_eq!(json["used"], 10);
+        assert!(
+            json.get("forecast_s").is_some(),
+            "null, not absent, when unknown"
+        );
+    }
+
+    #[test]
+    fn releases_lower_the_level_with_hysteresis() {
+        let mut e = exhaustion();
+        for port in 40000..40008 {
+            e.observe(&connect(port, 0), Outcome::Allocated);
+        }
+        let mut raw = raw_connect();
+        raw.event = EVENT_RELEASE;
+        raw.lport = 40007;
+        let release = decode_raw(&raw).expect("decodes");
+        let released = Outcome::Released {
+            lifetime_ns: 1,
+            time_wait_ns: None,
+        };
+        assert!(e.observe(&release, released).is_empty());
+        // 7 of 10 is under 75%: back to ok, so 8 of 10 warns again.
+        let again = e.observe(&connect(40007, 1), Outcome::Allocated);
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn a_smaller_range_raises_warnings_on_refresh() {
+        let mut e = exhaustion();
+        for port in 40000..40005 {
+            assert!(e.observe(&connect(port, 0), Outcome::Allocated).is_empty());
+        }
+        fn five(_: u32) -> Option<PortRange> {
+            PortRange::parse("40000 40005", "")
+        }
+        e.read_range = five;
+        let raised = e.refresh(0);
+        assert_eq!(raised.len(), 2, "namespace and destination are 5 of 6 now");
+    }
+}

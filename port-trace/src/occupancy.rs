@@ -1,0 +1,608 @@
+//! Occupancy: how full each network namespace's ephemeral range is, the way the kernel counts.
+//!
+//! - A port chosen by bind(0), listen() or UDP is held *exclusively* in its namespace: no
+//!   other socket gets it from the range.
+//! - A port chosen by TCP connect() need only be unique per destination (local address,
+//!   remote address, remote port): the same port serves many destinations at once.
+//!
+//! So there are two kinds of scope. The *namespace* scope is what bind(0), listen() and UDP
+//! draw from: capacity is the range minus reserved ports, and every port in use by any socket
+//! counts against it. A *destination* scope is what connect() to one destination draws from:
+//! capacity is the range minus reserved ports minus the exclusively held ones, and only the
+//! ports connected to that destination count against it. TIME_WAIT sockets hold their port
+//! until they are gone (the tracker decides when a port is released).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::events::{AllocKind, Event, Proto};
+
+/// `net.ipv4.ip_local_port_range` minus `ip_local_reserved_ports`, for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+    /// Reserved ports as inclusive ranges, sorted.
+    pub reserved: Vec<(u16, u16)>,
+}
+
+impl Default for PortRange {
+    /// Linux's default range.
+    fn default() -> Self {
+        Self {
+            low: 32768,
+            high: 60999,
+            reserved: Vec::new(),
+        }
+    }
+}
+
+impl PortRange {
+    /// Parses `ip_local_port_range` ("32768\t60999") and `ip_local_reserved_ports`
+    /// ("8080,9000-9100" or empty).
+    pub fn parse(range: &str, reserved: &str) -> Option<Self> {
+        let mut bounds = range.split_whitespace().map(str::parse::<u16>);
+        let (low, high) = (bounds.next()?.ok()?, bounds.next()?.ok()?);
+        if low > high {
+            return None;
+        }
+        let mut reserved_ranges = Vec::new();
+        for part in reserved.trim().split(',').filter(|p| !p.trim().is_empty()) {
+            let (a, b) = match part.trim().split_once('-') {
+                Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+                None => {
+                    let p = part.trim().parse().ok()?;
+                    (p, p)
+                }
+            };
+            reserved_ranges.push((a, b));
+        }
+        reserved_ranges.sort_unstable();
+        Some(Self {
+            low,
+            high,
+            reserved: reserved_ranges,
+        })
+    }
+
+    fn is_reserved(&self, port: u16) -> bool {
+        self.reserved.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
+
+    /// Whether the kernel would hand `port` out from this range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port) && !self.is_reserved(port)
+    }
+
+    /// How many ports the kernel can hand out.
+    pub fn size(&self) -> u32 {
+        let all = u32::from(self.high - self.low) + 1;
+        let reserved: u32 = self
+            .reserved
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.max(self.low), b.min(self.high));
+                if a > b { 0 } else { u32::from(b - a) + 1 }
+            })
+            .sum();
+        all - reserved.min(all)
+    }
+}
+
+/// Where a connect() goes: the 3 of the 4-tuple that are not the port being chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Destination {
+    pub laddr: IpAddr,
+    pub raddr: IpAddr,
+    pub rport: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Namespace,
+    Destination(Destination),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopeKey {
+    pub netns: u32,
+    pub proto: Proto,
+    pub scope: Scope,
+}
+
+/// One holder of ports, for "who is using them".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub used: u32,
+    pub capacity: u32,
+}
+
+impl Usage {
+    pub fn ratio(&self) -> f64 {
+        if self.capacity == 0 {
+            1.0
+        } else {
+            f64::from(self.used) / f64::from(self.capacity)
+        }
+    }
+}
+
+/// Ports held in one scope: how many sockets hold each port, and who.
+#[derive(Debug, Default)]
+struct Held {
+    ports: HashMap<u16, u32>,
+    holders: HashMap<Holder, u32>,
+}
+
+impl Held {
+    fn add(&mut self, port: u16, holder: &Holder) {
+        *self.ports.entry(port).or_default() += 1;
+        *self.holders.entry(holder.clone()).or_default() += 1;
+    }
+
+    fn remove(&mut self, port: u16, holder: &Holder) {
+        decrement(&mut self.ports, &port);
+        decrement(&mut self.holders, holder);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+}
+
+fn decrement<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u32>, key: &K) {
+    if let Some(count) = map.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ProtoSpace {
+    exclusive: Held,
+    /// Every connect()ed port, whatever the destination.
+    connected: Held,
+    by_destination: HashMap<Destination, Held>,
+}
+
+#[derive(Debug, Default)]
+struct Namespace {
+    range: PortRange,
+    tcp: ProtoSpace,
+    udp: ProtoSpace,
+}
+
+impl Namespace {
+    fn space(&mut self, proto: Proto) -> &mut ProtoSpace {
+        match proto {
+            Proto::Tcp => &mut self.tcp,
+            Proto::Udp => &mut self.udp,
+        }
+    }
+
+    fn space_ref(&self, proto: Proto) -> &ProtoSpace {
+        match proto {
+            Proto::Tcp => &self.tcp,
+            Proto::Udp => &self.udp,
+        }
+    }
+}
+
+/// The occupancy of every namespace seen.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    namespaces: HashMap<u32, Namespace>,
+}
+
+/// Only TCP connect() shares ports across destinations; everything else holds its port
+/// exclusively in the namespace (UDP connect autobinds like bind(0)).
+fn destination(event: &Event) -> Option<Destination> {
+    (event.proto == Proto::Tcp && event.kind == AllocKind::Connect).then_some(Destination {
+        laddr: event.laddr,
+        raddr: event.raddr,
+        rport: event.rport,
+    })
+}
+
+impl Occupancy {
+    /// Sets a namespace's range (read at start and every interval: it can change).
+    pub fn set_range(&mut self, netns: u32, range: PortRange) {
+        self.namespaces.entry(netns).or_default().range = range;
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.namespaces.keys().copied()
+    }
+
+    pub fn has_namespace(&self, netns: u32) -> bool {
+        self.namespaces.contains_key(&netns)
+    }
+
+    /// A port is held from now on (an alloc, or a socket found at start-up).
+    pub fn hold(&mut self, event: &Event) {
+        let holder = Holder {
+            pid: event.pid,
+            comm: event.comm.clone(),
+        };
+        let space = self
+            .namespaces
+            .entry(event.netns)
+            .or_default()
+            .space(event.proto);
+        match destination(event) {
+            Some(dest) => {
+                space.connected.add(event.port, &holder);
+                space
+                    .by_destination
+                    .entry(dest)
+                    .or_default()
+                    .add(event.port, &holder);
+            }
+            None => space.exclusive.add(event.port, &holder),
+        }
+    }
+
+    /// The port is free again (after TIME_WAIT, where there was one).
+    pub fn free(&mut self, event: &Event) {
+        let holder = Holder {
+            pid: event.pid,
+            comm: event.comm.clone(),
+        };
+        let Some(ns) = self.namespaces.get_mut(&event.netns) else {
+            return;
+        };
+        let space = ns.space(event.proto);
+        match destination(event) {
+            Some(dest) => {
+                space.connected.remove(event.port, &holder);
+                if let Some(held) = space.by_destination.get_mut(&dest) {
+                    held.remove(event.port, &holder);
+                    if held.is_empty() {
+                        space.by_destination.remove(&dest);
+                    }
+                }
+            }
+            None => space.exclusive.remove(event.port, &holder),
+        }
+    }
+
+    /// The scopes an event draws from: its namespace, and for a TCP connect its destination.
+    pub fn scopes_of(event: &Event) -> Vec<ScopeKey> {
+        let mut scopes = vec![ScopeKey {
+            netns: event.netns,
+            proto: event.proto,
+            scope: Scope::Namespace,
+        }];
+        if let Some(dest) = destination(event) {
+            scopes.push(ScopeKey {
+                netns: event.netns,
+                proto: event.proto,
+                scope: Scope::Destination(dest),
+            });
+        }
+        scopes
+    }
+
+    fn in_range<'a>(
+        range: &'a PortRange,
+        ports: &'a HashMap<u16, u32>,
+    ) -> impl Iterator<Item = u16> + 'a {
+        ports.keys().copied().filter(|p| range.contains(*p))
+    }
+
+    /// How full a scope is.
+    pub fn usage(&self, key: &ScopeKey) -> Usage {
+        let Some(ns) = self.namespaces.get(&key.netns) else {
+            return Usage {
+                used: 0,
+                capacity: PortRange::default().size(),
+            };
+        };
+        let space = ns.space_ref(key.proto);
+        let exclusive = Self::in_range(&ns.range, &space.exclusive.ports).count() as u32;
+        match &key.scope {
+            Scope::Namespace => {
+                // A port used by any socket, connected or not, blocks bind(0) and listen().
+                let connected_only = Self::in_range(&ns.range, &space.connected.ports)
+                    .filter(|p| !space.exclusive.ports.contains_key(p))
+                    .count() as u32;
+                Usage {
+                    used: exclusive + connected_only,
+                    capacity: ns.range.size(),
+                }
+            }
+            Scope::Destination(dest) => {
+                let used = space.by_destination.get(dest).map_or(0, |held| {
+                    Self::in_range(&ns.range, &held.ports).count() as u32
+                });
+                Usage {
+                    used,
+                    capacity: ns.range.size().saturating_sub(exclusive),
+                }
+            }
+        }
+    }
+
+    /// The processes holding the most ports in a scope, most first.
+    pub fn top_holders(&self, key: &ScopeKey, n: usize) -> Vec<(Holder, u32)> {
+        let Some(ns) = self.namespaces.get(&key.netns) else {
+            return Vec::new();
+        };
+        let space = ns.space_ref(key.proto);
+        let mut merged: BTreeMap<&Holder, u32> = BTreeMap::new();
+        let sources: Vec<&Held> = match &key.scope {
+            Scope::Namespace => vec![&space.exclusive, &space.connected],
+            Scope::Destination(dest) => space.by_destination.get(dest).into_iter().collect(),
+        };
+        for held in sources {
+            for (holder, count) in &held.holders {
+                *merged.entry(holder).or_default() += count;
+            }
+        }
+        let mut top: Vec<(Holder, u32)> = merged.into_iter().map(|(h, c)| (h.clone(), c)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(n);
+        top
+    }
+
+    /// Every scope with something held, fullest first.
+    pub fn fullest(&self, n: usize) -> Vec<(ScopeKey, Usage)> {
+        let mut all = Vec::new();
+        for (&netns, ns) in &self.namespaces {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                let space = ns.space_ref(proto);
+                let mut keys = vec![ScopeKey {
+                    netns,
+                    proto,
+                    scope: Scope::Namespace,
+                }];
+                keys.extend(space.by_destination.keys().map(|dest| ScopeKey {
+                    netns,
+                    proto,
+                    scope: Scope::Destination(*dest),
+                }));
+                for key in keys {
+                    let usage = self.usage(&key);
+                    if usage.used > 0 {
+                        all.push((key, usage));
+                    }
+                }
+            }
+        }
+        all.sort_by(|a, b| {
+            b.1.ratio()
+                .total_cmp(&a.1.ratio())
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        all.truncate(n);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use port_trace_common::{KIND_BIND, KIND_CONNECT};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::events::{decode_raw, tests::raw_connect};
+
+    const NETNS: u32 = 4026531840;
+
+    fn tiny() -> PortRange {
+        PortRange::parse("40000 40009", "").expect("range")
+    }
+
+    fn connect(port: u16, rport: u16) -> Event {
+        let mut raw = raw_connect();
+        raw.kind = KIND_CONNECT;
+        raw.lport = port;
+        raw.rport = rport;
+        raw.netns = NETNS;
+        decode_raw(&raw).expect("decodes")
+    }
+
+    fn bind(port: u16) -> Event {
+        let mut raw = raw_connect();
+        raw.kind = KIND_BIND;
+        raw.lport = port;
+        raw.netns = NETNS;
+        decode_raw(&raw).expect("decodes")
+    }
+
+    fn dest_key(event: &Event) -> ScopeKey {
+        Occupancy::scopes_of(event)[1]
+    }
+
+    fn ns_key() -> ScopeKey {
+        ScopeKey {
+            netns: NETNS,
+            proto: Proto::Tcp,
+            scope: Scope::Namespace,
+        }
+    }
+
+    #[test]
+    fn parses_ranges_and_reserved_ports() {
+        let r = PortRange::parse("32768\t60999\n", "").expect("parses");
+        assert_eq!((r.low, r.high, r.size()), (32768, 60999, 28232));
+        let r = PortRange::parse("40000 40009", "40001,40005-40006,50000\n").expect("parses");
+        assert_eq!(r.size(), 7);
+        assert!(!r.contains(40001) && !r.contains(40005) && r.contains(40004));
+        assert!(!r.contains(39999) && !r.contains(40010));
+        assert_eq!(PortRange::parse("5 1", ""), None);
+        assert_eq!(PortRange::parse("x y", ""), None);
+        assert_eq!(PortRange::parse("1 5", "a-b"), None);
+    }
+
+    #[test]
+    fn connect_ports_count_per_destination_not_per_namespace_capacity() {
+        let mut occ = Occupancy::default();
+        occ.set_range(NETNS, tiny());
+        for port in 40000..40008 {
+            occ.hold(&connect(port, 443));
+        }
+        // The same ports again, to another destination: each destination is 8/10 full.
+        for port in 40000..40008 {
+            occ.hold(&connect(port, 80));
+        }
+        let a = occ.usage(&dest_key(&connect(0, 443)));
+        let b = occ.usage(&dest_key(&connect(0, 80)));
+        assert_eq!((a.used, a.capacity), (8, 10));
+        assert_eq!((b.used, b.capacity), (8, 10));
+        // bind(0) could only use the two ports no socket has.
+        assert_eq!(
+            occ.usage(&ns_key()),
+            Usage {
+                used: 8,
+                capacity: 10
+            }
+        );
+    }
+
+    #[test]
+    fn exclusive_ports_shrink_every_destination() {
+        let mut occ = Occupancy::default();
+        occ.set_range(NETNS, tiny());
+        occ.hold(&bind(40009));
+        occ.hold(&bind(40008));
+        occ.hold(&connect(40000, 443));
+        let usage = occ.usage(&dest_key(&connect(0, 443)));
+        assert_eq!((usage.used, usage.capacity), (1, 8));
+        assert_eq!(occ.usage(&ns_key()).used, 3);
+        occ.free(&bind(40009));
+        assert_eq!(occ.usage(&dest_key(&connect(0, 443))).capacity, 9);
+    }
+
+    #[test]
+    fn ports_outside_the_range_or_reserved_do_not_count() {
+        let mut occ = Occupancy::default();
+        occ.set_range(
+            NETNS,
+            PortRange::parse("40000 40009", "40003").expect("range"),
+        );
+        occ.hold(&bind(5000));
+        occ.hold(&bind(40003));
+        occ.hold(&bind(40004));
+        assert_eq!(
+            occ.usage(&ns_key()),
+            Usage {
+                used: 1,
+                capacity: 9
+            }
+        );
+        // The range changes at run time: now 40003 is in it and 40004 is not.
+        occ.set_range(NETNS, PortRange::parse("40003 40003", "").expect("range"));
+        assert_eq!(
+            occ.usage(&ns_key()),
+            Usage {
+                used: 1,
+                capacity: 1
+            }
+        );
+    }
+
+    #[test]
+    fn top_holders_name_who_uses_the_ports() {
+        let mut occ = Occupancy::default();
+        occ.set_range(NETNS, tiny());
+        let mut other = connect(40001, 443);
+        other.pid = 99;
+        other.comm = "nginx".into();
+        occ.hold(&connect(40000, 443));
+        occ.hold(&connect(40002, 443));
+        occ.hold(&other);
+        let top = occ.top_holders(&dest_key(&other), 5);
+        assert_eq!(top[0].0.comm, "curl");
+        assert_eq!(top[0].1, 2);
+        assert_eq!(top[1].0.pid, 99);
+        assert_eq!(occ.fullest(1)[0].1.used, 3);
+    }
+
+    fn held_socket() -> impl Strategy<Value = (bool, u16, u16)> {
+        // (connect?, port in a 10-port range, one of 3 destinations)
+        (any::<bool>(), 40000u16..40010, 0u16..3)
+    }
+
+    proptest! {
+        /// Holding then freeing any sockets in any order leaves nothing held, and usage
+        /// never exceeds what distinct ports allow.
+        #[test]
+        fn hold_and_free_balance(sockets in proptest::collection::vec(held_socket(), 0..60),
+                                 seed in any::<u64>()) {
+            let mut occ = Occupancy::default();
+            occ.set_range(NETNS, tiny());
+            let events: Vec<Event> = sockets.iter().map(|&(is_connect, port, dest)| {
+                if is_connect { connect(port, 1000 + dest) } else { bind(port) }
+            }).collect();
+            for e in &events {
+                occ.hold(e);
+                let ns = occ.usage(&ns_key());
+                prop_assert!(ns.used <= ns.capacity);
+                for key in Occupancy::scopes_of(e) {
+                    let u = occ.usage(&key);
+                    prop_assert!(u.used <= 10);
+                }
+            }
+            let mut order: Vec<usize> = (0..events.len()).collect();
+            let mut s = seed;
+            for i in (1..order.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            for i in order {
+                occ.free(&events[i]);
+            }
+            prop_assert_eq!(occ.usage(&ns_key()).used, 0);
+            prop_assert!(occ.fullest(10).is_empty());
+            for dest in 0..3 {
+                let u = occ.usage(&dest_key(&connect(0, 1000 + dest)));
+                prop_assert_eq!((u.used, u.capacity), (0, 10));
+            }
+        }
+
+        /// A destination's used + exclusive never exceeds the range: the kernel could not
+        /// have handed out more.
+        #[test]
+        fn destination_capacity_excludes_exclusive_ports(
+            binds in proptest::collection::btree_set(40000u16..40010, 0..10),
+        ) {
+            let mut occ = Occupancy::default();
+            occ.set_range(NETNS, tiny());
+            for &p in &binds {
+                occ.hold(&bind(p));
+            }
+            let u = occ.usage(&dest_key(&connect(0, 443)));
+            prop_assert_eq!(u.capacity as usize, 10 - binds.len());
+        }
+    }
+
+    #[test]
+    fn addresses_make_destinations_distinct() {
+        let mut occ = Occupancy::default();
+        occ.set_range(NETNS, tiny());
+        let mut a = connect(40000, 443);
+        a.raddr = IpAddr::from(Ipv4Addr::new(10, 0, 0, 1));
+        let mut b = connect(40000, 443);
+        b.raddr = IpAddr::from(Ipv4Addr::new(10, 0, 0, 2));
+        occ.hold(&a);
+        occ.hold(&b);
+        assert_eq!(occ.usage(&dest_key(&a)).used, 1);
+        assert_eq!(occ.usage(&dest_key(&b)).used, 1);
+        assert_eq!(occ.usage(&ns_key()).used, 1);
+    }
+}

@@ -1,0 +1,236 @@
+//! The start-up snapshot: sockets that already hold ports when port-trace starts (every
+//! namespace, every state, TIME_WAIT included, TCP and UDP), read through sock_diag as `ss`
+//! does, so occupancy is right from the first second. Their owners come from /proc/PID/fd
+//! (as `ss -p` finds them). Nothing reports their release, so each interval the snapshot is
+//! taken again and the ones that are gone are freed.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use tracing::debug;
+
+use crate::{
+    events::{AllocKind, Event, EventType, Family, Proto},
+    netns,
+    sock_diag::{DiagSocket, SockDiag},
+};
+
+const TCP_LISTEN: u8 = 10;
+const ALL_STATES: u32 = u32::MAX;
+
+/// A socket from a dump, as the occupancy model takes it: an event that allocated the port.
+pub fn as_event(
+    socket: &DiagSocket,
+    proto: Proto,
+    netns: u32,
+    owner: Option<&(u32, String)>,
+) -> Event {
+    // A TCP socket with a peer was connect()ed (or accepted: then it shares the listener's
+    // port, which counts once); everything else holds its port exclusively.
+    let connected = proto == Proto::Tcp && socket.state != TCP_LISTEN && socket.dport != 0;
+    let (pid, comm) = owner.cloned().unwrap_or((0, String::from("?")));
+    Event {
+        event: EventType::Alloc,
+        ts_ns: 0,
+        cookie: socket.cookie,
+        pid,
+        comm,
+        netns,
+        proto,
+        family: if matches!(socket.src, IpAddr::V6(_)) {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        },
+        kind: if connected {
+            AllocKind::Connect
+        } else {
+            AllocKind::Bind
+        },
+        laddr: socket.src,
+        port: socket.sport,
+        raddr: socket.dst,
+        rport: socket.dport,
+        errno: 0,
+        time_wait: false,
+        time_wait_end: false,
+    }
+}
+
+/// Socket inode -> (pid, comm) for every process, from /proc/PID/fd links `socket:[N]`.
+fn socket_owners() -> HashMap<u32, (u32, String)> {
+    let mut owners = HashMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return owners;
+    };
+    for entry in procs.filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default();
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_string_lossy()
+                    .strip_prefix("socket:[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .and_then(|n| n.parse().ok())
+            {
+                owners.entry(inode).or_insert_with(|| (pid, comm.clone()));
+            }
+        }
+    }
+    owners
+}
+
+/// Every network namespace some process is in.
+fn namespaces() -> HashSet<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| netns::inode_of(&e.path().join("ns/net")))
+        .collect()
+}
+
+/// TCP and UDP sockets with a local port in `netns`.
+fn dump(netns: u32) -> Vec<(Proto, DiagSocket)> {
+    netns::run_in_inode(netns, || {
+        let mut diag = SockDiag::new().ok()?;
+        let mut sockets = Vec::new();
+        for (proto, number) in [
+            (Proto::Tcp, libc::IPPROTO_TCP),
+            (Proto::Udp, libc::IPPROTO_UDP),
+        ] {
+            match diag.dump(number as u8, ALL_STATES) {
+                Ok(found) => sockets.extend(found.into_iter().map(|s| (proto, s))),
+                Err(err) => debug!("sock_diag dump in netns {netns}: {err}"),
+            }
+        }
+        Some(sockets)
+    })
+    .flatten()
+    .unwrap_or_default()
+    .into_iter()
+    .filter(|(_, s)| s.sport != 0)
+    .collect()
+}
+
+/// The sockets found at start-up, kept until they are gone.
+#[derive(Default)]
+pub struct Snapshot {
+    /// (netns, cookie) -> the socket as an allocation.
+    held: HashMap<(u32, u64), Event>,
+}
+
+impl Snapshot {
+    /// Takes the snapshot; returns the sockets found, to hold in the occupancy model.
+    pub fn take() -> (Self, Vec<Event>) {
+        let owners = socket_owners();
+        let mut snapshot = Self::default();
+        for netns in namespaces() {
+            for (proto, socket) in dump(netns) {
+                let event = as_event(&socket, proto, netns, owners.get(&socket.inode));
+                snapshot.held.insert((netns, socket.cookie), event);
+            }
+        }
+        let events = snapshot.held.values().cloned().collect();
+        (snapshot, events)
+    }
+
+    /// A live allocation of a socket the snapshot also found (it was made between attaching
+    /// and the snapshot): the live one counts, the snapshot's copy goes. Cookies match on the
+    /// tracepoint backend, whose ids are the kernel's socket cookies.
+    pub fn take_over(&mut self, netns: u32, cookie: u64) -> Option<Event> {
+        self.held.remove(&(netns, cookie))
+    }
+
+    /// The snapshot's sockets that no longer exist, to free in the occupancy model.
+    pub fn gone(&mut self) -> Vec<Event> {
+        let mut netns_left: HashSet<u32> = self.held.keys().map(|(n, _)| *n).collect();
+        let mut present: HashSet<(u32, u64)> = HashSet::new();
+        for netns in netns_left.drain() {
+            present.extend(dump(netns).into_iter().map(|(_, s)| (netns, s.cookie)));
+        }
+        let mut gone = Vec::new();
+        self.held.retain(|key, event| {
+            let keep = present.contains(key);
+            if !keep {
+                gone.push(event.clone());
+            }
+            keep
+        });
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn socket(state: u8, dport: u16) -> DiagSocket {
+        DiagSocket {
+            family: libc::AF_INET as u8,
+            state,
+            sport: 40001,
+            dport,
+            src: IpAddr::from(Ipv4Addr::LOCALHOST),
+            dst: IpAddr::from(Ipv4Addr::new(10, 0, 0, 1)),
+            cookie: 5,
+            inode: 77,
+        }
+    }
+
+    #[test]
+    fn connected_tcp_sockets_hold_per_destination_others_exclusively() {
+        let owner = (42, "nginx".to_string());
+        let established = as_event(&socket(1, 443), Proto::Tcp, 9, Some(&owner));
+        assert_eq!(established.kind, AllocKind::Connect);
+        assert_eq!((established.pid, established.comm.as_str()), (42, "nginx"));
+        assert_eq!((established.rport, established.netns), (443, 9));
+        let time_wait = as_event(&socket(6, 443), Proto::Tcp, 9, None);
+        assert_eq!(
+            time_wait.kind,
+            AllocKind::Connect,
+            "TIME_WAIT holds its 4-tuple"
+        );
+        assert_eq!(time_wait.comm, "?");
+        assert_eq!(
+            as_event(&socket(TCP_LISTEN, 0), Proto::Tcp, 9, None).kind,
+            AllocKind::Bind
+        );
+        assert_eq!(
+            as_event(&socket(1, 53), Proto::Udp, 9, None).kind,
+            AllocKind::Bind
+        );
+    }
+
+    #[test]
+    fn finds_a_socket_of_ours() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let Some(own) = netns::own() else { return };
+        let found = dump(own);
+        assert!(
+            found
+                .iter()
+                .any(|(p, s)| *p == Proto::Tcp && s.sport == port && s.state == TCP_LISTEN)
+        );
+        let owners = socket_owners();
+        let ours = found
+            .iter()
+            .find(|(_, s)| s.sport == port)
+            .and_then(|(_, s)| owners.get(&s.inode))
+            .expect("our socket has an owner");
+        assert_eq!(ours.0, std::process::id());
+    }
+}

@@ -1,0 +1,148 @@
+//! Warnings before exhaustion, for real: in a network namespace with a 10-port range, held
+//! connects to one destination raise a warning (80%) and a critical one (95%) before the
+//! connect that fails with EADDRNOTAVAIL, and the failure raises its own; bind(0) the same
+//! for the namespace scope. Warnings name the namespace, scope, used/capacity and holders.
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use common::{Tracer, enter_tiny_netns, skip_unless_root};
+use serde_json::Value;
+
+/// Index of the first record in `events` matching `pred`.
+fn position(events: &[Value], pred: impl Fn(&Value) -> bool) -> Option<usize> {
+    events.iter().position(pred)
+}
+
+fn warning_in(netns: u64, scope: &'static str, level: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| {
+        e["type"] == "warning"
+            && e["netns"].as_u64() == Some(netns)
+            && e["scope"] == scope
+            && e["level"] == level
+    }
+}
+
+#[test]
+fn connect_exhaustion_is_warned_before_it_fails() {
+    if skip_unless_root("connect_exhaustion_is_warned_before_it_fails") {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    // The namespace (a thread's) lives, with its sockets, until tracing stops: port-trace
+    // reads a namespace's range when its first event arrives.
+    let (done, wait) = mpsc::channel::<()>();
+    let (ready, started) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let netns = enter_tiny_netns(40_000, 40_009);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5000)).expect("listener");
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));
+        let mut held = Vec::new();
+        while let Ok(stream) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            held.push(stream);
+            assert!(held.len() <= 10);
+        }
+        let _ = ready.send(netns);
+        let _ = wait.recv();
+        drop((held, listener));
+    });
+    let netns = started.recv().expect("netns thread ran");
+    thread::sleep(Duration::from_millis(300));
+    let (events, _) = tracer.stop();
+    drop(done);
+    worker.join().expect("netns thread");
+
+    let fail = position(&events, |e| {
+        e["type"] == "fail" && e["netns"].as_u64() == Some(netns) && e["error"] == "EADDRNOTAVAIL"
+    })
+    .expect("the 11th connect failed");
+    let warn = position(&events, warning_in(netns, "destination", "warn")).expect("warning");
+    let critical =
+        position(&events, warning_in(netns, "destination", "critical")).expect("critical");
+    assert!(
+        warn < critical && critical < fail,
+        "warn {warn}, critical {critical}, fail {fail}"
+    );
+
+    let w = &events[warn];
+    assert_eq!(
+        (w["used"].as_u64(), w["capacity"].as_u64()),
+        (Some(8), Some(10)),
+        "{w}"
+    );
+    assert_eq!(w["raddr"], "127.0.0.1");
+    assert_eq!(w["rport"], 5000);
+    assert_eq!(w["reason"], "threshold");
+    assert_eq!(
+        w["top"][0]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{w}"
+    );
+    assert_eq!(w["top"][0]["count"], 8);
+    assert!(w.get("forecast_s").is_some(), "{w}");
+    assert_eq!(events[critical]["used"], 10);
+
+    // The failure itself is a critical warning too, after the fail record, naming who failed.
+    let after = &events[fail + 1..];
+    let failure = after
+        .iter()
+        .find(|e| e["type"] == "warning" && e["reason"] == "failure")
+        .expect("failure warning");
+    assert_eq!(failure["level"], "critical");
+    assert_eq!(failure["scope"], "destination");
+    assert_eq!(
+        events[fail]["pid"].as_u64(),
+        Some(u64::from(std::process::id()))
+    );
+    assert_eq!(events[fail]["rport"], 5000);
+}
+
+#[test]
+fn bind_exhaustion_is_warned_before_it_fails() {
+    if skip_unless_root("bind_exhaustion_is_warned_before_it_fails") {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let (done, wait) = mpsc::channel::<()>();
+    let (ready, started) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let netns = enter_tiny_netns(40_000, 40_009);
+        let mut held = Vec::new();
+        while let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
+            held.push(listener);
+            assert!(held.len() <= 10);
+        }
+        assert_eq!(held.len(), 10);
+        let _ = ready.send(netns);
+        let _ = wait.recv();
+    });
+    let netns = started.recv().expect("netns thread ran");
+    thread::sleep(Duration::from_millis(300));
+    let (events, _) = tracer.stop();
+    drop(done);
+    worker.join().expect("netns thread");
+
+    let fail = position(&events, |e| {
+        e["type"] == "fail" && e["netns"].as_u64() == Some(netns) && e["error"] == "EADDRINUSE"
+    })
+    .expect("the 11th bind(0) failed");
+    let warn = position(&events, warning_in(netns, "namespace", "warn")).expect("warning");
+    let critical = position(&events, warning_in(netns, "namespace", "critical")).expect("crit");
+    assert!(
+        warn < critical && critical < fail,
+        "warn {warn}, critical {critical}, fail {fail}"
+    );
+    let w = &events[warn];
+    assert_eq!(
+        (w["used"].as_u64(), w["capacity"].as_u64()),
+        (Some(8), Some(10)),
+        "{w}"
+    );
+    assert!(w.get("raddr").is_none(), "{w}");
+}
