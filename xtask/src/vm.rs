@@ -306,7 +306,8 @@ export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
+# No tmpfs on /tmp: the initramfs root is writable already, and the binaries may live under
+# /tmp (where the checkout is), which a mount there would hide.
 mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
 ip link set lo up
 for module in sock_diag inet_diag tcp_diag udp_diag; do
