@@ -1,7 +1,12 @@
 //! Network namespaces by inode number, as the eBPF programs report them, and doing things
 //! inside one: setns() changes only the calling thread, so a short-lived thread enters it.
 
-use std::{io, os::fd::AsRawFd, os::unix::fs::MetadataExt, path::Path, path::PathBuf};
+use std::{
+    collections::HashSet,
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
 
 use crate::occupancy::PortRange;
 
@@ -50,6 +55,24 @@ pub fn find(inode: u32) -> Option<PathBuf> {
         })
 }
 
+/// Every network namespace in use: those of all threads of all processes, and the named
+/// ones in /run/netns.
+pub fn all() -> HashSet<u32> {
+    let tasks = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|pid| std::fs::read_dir(pid.path().join("task")).ok())
+        .flat_map(|tasks| tasks.filter_map(Result::ok))
+        .map(|task| task.path().join("ns/net"));
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path());
+    tasks.chain(named).filter_map(|p| inode_of(&p)).collect()
+}
+
 /// Runs `work` in a thread that has entered the namespace `netns_file` names.
 pub fn run_in<T: Send>(netns_file: &Path, work: impl FnOnce() -> T + Send) -> io::Result<T> {
     let ns = std::fs::File::open(netns_file)?;
@@ -90,6 +113,11 @@ pub fn port_range(inode: u32) -> Option<PortRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_includes_our_own() {
+        assert!(all().contains(&own().expect("own netns")));
+    }
 
     #[test]
     fn finds_our_own_namespace_and_its_range() {

@@ -90,16 +90,6 @@ fn socket_owners() -> HashMap<u32, (u32, String)> {
     owners
 }
 
-/// Every network namespace some process is in.
-fn namespaces() -> HashSet<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| netns::inode_of(&e.path().join("ns/net")))
-        .collect()
-}
-
 /// TCP and UDP sockets with a local port in `netns`.
 fn dump(netns: u32) -> Vec<(Proto, DiagSocket)> {
     netns::run_in_inode(netns, || {
@@ -135,7 +125,7 @@ impl Snapshot {
     pub fn take() -> (Self, Vec<Event>) {
         let owners = socket_owners();
         let mut snapshot = Self::default();
-        for netns in namespaces() {
+        for netns in netns::all() {
             for (proto, socket) in dump(netns) {
                 let event = as_event(&socket, proto, netns, owners.get(&socket.inode));
                 snapshot.held.insert((netns, socket.cookie), event);

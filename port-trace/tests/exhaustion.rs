@@ -2,6 +2,7 @@
 //! connects to one destination raise a warning (80%) and a critical one (95%) before the
 //! connect that fails with EADDRNOTAVAIL, and the failure raises its own; bind(0) the same
 //! for the namespace scope. Warnings name the namespace, scope, used/capacity and holders.
+//! Sockets that exist before port-trace starts count from the first second.
 
 mod common;
 
@@ -145,4 +146,67 @@ fn bind_exhaustion_is_warned_before_it_fails() {
         "{w}"
     );
     assert!(w.get("raddr").is_none(), "{w}");
+}
+
+#[test]
+fn sockets_from_before_the_start_count_until_they_close() {
+    if skip_unless_root("sockets_from_before_the_start_count_until_they_close") {
+        return;
+    }
+    // Nine ports of ten taken before port-trace starts.
+    let (close_some, wait) = mpsc::channel::<()>();
+    let (done, finish) = mpsc::channel::<()>();
+    let (ready, started) = mpsc::channel();
+    let (closed, closed_some) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let netns = enter_tiny_netns(40_000, 40_009);
+        let mut held: Vec<TcpListener> = (0..9)
+            .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind(0)"))
+            .collect();
+        let _ = ready.send(netns);
+        let _ = wait.recv();
+        held.truncate(4);
+        let _ = closed.send(());
+        let _ = finish.recv();
+    });
+    let netns = started.recv().expect("netns thread ran");
+    let tracer = Tracer::start(&["--interval", "1s"]);
+    // Counted from the start: 9 of 10 is past the warning line at once.
+    thread::sleep(Duration::from_millis(300));
+    let _ = close_some.send(());
+    closed_some.recv().expect("closed five");
+    // The next interval's snapshot sees five gone.
+    thread::sleep(Duration::from_millis(2_500));
+    let (events, report) = tracer.stop();
+    drop(done);
+    worker.join().expect("netns thread");
+
+    let warning = events
+        .iter()
+        .find(|e| warning_in(netns, "namespace", "warn")(e))
+        .unwrap_or_else(|| panic!("no warning for netns {netns}: {events:?}"));
+    assert_eq!(
+        (warning["used"].as_u64(), warning["capacity"].as_u64()),
+        (Some(9), Some(10))
+    );
+    assert_eq!(
+        warning["top"][0]["pid"].as_u64(),
+        Some(u64::from(std::process::id()))
+    );
+    // No allocation of ours was traced: the nine came from the snapshot.
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "alloc" && e["netns"].as_u64() == Some(netns))
+    );
+    let scope = report["scopes"]
+        .as_array()
+        .and_then(|scopes| {
+            scopes
+                .iter()
+                .find(|s| s["netns"].as_u64() == Some(netns) && s["scope"] == "namespace")
+        })
+        .unwrap_or_else(|| panic!("netns {netns} missing from {report}"));
+    assert_eq!(scope["used"], 4, "{scope}");
+    assert_eq!(scope["capacity"], 10, "{scope}");
 }

@@ -45,9 +45,16 @@ impl Tracer {
             std::process::id(),
             thread_id()
         ));
+        // Summaries only at exit, unless the test wants them (and the checks they bring).
+        let interval: &[&str] = if extra_args.contains(&"--interval") {
+            &[]
+        } else {
+            &["--interval", "1h"]
+        };
         let mut child = Command::new(binary())
-            .args(["--events", "json", "--interval", "1h", "--report"])
+            .args(["--events", "json", "--report"])
             .arg(&report)
+            .args(interval)
             .args(backend_args())
             .args(extra_args)
             .stdout(Stdio::piped())
