@@ -67,6 +67,10 @@ pub const EVENT_TIME_WAIT_END: u8 = 4;
 /// On a TCP release: the socket closed actively (from FIN_WAIT1/FIN_WAIT2/CLOSING), so its
 /// port most likely lives on in a TIME_WAIT socket; the daemon watches for that one to go.
 pub const FLAG_TIME_WAIT: u8 = 1;
+/// A port the application asked for by number (bind to a non-zero port): not an ephemeral
+/// allocation, but inside the ephemeral range it takes a port from everyone, so the daemon
+/// counts it in occupancy and nowhere else.
+pub const FLAG_EXPLICIT: u8 = 2;
 
 pub const KIND_CONNECT: u8 = 1;
 pub const KIND_BIND: u8 = 2;

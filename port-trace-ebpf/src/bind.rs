@@ -1,14 +1,15 @@
 //! bind() to port 0: `bind4_request`/`bind6_request` (cgroup sock_addr) see the requested port
 //! before the kernel acts; `post_bind4`/`post_bind6` (cgroup sock) see the port it chose.
-//! Explicit ports are not ephemeral allocations and are left alone. A bind(0) that finds no
-//! port never reaches post_bind; `syscalls::bind_exit` reports it (EADDRINUSE).
+//! Explicit ports are not ephemeral allocations: they are tracked flagged `FLAG_EXPLICIT`, for
+//! occupancy only. A bind(0) that finds no port never reaches post_bind;
+//! `syscalls::bind_exit` reports it (EADDRINUSE).
 
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
-use port_trace_common::{AF_INET, AF_INET6, KIND_BIND};
+use port_trace_common::{AF_INET, AF_INET6, FLAG_EXPLICIT, KIND_BIND};
 
 use crate::{kernel, track};
 
@@ -37,12 +38,12 @@ fn try_bind_request<const V6: bool>(ctx: &SockAddrContext) {
         // Bound already: this bind() fails (EINVAL) and the port stays as it is.
         return;
     }
-    if addr.user_port != 0 {
-        // An explicit port: a fresh UDP socket is no longer one sendmsg could autobind.
-        track::forget(cookie);
-        return;
-    }
     let mut event = kernel::current_event(KIND_BIND, addr.protocol as u8);
+    if addr.user_port != 0 {
+        // An explicit port: tracked for occupancy only (and a fresh UDP socket is no longer
+        // one that sendmsg could autobind).
+        event.flags = FLAG_EXPLICIT;
+    }
     // The address asked for; post_bind confirms it, a failure reports it.
     if V6 {
         event.family = AF_INET6;

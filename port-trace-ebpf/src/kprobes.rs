@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use port_trace_common::{
-    EADDRINUSE, EADDRNOTAVAIL, EAGAIN, FLAG_TIME_WAIT, IPPROTO_UDP, KIND_BIND, KIND_CONNECT,
-    KIND_LISTEN, KIND_SENDMSG,
+    EADDRINUSE, EADDRNOTAVAIL, EAGAIN, FLAG_EXPLICIT, FLAG_TIME_WAIT, IPPROTO_UDP, KIND_BIND,
+    KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG,
 };
 
 use crate::{kernel, track};
@@ -55,9 +55,12 @@ fn settle(kind: u8, ret: i64, shortage: u32) {
     if unsafe { (*entry).state } != track::PENDING {
         return;
     }
+    // An explicit port that is taken is the application's conflict, not a shortage.
+    let explicit = unsafe { (*entry).event.flags } & FLAG_EXPLICIT != 0;
     let port = kernel::sk_num(request.sk as *const u8, &kernel::offsets());
-    let is_shortage =
-        ret != 0 && ((-ret) as u32 == shortage || (shortage == EAGAIN && kind == KIND_SENDMSG));
+    let is_shortage = ret != 0
+        && !explicit
+        && ((-ret) as u32 == shortage || (shortage == EAGAIN && kind == KIND_SENDMSG));
     if is_shortage {
         track::failed(request.cookie, entry, shortage);
     } else if port != 0 {
@@ -79,9 +82,6 @@ fn try_kp_bind(ctx: &ProbeContext) -> Result<(), i64> {
     let sock: *const u8 = ctx.arg(0).ok_or(0)?;
     let uaddr: *const u8 = ctx.arg(1).ok_or(0)?;
     let port: u16 = unsafe { kernel::read(uaddr, SIN_PORT as u32) }?;
-    if port != 0 {
-        return Ok(());
-    }
     let off = kernel::offsets();
     let sk: *const u8 = unsafe { kernel::read(sock, off.socket_sk) }?;
     if kernel::sk_num(sk, &off) != 0 {
@@ -91,6 +91,10 @@ fn try_kp_bind(ctx: &ProbeContext) -> Result<(), i64> {
     let id = request(sk, KIND_BIND);
     // The address asked for: a failure reports it.
     if let Some(entry) = track::lookup(id) {
+        if port != 0 {
+            // An explicit port: tracked for occupancy only.
+            unsafe { (*entry).event.flags = FLAG_EXPLICIT };
+        }
         let family: u16 = unsafe { kernel::read(uaddr, 0) }?;
         let laddr = unsafe { &mut (*entry).event.laddr };
         if family == u16::from(port_trace_common::AF_INET) {

@@ -4,7 +4,7 @@
 //! the socket (a bind(0) that found a port was reported by post_bind already).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use port_trace_common::{EADDRINUSE, EAGAIN, IPPROTO_UDP, KIND_BIND, KIND_CONNECT};
+use port_trace_common::{EADDRINUSE, EAGAIN, FLAG_EXPLICIT, IPPROTO_UDP, KIND_BIND, KIND_CONNECT};
 
 use crate::{kernel, track};
 
@@ -28,8 +28,15 @@ fn settle(ctx: &TracePointContext) {
         return;
     };
     // SAFETY: `entry` points into SOCKETS, valid for this program run.
-    let (state, kind, proto) =
-        unsafe { ((*entry).state, (*entry).event.kind, (*entry).event.proto) };
+    let (state, kind, proto, flags) = unsafe {
+        let entry = &*entry;
+        (
+            entry.state,
+            entry.event.kind,
+            entry.event.proto,
+            entry.event.flags,
+        )
+    };
     if state != track::PENDING {
         // post_bind already reported it.
         return;
@@ -37,7 +44,9 @@ fn settle(ctx: &TracePointContext) {
     let off = kernel::offsets();
     let ret: i64 = unsafe { ctx.read_at(off.syscall_exit_ret as usize) }.unwrap_or(0);
     let errno = (-ret) as u32;
+    // An explicit port that is taken is the application's conflict, not a shortage.
     let port_shortage = ret != 0
+        && flags & FLAG_EXPLICIT == 0
         && match kind {
             KIND_BIND => errno == EADDRINUSE,
             KIND_CONNECT => proto == IPPROTO_UDP && errno == EAGAIN,

@@ -118,7 +118,7 @@ pub fn end(cookie: u64, entry: *mut SockEntry, flags: u8) {
         let mut event = entry.event;
         event.event = EVENT_RELEASE;
         event.ts_ns = unsafe { bpf_ktime_get_ns() };
-        event.flags = flags;
+        event.flags |= flags;
         submit_to(&EVENTS, &event, LOST_RINGBUF_FULL);
     }
 }
@@ -193,7 +193,7 @@ pub fn moved_to_time_wait(id: u64, tw_id: u64, flags: u8) {
     let mut event = entry.event;
     event.event = EVENT_RELEASE;
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    event.flags = flags;
+    event.flags |= flags;
     submit_to(&EVENTS, &event, LOST_RINGBUF_FULL);
     if SOCKETS.insert(tw_id, entry, 0).is_err() {
         count_lost(LOST_TABLE_FULL);

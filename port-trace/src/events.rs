@@ -6,8 +6,9 @@ use std::{
 };
 
 use port_trace_common::{
-    AF_INET, AF_INET6, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, FLAG_TIME_WAIT,
-    IPPROTO_TCP, IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
+    AF_INET, AF_INET6, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, FLAG_EXPLICIT,
+    FLAG_TIME_WAIT, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG,
+    PortEvent,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -82,6 +83,8 @@ pub struct Event {
     pub time_wait: bool,
     /// The release of a port whose TIME_WAIT socket just died (kprobe backend).
     pub time_wait_end: bool,
+    /// A port asked for by number: counted in occupancy, not as an allocation.
+    pub explicit: bool,
 }
 
 /// The symbolic name of the errnos a port allocation fails with.
@@ -170,6 +173,7 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         errno: raw.errno,
         time_wait: raw.flags & FLAG_TIME_WAIT != 0,
         time_wait_end: raw.event == EVENT_TIME_WAIT_END,
+        explicit: raw.flags & FLAG_EXPLICIT != 0,
     })
 }
 

@@ -56,6 +56,7 @@ pub fn as_event(
         errno: 0,
         time_wait: false,
         time_wait_end: false,
+        explicit: false,
     }
 }
 

@@ -204,8 +204,12 @@ impl Pipeline {
         outcome: Outcome,
         out: &mut dyn Write,
     ) -> std::io::Result<()> {
-        self.stats.record(event, outcome);
         let warnings = self.exhaustion.observe(event, outcome);
+        // A port asked for by number counts in occupancy only: it is no allocation.
+        if event.explicit {
+            return self.warn(&warnings, out);
+        }
+        self.stats.record(event, outcome);
         // The port is still held while in TIME_WAIT; its release line comes when that ends.
         if let Some(format) = self.format
             && outcome != Outcome::EnteredTimeWait

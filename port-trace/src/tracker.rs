@@ -39,17 +39,21 @@ struct TimeWait {
 pub struct Tracker {
     held: HashMap<u64, u64>,
     time_wait: HashMap<u64, TimeWait>,
+    /// Of those held, ports asked for by number: tracked for occupancy, not allocations.
+    explicit: usize,
 }
 
 impl Tracker {
     pub fn apply(&mut self, event: &Event) -> Outcome {
         match event.event {
             EventType::Alloc => {
-                self.held.insert(event.cookie, event.ts_ns);
+                if self.held.insert(event.cookie, event.ts_ns).is_none() && event.explicit {
+                    self.explicit += 1;
+                }
                 Outcome::Allocated
             }
             EventType::Release if event.time_wait_end => self.end_time_wait(event),
-            EventType::Release => match self.held.remove(&event.cookie) {
+            EventType::Release => match self.take_held(event) {
                 Some(since) if event.time_wait => {
                     self.time_wait.insert(
                         event.cookie,
@@ -69,6 +73,14 @@ impl Tracker {
             },
             EventType::Fail => Outcome::Failed,
         }
+    }
+
+    fn take_held(&mut self, event: &Event) -> Option<u64> {
+        let since = self.held.remove(&event.cookie);
+        if since.is_some() && event.explicit {
+            self.explicit -= 1;
+        }
+        since
     }
 
     /// The kernel saw the TIME_WAIT socket holding a port die (kprobe backend).
@@ -126,9 +138,14 @@ impl Tracker {
         released
     }
 
-    /// Ports held right now, in TIME_WAIT included.
+    /// Ephemeral ports held right now, in TIME_WAIT included.
     pub fn held(&self) -> usize {
-        self.held.len() + self.time_wait.len()
+        let time_wait = self
+            .time_wait
+            .values()
+            .filter(|t| !t.release.explicit)
+            .count();
+        self.held.len() - self.explicit + time_wait
     }
 }
 
@@ -265,6 +282,20 @@ mod tests {
         );
         assert_eq!(tracker.held(), 0);
         assert_eq!(tracker.apply(&end), Outcome::UnmatchedRelease);
+    }
+
+    #[test]
+    fn explicit_ports_are_matched_but_not_counted_as_held() {
+        let mut tracker = Tracker::default();
+        let mut raw = raw_connect();
+        raw.flags = port_trace_common::FLAG_EXPLICIT;
+        let explicit = decode_raw(&raw).expect("decodes");
+        assert_eq!(tracker.apply(&explicit), Outcome::Allocated);
+        assert_eq!(tracker.held(), 0);
+        let mut release = release(explicit.cookie, explicit.ts_ns + 5, 0);
+        release.explicit = true;
+        assert!(matches!(tracker.apply(&release), Outcome::Released { .. }));
+        assert_eq!(tracker.held(), 0);
     }
 
     #[test]

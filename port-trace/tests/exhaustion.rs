@@ -210,3 +210,51 @@ fn sockets_from_before_the_start_count_until_they_close() {
     assert_eq!(scope["used"], 4, "{scope}");
     assert_eq!(scope["capacity"], 10, "{scope}");
 }
+
+#[test]
+fn explicit_binds_inside_the_range_shrink_what_connect_can_use() {
+    if skip_unless_root("explicit_binds_inside_the_range_shrink_what_connect_can_use") {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let (done, wait) = mpsc::channel::<()>();
+    let (ready, started) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let netns = enter_tiny_netns(40_000, 40_009);
+        // Two ports of the range asked for by number, after port-trace started.
+        let explicit: Vec<TcpListener> = [40_008, 40_009]
+            .iter()
+            .map(|&port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("explicit bind"))
+            .collect();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5000)).expect("listener");
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));
+        let mut held = Vec::new();
+        while let Ok(stream) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            held.push(stream);
+            assert!(held.len() <= 10);
+        }
+        let _ = ready.send((netns, held.len()));
+        let _ = wait.recv();
+        drop((held, listener, explicit));
+    });
+    let (netns, connected) = started.recv().expect("netns thread ran");
+    thread::sleep(Duration::from_millis(300));
+    let (events, _) = tracer.stop();
+    drop(done);
+    worker.join().expect("netns thread");
+
+    // The kernel left the two explicit ports out of connect()'s choice, and so does the model.
+    assert_eq!(connected, 8);
+    let critical = events
+        .iter()
+        .find(|e| warning_in(netns, "destination", "critical")(e))
+        .unwrap_or_else(|| panic!("no critical warning: {events:?}"));
+    assert_eq!(
+        (critical["used"].as_u64(), critical["capacity"].as_u64()),
+        (Some(8), Some(8))
+    );
+    // Explicit ports are still not allocations.
+    assert!(!events.iter().any(|e| e["type"] == "alloc"
+        && e["netns"].as_u64() == Some(netns)
+        && matches!(e["port"].as_u64(), Some(40_008 | 40_009))));
+}
