@@ -114,6 +114,23 @@ pub struct ScopeKey {
     pub scope: Scope,
 }
 
+impl ScopeKey {
+    pub fn destination(&self) -> Option<Destination> {
+        match self.scope {
+            Scope::Destination(dest) => Some(dest),
+            Scope::Namespace => None,
+        }
+    }
+
+    /// "namespace" or "destination", as records name scopes.
+    pub fn kind(&self) -> &'static str {
+        match self.scope {
+            Scope::Destination(_) => "destination",
+            Scope::Namespace => "namespace",
+        }
+    }
+}
+
 /// One holder of ports, for "who is using them".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Holder {

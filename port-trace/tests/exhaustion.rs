@@ -30,34 +30,67 @@ fn warning_in(netns: u64, scope: &'static str, level: &'static str) -> impl Fn(&
     }
 }
 
+/// A thread alone in a namespace with the 10-port range 40000-40009. `setup` runs there; what
+/// it keeps (sockets) lives on with the namespace until the `TinyNetns` is dropped, since
+/// port-trace reads a namespace's range when its first event arrives. Returns the
+/// namespace's inode and what `setup` reports.
+fn tiny_netns<R: Send + 'static, K: Send + 'static>(
+    setup: impl FnOnce() -> (R, K) + Send + 'static,
+) -> (u64, R, TinyNetns) {
+    let (done, wait) = mpsc::channel::<()>();
+    let (ready, started) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let netns = enter_tiny_netns(40_000, 40_009);
+        let (report, keep) = setup();
+        let _ = ready.send((netns, report));
+        let _ = wait.recv();
+        drop(keep);
+    });
+    let (netns, report) = started.recv().expect("netns thread ran");
+    let guard = TinyNetns {
+        done: Some(done),
+        worker: Some(worker),
+    };
+    (netns, report, guard)
+}
+
+struct TinyNetns {
+    done: Option<mpsc::Sender<()>>,
+    worker: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for TinyNetns {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Connects to a listener on port 5000 until the range runs out; keeps every socket.
+fn connect_until_exhausted() -> (usize, (Vec<TcpStream>, TcpListener)) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5000)).expect("listener");
+    let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));
+    let mut held = Vec::new();
+    while let Ok(stream) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+        held.push(stream);
+        assert!(held.len() <= 10);
+    }
+    (held.len(), (held, listener))
+}
+
 #[test]
 fn connect_exhaustion_is_warned_before_it_fails() {
     if skip_unless_root("connect_exhaustion_is_warned_before_it_fails") {
         return;
     }
     let tracer = Tracer::start(&[]);
-    // The namespace (a thread's) lives, with its sockets, until tracing stops: port-trace
-    // reads a namespace's range when its first event arrives.
-    let (done, wait) = mpsc::channel::<()>();
-    let (ready, started) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let netns = enter_tiny_netns(40_000, 40_009);
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5000)).expect("listener");
-        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));
-        let mut held = Vec::new();
-        while let Ok(stream) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            held.push(stream);
-            assert!(held.len() <= 10);
-        }
-        let _ = ready.send(netns);
-        let _ = wait.recv();
-        drop((held, listener));
-    });
-    let netns = started.recv().expect("netns thread ran");
+    let (netns, connected, held) = tiny_netns(connect_until_exhausted);
+    assert_eq!(connected, 10);
     thread::sleep(Duration::from_millis(300));
     let (events, _) = tracer.stop();
-    drop(done);
-    worker.join().expect("netns thread");
+    drop(held);
 
     let fail = position(&events, |e| {
         e["type"] == "fail" && e["netns"].as_u64() == Some(netns) && e["error"] == "EADDRNOTAVAIL"
@@ -110,24 +143,18 @@ fn bind_exhaustion_is_warned_before_it_fails() {
         return;
     }
     let tracer = Tracer::start(&[]);
-    let (done, wait) = mpsc::channel::<()>();
-    let (ready, started) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let netns = enter_tiny_netns(40_000, 40_009);
+    let (netns, (), held) = tiny_netns(|| {
         let mut held = Vec::new();
         while let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
             held.push(listener);
             assert!(held.len() <= 10);
         }
         assert_eq!(held.len(), 10);
-        let _ = ready.send(netns);
-        let _ = wait.recv();
+        ((), held)
     });
-    let netns = started.recv().expect("netns thread ran");
     thread::sleep(Duration::from_millis(300));
     let (events, _) = tracer.stop();
-    drop(done);
-    worker.join().expect("netns thread");
+    drop(held);
 
     let fail = position(&events, |e| {
         e["type"] == "fail" && e["netns"].as_u64() == Some(netns) && e["error"] == "EADDRINUSE"
@@ -217,31 +244,18 @@ fn explicit_binds_inside_the_range_shrink_what_connect_can_use() {
         return;
     }
     let tracer = Tracer::start(&[]);
-    let (done, wait) = mpsc::channel::<()>();
-    let (ready, started) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let netns = enter_tiny_netns(40_000, 40_009);
+    let (netns, connected, held) = tiny_netns(|| {
         // Two ports of the range asked for by number, after port-trace started.
         let explicit: Vec<TcpListener> = [40_008, 40_009]
             .iter()
             .map(|&port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("explicit bind"))
             .collect();
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5000)).expect("listener");
-        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));
-        let mut held = Vec::new();
-        while let Ok(stream) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            held.push(stream);
-            assert!(held.len() <= 10);
-        }
-        let _ = ready.send((netns, held.len()));
-        let _ = wait.recv();
-        drop((held, listener, explicit));
+        let (connected, keep) = connect_until_exhausted();
+        (connected, (keep, explicit))
     });
-    let (netns, connected) = started.recv().expect("netns thread ran");
     thread::sleep(Duration::from_millis(300));
     let (events, _) = tracer.stop();
-    drop(done);
-    worker.join().expect("netns thread");
+    drop(held);
 
     // The kernel left the two explicit ports out of connect()'s choice, and so does the model.
     assert_eq!(connected, 8);

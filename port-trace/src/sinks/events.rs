@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{WallClock, human_ns};
 use crate::{
     events::{AllocKind, Event, EventType, Family, Proto, errno_name},
-    occupancy::{Holder, Scope, ScopeKey, Usage},
+    occupancy::{Holder, ScopeKey, Usage},
     tracker::Outcome,
     warnings::Level,
 };
@@ -169,21 +169,14 @@ impl WarningRecord {
         forecast_s: Option<f64>,
         top: Vec<(Holder, u32)>,
     ) -> Self {
-        let dest = match key.scope {
-            Scope::Destination(dest) => Some(dest),
-            Scope::Namespace => None,
-        };
+        let dest = key.destination();
         Self {
             record: "warning",
             level,
             reason,
             netns: key.netns,
             proto: key.proto,
-            scope: if dest.is_some() {
-                "destination"
-            } else {
-                "namespace"
-            },
+            scope: key.kind(),
             laddr: dest.map(|d| d.laddr),
             raddr: dest.map(|d| d.raddr),
             rport: dest.map(|d| d.rport),

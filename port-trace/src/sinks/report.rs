@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     events::Proto,
-    occupancy::{Scope, ScopeKey, Usage},
+    occupancy::{ScopeKey, Usage},
     stats::{LifetimeSummary, LostCounts, Stats, Totals},
     warnings::Level,
 };
@@ -46,18 +46,11 @@ pub struct ScopeRecord {
 
 impl From<&(ScopeKey, Usage, Level)> for ScopeRecord {
     fn from((key, usage, level): &(ScopeKey, Usage, Level)) -> Self {
-        let dest = match key.scope {
-            Scope::Destination(d) => Some(d),
-            Scope::Namespace => None,
-        };
+        let dest = key.destination();
         Self {
             netns: key.netns,
             proto: key.proto,
-            scope: if dest.is_some() {
-                "destination"
-            } else {
-                "namespace"
-            },
+            scope: key.kind(),
             raddr: dest.map(|d| d.raddr),
             rport: dest.map(|d| d.rport),
             used: usage.used,

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::human_ns;
 use crate::{
-    occupancy::{Scope, ScopeKey, Usage},
+    occupancy::{ScopeKey, Usage},
     stats::{LifetimeSummary, Stats},
     warnings::Level,
 };
@@ -22,9 +22,9 @@ fn bar(usage: &Usage) -> String {
 }
 
 fn scope_name(key: &ScopeKey) -> String {
-    match key.scope {
-        Scope::Namespace => format!("{} netns {}", key.proto, key.netns),
-        Scope::Destination(d) => format!(
+    match key.destination() {
+        None => format!("{} netns {}", key.proto, key.netns),
+        Some(d) => format!(
             "{} netns {} to {}",
             key.proto,
             key.netns,
@@ -136,7 +136,7 @@ mod tests {
         let key = ScopeKey {
             netns: 7,
             proto: crate::events::Proto::Tcp,
-            scope: Scope::Namespace,
+            scope: crate::occupancy::Scope::Namespace,
         };
         let usage = Usage {
             used: 9,
