@@ -225,6 +225,27 @@ mod tests {
     }
 
     #[test]
+    fn a_port_in_time_wait_still_counts_until_released() {
+        let mut e = exhaustion();
+        let alloc = connect(40000, 0);
+        e.observe(&alloc, Outcome::Allocated);
+        let key = Occupancy::scopes_of(&alloc)[1];
+        let mut raw = raw_connect();
+        raw.event = EVENT_RELEASE;
+        raw.lport = 40000;
+        raw.flags = port_trace_common::FLAG_TIME_WAIT;
+        let closed = decode_raw(&raw).expect("decodes");
+        e.observe(&closed, Outcome::EnteredTimeWait);
+        assert_eq!(e.occupancy.usage(&key).used, 1, "TIME_WAIT holds the port");
+        let released = Outcome::Released {
+            lifetime_ns: 60_000_000_000,
+            time_wait_ns: Some(60_000_000_000),
+        };
+        e.observe(&closed, released);
+        assert_eq!(e.occupancy.usage(&key).used, 0);
+    }
+
+    #[test]
     fn a_smaller_range_raises_warnings_on_refresh() {
         let mut e = exhaustion();
         for port in 40000..40005 {
