@@ -83,6 +83,28 @@ pub enum Command {
     /// and cgroup v2, then loads and attaches every hook of each backend (and detaches it)
     /// and says which attach. Exits 0 if a backend works, 4 if none does.
     Check,
+    /// What is this port? Its IANA range (RFC 6335) and assignment (the registry is built
+    /// in; /etc/services supplements it), whether this host would hand it out as an
+    /// ephemeral port (per network namespace where the range differs), and who holds it now,
+    /// with pid, process, state and peer. Needs no eBPF; without root it says what it could
+    /// not see.
+    Explain {
+        /// The port number, 0-65535.
+        #[arg(value_parser = clap::value_parser!(u16))]
+        port: u16,
+        /// Only this protocol's assignments and sockets.
+        #[arg(long)]
+        proto: Option<ProtoArg>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -154,6 +176,19 @@ mod tests {
         let cli = Cli::try_parse_from(["port-trace", "check"]).expect("parses");
         assert!(matches!(cli.command, Some(Command::Check)));
         assert!(Cli::try_parse_from(["port-trace", "check", "--duration", "1s"]).is_err());
+        let cli = Cli::try_parse_from(["port-trace", "explain", "443", "--json"]).expect("ok");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Explain {
+                port: 443,
+                json: true,
+                ..
+            })
+        ));
+        for bad in ["65536", "-1", "https", ""] {
+            let err = Cli::try_parse_from(["port-trace", "explain", bad]).expect_err(bad);
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
     }
 
     #[test]

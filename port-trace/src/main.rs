@@ -12,9 +12,11 @@ mod duration;
 mod error;
 mod events;
 mod exhaustion;
+mod explain;
 mod netns;
 mod occupancy;
 mod probes;
+mod registry;
 mod sinks;
 mod snapshot;
 mod sock_diag;
@@ -56,6 +58,22 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(cli::Command::Check) => check::run(),
+        Some(cli::Command::Explain { port, proto, json }) => {
+            let proto = proto.map(|p| match p {
+                cli::ProtoArg::Tcp => events::Proto::Tcp,
+                cli::ProtoArg::Udp => events::Proto::Udp,
+            });
+            let explanation = explain::explain(port, proto);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&explanation).unwrap_or_default()
+                );
+            } else {
+                print!("{}", explain::render(&explanation));
+            }
+            Ok(())
+        }
         None => runtime.block_on(trace::run(cli)),
     };
     match result {

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::events::{AllocKind, Event, Proto};
 
 /// `net.ipv4.ip_local_port_range` minus `ip_local_reserved_ports`, for one namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PortRange {
     pub low: u16,
     pub high: u16,

@@ -61,7 +61,7 @@ pub fn as_event(
 }
 
 /// Socket inode -> (pid, comm) for every process, from /proc/PID/fd links `socket:[N]`.
-fn socket_owners() -> HashMap<u32, (u32, String)> {
+pub fn socket_owners() -> HashMap<u32, (u32, String)> {
     let mut owners = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return owners;
