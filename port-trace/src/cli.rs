@@ -4,7 +4,11 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::duration::parse_duration;
+use crate::{
+    duration::parse_duration,
+    events::{Family, Proto},
+    filter::Filter,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +58,26 @@ pub struct Cli {
     /// fit are counted as lost ("ring buffer full").
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
+
+    /// Report only what these processes allocate (repeat for more).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Report only what processes (threads) of this name allocate (repeat for more).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+
+    /// Report only this network namespace, by inode (`ls -l /proc/PID/ns/net`).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Vec<u32>,
+
+    /// Report only this protocol.
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<ProtoArg>,
+
+    /// Report only this address family.
+    #[arg(long, value_name = "FAMILY")]
+    pub family: Option<FamilyArg>,
 
     /// Warn when a scope (a namespace's range, or the ports for one destination) is this
     /// full, in percent of its capacity.
@@ -105,6 +129,37 @@ pub enum Command {
 pub enum ProtoArg {
     Tcp,
     Udp,
+}
+
+impl From<ProtoArg> for Proto {
+    fn from(proto: ProtoArg) -> Self {
+        match proto {
+            ProtoArg::Tcp => Proto::Tcp,
+            ProtoArg::Udp => Proto::Udp,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+impl Cli {
+    /// What the trace reports: the filter flags together.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            pids: self.pid.clone(),
+            comms: self.comm.clone(),
+            netns: self.netns.clone(),
+            proto: self.proto.map(Proto::from),
+            family: self.family.map(|f| match f {
+                FamilyArg::Ipv4 => Family::Ipv4,
+                FamilyArg::Ipv6 => Family::Ipv6,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -169,6 +224,31 @@ mod tests {
         assert_eq!(cli.duration, Some(Duration::from_secs(30)));
         assert_eq!(cli.interval, Duration::from_secs(10));
         assert_eq!(cli.events, Some(EventFormat::Json));
+    }
+
+    #[test]
+    fn filters_combine() {
+        let cli = Cli::try_parse_from([
+            "port-trace",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+            "--comm",
+            "curl",
+            "--proto",
+            "udp",
+            "--family",
+            "ipv6",
+        ])
+        .expect("parses");
+        let filter = cli.filter();
+        assert_eq!(filter.pids, vec![1, 2]);
+        assert_eq!(filter.comms, vec!["curl".to_string()]);
+        assert_eq!(filter.proto, Some(Proto::Udp));
+        assert_eq!(filter.family, Some(Family::Ipv6));
+        assert!(Cli::try_parse_from(["port-trace", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["port-trace", "--family", "ipx"]).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod error;
 mod events;
 mod exhaustion;
 mod explain;
+mod filter;
 mod netns;
 mod occupancy;
 mod probes;
@@ -59,11 +60,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(cli::Command::Check) => check::run(),
         Some(cli::Command::Explain { port, proto, json }) => {
-            let proto = proto.map(|p| match p {
-                cli::ProtoArg::Tcp => events::Proto::Tcp,
-                cli::ProtoArg::Udp => events::Proto::Udp,
-            });
-            let explanation = explain::explain(port, proto);
+            let explanation = explain::explain(port, proto.map(Into::into));
             if json {
                 println!(
                     "{}",

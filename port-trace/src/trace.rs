@@ -16,6 +16,7 @@ use crate::{
     error::Fatal,
     events::{Event, decode},
     exhaustion::Exhaustion,
+    filter::Filter,
     occupancy::{ScopeKey, Usage},
     probes::{ProbeConfig, Probes},
     sinks::events::WarningRecord,
@@ -79,6 +80,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
             critical: cli.critical_at / 100.0,
         }),
         snapshot,
+        filter: cli.filter(),
         clock,
         format: cli.events,
         // SAFETY: isatty has no preconditions.
@@ -169,6 +171,8 @@ struct Pipeline {
     exhaustion: Exhaustion,
     /// Sockets found at start-up, until they are gone.
     snapshot: Snapshot,
+    /// What is reported; occupancy sees everything.
+    filter: Filter,
     clock: WallClock,
     format: Option<EventFormat>,
     /// Warnings printed to a terminal stand out in colour.
@@ -206,7 +210,7 @@ impl Pipeline {
     ) -> std::io::Result<()> {
         let warnings = self.exhaustion.observe(event, outcome);
         // A port asked for by number counts in occupancy only: it is no allocation.
-        if event.explicit {
+        if event.explicit || !self.filter.matches(event) {
             return self.warn(&warnings, out);
         }
         self.stats.record(event, outcome);

@@ -142,3 +142,43 @@ fn kernel_chosen_udp_ports_are_reported_with_their_lifetimes() {
     assert!(report["lifetime_ns"]["by_proto"]["udp"]["count"].as_u64() >= Some(6));
     assert_eq!(report["totals"]["lost"], 0);
 }
+
+#[test]
+fn filters_narrow_what_is_reported() {
+    if skip_unless_root("filters_narrow_what_is_reported") {
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let tracer = Tracer::start(&["--proto", "udp", "--family", "ipv4", "--pid", &pid]);
+    let udp4 = UdpSocket::bind(loopback(false, 0)).expect("udp v4");
+    let udp6 = UdpSocket::bind(loopback(true, 0)).expect("udp v6");
+    let tcp4 = std::net::TcpListener::bind(loopback(false, 0)).expect("tcp v4");
+    let ports = [&udp4.local_addr(), &udp6.local_addr(), &tcp4.local_addr()]
+        .map(|a| u64::from(a.as_ref().expect("addr").port()));
+    drop((udp4, udp6, tcp4));
+    sleep(Duration::from_millis(200));
+    let (events, report) = tracer.stop();
+    let reported: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "alloc")
+        .filter_map(|e| e["port"].as_u64())
+        .collect();
+    assert!(
+        reported.contains(&ports[0]),
+        "udp v4 is reported: {events:?}"
+    );
+    assert!(!reported.contains(&ports[1]), "udp v6 is filtered out");
+    assert!(!reported.contains(&ports[2]), "tcp is filtered out");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "alloc")
+            .all(|e| e["proto"] == "udp"
+                && e["family"] == "ipv4"
+                && e["pid"].as_u64() == Some(u64::from(std::process::id())))
+    );
+    assert_eq!(
+        report["totals"]["alloc"].as_u64(),
+        Some(reported.len() as u64)
+    );
+}
