@@ -96,6 +96,10 @@ pub struct Cli {
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     pub backend: Backend,
 
+    /// No summaries and no start-up line: only events (--events), warnings and the report.
+    #[arg(short, long)]
+    pub quiet: bool,
+
     /// More logs on stderr: -v for debug, -vv for trace.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -63,6 +63,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
             writeln!(out, "{}", serde_json::to_string(&ready).unwrap_or_default())?;
         }
         Some(EventFormat::Text) => writeln!(out, "{}", text_header())?,
+        None if cli.quiet => {}
         None => eprintln!(
             "port-trace: tracing with the {} backend; Ctrl-C to stop",
             probes.backend
@@ -133,8 +134,10 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
                 let warnings = pipeline.exhaustion.refresh(monotonic_ns());
                 pipeline.warn(&warnings, &mut out)?;
                 pipeline.stats.set_lost(probes.lost()?);
-                let text = pipeline.summary(started);
-                print_summary(&text, summaries_to_stderr, &mut out)?;
+                if !cli.quiet {
+                    let text = pipeline.summary(started);
+                    print_summary(&text, summaries_to_stderr, &mut out)?;
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -146,8 +149,10 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     pipeline.drain(ring.get_mut(), &mut out)?;
     pipeline.drain(failures.get_mut(), &mut out)?;
     pipeline.stats.set_lost(probes.lost()?);
-    let text = pipeline.summary(started);
-    print_summary(&text, summaries_to_stderr, &mut out)?;
+    if !cli.quiet {
+        let text = pipeline.summary(started);
+        print_summary(&text, summaries_to_stderr, &mut out)?;
+    }
     if let Some(path) = &cli.report {
         let held = pipeline.tracker.held();
         let mut report = Report::new(&pipeline.stats, probes.backend, elapsed_ns(started), held);

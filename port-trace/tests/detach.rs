@@ -115,3 +115,23 @@ fn duration_ends_the_trace_and_text_events_have_a_header() {
     // The final summary goes to stderr when events own stdout.
     assert!(String::from_utf8_lossy(&output.stderr).contains("allocated"));
 }
+
+#[test]
+fn quiet_prints_no_summary() {
+    if skip_unless_root("quiet_prints_no_summary") {
+        return;
+    }
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let output = std::process::Command::new(common::binary())
+        .args(["--duration", "1s", "--quiet"])
+        .args(common::backend_args())
+        .output()
+        .expect("port-trace runs");
+    assert!(output.status.success(), "{output:?}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("allocated") && !stderr.contains("tracing with"),
+        "{stderr}"
+    );
+}
