@@ -48,29 +48,8 @@ fn help_teaches_the_exit_codes() {
 
 #[test]
 fn not_root_exits_3_with_one_sentence() {
-    // As root (CI), drop to nobody with setpriv; as a normal user, we already are one.
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let output = if root {
-        match Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-            ])
-            .arg(binary())
-            .args(["--duration", "1s"])
-            .output()
-        {
-            Ok(output) => output,
-            Err(err) => {
-                eprintln!("skipped: setpriv (util-linux) is not available: {err}");
-                return;
-            }
-        }
-    } else {
-        run(&["--duration", "1s"])
+    let Some(output) = common::run_unprivileged(&["--duration", "1s"]) else {
+        return;
     };
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");

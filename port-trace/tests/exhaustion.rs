@@ -80,6 +80,33 @@ fn connect_until_exhausted() -> (usize, (Vec<TcpStream>, TcpListener)) {
     (held.len(), (held, listener))
 }
 
+/// Finds the `warn` and `critical` warnings of a scope and the failure with `error` in
+/// `netns`, asserts they came in that order, and returns the warning.
+fn warned_in_order<'a>(
+    events: &'a [Value],
+    netns: u64,
+    scope: &'static str,
+    error: &str,
+) -> (&'a Value, usize) {
+    let fail = position(events, |e| {
+        e["type"] == "fail" && e["netns"].as_u64() == Some(netns) && e["error"] == error
+    })
+    .unwrap_or_else(|| panic!("no {error} failure in netns {netns}: {events:?}"));
+    let warn = position(events, warning_in(netns, scope, "warn")).expect("warning");
+    let critical = position(events, warning_in(netns, scope, "critical")).expect("critical");
+    assert!(
+        warn < critical && critical < fail,
+        "warn {warn}, critical {critical}, fail {fail}"
+    );
+    let w = &events[warn];
+    assert_eq!(
+        (w["used"].as_u64(), w["capacity"].as_u64()),
+        (Some(8), Some(10)),
+        "{w}"
+    );
+    (w, fail)
+}
+
 #[test]
 fn connect_exhaustion_is_warned_before_it_fails() {
     if skip_unless_root("connect_exhaustion_is_warned_before_it_fails") {
@@ -92,24 +119,7 @@ fn connect_exhaustion_is_warned_before_it_fails() {
     let (events, _) = tracer.stop();
     drop(held);
 
-    let fail = position(&events, |e| {
-        e["type"] == "fail" && e["netns"].as_u64() == Some(netns) && e["error"] == "EADDRNOTAVAIL"
-    })
-    .expect("the 11th connect failed");
-    let warn = position(&events, warning_in(netns, "destination", "warn")).expect("warning");
-    let critical =
-        position(&events, warning_in(netns, "destination", "critical")).expect("critical");
-    assert!(
-        warn < critical && critical < fail,
-        "warn {warn}, critical {critical}, fail {fail}"
-    );
-
-    let w = &events[warn];
-    assert_eq!(
-        (w["used"].as_u64(), w["capacity"].as_u64()),
-        (Some(8), Some(10)),
-        "{w}"
-    );
+    let (w, fail) = warned_in_order(&events, netns, "destination", "EADDRNOTAVAIL");
     assert_eq!(w["raddr"], "127.0.0.1");
     assert_eq!(w["rport"], 5000);
     assert_eq!(w["reason"], "threshold");
@@ -120,7 +130,11 @@ fn connect_exhaustion_is_warned_before_it_fails() {
     );
     assert_eq!(w["top"][0]["count"], 8);
     assert!(w.get("forecast_s").is_some(), "{w}");
-    assert_eq!(events[critical]["used"], 10);
+    let critical = events
+        .iter()
+        .find(|e| warning_in(netns, "destination", "critical")(e))
+        .expect("critical");
+    assert_eq!(critical["used"], 10);
 
     // The failure itself is a critical warning too, after the fail record, naming who failed.
     let after = &events[fail + 1..];
@@ -156,22 +170,7 @@ fn bind_exhaustion_is_warned_before_it_fails() {
     let (events, _) = tracer.stop();
     drop(held);
 
-    let fail = position(&events, |e| {
-        e["type"] == "fail" && e["netns"].as_u64() == Some(netns) && e["error"] == "EADDRINUSE"
-    })
-    .expect("the 11th bind(0) failed");
-    let warn = position(&events, warning_in(netns, "namespace", "warn")).expect("warning");
-    let critical = position(&events, warning_in(netns, "namespace", "critical")).expect("crit");
-    assert!(
-        warn < critical && critical < fail,
-        "warn {warn}, critical {critical}, fail {fail}"
-    );
-    let w = &events[warn];
-    assert_eq!(
-        (w["used"].as_u64(), w["capacity"].as_u64()),
-        (Some(8), Some(10)),
-        "{w}"
-    );
+    let (w, _) = warned_in_order(&events, netns, "namespace", "EADDRINUSE");
     assert!(w.get("raddr").is_none(), "{w}");
 }
 

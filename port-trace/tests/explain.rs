@@ -97,25 +97,11 @@ fn without_root_it_says_what_it_could_not_see() {
         assert!(out.contains("port 443"), "{out}");
         return;
     }
-    // As root: hold a port in a namespace of our own, then ask as nobody.
+    // As root: hold a port, then ask about it as nobody.
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listener");
     let port = listener.local_addr().expect("addr").port().to_string();
-    let output = match Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(binary())
-        .args(["explain", &port])
-        .output()
-    {
-        Ok(output) => output,
-        Err(err) => {
-            eprintln!("skipped: setpriv (util-linux) is not available: {err}");
-            return;
-        }
+    let Some(output) = common::run_unprivileged(&["explain", &port]) else {
+        return;
     };
     let out = text(&output);
     // The socket is seen (sock_diag answers anyone), its owner is root's to know.

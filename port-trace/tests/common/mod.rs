@@ -127,6 +127,33 @@ impl Drop for Tracer {
     }
 }
 
+/// Runs port-trace with `args` as an unprivileged user: as root (CI) it drops to nobody with
+/// util-linux's setpriv; as anyone else it just runs. None when setpriv is missing.
+pub fn run_unprivileged(args: &[&str]) -> Option<std::process::Output> {
+    // SAFETY: geteuid has no preconditions.
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        let mut setpriv = Command::new("setpriv");
+        setpriv
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(binary());
+        setpriv
+    } else {
+        Command::new(binary())
+    };
+    match command.args(args).output() {
+        Ok(output) => Some(output),
+        Err(err) => {
+            eprintln!("skipped: setpriv (util-linux) is not available: {err}");
+            None
+        }
+    }
+}
+
 /// `--backend X` when the suite runs for one backend (the VM matrix sets
 /// PORT_TRACE_TEST_BACKEND), else nothing: port-trace's own choice.
 pub fn backend_args() -> Vec<String> {
