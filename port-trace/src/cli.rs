@@ -48,6 +48,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
+    /// Write allocation lifetimes to FILE as HdrHistogram interval logs, one interval per
+    /// summary (`--interval`): untagged for all ports, tagged `tcp`/`udp` per protocol, for
+    /// HdrHistogram's own tools to plot.
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<PathBuf>,
+
     /// How many sockets the kernel side can track at once. A socket beyond that is counted
     /// as lost ("socket table full"), never dropped silently.
     #[arg(long, value_name = "N", default_value_t = 131_072,

@@ -26,12 +26,16 @@ pub struct Lifetimes {
     max_ns: u64,
 }
 
+fn new_histogram() -> Histogram<u64> {
+    // The bounds are constants that HdrHistogram accepts.
+    Histogram::new_with_bounds(1, MAX_LIFETIME_NS, SIGNIFICANT_DIGITS)
+        .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid"))
+}
+
 impl Default for Lifetimes {
     fn default() -> Self {
         Self {
-            // The bounds are constants that HdrHistogram accepts.
-            histogram: Histogram::new_with_bounds(1, MAX_LIFETIME_NS, SIGNIFICANT_DIGITS)
-                .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid")),
+            histogram: new_histogram(),
             count: 0,
             sum_ns: 0,
             min_ns: u64::MAX,
@@ -137,6 +141,9 @@ pub struct Stats {
     pub allocs_by_process: BTreeMap<String, u64>,
     /// Failed allocations by errno name.
     pub fails_by_error: BTreeMap<&'static str, u64>,
+    /// Lifetimes since the last `take_interval`, for HdrHistogram interval logs: all, and
+    /// per protocol.
+    interval: BTreeMap<Option<Proto>, Histogram<u64>>,
 }
 
 impl Stats {
@@ -164,6 +171,10 @@ impl Stats {
                     .entry(event.comm.clone())
                     .or_default()
                     .record(lifetime_ns);
+                for group in [None, Some(event.proto)] {
+                    let histogram = self.interval.entry(group).or_insert_with(new_histogram);
+                    let _ = histogram.record(lifetime_ns.clamp(1, MAX_LIFETIME_NS));
+                }
             }
             Outcome::UnmatchedRelease => {
                 self.totals.release += 1;
@@ -179,6 +190,12 @@ impl Stats {
             // Still held; counted when its TIME_WAIT socket goes.
             Outcome::EnteredTimeWait => {}
         }
+    }
+
+    /// The lifetimes recorded since the last call (None: all; Some: one protocol), and a
+    /// fresh start for the next interval.
+    pub fn take_interval(&mut self) -> BTreeMap<Option<Proto>, Histogram<u64>> {
+        std::mem::take(&mut self.interval)
     }
 
     pub fn set_lost(&mut self, lost: LostCounts) {
@@ -237,6 +254,25 @@ pub mod tests {
         lifetimes.record(0);
         let s = lifetimes.summary();
         assert_eq!((s.count, s.min, s.max), (2, 0, u64::MAX / 2));
+    }
+
+    #[test]
+    fn intervals_start_afresh() {
+        let (mut stats, event) = one_connect_held_for(1_000);
+        let first = stats.take_interval();
+        assert_eq!(first[&None].len(), 1);
+        assert_eq!(first[&Some(Proto::Tcp)].len(), 1);
+        assert!(stats.take_interval().is_empty());
+        stats.record(
+            &event,
+            Outcome::Released {
+                lifetime_ns: 5,
+                time_wait_ns: None,
+            },
+        );
+        assert_eq!(stats.take_interval()[&None].max(), 5);
+        // The totals keep everything.
+        assert_eq!(stats.all.summary().count, 2);
     }
 
     #[test]

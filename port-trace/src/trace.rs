@@ -1,10 +1,15 @@
 //! The pipeline at run time: ring buffer -> decode -> tracker -> stats -> sinks, until a
 //! signal or `--duration` ends it.
 
-use std::{future::pending, io::Write, time::Instant};
+use std::{
+    future::pending,
+    io::Write,
+    time::{Instant, SystemTime},
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
+use hdrhistogram::serialization::V2DeflateSerializer;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -23,6 +28,7 @@ use crate::{
     sinks::{
         WallClock,
         events::{EventRecord, ReadyRecord, text_header},
+        hdr_log,
         report::Report,
         summary,
     },
@@ -93,6 +99,24 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let warnings = pipeline.exhaustion.refresh(monotonic_ns());
     pipeline.warn(&warnings, &mut out)?;
     out.flush()?;
+    // HdrHistogram interval log: one interval per summary, and the last one at exit.
+    let mut hdr_file = match &cli.hdr_log {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .with_context(|| format!("creating the HdrHistogram log {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut hdr_serializer = V2DeflateSerializer::new();
+    let mut hdr_log = match hdr_file.as_mut() {
+        Some(file) => Some(hdr_log::start(
+            file,
+            &mut hdr_serializer,
+            SystemTime::now(),
+        )?),
+        None => None,
+    };
+    let mut interval_started = Instant::now();
     let deadline = async {
         match cli.duration {
             Some(duration) => tokio::time::sleep(duration).await,
@@ -134,6 +158,13 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
                 let warnings = pipeline.exhaustion.refresh(monotonic_ns());
                 pipeline.warn(&warnings, &mut out)?;
                 pipeline.stats.set_lost(probes.lost()?);
+                if let Some(log) = hdr_log.as_mut() {
+                    let now = Instant::now();
+                    let histograms = pipeline.stats.take_interval();
+                    let since = interval_started.duration_since(started);
+                    hdr_log::write_interval(log, &histograms, since, now - interval_started)?;
+                    interval_started = now;
+                }
                 if !cli.quiet {
                     let text = pipeline.summary(started);
                     print_summary(&text, summaries_to_stderr, &mut out)?;
@@ -149,6 +180,11 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     pipeline.drain(ring.get_mut(), &mut out)?;
     pipeline.drain(failures.get_mut(), &mut out)?;
     pipeline.stats.set_lost(probes.lost()?);
+    if let Some(log) = hdr_log.as_mut() {
+        let histograms = pipeline.stats.take_interval();
+        let since = interval_started.duration_since(started);
+        hdr_log::write_interval(log, &histograms, since, interval_started.elapsed())?;
+    }
     if !cli.quiet {
         let text = pipeline.summary(started);
         print_summary(&text, summaries_to_stderr, &mut out)?;

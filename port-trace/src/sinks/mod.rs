@@ -1,7 +1,8 @@
-//! Sinks: where the stats and events go. Terminal summary, event lines (JSON or text), and
-//! the JSON report on exit.
+//! Sinks: where the stats and events go. Terminal summary, event lines (JSON or text), the
+//! JSON report on exit, and HdrHistogram interval logs.
 
 pub mod events;
+pub mod hdr_log;
 pub mod report;
 pub mod summary;
 
