@@ -154,22 +154,45 @@ impl Usage {
     }
 }
 
-/// Ports held in one scope: how many sockets hold each port, and who.
+/// Ports held in one scope: how many sockets hold each port, and who. `in_range` counts the
+/// distinct ports inside the namespace's range as they come and go, so asking how full a
+/// scope is costs nothing per event (it used to walk every held port).
 #[derive(Debug, Default)]
 struct Held {
     ports: HashMap<u16, u32>,
     holders: HashMap<Holder, u32>,
+    in_range: u32,
 }
 
 impl Held {
-    fn add(&mut self, port: u16, holder: &Holder) {
-        *self.ports.entry(port).or_default() += 1;
+    /// Returns whether `port` was not held here before.
+    fn add(&mut self, port: u16, holder: &Holder, range: &PortRange) -> bool {
+        let count = self.ports.entry(port).or_default();
+        *count += 1;
+        let new = *count == 1;
+        if new && range.contains(port) {
+            self.in_range += 1;
+        }
         *self.holders.entry(holder.clone()).or_default() += 1;
+        new
     }
 
-    fn remove(&mut self, port: u16, holder: &Holder) {
-        decrement(&mut self.ports, &port);
+    /// Returns whether `port` is no longer held here.
+    fn remove(&mut self, port: u16, holder: &Holder, range: &PortRange) -> bool {
+        let gone = decrement(&mut self.ports, &port);
+        if gone && range.contains(port) {
+            self.in_range -= 1;
+        }
         decrement(&mut self.holders, holder);
+        gone
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        self.ports.contains_key(&port)
+    }
+
+    fn recount(&mut self, range: &PortRange) {
+        self.in_range = self.ports.keys().filter(|p| range.contains(**p)).count() as u32;
     }
 
     fn is_empty(&self) -> bool {
@@ -177,13 +200,17 @@ impl Held {
     }
 }
 
-fn decrement<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u32>, key: &K) {
-    if let Some(count) = map.get_mut(key) {
-        *count -= 1;
-        if *count == 0 {
-            map.remove(key);
-        }
+/// Counts one fewer of `key`; returns whether none is left.
+fn decrement<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u32>, key: &K) -> bool {
+    let Some(count) = map.get_mut(key) else {
+        return false;
+    };
+    *count -= 1;
+    if *count == 0 {
+        map.remove(key);
+        return true;
     }
+    false
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +219,68 @@ struct ProtoSpace {
     /// Every connect()ed port, whatever the destination.
     connected: Held,
     by_destination: HashMap<Destination, Held>,
+    /// Distinct ports in range used by any socket, exclusive or connected.
+    used_in_range: u32,
+}
+
+impl ProtoSpace {
+    fn hold(
+        &mut self,
+        event_port: u16,
+        dest: Option<Destination>,
+        holder: &Holder,
+        range: &PortRange,
+    ) {
+        let (mine, other) = match dest {
+            Some(dest) => {
+                self.by_destination
+                    .entry(dest)
+                    .or_default()
+                    .add(event_port, holder, range);
+                (&mut self.connected, &self.exclusive)
+            }
+            None => (&mut self.exclusive, &self.connected),
+        };
+        if mine.add(event_port, holder, range)
+            && !other.contains(event_port)
+            && range.contains(event_port)
+        {
+            self.used_in_range += 1;
+        }
+    }
+
+    fn free(&mut self, port: u16, dest: Option<Destination>, holder: &Holder, range: &PortRange) {
+        let (mine, other) = match dest {
+            Some(dest) => {
+                if let Some(held) = self.by_destination.get_mut(&dest) {
+                    held.remove(port, holder, range);
+                    if held.is_empty() {
+                        self.by_destination.remove(&dest);
+                    }
+                }
+                (&mut self.connected, &self.exclusive)
+            }
+            None => (&mut self.exclusive, &self.connected),
+        };
+        if mine.remove(port, holder, range) && !other.contains(port) && range.contains(port) {
+            self.used_in_range -= 1;
+        }
+    }
+
+    fn recount(&mut self, range: &PortRange) {
+        self.exclusive.recount(range);
+        self.connected.recount(range);
+        for held in self.by_destination.values_mut() {
+            held.recount(range);
+        }
+        let only_connected = self
+            .connected
+            .ports
+            .keys()
+            .filter(|p| range.contains(**p) && !self.exclusive.contains(**p))
+            .count() as u32;
+        self.used_in_range = self.exclusive.in_range + only_connected;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -202,13 +291,6 @@ struct Namespace {
 }
 
 impl Namespace {
-    fn space(&mut self, proto: Proto) -> &mut ProtoSpace {
-        match proto {
-            Proto::Tcp => &mut self.tcp,
-            Proto::Udp => &mut self.udp,
-        }
-    }
-
     fn space_ref(&self, proto: Proto) -> &ProtoSpace {
         match proto {
             Proto::Tcp => &self.tcp,
@@ -234,9 +316,15 @@ fn destination(event: &Event) -> Option<Destination> {
 }
 
 impl Occupancy {
-    /// Sets a namespace's range (read at start and every interval: it can change).
+    /// Sets a namespace's range (read at start and every interval: it can change, and only
+    /// then are the counts redone).
     pub fn set_range(&mut self, netns: u32, range: PortRange) {
-        self.namespaces.entry(netns).or_default().range = range;
+        let ns = self.namespaces.entry(netns).or_default();
+        if ns.range != range {
+            ns.tcp.recount(&range);
+            ns.udp.recount(&range);
+            ns.range = range;
+        }
     }
 
     pub fn namespaces(&self) -> impl Iterator<Item = u32> + '_ {
@@ -253,22 +341,13 @@ impl Occupancy {
             pid: event.pid,
             comm: event.comm.clone(),
         };
-        let space = self
-            .namespaces
-            .entry(event.netns)
-            .or_default()
-            .space(event.proto);
-        match destination(event) {
-            Some(dest) => {
-                space.connected.add(event.port, &holder);
-                space
-                    .by_destination
-                    .entry(dest)
-                    .or_default()
-                    .add(event.port, &holder);
-            }
-            None => space.exclusive.add(event.port, &holder),
-        }
+        let ns = self.namespaces.entry(event.netns).or_default();
+        let range = &ns.range;
+        let space = match event.proto {
+            Proto::Tcp => &mut ns.tcp,
+            Proto::Udp => &mut ns.udp,
+        };
+        space.hold(event.port, destination(event), &holder, range);
     }
 
     /// The port is free again (after TIME_WAIT, where there was one).
@@ -280,19 +359,12 @@ impl Occupancy {
         let Some(ns) = self.namespaces.get_mut(&event.netns) else {
             return;
         };
-        let space = ns.space(event.proto);
-        match destination(event) {
-            Some(dest) => {
-                space.connected.remove(event.port, &holder);
-                if let Some(held) = space.by_destination.get_mut(&dest) {
-                    held.remove(event.port, &holder);
-                    if held.is_empty() {
-                        space.by_destination.remove(&dest);
-                    }
-                }
-            }
-            None => space.exclusive.remove(event.port, &holder),
-        }
+        let range = &ns.range;
+        let space = match event.proto {
+            Proto::Tcp => &mut ns.tcp,
+            Proto::Udp => &mut ns.udp,
+        };
+        space.free(event.port, destination(event), &holder, range);
     }
 
     /// The scopes an event draws from: its namespace, and for a TCP connect its destination.
@@ -312,13 +384,6 @@ impl Occupancy {
         scopes
     }
 
-    fn in_range<'a>(
-        range: &'a PortRange,
-        ports: &'a HashMap<u16, u32>,
-    ) -> impl Iterator<Item = u16> + 'a {
-        ports.keys().copied().filter(|p| range.contains(*p))
-    }
-
     /// How full a scope is.
     pub fn usage(&self, key: &ScopeKey) -> Usage {
         let Some(ns) = self.namespaces.get(&key.netns) else {
@@ -328,27 +393,19 @@ impl Occupancy {
             };
         };
         let space = ns.space_ref(key.proto);
-        let exclusive = Self::in_range(&ns.range, &space.exclusive.ports).count() as u32;
         match &key.scope {
-            Scope::Namespace => {
-                // A port used by any socket, connected or not, blocks bind(0) and listen().
-                let connected_only = Self::in_range(&ns.range, &space.connected.ports)
-                    .filter(|p| !space.exclusive.ports.contains_key(p))
-                    .count() as u32;
-                Usage {
-                    used: exclusive + connected_only,
-                    capacity: ns.range.size(),
-                }
-            }
-            Scope::Destination(dest) => {
-                let used = space.by_destination.get(dest).map_or(0, |held| {
-                    Self::in_range(&ns.range, &held.ports).count() as u32
-                });
-                Usage {
-                    used,
-                    capacity: ns.range.size().saturating_sub(exclusive),
-                }
-            }
+            // A port used by any socket, connected or not, blocks bind(0) and listen().
+            Scope::Namespace => Usage {
+                used: space.used_in_range,
+                capacity: ns.range.size(),
+            },
+            Scope::Destination(dest) => Usage {
+                used: space
+                    .by_destination
+                    .get(dest)
+                    .map_or(0, |held| held.in_range),
+                capacity: ns.range.size().saturating_sub(space.exclusive.in_range),
+            },
         }
     }
 
@@ -589,6 +646,44 @@ mod tests {
             for dest in 0..3 {
                 let u = occ.usage(&dest_key(&connect(0, 1000 + dest)));
                 prop_assert_eq!((u.used, u.capacity), (0, 10));
+            }
+        }
+
+        /// The counts kept as ports come and go equal counting from scratch, through range
+        /// changes too.
+        #[test]
+        fn kept_counts_equal_a_recount(
+            sockets in proptest::collection::vec(held_socket(), 0..60),
+            frees in proptest::collection::vec(any::<bool>(), 0..60),
+            low in 40000u16..40006,
+        ) {
+            let mut occ = Occupancy::default();
+            occ.set_range(NETNS, tiny());
+            let events: Vec<Event> = sockets.iter().map(|&(is_connect, port, dest)| {
+                if is_connect { connect(port, 1000 + dest) } else { bind(port) }
+            }).collect();
+            for e in &events {
+                occ.hold(e);
+            }
+            for (e, free) in events.iter().zip(&frees) {
+                if *free {
+                    occ.free(e);
+                }
+            }
+            occ.set_range(NETNS, PortRange::parse(&format!("{low} 40009"), "40007").expect("range"));
+            let range = PortRange::parse(&format!("{low} 40009"), "40007").expect("range");
+            let held: Vec<&Event> = events.iter().zip(frees.iter().chain(std::iter::repeat(&false)))
+                .filter(|(_, free)| !**free).map(|(e, _)| e).collect();
+            let distinct = |pick: &dyn Fn(&Event) -> bool| -> u32 {
+                held.iter().filter(|e| pick(e) && range.contains(e.port))
+                    .map(|e| e.port).collect::<std::collections::BTreeSet<_>>().len() as u32
+            };
+            let exclusive = distinct(&|e| e.kind != AllocKind::Connect);
+            prop_assert_eq!(occ.usage(&ns_key()).used, distinct(&|_| true));
+            for dest in 0..3u16 {
+                let u = occ.usage(&dest_key(&connect(0, 1000 + dest)));
+                prop_assert_eq!(u.used, distinct(&|e| e.kind == AllocKind::Connect && e.rport == 1000 + dest));
+                prop_assert_eq!(u.capacity, range.size() - exclusive);
             }
         }
 
