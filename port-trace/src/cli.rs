@@ -1,6 +1,10 @@
 //! The command line.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, ToSocketAddrs as _},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -23,7 +27,8 @@ use crate::{
         Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), a kernel with BTF \
         (/sys/kernel/btf/vmlinux) and cgroup v2.\n\n\
         Exit codes: 0 done, 1 unexpected failure, 2 bad command line, 3 not permitted \
-        (not root), 4 the kernel lacks a feature port-trace needs.",
+        (not root), 4 the kernel lacks a feature port-trace needs, 5 the --prometheus address \
+        cannot be served (already in use, or not this host's).",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -53,6 +58,14 @@ pub struct Cli {
     /// HdrHistogram's own tools to plot.
     #[arg(long, value_name = "FILE")]
     pub hdr_log: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics: lifetime histograms by protocol,
+    /// kind and process, counters of allocations, releases and failures (by errno),
+    /// occupancy per namespace and destination with capacity, lost events. ADDR is
+    /// HOST:PORT, or a bare PORT for loopback only (127.0.0.1); name another address to be
+    /// scraped from elsewhere (e.g. 0.0.0.0:9464). Port 0 picks a free port (see `ready`).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub prometheus: Option<SocketAddr>,
 
     /// How many sockets the kernel side can track at once. A socket beyond that is counted
     /// as lost ("socket table full"), never dropped silently.
@@ -208,6 +221,24 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
     Ok(kib)
 }
 
+/// `PORT` (loopback), `HOST:PORT` or `[V6]:PORT`; a name is resolved once (`localhost`).
+fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = || format!("`{text}` is not PORT, HOST:PORT or [IPV6]:PORT (e.g. 127.0.0.1:9464)");
+    if !text.contains(':') {
+        return Err(bad());
+    }
+    text.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -234,6 +265,21 @@ mod tests {
         assert_eq!(cli.duration, Some(Duration::from_secs(30)));
         assert_eq!(cli.interval, Duration::from_secs(10));
         assert_eq!(cli.events, Some(EventFormat::Json));
+    }
+
+    #[test]
+    fn prometheus_addresses() {
+        let addr = |text: &str| parse_listen_addr(text);
+        assert_eq!(addr("9464"), Ok("127.0.0.1:9464".parse().expect("addr")));
+        assert_eq!(
+            addr("0.0.0.0:9464"),
+            Ok("0.0.0.0:9464".parse().expect("addr"))
+        );
+        assert_eq!(addr("[::1]:0"), Ok("[::1]:0".parse().expect("addr")));
+        assert!(addr("localhost:9464").is_ok_and(|a| a.ip().is_loopback()));
+        for bad in ["", "70000", "127.0.0.1", "127.0.0.1:x", "[::1]"] {
+            assert!(addr(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

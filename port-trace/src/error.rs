@@ -3,13 +3,16 @@
 use thiserror::Error;
 
 /// Exit codes: 0 success, 1 unexpected failure, 2 bad command line (clap), 3 not permitted,
-/// 4 the kernel lacks something port-trace needs.
+/// 4 the kernel lacks something port-trace needs, 5 the `--prometheus` address cannot be
+/// served (in use, not this host's).
 #[derive(Debug, Error)]
 pub enum Fatal {
     #[error("{0}")]
     NotPermitted(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    CannotServe(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -20,6 +23,7 @@ impl Fatal {
             Fatal::Other(_) => 1,
             Fatal::NotPermitted(_) => 3,
             Fatal::Unsupported(_) => 4,
+            Fatal::CannotServe(_) => 5,
         }
     }
 }

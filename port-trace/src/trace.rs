@@ -12,6 +12,7 @@ use aya::maps::{MapData, RingBuf};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use tokio::{
     io::{Interest, unix::AsyncFd},
+    net::{TcpListener, TcpStream},
     signal::unix::{SignalKind, signal},
 };
 use tracing::warn;
@@ -28,18 +29,25 @@ use crate::{
     sinks::{
         WallClock,
         events::{EventRecord, ReadyRecord, text_header},
-        hdr_log,
+        hdr_log, metrics_server,
+        prometheus::{self, Metrics},
         report::Report,
         summary,
     },
     snapshot::Snapshot,
-    stats::Stats,
+    stats::{LostCounts, Stats},
     time_wait::{TimeWaitWatcher, monotonic_ns},
     tracker::{Outcome, Tracker},
     warnings::{Level, Thresholds},
 };
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
+    // Before attaching anything: an address in use is the operator's to fix first.
+    let exporter = cli.prometheus.map(metrics_server::listen).transpose()?;
+    let exporter_addr = match &exporter {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
     let mut probes = Probes::attach(&ProbeConfig {
         backend: cli.backend,
         strict: true,
@@ -65,6 +73,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
                 backend: probes.backend,
                 programs: &probes.programs,
                 version: env!("CARGO_PKG_VERSION"),
+                prometheus: exporter_addr,
             };
             writeln!(out, "{}", serde_json::to_string(&ready).unwrap_or_default())?;
         }
@@ -74,6 +83,9 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
             "port-trace: tracing with the {} backend; Ctrl-C to stop",
             probes.backend
         ),
+    }
+    if let (Some(addr), false) = (exporter_addr, cli.quiet) {
+        eprintln!("port-trace: Prometheus metrics at http://{addr}/metrics");
     }
     out.flush()?;
     // With JSON events on stdout, stdout carries nothing else.
@@ -90,6 +102,13 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
         filter: cli.filter(),
         clock,
         format: cli.events,
+        metrics: match exporter {
+            Some(_) => Some(
+                Metrics::new(probes.backend, env!("CARGO_PKG_VERSION"))
+                    .context("setting up the Prometheus metrics")?,
+            ),
+            None => None,
+        },
         // SAFETY: isatty has no preconditions.
         colour: unsafe { libc::isatty(libc::STDERR_FILENO) } == 1,
     };
@@ -170,6 +189,18 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
                     print_summary(&text, summaries_to_stderr, &mut out)?;
                 }
             }
+            connection = accept(exporter.as_ref()) => {
+                match connection {
+                    Ok((stream, _)) => {
+                        let lost = probes.lost()?;
+                        if let Some(body) = pipeline.metrics_now(lost) {
+                            tokio::spawn(metrics_server::answer(stream, body, prometheus::CONTENT_TYPE));
+                        }
+                    }
+                    // Out of file descriptors and the like: the next scrape may do better.
+                    Err(err) => warn!("accepting a metrics connection: {err}"),
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
@@ -216,6 +247,8 @@ struct Pipeline {
     filter: Filter,
     clock: WallClock,
     format: Option<EventFormat>,
+    /// Prometheus metrics, when served.
+    metrics: Option<Metrics>,
     /// Warnings printed to a terminal stand out in colour.
     colour: bool,
 }
@@ -255,6 +288,9 @@ impl Pipeline {
             return self.warn(&warnings, out);
         }
         self.stats.record(event, outcome);
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.record(event, outcome);
+        }
         // The port is still held while in TIME_WAIT; its release line comes when that ends.
         if let Some(format) = self.format
             && outcome != Outcome::EnteredTimeWait
@@ -291,6 +327,15 @@ impl Pipeline {
             .collect()
     }
 
+    /// The metrics as of now, gauges included; None when they are not served.
+    fn metrics_now(&mut self, lost: LostCounts) -> Option<String> {
+        let scopes = self.exhaustion.occupancy.fullest(usize::MAX);
+        let held = self.tracker.held();
+        let metrics = self.metrics.as_mut()?;
+        metrics.set_state(&scopes, lost, held);
+        Some(metrics.render())
+    }
+
     fn summary(&self, started: Instant) -> String {
         let scopes = self.fullest_scopes(summary::FULLEST_SCOPES);
         summary::render(
@@ -314,6 +359,16 @@ fn watch(ring: RingBuf<MapData>) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
     // registered.
     unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .context("watching a ring buffer")
+}
+
+/// The next connection to the metrics endpoint; never, when there is none.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => pending().await,
+    }
 }
 
 fn elapsed_ns(started: Instant) -> u64 {

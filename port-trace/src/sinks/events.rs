@@ -245,6 +245,9 @@ pub struct ReadyRecord<'a> {
     pub backend: &'a str,
     pub programs: &'a [String],
     pub version: &'static str,
+    /// Where Prometheus metrics are served (`--prometheus`), with the port really bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<std::net::SocketAddr>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 pub mod events;
 pub mod hdr_log;
+pub mod metrics_server;
+pub mod prometheus;
 pub mod report;
 pub mod summary;
 

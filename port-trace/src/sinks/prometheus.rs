@@ -1,0 +1,444 @@
+//! Prometheus metrics (`--prometheus ADDR`): lifetime histograms, allocation/release/failure
+//! counters, occupancy gauges, lost events and build info, in the Prometheus text format.
+//!
+//! Counters and histograms are fed event by event (`record`); the gauges are set from the
+//! pipeline's state just before each scrape (`set_state`), so a scrape sees the state of
+//! that moment. Label values are bounded: protocols, kinds and errnos are small fixed sets,
+//! processes are capped at `PROCESS_SERIES` (later ones are "other"), and only the fullest
+//! `DESTINATION_SERIES` destination scopes get gauges.
+
+use std::collections::HashSet;
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::{
+    events::{Event, errno_name},
+    occupancy::{ScopeKey, Usage},
+    stats::LostCounts,
+    tracker::Outcome,
+};
+
+/// Processes (by name) with series of their own. The first ones to allocate keep their
+/// series for the whole run, so every series only grows; the rest share "other".
+pub const PROCESS_SERIES: usize = 20;
+/// Destination scopes with gauges of their own: the fullest ones at scrape time.
+pub const DESTINATION_SERIES: usize = 50;
+/// The label value of the processes beyond `PROCESS_SERIES`.
+pub const OTHER_PROCESS: &str = "other";
+
+/// Lifetime buckets in seconds: 1, 2.5 and 5 per decade from 1 µs to 10 000 s (~2.8 h), so
+/// `histogram_quantile` is within a factor 2.5 anywhere from a loopback RST to a leak.
+fn lifetime_buckets() -> Vec<f64> {
+    let mut buckets = Vec::new();
+    for exponent in -6..=3 {
+        for mantissa in [1.0, 2.5, 5.0] {
+            buckets.push(mantissa * 10f64.powi(exponent));
+        }
+    }
+    buckets.push(10_000.0);
+    buckets
+}
+
+pub struct Metrics {
+    registry: Registry,
+    lifetime: HistogramVec,
+    allocations: IntCounterVec,
+    releases: IntCounterVec,
+    failures: IntCounterVec,
+    lost: IntCounterVec,
+    scope_used: IntGaugeVec,
+    scope_capacity: IntGaugeVec,
+    held: IntGauge,
+    /// Processes with a series of their own.
+    processes: HashSet<String>,
+    /// The kernel's lost counters at the last scrape: the counter grows by the difference.
+    lost_seen: LostCounts,
+}
+
+impl Metrics {
+    pub fn new(backend: &str, version: &str) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let lifetime = HistogramVec::new(
+            HistogramOpts::new(
+                "port_trace_port_lifetime_seconds",
+                "How long ephemeral ports were held, from allocation to release (TIME_WAIT \
+                 included), by protocol, allocation kind and process.",
+            )
+            .buckets(lifetime_buckets()),
+            &["proto", "kind", "process"],
+        )?;
+        let allocations = IntCounterVec::new(
+            Opts::new(
+                "port_trace_allocations_total",
+                "Ephemeral ports the kernel handed out.",
+            ),
+            &["proto", "kind", "process"],
+        )?;
+        let releases = IntCounterVec::new(
+            Opts::new(
+                "port_trace_releases_total",
+                "Ephemeral ports released (after TIME_WAIT, where there was one).",
+            ),
+            &["proto", "kind"],
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "port_trace_failures_total",
+                "Failed ephemeral port allocations, by errno (EADDRNOTAVAIL: no free port \
+                 for the destination; EADDRINUSE: no free port for bind/listen; EAGAIN: no \
+                 free port for UDP).",
+            ),
+            &["proto", "kind", "errno", "process"],
+        )?;
+        let lost = IntCounterVec::new(
+            Opts::new(
+                "port_trace_lost_events_total",
+                "Events the kernel could not deliver, by reason (ring_buffer_full, \
+                 socket_table_full, failure_ring_full).",
+            ),
+            &["reason"],
+        )?;
+        let scope_labels = ["netns", "proto", "scope", "destination"];
+        let scope_used = IntGaugeVec::new(
+            Opts::new(
+                "port_trace_scope_ports_used",
+                "Ports in use in a scope: a namespace's ephemeral range (scope=\"namespace\", \
+                 what bind(0), listen and UDP draw from) or the ports for one TCP destination \
+                 (scope=\"destination\").",
+            ),
+            &scope_labels,
+        )?;
+        let scope_capacity = IntGaugeVec::new(
+            Opts::new(
+                "port_trace_scope_ports_capacity",
+                "Ports a scope can hold: the ephemeral range less reserved ports (and, for a \
+                 destination, less ports held exclusively).",
+            ),
+            &scope_labels,
+        )?;
+        let held = IntGauge::new(
+            "port_trace_ports_held",
+            "Ports allocated and not yet released (TIME_WAIT included), as traced.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "port_trace_build_info",
+                "Always 1: port-trace's version, the backend tracing, and the kernel.",
+            ),
+            &["version", "backend", "kernel"],
+        )?;
+        build_info
+            .with_label_values(&[version, backend, &kernel_release()])
+            .set(1);
+        registry.register(Box::new(lifetime.clone()))?;
+        registry.register(Box::new(allocations.clone()))?;
+        registry.register(Box::new(releases.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(lost.clone()))?;
+        registry.register(Box::new(scope_used.clone()))?;
+        registry.register(Box::new(scope_capacity.clone()))?;
+        registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(build_info))?;
+        // Every reason has a series from the start, so `rate()` sees the first loss.
+        for reason in ["ring_buffer_full", "socket_table_full", "failure_ring_full"] {
+            lost.with_label_values(&[reason]);
+        }
+        Ok(Self {
+            registry,
+            lifetime,
+            allocations,
+            releases,
+            failures,
+            lost,
+            scope_used,
+            scope_capacity,
+            held,
+            processes: HashSet::new(),
+            lost_seen: LostCounts::default(),
+        })
+    }
+
+    /// The process label for `comm`: its own name while there is room, else "other".
+    fn process<'a>(&mut self, comm: &'a str) -> &'a str {
+        if self.processes.contains(comm) {
+            comm
+        } else if self.processes.len() < PROCESS_SERIES && comm != OTHER_PROCESS {
+            self.processes.insert(comm.to_string());
+            comm
+        } else {
+            OTHER_PROCESS
+        }
+    }
+
+    /// Counts one event that the filters let through.
+    pub fn record(&mut self, event: &Event, outcome: Outcome) {
+        let proto = proto_label(event);
+        let kind = kind_label(event);
+        match outcome {
+            Outcome::Allocated => {
+                let process = self.process(&event.comm);
+                self.allocations
+                    .with_label_values(&[proto, kind, process])
+                    .inc();
+            }
+            Outcome::Released { lifetime_ns, .. } => {
+                let process = self.process(&event.comm);
+                self.lifetime
+                    .with_label_values(&[proto, kind, process])
+                    .observe(lifetime_ns as f64 / 1e9);
+                self.releases.with_label_values(&[proto, kind]).inc();
+            }
+            Outcome::UnmatchedRelease => self.releases.with_label_values(&[proto, kind]).inc(),
+            Outcome::Failed => {
+                let process = self.process(&event.comm);
+                self.failures
+                    .with_label_values(&[proto, kind, errno_name(event.errno), process])
+                    .inc();
+            }
+            Outcome::EnteredTimeWait => {}
+        }
+    }
+
+    /// Sets the gauges from the pipeline's state: every namespace scope and the fullest
+    /// destinations (`scopes`, fullest first), the kernel's lost counters, ports held.
+    pub fn set_state(&mut self, scopes: &[(ScopeKey, Usage)], lost: LostCounts, held: usize) {
+        // Scopes that emptied must disappear, not freeze at their last value.
+        self.scope_used.reset();
+        self.scope_capacity.reset();
+        let mut destinations = 0;
+        for (key, usage) in scopes {
+            let destination = match key.destination() {
+                Some(d) if destinations < DESTINATION_SERIES => {
+                    destinations += 1;
+                    std::net::SocketAddr::new(d.raddr, d.rport).to_string()
+                }
+                Some(_) => continue,
+                None => String::new(),
+            };
+            let labels = [
+                &key.netns.to_string(),
+                &key.proto.to_string(),
+                key.kind(),
+                destination.as_str(),
+            ];
+            self.scope_used
+                .with_label_values(&labels)
+                .set(i64::from(usage.used));
+            self.scope_capacity
+                .with_label_values(&labels)
+                .set(i64::from(usage.capacity));
+        }
+        for (reason, now, before) in [
+            (
+                "ring_buffer_full",
+                lost.ring_buffer_full,
+                self.lost_seen.ring_buffer_full,
+            ),
+            (
+                "socket_table_full",
+                lost.socket_table_full,
+                self.lost_seen.socket_table_full,
+            ),
+            (
+                "failure_ring_full",
+                lost.failure_ring_full,
+                self.lost_seen.failure_ring_full,
+            ),
+        ] {
+            self.lost
+                .with_label_values(&[reason])
+                .inc_by(now.saturating_sub(before));
+        }
+        self.lost_seen = lost;
+        self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// The exposition in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!("encoding the metrics: {err}");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// The Content-Type of `render`'s output.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+fn proto_label(event: &Event) -> &'static str {
+    match event.proto {
+        crate::events::Proto::Tcp => "tcp",
+        crate::events::Proto::Udp => "udp",
+    }
+}
+
+fn kind_label(event: &Event) -> &'static str {
+    use crate::events::AllocKind;
+    match event.kind {
+        AllocKind::Connect => "connect",
+        AllocKind::Bind => "bind",
+        AllocKind::Listen => "listen",
+        AllocKind::Sendmsg => "sendmsg",
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        events::{Proto, decode_raw, tests::raw_connect},
+        occupancy::{Destination, Scope},
+    };
+
+    fn connect() -> Event {
+        decode_raw(&raw_connect()).expect("decodes")
+    }
+
+    /// The value of the sample line that starts with `prefix` (name and labels).
+    fn sample(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    }
+
+    #[test]
+    fn buckets_span_microseconds_to_hours() {
+        let buckets = lifetime_buckets();
+        assert_eq!(buckets.first(), Some(&1e-6));
+        assert!(buckets.last().is_some_and(|&b| b >= 3_600.0));
+        assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{buckets:?}");
+    }
+
+    #[test]
+    fn a_release_lands_in_its_bucket_and_counters() {
+        let mut metrics = Metrics::new("tracepoint", "9.9.9").expect("metrics");
+        let event = connect();
+        metrics.record(&event, Outcome::Allocated);
+        metrics.record(
+            &event,
+            Outcome::Released {
+                lifetime_ns: 3_000_000, // 3 ms
+                time_wait_ns: None,
+            },
+        );
+        let text = metrics.render();
+        let labels = r#"kind="connect",process="curl",proto="tcp""#;
+        assert_eq!(
+            sample(&text, &format!("port_trace_allocations_total{{{labels}}}")),
+            Some(1.0),
+            "{text}"
+        );
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!(
+                    "port_trace_port_lifetime_seconds_bucket{{kind=\"connect\",process=\"curl\",proto=\"tcp\",le=\"{le}\"}}"
+                ),
+            )
+        };
+        assert_eq!(bucket("0.0025"), Some(0.0), "{text}");
+        assert_eq!(bucket("0.005"), Some(1.0), "{text}");
+        assert_eq!(bucket("+Inf"), Some(1.0), "{text}");
+        assert!(text.contains(r#"port_trace_build_info{backend="tracepoint""#));
+        assert!(text.contains(r#"version="9.9.9""#), "{text}");
+    }
+
+    #[test]
+    fn failures_by_errno_and_processes_bounded() {
+        let mut metrics = Metrics::new("kprobe", "0").expect("metrics");
+        let mut event = connect();
+        event.errno = 99;
+        for i in 0..PROCESS_SERIES + 5 {
+            event.comm = format!("p{i}");
+            metrics.record(&event, Outcome::Failed);
+        }
+        let text = metrics.render();
+        let other = format!(
+            "port_trace_failures_total{{errno=\"EADDRNOTAVAIL\",kind=\"connect\",process=\"{OTHER_PROCESS}\",proto=\"tcp\"}}"
+        );
+        assert_eq!(sample(&text, &other), Some(5.0), "{text}");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("port_trace_failures_total{"))
+            .count();
+        assert_eq!(series, PROCESS_SERIES + 1, "{text}");
+    }
+
+    #[test]
+    fn gauges_follow_the_state_and_lost_counts_only_grow() {
+        let mut metrics = Metrics::new("tracepoint", "0").expect("metrics");
+        let namespace = ScopeKey {
+            netns: 4026531840,
+            proto: Proto::Tcp,
+            scope: Scope::Namespace,
+        };
+        let destination = ScopeKey {
+            scope: Scope::Destination(Destination {
+                laddr: "127.0.0.1".parse().expect("ip"),
+                raddr: "10.0.0.1".parse().expect("ip"),
+                rport: 443,
+            }),
+            ..namespace
+        };
+        let usage = |used| Usage {
+            used,
+            capacity: 28_232,
+        };
+        let lost = LostCounts {
+            ring_buffer_full: 4,
+            ..Default::default()
+        };
+        metrics.set_state(&[(destination, usage(9)), (namespace, usage(3))], lost, 12);
+        let text = metrics.render();
+        assert_eq!(
+            sample(
+                &text,
+                r#"port_trace_scope_ports_used{destination="10.0.0.1:443",netns="4026531840",proto="tcp",scope="destination"}"#
+            ),
+            Some(9.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"port_trace_scope_ports_capacity{destination="",netns="4026531840",proto="tcp",scope="namespace"}"#
+            ),
+            Some(28_232.0),
+            "{text}"
+        );
+        assert_eq!(sample(&text, "port_trace_ports_held"), Some(12.0));
+        // The next scrape: the destination emptied, the kernel counted one more loss.
+        let lost = LostCounts {
+            ring_buffer_full: 5,
+            ..Default::default()
+        };
+        metrics.set_state(&[(namespace, usage(1))], lost, 1);
+        let text = metrics.render();
+        assert!(!text.contains("10.0.0.1:443"), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                r#"port_trace_lost_events_total{reason="ring_buffer_full"}"#
+            ),
+            Some(5.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"port_trace_lost_events_total{reason="socket_table_full"}"#
+            ),
+            Some(0.0)
+        );
+    }
+}
