@@ -1,7 +1,10 @@
 //! Stats: totals and allocation-lifetime histograms, overall and per protocol, kind and
 //! process.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -101,6 +104,65 @@ impl Lifetimes {
     }
 }
 
+/// The log-scaled buckets of the terminal's distribution bars: decades up to a second,
+/// then the spans people think in (10 s, a minute, TIME_WAIT's minute, ten minutes, an hour).
+pub const DISTRIBUTION_EDGES_NS: [u64; 11] = [
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+    60_000_000_000,
+    600_000_000_000,
+    3_600_000_000_000,
+    MAX_LIFETIME_NS,
+];
+
+impl Lifetimes {
+    /// How many lifetimes fell in each bucket `[previous edge, edge)` of
+    /// `DISTRIBUTION_EDGES_NS` (the first from 0; the last takes what was clamped).
+    pub fn distribution(&self) -> [u64; DISTRIBUTION_EDGES_NS.len()] {
+        let mut counts = [0; DISTRIBUTION_EDGES_NS.len()];
+        // Each recorded value once, by the low end of its 1% bucket, so none is counted in
+        // two buckets.
+        for value in self.histogram.iter_recorded() {
+            let ns = self.histogram.lowest_equivalent(value.value_iterated_to());
+            let bucket = DISTRIBUTION_EDGES_NS
+                .iter()
+                .position(|&edge| ns < edge)
+                .unwrap_or(DISTRIBUTION_EDGES_NS.len() - 1);
+            counts[bucket] += value.count_at_value();
+        }
+        counts
+    }
+}
+
+/// What one destination (remote address and port) saw: the "top destinations" table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DestinationStats {
+    pub alloc: u64,
+    pub release: u64,
+    pub fail: u64,
+    #[serde(skip)]
+    pub lifetime_sum_ns: u128,
+    pub max_lifetime_ns: u64,
+}
+
+impl DestinationStats {
+    pub fn mean_lifetime_ns(&self) -> u64 {
+        match self.release {
+            0 => 0,
+            n => u64::try_from(self.lifetime_sum_ns / u128::from(n)).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Destinations tracked one by one; beyond this they are summed as one (a crawler can reach
+/// millions, and memory must stay bounded).
+pub const MAX_DESTINATIONS: usize = 10_000;
+
 /// Event counts. `lost` is what the kernel could not deliver (see `LostCounts`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -139,8 +201,13 @@ pub struct Stats {
     pub by_process: BTreeMap<String, Lifetimes>,
     /// Allocations per process, released or not.
     pub allocs_by_process: BTreeMap<String, u64>,
+    /// Failed allocations per process.
+    pub fails_by_process: BTreeMap<String, u64>,
     /// Failed allocations by errno name.
     pub fails_by_error: BTreeMap<&'static str, u64>,
+    /// Per destination of connect(): up to `MAX_DESTINATIONS`, then `other_destinations`.
+    pub by_destination: HashMap<SocketAddr, DestinationStats>,
+    pub other_destinations: DestinationStats,
     /// Lifetimes since the last `take_interval`, for HdrHistogram interval logs: all, and
     /// per protocol.
     interval: BTreeMap<Option<Proto>, Histogram<u64>>,
@@ -148,6 +215,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn record(&mut self, event: &Event, outcome: Outcome) {
+        self.record_destination(event, outcome);
         match outcome {
             Outcome::Allocated => {
                 self.totals.alloc += 1;
@@ -182,6 +250,7 @@ impl Stats {
             }
             Outcome::Failed => {
                 self.totals.fail += 1;
+                *self.fails_by_process.entry(event.comm.clone()).or_default() += 1;
                 *self
                     .fails_by_error
                     .entry(errno_name(event.errno))
@@ -190,6 +259,43 @@ impl Stats {
             // Still held; counted when its TIME_WAIT socket goes.
             Outcome::EnteredTimeWait => {}
         }
+    }
+
+    /// Counts the event against its destination, for connect()s (TCP, or UDP's).
+    fn record_destination(&mut self, event: &Event, outcome: Outcome) {
+        if event.rport == 0 || outcome == Outcome::EnteredTimeWait {
+            return;
+        }
+        let addr = SocketAddr::new(event.raddr, event.rport);
+        let full = self.by_destination.len() >= MAX_DESTINATIONS;
+        let dest = match self.by_destination.get_mut(&addr) {
+            Some(dest) => dest,
+            None if full => &mut self.other_destinations,
+            None => self.by_destination.entry(addr).or_default(),
+        };
+        match outcome {
+            Outcome::Allocated => dest.alloc += 1,
+            Outcome::Released { lifetime_ns, .. } => {
+                dest.release += 1;
+                dest.lifetime_sum_ns += u128::from(lifetime_ns);
+                dest.max_lifetime_ns = dest.max_lifetime_ns.max(lifetime_ns);
+            }
+            Outcome::UnmatchedRelease => dest.release += 1,
+            Outcome::Failed => dest.fail += 1,
+            Outcome::EnteredTimeWait => {}
+        }
+    }
+
+    /// The destinations with the most allocations and failures, most first.
+    pub fn top_destinations(&self, n: usize) -> Vec<(SocketAddr, DestinationStats)> {
+        let mut all: Vec<_> = self.by_destination.iter().map(|(a, d)| (*a, *d)).collect();
+        all.sort_by(|a, b| {
+            (b.1.alloc + b.1.fail)
+                .cmp(&(a.1.alloc + a.1.fail))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        all.truncate(n);
+        all
     }
 
     /// The lifetimes recorded since the last call (None: all; Some: one protocol), and a
@@ -273,6 +379,48 @@ pub mod tests {
         assert_eq!(stats.take_interval()[&None].max(), 5);
         // The totals keep everything.
         assert_eq!(stats.all.summary().count, 2);
+    }
+
+    #[test]
+    fn distribution_buckets_by_decade() {
+        let mut lifetimes = Lifetimes::default();
+        for ns in [5_000, 50_000, 50_000, 2_000_000, 90_000_000_000, u64::MAX] {
+            lifetimes.record(ns);
+        }
+        let counts = lifetimes.distribution();
+        assert_eq!(counts[0], 1, "<10us: {counts:?}");
+        assert_eq!(counts[1], 2, "10-100us: {counts:?}");
+        assert_eq!(counts[3], 1, "1-10ms: {counts:?}");
+        assert_eq!(counts[8], 1, "1-10m: {counts:?}");
+        assert_eq!(counts[10], 1, "clamped to the top: {counts:?}");
+        assert_eq!(counts.iter().sum::<u64>(), 6);
+    }
+
+    #[test]
+    fn destinations_are_counted_and_bounded() {
+        let (mut stats, mut event) = one_connect_held_for(4_000);
+        let first = SocketAddr::new(event.raddr, event.rport);
+        assert_eq!(
+            stats.by_destination[&first],
+            DestinationStats {
+                alloc: 1,
+                release: 1,
+                fail: 0,
+                lifetime_sum_ns: 4_000,
+                max_lifetime_ns: 4_000
+            }
+        );
+        stats.record(&event, Outcome::Failed);
+        for port in 1..=MAX_DESTINATIONS as u16 + 10 {
+            event.rport = port;
+            stats.record(&event, Outcome::Allocated);
+        }
+        assert_eq!(stats.by_destination.len(), MAX_DESTINATIONS);
+        // 10 010 ports, one of them 443 (seen first): 9 999 more fit, 10 overflow.
+        assert_eq!(stats.other_destinations.alloc, 10);
+        let top = stats.top_destinations(1);
+        assert_eq!(top[0].0, first, "most allocations and failures first");
+        assert_eq!(top[0].1.fail, 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     events::Proto,
     occupancy::{ScopeKey, Usage},
-    stats::{LifetimeSummary, LostCounts, Stats, Totals},
+    stats::{DestinationStats, LifetimeSummary, LostCounts, Stats, Totals},
     warnings::Level,
 };
 
@@ -24,6 +24,8 @@ pub struct Report {
     /// Failed allocations by errno name.
     pub fail_by_error: BTreeMap<&'static str, u64>,
     pub lifetime_ns: LifetimeGroups,
+    /// The destinations of connect() with the most allocations and failures.
+    pub top_destinations: Vec<DestinationRecord>,
     /// The fullest scopes when tracing stopped.
     pub scopes: Vec<ScopeRecord>,
 }
@@ -60,6 +62,18 @@ impl From<&(ScopeKey, Usage, Level)> for ScopeRecord {
     }
 }
 
+/// One destination's counts in the report.
+#[derive(Debug, Serialize)]
+pub struct DestinationRecord {
+    pub destination: std::net::SocketAddr,
+    #[serde(flatten)]
+    pub counts: DestinationStats,
+    pub mean_lifetime_ns: u64,
+}
+
+/// How many destinations the report lists.
+const REPORT_DESTINATIONS: usize = 50;
+
 #[derive(Debug, Serialize)]
 pub struct LifetimeGroups {
     pub all: LifetimeSummary,
@@ -86,6 +100,15 @@ impl Report {
             held_at_exit,
             fail_by_error: stats.fails_by_error.clone(),
             scopes: Vec::new(),
+            top_destinations: stats
+                .top_destinations(REPORT_DESTINATIONS)
+                .into_iter()
+                .map(|(destination, counts)| DestinationRecord {
+                    destination,
+                    counts,
+                    mean_lifetime_ns: counts.mean_lifetime_ns(),
+                })
+                .collect(),
             lifetime_ns: LifetimeGroups {
                 all: stats.all.summary(),
                 by_proto: group(&stats.by_proto),
@@ -118,5 +141,9 @@ mod tests {
         assert_eq!(value["lifetime_ns"]["by_proto"]["tcp"]["count"], 1);
         assert_eq!(value["lifetime_ns"]["by_process"]["curl"]["max"], 1_000);
         assert_eq!(value["lifetime_ns"]["by_kind"]["connect"]["min"], 1_000);
+        let destination = &value["top_destinations"][0];
+        assert_eq!(destination["destination"], "10.1.2.3:443");
+        assert_eq!(destination["alloc"], 1);
+        assert_eq!(destination["mean_lifetime_ns"], 1_000);
     }
 }

@@ -5,12 +5,20 @@ use std::fmt::Write as _;
 use super::human_ns;
 use crate::{
     occupancy::{ScopeKey, Usage},
-    stats::{LifetimeSummary, Stats},
+    stats::{DISTRIBUTION_EDGES_NS, LifetimeSummary, Lifetimes, Stats},
     warnings::Level,
 };
 
-/// How many processes the summary lists.
+/// How many processes and destinations the summary lists.
 const TOP_PROCESSES: usize = 5;
+const TOP_DESTINATIONS: usize = 5;
+/// Width of the distribution bars.
+const DISTRIBUTION_WIDTH: usize = 30;
+/// The distribution's bucket labels, one per `DISTRIBUTION_EDGES_NS` edge.
+const DISTRIBUTION_LABELS: [&str; DISTRIBUTION_EDGES_NS.len()] = [
+    "<10us", "10-100us", "0.1-1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10s-1m", "1-10m",
+    "10m-1h", ">1h",
+];
 /// How many of the fullest scopes the summary shows.
 pub const FULLEST_SCOPES: usize = 5;
 const BAR_WIDTH: usize = 20;
@@ -113,18 +121,170 @@ pub fn render(
     for (kind, lifetimes) in &stats.by_kind {
         row(&mut out, &kind.to_string(), &lifetimes.summary());
     }
-    let mut processes: Vec<_> = stats.by_process.iter().collect();
-    processes.sort_by_key(|(_, l)| std::cmp::Reverse(l.summary().count));
-    for (comm, lifetimes) in processes.into_iter().take(TOP_PROCESSES) {
-        row(&mut out, &format!("[{comm}]"), &lifetimes.summary());
-    }
+    distribution(&mut out, &stats.all);
+    top_processes(&mut out, stats);
+    top_destinations(&mut out, stats);
     out
+}
+
+/// The lifetime distribution as bars over log-scaled buckets, from the first bucket with
+/// anything in it to the last, with the bucket of each percentile marked.
+fn distribution(out: &mut String, lifetimes: &Lifetimes) {
+    let counts = lifetimes.distribution();
+    let (Some(first), Some(last)) = (
+        counts.iter().position(|&c| c > 0),
+        counts.iter().rposition(|&c| c > 0),
+    ) else {
+        return;
+    };
+    let s = lifetimes.summary();
+    let most = counts.iter().copied().max().unwrap_or(1).max(1);
+    let _ = writeln!(out, "  lifetime distribution, all {} released", s.count);
+    for bucket in first..=last {
+        let low = bucket
+            .checked_sub(1)
+            .map_or(0, |b| DISTRIBUTION_EDGES_NS[b]);
+        let high = DISTRIBUTION_EDGES_NS[bucket];
+        let last_bucket = bucket + 1 == DISTRIBUTION_EDGES_NS.len();
+        let marks: Vec<&str> = [
+            ("p50", s.p50),
+            ("p90", s.p90),
+            ("p99", s.p99),
+            ("p99.9", s.p999),
+            ("max", s.max),
+        ]
+        .into_iter()
+        .filter(|&(_, v)| v >= low && (v < high || last_bucket))
+        .map(|(name, _)| name)
+        .collect();
+        // Any count at all shows at least one mark: a rare long hold must not vanish.
+        let width = match counts[bucket] {
+            0 => 0,
+            n => ((n as f64 / most as f64 * DISTRIBUTION_WIDTH as f64).round() as usize)
+                .clamp(1, DISTRIBUTION_WIDTH),
+        };
+        let line = format!(
+            "  {:>10} |{}{}| {:>9}  {}",
+            DISTRIBUTION_LABELS[bucket],
+            "#".repeat(width),
+            " ".repeat(DISTRIBUTION_WIDTH - width),
+            counts[bucket],
+            marks.join(" ")
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn top_processes(out: &mut String, stats: &Stats) {
+    let mut processes: Vec<(&String, &u64)> = stats.allocs_by_process.iter().collect();
+    for comm in stats.fails_by_process.keys() {
+        if !stats.allocs_by_process.contains_key(comm) {
+            processes.push((comm, &0));
+        }
+    }
+    if processes.is_empty() {
+        return;
+    }
+    let fails = |comm: &str| stats.fails_by_process.get(comm).copied().unwrap_or(0);
+    processes.sort_by(|a, b| {
+        (b.1 + fails(b.0))
+            .cmp(&(a.1 + fails(a.0)))
+            .then_with(|| a.0.cmp(b.0))
+    });
+    let _ = writeln!(
+        out,
+        "  {:<22} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "top processes", "allocated", "failed", "released", "p50", "p99", "max"
+    );
+    for (comm, allocated) in processes.into_iter().take(TOP_PROCESSES) {
+        let s = stats
+            .by_process
+            .get(comm)
+            .map(Lifetimes::summary)
+            .unwrap_or_else(|| Lifetimes::default().summary());
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            comm,
+            allocated,
+            fails(comm),
+            s.count,
+            human_ns(s.p50),
+            human_ns(s.p99),
+            human_ns(s.max)
+        );
+    }
+}
+
+fn top_destinations(out: &mut String, stats: &Stats) {
+    let top = stats.top_destinations(TOP_DESTINATIONS);
+    if top.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<22} {:>9} {:>7} {:>9} {:>9} {:>9}",
+        "top destinations", "allocated", "failed", "released", "mean", "max"
+    );
+    let other = stats.other_destinations;
+    let rows = top
+        .iter()
+        .map(|(addr, d)| (addr.to_string(), *d))
+        .chain((other.alloc + other.fail > 0).then(|| ("(others)".to_string(), other)));
+    for (name, d) in rows {
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>9} {:>7} {:>9} {:>9} {:>9}",
+            name,
+            d.alloc,
+            d.fail,
+            d.release,
+            human_ns(d.mean_lifetime_ns()),
+            human_ns(d.max_lifetime_ns)
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stats::tests::one_connect_held_for;
+
+    #[test]
+    fn distribution_bars_mark_the_percentiles() {
+        let mut lifetimes = Lifetimes::default();
+        // 85 short (~50 us) holds, 14 of ~5 ms, one TIME_WAIT-long (61 s).
+        for _ in 0..85 {
+            lifetimes.record(50_000);
+        }
+        for _ in 0..14 {
+            lifetimes.record(5_000_000);
+        }
+        lifetimes.record(61_000_000_000);
+        let mut out = String::new();
+        distribution(&mut out, &lifetimes);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0], "  lifetime distribution, all 100 released",
+            "{out}"
+        );
+        // From the first bucket with anything in it to the last: 10us-100us .. 1-10m.
+        assert!(lines[1].trim_start().starts_with("10-100us |"), "{out}");
+        assert!(lines[1].ends_with("85  p50"), "{out}");
+        assert!(
+            lines[1].contains(&"#".repeat(DISTRIBUTION_WIDTH)),
+            "the fullest is full: {out}"
+        );
+        assert!(lines[3].trim_start().starts_with("1-10ms |"), "{out}");
+        assert!(lines[3].ends_with("14  p90 p99"), "{out}");
+        assert!(lines[3].contains("|#####"), "{out}");
+        // Empty buckets in between show as empty; one hold out of 100 still gets a mark.
+        assert!(lines[2].contains("|      "), "{out}");
+        let last = lines.last().expect("a line");
+        assert!(last.trim_start().starts_with("1-10m |#"), "{out}");
+        assert!(last.ends_with("1  p99.9 max"), "{out}");
+        assert_eq!(lines.len(), 1 + 8, "{out}");
+    }
 
     #[test]
     fn shows_totals_groups_and_lost_reasons() {
@@ -153,7 +313,24 @@ mod tests {
         );
         assert!(text.contains("1 allocated, 1 released"), "{text}");
         assert!(text.contains("3 lost (ring buffer full: 3"), "{text}");
-        assert!(text.contains("[curl]"), "{text}");
+        let process = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("curl"))
+            .expect("curl in the top processes");
+        assert_eq!(
+            process.split_whitespace().collect::<Vec<_>>(),
+            ["curl", "1", "0", "1", "2.0ms", "2.0ms", "2.0ms"],
+            "{text}"
+        );
+        let destination = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("10.1.2.3:443"))
+            .expect("the destination in the top destinations");
+        assert_eq!(
+            destination.split_whitespace().collect::<Vec<_>>(),
+            ["10.1.2.3:443", "1", "0", "1", "2.0ms", "2.0ms"],
+            "{text}"
+        );
         assert!(
             text.lines().any(|l| l.trim_start().starts_with("tcp")),
             "{text}"
