@@ -131,12 +131,34 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
 }
 
+/// Which sockets the programs track at all, written by the daemon before load (`--netns`,
+/// `--proto`). Only these two filters run in the kernel: occupancy is per namespace and
+/// per protocol, so dropping other namespaces or the other protocol leaves the model of what
+/// is traced exact. The pid, comm and family filters cannot: a port another process holds
+/// still fills the range. All zero (the object file's value) traces everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFilter {
+    /// Network namespace inodes to trace; only the first `netns_count` count.
+    pub netns: [u32; MAX_NETNS_FILTER],
+    /// 0: every namespace.
+    pub netns_count: u32,
+    /// `FILTER_TCP | FILTER_UDP` bits; 0: both.
+    pub protos: u32,
+}
+
+/// How many `--netns` the kernel can filter on.
+pub const MAX_NETNS_FILTER: usize = 8;
+pub const FILTER_TCP: u32 = 1;
+pub const FILTER_UDP: u32 = 2;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, every bit pattern valid, no padding the compiler adds (the
     // explicit `_pad` fills it).
     unsafe impl aya::Pod for super::PortEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::KernelFilter {}
 }
 
 #[cfg(test)]
@@ -155,5 +177,6 @@ mod tests {
         );
         assert_eq!(size_of::<PortEvent>() % 8, 0);
         assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
+        assert_eq!(size_of::<KernelFilter>(), (MAX_NETNS_FILTER + 2) * 4);
     }
 }

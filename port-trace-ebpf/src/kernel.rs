@@ -4,7 +4,10 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
     bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
 };
-use port_trace_common::{AF_INET, AF_INET6, KernelOffsets, PortEvent};
+use port_trace_common::{
+    AF_INET, AF_INET6, FILTER_TCP, FILTER_UDP, IPPROTO_TCP, IPPROTO_UDP, KernelFilter,
+    KernelOffsets, MAX_NETNS_FILTER, PortEvent,
+};
 
 /// Written by the daemon before load (aya `override_global`); all zero in the object file.
 #[unsafe(no_mangle)]
@@ -29,6 +32,40 @@ static OFFSETS: KernelOffsets = KernelOffsets {
 /// since kprobes cannot take socket cookies and kernel addresses must not reach the output.
 #[unsafe(no_mangle)]
 static SOCKET_ID_KEY: u64 = 0;
+
+/// `--netns` / `--proto`, from the daemon; all zero traces everything.
+#[unsafe(no_mangle)]
+static FILTER: KernelFilter = KernelFilter {
+    netns: [0; MAX_NETNS_FILTER],
+    netns_count: 0,
+    protos: 0,
+};
+
+/// Whether a socket of this namespace and protocol is traced at all.
+#[inline(always)]
+pub fn traced(event: &PortEvent) -> bool {
+    // Volatile, as for OFFSETS.
+    let filter = unsafe { core::ptr::read_volatile(&FILTER) };
+    let proto = match event.proto {
+        IPPROTO_TCP => FILTER_TCP,
+        IPPROTO_UDP => FILTER_UDP,
+        _ => 0,
+    };
+    if filter.protos != 0 && filter.protos & proto == 0 {
+        return false;
+    }
+    if filter.netns_count == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_NETNS_FILTER {
+        if (i as u32) < filter.netns_count && filter.netns[i] == event.netns {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
 
 #[inline(always)]
 pub fn socket_id(sk: *const u8) -> u64 {

@@ -80,8 +80,12 @@ fn submit_to(ring: &RingBuf, event: &PortEvent, lost: u32) {
 }
 
 /// Remembers a socket whose port the kernel is about to choose (`PENDING`), or a fresh UDP
-/// socket (`FRESH`).
+/// socket (`FRESH`). Sockets `--netns`/`--proto` leave out are never tracked: they cost no
+/// table entry and no ring buffer record.
 pub fn begin(cookie: u64, event: &PortEvent, state: u8) {
+    if !crate::kernel::traced(event) {
+        return;
+    }
     let mut event = *event;
     event.cookie = cookie;
     let entry = SockEntry {

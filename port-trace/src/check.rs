@@ -87,6 +87,7 @@ pub fn run() -> Result<(), Fatal> {
             strict: false,
             max_sockets: 1024,
             ring_buffer_bytes: 64 * 1024,
+            filter: Default::default(),
         });
         match survey {
             Ok(probes) => {

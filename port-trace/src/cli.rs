@@ -78,7 +78,8 @@ pub struct Cli {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 
-    /// Report only what these processes allocate (repeat for more).
+    /// Report only what these processes allocate (repeat for more). Occupancy and warnings
+    /// still count every process's ports: they fill the same range.
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
 
@@ -86,11 +87,13 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub comm: Vec<String>,
 
-    /// Report only this network namespace, by inode (`ls -l /proc/PID/ns/net`).
+    /// Trace only this network namespace, by inode (`ls -l /proc/PID/ns/net`); repeat for
+    /// more. Filtered in the kernel: other namespaces cost nothing, and warnings cover only
+    /// the namespaces traced.
     #[arg(long, value_name = "INODE")]
     pub netns: Vec<u32>,
 
-    /// Report only this protocol.
+    /// Trace only this protocol. Filtered in the kernel, like --netns.
     #[arg(long, value_name = "PROTO")]
     pub proto: Option<ProtoArg>,
 

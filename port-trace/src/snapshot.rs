@@ -13,6 +13,7 @@ use tracing::debug;
 
 use crate::{
     events::{AllocKind, Event, EventType, Family, Proto},
+    filter::Filter,
     netns,
     sock_diag::{DiagSocket, SockDiag},
 };
@@ -122,12 +123,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Takes the snapshot; returns the sockets found, to hold in the occupancy model.
-    pub fn take() -> (Self, Vec<Event>) {
+    /// Takes the snapshot of what `filter` traces; returns the sockets found, to hold in the
+    /// occupancy model.
+    pub fn take(filter: &Filter) -> (Self, Vec<Event>) {
         let owners = socket_owners();
         let mut snapshot = Self::default();
         for netns in netns::all() {
             for (proto, socket) in dump(netns) {
+                if !filter.traces(netns, proto) {
+                    continue;
+                }
                 let event = as_event(&socket, proto, netns, owners.get(&socket.inode));
                 snapshot.held.insert((netns, socket.cookie), event);
             }

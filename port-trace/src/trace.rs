@@ -48,11 +48,13 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
         Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
+    let filter = cli.filter();
     let mut probes = Probes::attach(&ProbeConfig {
         backend: cli.backend,
         strict: true,
         max_sockets: cli.max_sockets,
         ring_buffer_bytes: cli.ring_buffer_kib * 1024,
+        filter: filter.kernel(),
     })?;
     let mut ring = watch(probes.take_events()?)?;
     let mut failures = watch(probes.take_failures()?)?;
@@ -63,7 +65,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut sigterm = signal(SignalKind::terminate())?;
 
     // Sockets that hold ports already: counted from the first second.
-    let (snapshot, existing) = Snapshot::take();
+    let (snapshot, existing) = Snapshot::take(&filter);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match cli.events {
@@ -99,7 +101,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
             critical: cli.critical_at / 100.0,
         }),
         snapshot,
-        filter: cli.filter(),
+        filter,
         clock,
         format: cli.events,
         metrics: match exporter {
@@ -243,7 +245,7 @@ struct Pipeline {
     exhaustion: Exhaustion,
     /// Sockets found at start-up, until they are gone.
     snapshot: Snapshot,
-    /// What is reported; occupancy sees everything.
+    /// What is traced (netns, proto) and reported (pid, comm, family).
     filter: Filter,
     clock: WallClock,
     format: Option<EventFormat>,
@@ -282,6 +284,10 @@ impl Pipeline {
         outcome: Outcome,
         out: &mut dyn Write,
     ) -> std::io::Result<()> {
+        // Namespaces beyond what the kernel filter holds are left out here.
+        if !self.filter.traces(event.netns, event.proto) {
+            return Ok(());
+        }
         let warnings = self.exhaustion.observe(event, outcome);
         // A port asked for by number counts in occupancy only: it is no allocation.
         if event.explicit || !self.filter.matches(event) {

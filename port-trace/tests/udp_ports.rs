@@ -182,3 +182,47 @@ fn filters_narrow_what_is_reported() {
         Some(reported.len() as u64)
     );
 }
+
+/// `--proto` filters in the kernel: sockets of the other protocol take no table entry. With
+/// the smallest socket table, 1100 UDP sockets held at once overflow it when UDP is traced,
+/// and leave it untouched under `--proto tcp`, where a TCP connect is still reported.
+#[test]
+fn proto_filter_runs_in_the_kernel() {
+    if skip_unless_root("proto_filter_runs_in_the_kernel") {
+        return;
+    }
+    let held_udp = || -> Vec<UdpSocket> {
+        (0..1_100)
+            .map(|_| UdpSocket::bind(loopback(false, 0)).expect("udp bind(0)"))
+            .collect()
+    };
+    let lost_with = |args: &[&str]| {
+        let tracer = Tracer::start(args);
+        let listener = std::net::TcpListener::bind(loopback(false, 0)).expect("listener");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let port = u64::from(client.local_addr().expect("addr").port());
+        let sockets = held_udp();
+        drop((sockets, client, listener));
+        sleep(Duration::from_millis(300));
+        let (events, report) = tracer.stop();
+        let connect_seen = ours(&events, "alloc")
+            .iter()
+            .any(|e| e["port"].as_u64() == Some(port) && e["kind"] == "connect");
+        (
+            report["lost"]["socket_table_full"].as_u64(),
+            connect_seen,
+            events,
+        )
+    };
+    let (lost, connect_seen, _) = lost_with(&["--max-sockets", "1024"]);
+    assert!(
+        lost > Some(0),
+        "1100 UDP sockets overflow a 1024-entry table"
+    );
+    assert!(connect_seen);
+    let (lost, connect_seen, events) = lost_with(&["--max-sockets", "1024", "--proto", "tcp"]);
+    assert_eq!(lost, Some(0), "the kernel never tracked the UDP sockets");
+    assert!(connect_seen, "TCP is still traced");
+    assert!(events.iter().all(|e| e["proto"] != "udp"));
+}

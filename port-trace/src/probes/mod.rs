@@ -13,7 +13,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
-use port_trace_common::{LOST_FAILURE_RING_FULL, LOST_RINGBUF_FULL, LOST_TABLE_FULL};
+use port_trace_common::{KernelFilter, LOST_FAILURE_RING_FULL, LOST_RINGBUF_FULL, LOST_TABLE_FULL};
 use tracing::{debug, info};
 
 use crate::{cli::Backend, error::Fatal, stats::LostCounts};
@@ -28,6 +28,8 @@ pub struct ProbeConfig {
     pub strict: bool,
     pub max_sockets: u32,
     pub ring_buffer_bytes: u32,
+    /// Namespaces and protocols the programs track (`--netns`, `--proto`).
+    pub filter: KernelFilter,
 }
 
 /// The loaded programs. Dropping this detaches every program and frees the maps.
@@ -108,6 +110,7 @@ impl Probes {
             .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("SOCKET_ID_KEY", &socket_id_key, true)
+            .override_global("FILTER", &config.filter, true)
             .map_max_entries("SOCKETS", config.max_sockets)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
