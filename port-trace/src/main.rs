@@ -4,7 +4,7 @@
 //! probes (load/attach) -> events (decode) -> tracker (per-socket state, lifetimes; with
 //! time_wait watching TIME_WAIT sockets through sock_diag) -> stats (histograms, totals;
 //! occupancy per namespace and destination; warnings and forecasts) -> sinks (summary, event
-//! lines, report).
+//! lines, report, HdrHistogram logs, Prometheus metrics).
 
 mod check;
 mod cli;

@@ -28,6 +28,8 @@ fn usage_errors_exit_2_with_claps_message() {
         (&["--interval", "0s"], "longer than zero"),
         (&["--events", "xml"], "possible values: json, text"),
         (&["--max-sockets", "5"], "not in 1024..=16777216"),
+        (&["--prometheus", "127.0.0.1"], "is not PORT, HOST:PORT"),
+        (&["--prometheus", "99999"], "is not PORT, HOST:PORT"),
     ] {
         let output = run(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
@@ -43,6 +45,7 @@ fn help_teaches_the_exit_codes() {
     assert_eq!(output.status.code(), Some(0));
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("3 not permitted"), "{help}");
+    assert!(help.contains("5 the --prometheus address"), "{help}");
     assert!(help.contains("--duration <DUR>"), "{help}");
 }
 
@@ -54,6 +57,24 @@ fn not_root_exits_3_with_one_sentence() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_no_panic(&output);
+}
+
+#[test]
+fn prometheus_address_in_use_exits_5_before_attaching() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to occupy");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let output = run(&["--prometheus", &addr, "--duration", "1s"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot serve --prometheus on {addr}: the address is already in use"
+        )),
+        "{stderr}"
+    );
+    // Nothing was attached: the error is the only line.
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_no_panic(&output);
 }

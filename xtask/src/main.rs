@@ -53,10 +53,14 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Set up, build, and copy port-trace into PREFIX/bin (default /usr/local).
+    /// Set up, build, copy port-trace into PREFIX/bin (default /usr/local) and its systemd
+    /// unit (deploy/port-trace.service, started from there) into UNIT_DIR.
     Install {
         #[arg(long, default_value = "/usr/local")]
         prefix: PathBuf,
+        /// Where the systemd unit goes.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
     },
 }
 
@@ -97,23 +101,45 @@ fn run_task(task: Task) -> Result<()> {
             kernels: &kernels,
             only: only.as_deref(),
         }),
-        Task::Install { prefix } => {
-            build()?;
-            let dir = prefix.join("bin");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let dest = dir.join("port-trace");
-            std::fs::copy("target/release/port-trace", &dest)
-                .with_context(|| format!("copying port-trace to {}", dest.display()))?;
-            eprintln!("installed {}", dest.display());
-            Ok(())
-        }
+        Task::Install { prefix, unit_dir } => install(&prefix, &unit_dir),
     }
+}
+
+/// Where the unit in deploy/ expects the binary; install rewrites it for another prefix.
+const UNIT_BINARY: &str = "/usr/local/bin/port-trace";
+
+fn install(prefix: &Path, unit_dir: &Path) -> Result<()> {
+    build()?;
+    let dir = prefix.join("bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let binary = dir.join("port-trace");
+    std::fs::copy("target/release/port-trace", &binary)
+        .with_context(|| format!("copying port-trace to {}", binary.display()))?;
+    eprintln!("installed {}", binary.display());
+
+    let unit = std::fs::read_to_string("deploy/port-trace.service")
+        .context("reading deploy/port-trace.service")?;
+    let unit = unit.replace(UNIT_BINARY, &binary.to_string_lossy());
+    std::fs::create_dir_all(unit_dir)
+        .with_context(|| format!("creating {}", unit_dir.display()))?;
+    let unit_path = unit_dir.join("port-trace.service");
+    std::fs::write(&unit_path, unit).with_context(|| format!("writing {}", unit_path.display()))?;
+    eprintln!("installed {}", unit_path.display());
+    // Only where systemd runs: in a container or a chroot there is nothing to reload.
+    if Path::new("/run/systemd/system").is_dir() {
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+        eprintln!("start it with: systemctl enable --now port-trace");
+    }
+    Ok(())
 }
 
 fn build() -> Result<()> {
     setup::ensure_build_toolchain()?;
     run(cmd("cargo").args(["build", "--release", "--package", "port-trace"]))
 }
+
+/// What the integration tests run besides port-trace: real peers.
+const TEST_PACKAGES: [&str; 3] = ["iproute2", "util-linux", "prometheus"];
 
 fn test() -> Result<()> {
     setup::ensure_build_toolchain()?;
@@ -136,9 +162,16 @@ fn test() -> Result<()> {
              run `sudo cargo xtask test` for the whole suite"
         );
     }
+    let mut tests = cmd("cargo");
+    if setup::is_root() {
+        // The exporter's test scrapes with Debian's Prometheus; with it installed, a missing
+        // one is a failure, not a skip.
+        setup::ensure_apt_packages(&TEST_PACKAGES)?;
+        tests.env("PORT_TRACE_REQUIRE_PROMETHEUS", "1");
+    }
     // Integration tests each start a tracer; one at a time keeps their timings honest on
     // small machines.
-    run(cmd("cargo").args(["test", "--all-targets", "--", "--test-threads=1"]))?;
+    run(tests.args(["test", "--all-targets", "--", "--test-threads=1"]))?;
     if !setup::is_root() {
         eprintln!("xtask: not root: skipping the VM kernel matrix (it installs qemu with apt)");
         return Ok(());

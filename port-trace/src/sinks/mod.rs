@@ -1,5 +1,6 @@
 //! Sinks: where the stats and events go. Terminal summary, event lines (JSON or text), the
-//! JSON report on exit, and HdrHistogram interval logs.
+//! JSON report on exit, HdrHistogram interval logs, and Prometheus metrics with the HTTP
+//! endpoint that serves them.
 
 pub mod events;
 pub mod hdr_log;
