@@ -191,6 +191,28 @@ fn proto_filter_runs_in_the_kernel() {
     if skip_unless_root("proto_filter_runs_in_the_kernel") {
         return;
     }
+    // 1100 sockets at once: more than the 1024 files a process may open by default (root
+    // may raise the hard limit too).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_max = limit.rlim_max.max(4_096);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    if limit.rlim_cur < 1_200 {
+        eprintln!(
+            "skipped proto_filter_runs_in_the_kernel: needs 1200 open files, the limit is {} \
+             and this root may not raise it (no CAP_SYS_RESOURCE)",
+            limit.rlim_cur
+        );
+        return;
+    }
     let held_udp = || -> Vec<UdpSocket> {
         (0..1_100)
             .map(|_| UdpSocket::bind(loopback(false, 0)).expect("udp bind(0)"))
