@@ -279,7 +279,6 @@ mod tests {
             Ok("0.0.0.0:9464".parse().expect("addr"))
         );
         assert_eq!(addr("[::1]:0"), Ok("[::1]:0".parse().expect("addr")));
-        assert!(addr("localhost:9464").is_ok_and(|a| a.ip().is_loopback()));
         for bad in ["", "70000", "127.0.0.1", "127.0.0.1:x", "[::1]"] {
             assert!(addr(bad).is_err(), "{bad}");
         }

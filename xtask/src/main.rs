@@ -3,6 +3,7 @@
 //! Every task that builds first runs `setup`, which installs what the eBPF build needs, so the
 //! README's two commands work on a fresh Debian/Ubuntu machine.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -53,6 +54,23 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Measure port-trace's overhead against no tracer and libbpf-tools' tcplife (as root):
+    /// churn throughput, events counted and lost, eBPF run time, daemon CPU and memory.
+    Bench {
+        /// Rounds of the interleaved series (medians over these).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// How long each workload runs per round, in milliseconds.
+        #[arg(long, default_value_t = 3_000)]
+        millis: u64,
+        /// Connections the scale test holds.
+        #[arg(long, default_value_t = 100_000)]
+        hold: usize,
+        /// A seconds-long pass that checks the bench still runs (CI): one round, short runs,
+        /// a small scale test.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Set up, build, copy port-trace into PREFIX/bin (default /usr/local) and its systemd
     /// unit (deploy/port-trace.service, started from there) into UNIT_DIR.
     Install {
@@ -102,6 +120,30 @@ fn run_task(task: Task) -> Result<()> {
             only: only.as_deref(),
         }),
         Task::Install { prefix, unit_dir } => install(&prefix, &unit_dir),
+        Task::Bench {
+            rounds,
+            millis,
+            hold,
+            smoke,
+        } => bench::bench(&bench_options(rounds, millis, hold, smoke)),
+    }
+}
+
+fn bench_options(rounds: usize, millis: u64, hold: usize, smoke: bool) -> bench::Options {
+    if smoke {
+        bench::Options {
+            rounds: 1,
+            millis: 300,
+            hold: 2_000,
+            smoke,
+        }
+    } else {
+        bench::Options {
+            rounds: rounds.max(1),
+            millis,
+            hold,
+            smoke,
+        }
     }
 }
 
@@ -176,6 +218,8 @@ fn test() -> Result<()> {
         eprintln!("xtask: not root: skipping the VM kernel matrix (it installs qemu with apt)");
         return Ok(());
     }
+    // So the benchmark cannot rot: every workload and configuration, briefly, no targets.
+    bench::bench(&bench_options(1, 0, 0, true))?;
     vm_matrix(&vm::Selection {
         backends: &["tracepoint".to_string(), "kprobe".to_string()],
         kernels: &[],

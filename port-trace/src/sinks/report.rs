@@ -23,6 +23,8 @@ pub struct Report {
     pub held_at_exit: usize,
     /// Failed allocations by errno name.
     pub fail_by_error: BTreeMap<&'static str, u64>,
+    /// Allocations per process (comm), released or not.
+    pub alloc_by_process: BTreeMap<String, u64>,
     pub lifetime_ns: LifetimeGroups,
     /// The destinations of connect() with the most allocations and failures.
     pub top_destinations: Vec<DestinationRecord>,
@@ -99,6 +101,7 @@ impl Report {
             lost: stats.lost,
             held_at_exit,
             fail_by_error: stats.fails_by_error.clone(),
+            alloc_by_process: stats.allocs_by_process.clone(),
             scopes: Vec::new(),
             top_destinations: stats
                 .top_destinations(REPORT_DESTINATIONS)
@@ -137,6 +140,7 @@ mod tests {
         assert_eq!(value["totals"]["alloc"], 1);
         assert_eq!(value["totals"]["release"], 1);
         assert_eq!(value["totals"]["lost"], 0);
+        assert_eq!(value["alloc_by_process"]["curl"], 1);
         assert_eq!(value["lifetime_ns"]["all"]["p99.9"], 1_000);
         assert_eq!(value["lifetime_ns"]["by_proto"]["tcp"]["count"], 1);
         assert_eq!(value["lifetime_ns"]["by_process"]["curl"]["max"], 1_000);

@@ -1,0 +1,545 @@
+//! `cargo xtask bench`: port-trace's overhead side by side with no tracer and with
+//! libbpf-tools' tcplife, in one interleaved series (A B C D A B C D ...), medians reported
+//! as ratios to untraced; then the scale test (memory per held connection).
+//!
+//! Per run it reads, from /proc: the tracer's eBPF programs' run time and count (fdinfo of
+//! its program fds, with kernel.bpf_stats_enabled on), its CPU time and peak RSS; and from
+//! port-trace's report, the allocations it counted and the events it lost.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{cmd, run, setup};
+
+pub struct Options {
+    pub rounds: usize,
+    pub millis: u64,
+    pub hold: usize,
+    /// A quick pass that checks everything runs (CI); no targets.
+    pub smoke: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Config {
+    Untraced,
+    PortTrace,
+    PortTraceJson,
+    Tcplife,
+}
+
+impl Config {
+    const ALL: [Config; 4] = [
+        Config::Untraced,
+        Config::PortTrace,
+        Config::PortTraceJson,
+        Config::Tcplife,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Untraced => "untraced",
+            Config::PortTrace => "port-trace",
+            Config::PortTraceJson => "port-trace --events json",
+            Config::Tcplife => "tcplife",
+        }
+    }
+}
+
+/// A workload: churn's arguments and which allocations it makes (for counting).
+struct Workload {
+    name: &'static str,
+    args: Vec<String>,
+    /// tcplife sees TCP only.
+    tcp: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Default, Clone)]
+struct Run {
+    ops_per_s: f64,
+    /// What the tracer should count: port-trace every port chosen for the workload;
+    /// tcplife every TCP session, both ends of each connection.
+    expected: u64,
+    /// Allocations the tracer counted for the workload (port-trace: its report; tcplife:
+    /// output lines); None untraced.
+    counted: Option<u64>,
+    lost: Option<u64>,
+    /// Average eBPF program run time, ns (all the tracer's programs together).
+    bpf_ns_per_run: Option<f64>,
+    bpf_runs: u64,
+    /// The tracer's CPU time over the workload's wall time, in % of one core.
+    cpu_percent: Option<f64>,
+    peak_rss_kib: Option<u64>,
+}
+
+const TCPLIFE: &str = "/usr/sbin/tcplife";
+
+pub fn bench(options: &Options) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    setup::ensure_build_toolchain()?;
+    setup::ensure_apt_packages(&["libbpf-tools"])?;
+    let tcplife = find_tcplife()?;
+    run(cmd("cargo").args([
+        "build",
+        "--release",
+        "--package",
+        "port-trace",
+        "--package",
+        "port-trace-bench",
+    ]))?;
+    ensure_tracefs()?;
+    let stats_were = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
+    std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = series(options, &tcplife);
+    // Leave the host as it was: the stats cost a little on every program run.
+    let _ = std::fs::write(BPF_STATS, stats_were.trim());
+    result
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+fn find_tcplife() -> Result<PathBuf> {
+    for candidate in [TCPLIFE, "/usr/bin/tcplife", "/usr/sbin/libbpf-tcplife"] {
+        if Path::new(candidate).is_file() {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    setup::which("tcplife").context("libbpf-tools is installed but tcplife is not on PATH")
+}
+
+/// tcplife attaches through tracefs; port-trace mounts it itself, tcplife does not.
+fn ensure_tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
+
+fn workloads(options: &Options) -> Vec<Workload> {
+    let cores = thread::available_parallelism().map_or(2, |n| n.get());
+    let churn = |kind: &str, threads: usize| {
+        vec![
+            kind.to_string(),
+            format!("--threads={threads}"),
+            format!("--millis={}", options.millis),
+        ]
+    };
+    vec![
+        Workload {
+            name: "tcp connect+RST, 1 thread",
+            args: churn("tcp-rst", 1),
+            tcp: true,
+        },
+        Workload {
+            name: "tcp connect+RST, 1 thread/core",
+            args: churn("tcp-rst", cores),
+            tcp: true,
+        },
+        Workload {
+            name: "tcp connect+close (TIME_WAIT)",
+            args: churn("tcp-close", 1),
+            tcp: true,
+        },
+        Workload {
+            name: "udp connect+send+close",
+            args: churn("udp", 1),
+            tcp: false,
+        },
+    ]
+}
+
+fn series(options: &Options, tcplife: &Path) -> Result<()> {
+    let machine = machine();
+    println!("port-trace bench on {machine}");
+    if options.smoke {
+        println!("smoke run: checks that every workload and configuration runs; no targets");
+    }
+    println!(
+        "{} rounds of {} ms per configuration, interleaved; medians\n",
+        options.rounds, options.millis
+    );
+    let mut failures = Vec::new();
+    for workload in workloads(options) {
+        let mut runs: BTreeMap<Config, Vec<Run>> = BTreeMap::new();
+        for _ in 0..options.rounds {
+            for config in Config::ALL {
+                if config == Config::Tcplife && !workload.tcp {
+                    continue;
+                }
+                let measured = measure(config, &workload, tcplife)
+                    .with_context(|| format!("{} under {}", workload.name, config.name()))?;
+                runs.entry(config).or_default().push(measured);
+            }
+            // TIME_WAIT from one run must not slow the next: let the kernel reuse or reap.
+            thread::sleep(Duration::from_millis(200));
+        }
+        print_table(workload.name, &runs, &mut failures);
+    }
+    scale(options)?;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
+}
+
+fn print_table(name: &str, runs: &BTreeMap<Config, Vec<Run>>, failures: &mut Vec<String>) {
+    println!("{name}");
+    println!(
+        "  {:<26} {:>10} {:>7} {:>18} {:>6} {:>9} {:>8} {:>12} {:>9}",
+        "configuration",
+        "ops/s",
+        "ratio",
+        "counted/expected",
+        "lost",
+        "bpf ns/run",
+        "cpu %",
+        "cpu%/100k/s",
+        "peak RSS"
+    );
+    let untraced = runs
+        .get(&Config::Untraced)
+        .and_then(|r| median(r.iter().map(|r| r.ops_per_s).collect()));
+    for (config, runs) in runs {
+        let pick = |f: &dyn Fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());
+        let ops = pick(&|r| Some(r.ops_per_s)).unwrap_or(0.0);
+        let ratio = untraced.map(|u| ops / u);
+        let counted: u64 = runs.iter().filter_map(|r| r.counted).sum();
+        let expected: u64 = runs.iter().map(|r| r.expected).sum();
+        let lost: u64 = runs.iter().filter_map(|r| r.lost).sum();
+        let bpf = pick(&|r| r.bpf_ns_per_run);
+        let cpu = pick(&|r| r.cpu_percent);
+        let cpu_per_100k = pick(&|r| r.cpu_percent.map(|c| c / (r.ops_per_s / 100_000.0)));
+        let rss = pick(&|r| r.peak_rss_kib.map(|k| k as f64));
+        let show =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        let counted_text = if *config == Config::Untraced {
+            "-".to_string()
+        } else {
+            format!("{counted}/{expected}")
+        };
+        println!(
+            "  {:<26} {:>10.0} {:>7} {:>18} {:>6} {:>9} {:>8} {:>12} {:>9}",
+            config.name(),
+            ops,
+            show(ratio, 3),
+            counted_text,
+            if *config == Config::Untraced || *config == Config::Tcplife {
+                "-".to_string()
+            } else {
+                lost.to_string()
+            },
+            show(bpf, 0),
+            show(cpu, 1),
+            show(cpu_per_100k, 1),
+            rss.map_or("-".to_string(), |k| format!("{:.1}M", k / 1024.0)),
+        );
+        if ops <= 0.0 {
+            failures.push(format!("{name}: {} made no progress", config.name()));
+        }
+        if matches!(config, Config::PortTrace | Config::PortTraceJson) && counted == 0 {
+            failures.push(format!("{name}: {} counted nothing", config.name()));
+        }
+    }
+    println!();
+}
+
+/// Starts the tracer of `config` (none for untraced), runs the workload, stops the tracer.
+fn measure(config: Config, workload: &Workload, tcplife: &Path) -> Result<Run> {
+    let report = std::env::temp_dir().join(format!("port-trace-bench-{}.json", std::process::id()));
+    let mut tracer = match config {
+        Config::Untraced => None,
+        Config::PortTrace | Config::PortTraceJson => {
+            let mut command = Command::new("target/release/port-trace");
+            command
+                .args(["--interval", "1h", "--report"])
+                .arg(&report)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if config == Config::PortTraceJson {
+                command.args(["--events", "json"]);
+            }
+            Some(Tracer::start(command, false)?)
+        }
+        Config::Tcplife => {
+            let mut command = Command::new(tcplife);
+            command.stdout(Stdio::piped()).stderr(Stdio::null());
+            Some(Tracer::start(command, true)?)
+        }
+    };
+    let before = tracer.as_ref().map(Tracer::sample);
+    let started = Instant::now();
+    let out = Command::new("target/release/churn")
+        .args(&workload.args)
+        .output()
+        .context("running churn")?;
+    let wall = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("churn failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let result: Value = serde_json::from_slice(&out.stdout).context("churn's JSON line")?;
+    let ops = result["ops"].as_u64().unwrap_or(0);
+    let seconds = result["seconds"].as_f64().unwrap_or(f64::NAN);
+    let mut measured = Run {
+        expected: match config {
+            Config::Tcplife => 2 * ops,
+            _ => result["ports"].as_u64().unwrap_or(ops),
+        },
+        ops_per_s: ops as f64 / seconds,
+        ..Run::default()
+    };
+    if let (Some(tracer), Some(before)) = (tracer.as_mut(), before) {
+        // Let the tracer drain what the workload made before reading its clocks.
+        thread::sleep(Duration::from_millis(200));
+        let after = tracer.sample();
+        let runs = after.bpf_runs.saturating_sub(before.bpf_runs);
+        measured.bpf_runs = runs;
+        measured.bpf_ns_per_run =
+            (runs > 0).then(|| after.bpf_ns.saturating_sub(before.bpf_ns) as f64 / runs as f64);
+        let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64;
+        measured.cpu_percent = Some(ticks / clock_ticks() / wall * 100.0);
+        measured.peak_rss_kib = Some(after.peak_rss_kib);
+    }
+    if let Some(tracer) = tracer {
+        let lines = tracer.stop()?;
+        match config {
+            // Less its header line.
+            Config::Tcplife => measured.counted = Some(lines.saturating_sub(1)),
+            _ => {
+                let text = std::fs::read_to_string(&report).context("port-trace's report")?;
+                let _ = std::fs::remove_file(&report);
+                let report: Value = serde_json::from_str(&text)?;
+                measured.counted = report["alloc_by_process"]["churn"].as_u64().or(Some(0));
+                measured.lost = report["totals"]["lost"].as_u64();
+            }
+        }
+    }
+    Ok(measured)
+}
+
+/// A tracer process: port-trace or tcplife.
+struct Tracer {
+    child: Child,
+    /// tcplife's output lines, counted by a thread (one per closed connection).
+    lines: Option<thread::JoinHandle<u64>>,
+}
+
+/// What /proc says of the tracer at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    bpf_ns: u64,
+    bpf_runs: u64,
+    cpu_ticks: u64,
+    peak_rss_kib: u64,
+}
+
+impl Tracer {
+    /// Starts it and waits until its programs are loaded (its count of BPF program fds has
+    /// stopped growing).
+    fn start(mut command: Command, count_lines: bool) -> Result<Tracer> {
+        let mut child = command.spawn().context("starting the tracer")?;
+        let lines = if count_lines {
+            let stdout = child.stdout.take().context("tracer stdout")?;
+            Some(thread::spawn(move || {
+                BufReader::new(stdout).lines().map_while(Result::ok).count() as u64
+            }))
+        } else {
+            None
+        };
+        let mut tracer = Tracer { child, lines };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut last, mut stable_since) = (0, Instant::now());
+        loop {
+            if let Some(status) = tracer.child.try_wait()? {
+                bail!("the tracer exited during start-up: {status}");
+            }
+            let programs = bpf_programs(tracer.child.id()).len();
+            if programs != last {
+                (last, stable_since) = (programs, Instant::now());
+            } else if programs > 0 && stable_since.elapsed() > Duration::from_millis(700) {
+                return Ok(tracer);
+            }
+            if Instant::now() > deadline {
+                bail!("the tracer did not load its programs within 2 minutes");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn sample(&self) -> Sample {
+        let pid = self.child.id();
+        let (mut bpf_ns, mut bpf_runs) = (0, 0);
+        for info in bpf_programs(pid) {
+            bpf_ns += info.get("run_time_ns").copied().unwrap_or(0);
+            bpf_runs += info.get("run_cnt").copied().unwrap_or(0);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised comm: utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let peak_rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        Sample {
+            bpf_ns,
+            bpf_runs,
+            cpu_ticks: field(11) + field(12),
+            peak_rss_kib,
+        }
+    }
+
+    /// SIGINT, as a person would stop it; returns tcplife's line count (0 for port-trace).
+    fn stop(mut self) -> Result<u64> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait()?;
+        let lines = match self.lines.take() {
+            Some(counter) => counter.join().unwrap_or(0),
+            None => 0,
+        };
+        if !status.success() && status.code() != Some(130) && status.code().is_some() {
+            bail!("the tracer exited with {status}");
+        }
+        Ok(lines)
+    }
+}
+
+/// The fdinfo of every BPF program fd `pid` holds: `prog_id`, `run_time_ns`, `run_cnt`, ...
+fn bpf_programs(pid: u32) -> Vec<BTreeMap<String, u64>> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut programs = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if !text.contains("prog_type:") {
+            continue;
+        }
+        let info: BTreeMap<String, u64> = text
+            .lines()
+            .filter_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                Some((key.trim().to_string(), value.trim().parse().ok()?))
+            })
+            .collect();
+        programs.push(info);
+    }
+    // One program may be held by several fds.
+    programs.sort_by_key(|p| p.get("prog_id").copied());
+    programs.dedup_by_key(|p| p.get("prog_id").copied());
+    programs
+}
+
+/// /proc's CPU times are in these ticks per second.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        ticks if ticks > 0 => ticks as f64,
+        _ => 100.0,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+/// The scale test: port-trace's memory per held connection, from its RSS before and after
+/// `options.hold` connections are opened and held across 32 destinations.
+fn scale(options: &Options) -> Result<()> {
+    println!(
+        "scale: {} connections held across 32 local destinations",
+        options.hold
+    );
+    let mut command = Command::new("target/release/port-trace");
+    command
+        .args(["--interval", "1h", "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let tracer = Tracer::start(command, false)?;
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let pid = tracer.child.id();
+    let before = rss(pid);
+    let cpu_before = tracer.sample().cpu_ticks;
+    let started = Instant::now();
+    let mut holder = Command::new("target/release/churn")
+        .args(["hold", &format!("--connections={}", options.hold)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting churn hold")?;
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().context("holder stdout")?).read_line(&mut line)?;
+    let opened_in = started.elapsed().as_secs_f64();
+    let held = serde_json::from_str::<Value>(&line)
+        .ok()
+        .and_then(|v| v["held"].as_u64())
+        .unwrap_or(0);
+    // Let the daemon catch up with the last allocations.
+    thread::sleep(Duration::from_secs(2));
+    let after = rss(pid);
+    let cpu = (tracer.sample().cpu_ticks - cpu_before) as f64 / clock_ticks();
+    drop(holder.stdin.take());
+    let status = holder.wait()?;
+    tracer.stop()?;
+    let per_socket = (after.saturating_sub(before) * 1024) as f64 / held.max(1) as f64;
+    println!(
+        "  held {held} in {opened_in:.1}s; daemon RSS {:.1} MiB -> {:.1} MiB: {per_socket:.0} bytes per held connection; daemon CPU {cpu:.2}s",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+    );
+    if !status.success() || held == 0 {
+        bail!("the scale test held {held} of {} connections", options.hold);
+    }
+    Ok(())
+}
