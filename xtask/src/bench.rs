@@ -76,6 +76,8 @@ struct Run {
     /// Average eBPF program run time, ns (all the tracer's programs together).
     bpf_ns_per_run: Option<f64>,
     bpf_runs: u64,
+    /// Per program (by name): run time (ns) and runs, the profile of the kernel side.
+    per_program: BTreeMap<String, (u64, u64)>,
     /// The tracer's CPU time over the workload's wall time, in % of one core.
     cpu_percent: Option<f64>,
     peak_rss_kib: Option<u64>,
@@ -218,6 +220,7 @@ fn print_table(name: &str, runs: &BTreeMap<Config, Vec<Run>>, failures: &mut Vec
         "cpu%/100k/s",
         "peak RSS"
     );
+    let mut profile = BTreeMap::new();
     let untraced = runs
         .get(&Config::Untraced)
         .and_then(|r| median(r.iter().map(|r| r.ops_per_s).collect()));
@@ -255,6 +258,13 @@ fn print_table(name: &str, runs: &BTreeMap<Config, Vec<Run>>, failures: &mut Vec
             show(cpu_per_100k, 1),
             rss.map_or("-".to_string(), |k| format!("{:.1}M", k / 1024.0)),
         );
+        if *config == Config::PortTrace {
+            for (name, (ns, n)) in runs.iter().flat_map(|r| r.per_program.clone()) {
+                let entry: &mut (u64, u64) = profile.entry(name).or_default();
+                entry.0 += ns;
+                entry.1 += n;
+            }
+        }
         if ops <= 0.0 {
             failures.push(format!("{name}: {} made no progress", config.name()));
         }
@@ -262,6 +272,15 @@ fn print_table(name: &str, runs: &BTreeMap<Config, Vec<Run>>, failures: &mut Vec
             failures.push(format!("{name}: {} counted nothing", config.name()));
         }
     }
+    // Where port-trace's kernel time goes, busiest first.
+    let mut profile: Vec<(String, (u64, u64))> =
+        profile.into_iter().filter(|(_, (_, n))| *n > 0).collect();
+    profile.sort_by_key(|(_, (ns, _))| std::cmp::Reverse(*ns));
+    let line: Vec<String> = profile
+        .iter()
+        .map(|(name, (ns, n))| format!("{name} {n}x{:.0}ns", *ns as f64 / *n as f64))
+        .collect();
+    println!("  port-trace programs: {}", line.join(", "));
     println!();
 }
 
@@ -313,10 +332,26 @@ fn measure(config: Config, workload: &Workload, tcplife: &Path) -> Result<Run> {
         // Let the tracer drain what the workload made before reading its clocks.
         thread::sleep(Duration::from_millis(200));
         let after = tracer.sample();
-        let runs = after.bpf_runs.saturating_sub(before.bpf_runs);
+        let names = program_names();
+        let (mut ns, mut runs) = (0, 0);
+        for (id, (after_ns, after_runs)) in &after.programs {
+            let (before_ns, before_runs) = before.programs.get(id).copied().unwrap_or((0, 0));
+            let delta = (
+                after_ns.saturating_sub(before_ns),
+                after_runs.saturating_sub(before_runs),
+            );
+            ns += delta.0;
+            runs += delta.1;
+            let name = names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("prog {id}"));
+            let entry = measured.per_program.entry(name).or_default();
+            entry.0 += delta.0;
+            entry.1 += delta.1;
+        }
         measured.bpf_runs = runs;
-        measured.bpf_ns_per_run =
-            (runs > 0).then(|| after.bpf_ns.saturating_sub(before.bpf_ns) as f64 / runs as f64);
+        measured.bpf_ns_per_run = (runs > 0).then(|| ns as f64 / runs as f64);
         let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64;
         measured.cpu_percent = Some(ticks / clock_ticks() / wall * 100.0);
         measured.peak_rss_kib = Some(after.peak_rss_kib);
@@ -346,10 +381,10 @@ struct Tracer {
 }
 
 /// What /proc says of the tracer at one moment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sample {
-    bpf_ns: u64,
-    bpf_runs: u64,
+    /// prog_id -> (run_time_ns, run_cnt)
+    programs: BTreeMap<u64, (u64, u64)>,
     cpu_ticks: u64,
     peak_rss_kib: u64,
 }
@@ -389,11 +424,13 @@ impl Tracer {
 
     fn sample(&self) -> Sample {
         let pid = self.child.id();
-        let (mut bpf_ns, mut bpf_runs) = (0, 0);
-        for info in bpf_programs(pid) {
-            bpf_ns += info.get("run_time_ns").copied().unwrap_or(0);
-            bpf_runs += info.get("run_cnt").copied().unwrap_or(0);
-        }
+        let programs = bpf_programs(pid)
+            .into_iter()
+            .map(|info| {
+                let get = |key: &str| info.get(key).copied().unwrap_or(0);
+                (get("prog_id"), (get("run_time_ns"), get("run_cnt")))
+            })
+            .collect();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Fields after the parenthesised comm: utime and stime are the 12th and 13th.
         let fields: Vec<&str> = stat
@@ -413,8 +450,7 @@ impl Tracer {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
         Sample {
-            bpf_ns,
-            bpf_runs,
+            programs,
             cpu_ticks: field(11) + field(12),
             peak_rss_kib,
         }
@@ -465,6 +501,17 @@ fn bpf_programs(pid: u32) -> Vec<BTreeMap<String, u64>> {
 }
 
 /// /proc's CPU times are in these ticks per second.
+/// Program names by id (fdinfo has no names).
+fn program_names() -> BTreeMap<u64, String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .map(|info| {
+            let name = info.name_as_str().unwrap_or("?").to_string();
+            (u64::from(info.id()), name)
+        })
+        .collect()
+}
+
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
