@@ -13,6 +13,8 @@ use port_trace_common::{
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::comm::Comm;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
@@ -69,7 +71,7 @@ pub struct Event {
     pub ts_ns: u64,
     pub cookie: u64,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub netns: u32,
     pub proto: Proto,
     pub family: Family,
@@ -116,12 +118,6 @@ fn ip(family: Family, raw: [u8; 16]) -> IpAddr {
     }
 }
 
-/// The process name as the kernel stores it: up to 16 bytes, NUL-terminated.
-fn comm(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < size_of::<PortEvent>() {
         return Err(DecodeError::Short(bytes.len()));
@@ -161,7 +157,7 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         ts_ns: raw.ts_ns,
         cookie: raw.cookie,
         pid: raw.pid,
-        comm: comm(&raw.comm),
+        comm: Comm::new(&raw.comm),
         netns: raw.netns,
         proto,
         family,

@@ -100,7 +100,7 @@ impl Exhaustion {
                 self.know(event.netns);
                 // The scope the failed request drew from: its destination for a TCP
                 // connect, else its namespace.
-                if let Some(key) = Occupancy::scopes_of(event).pop() {
+                if let Some(key) = Occupancy::scopes_of(event).last() {
                     self.levels.failed(key);
                     raised.push(self.warning(&key, Level::Critical, "failure", event.ts_ns));
                 }
@@ -229,7 +229,9 @@ mod tests {
         let mut e = exhaustion();
         let alloc = connect(40000, 0);
         e.observe(&alloc, Outcome::Allocated);
-        let key = Occupancy::scopes_of(&alloc)[1];
+        let key = Occupancy::scopes_of(&alloc)
+            .nth(1)
+            .expect("a connect has a destination");
         let mut raw = raw_connect();
         raw.event = EVENT_RELEASE;
         raw.lport = 40000;

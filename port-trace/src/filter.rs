@@ -23,7 +23,7 @@ impl Filter {
     /// any of its values.
     pub fn matches(&self, event: &Event) -> bool {
         (self.pids.is_empty() || self.pids.contains(&event.pid))
-            && (self.comms.is_empty() || self.comms.contains(&event.comm))
+            && (self.comms.is_empty() || self.comms.iter().any(|c| event.comm == c.as_str()))
             && (self.netns.is_empty() || self.netns.contains(&event.netns))
             && self.proto.is_none_or(|p| p == event.proto)
             && self.family.is_none_or(|f| f == event.family)

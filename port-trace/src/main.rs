@@ -8,6 +8,7 @@
 
 mod check;
 mod cli;
+mod comm;
 mod duration;
 mod error;
 mod events;

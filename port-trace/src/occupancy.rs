@@ -12,14 +12,17 @@
 //! ports connected to that destination count against it. TIME_WAIT sockets hold their port
 //! until they are gone (the tracker decides when a port is released).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+// foldhash, not SipHash: these maps are touched for every event, and SipHash was a
+// third of the daemon's time. Keys come from the kernel, not from the network.
+use foldhash::HashMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::events::{AllocKind, Event, Proto};
+use crate::{
+    comm::Comm,
+    events::{AllocKind, Event, Proto},
+};
 
 /// `net.ipv4.ip_local_port_range` minus `ip_local_reserved_ports`, for one namespace.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,10 +135,10 @@ impl ScopeKey {
 }
 
 /// One holder of ports, for "who is using them".
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Holder {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -173,7 +176,7 @@ impl Held {
         if new && range.contains(port) {
             self.in_range += 1;
         }
-        *self.holders.entry(holder.clone()).or_default() += 1;
+        *self.holders.entry(*holder).or_default() += 1;
         new
     }
 
@@ -339,7 +342,7 @@ impl Occupancy {
     pub fn hold(&mut self, event: &Event) {
         let holder = Holder {
             pid: event.pid,
-            comm: event.comm.clone(),
+            comm: event.comm,
         };
         let ns = self.namespaces.entry(event.netns).or_default();
         let range = &ns.range;
@@ -354,7 +357,7 @@ impl Occupancy {
     pub fn free(&mut self, event: &Event) {
         let holder = Holder {
             pid: event.pid,
-            comm: event.comm.clone(),
+            comm: event.comm,
         };
         let Some(ns) = self.namespaces.get_mut(&event.netns) else {
             return;
@@ -368,20 +371,15 @@ impl Occupancy {
     }
 
     /// The scopes an event draws from: its namespace, and for a TCP connect its destination.
-    pub fn scopes_of(event: &Event) -> Vec<ScopeKey> {
-        let mut scopes = vec![ScopeKey {
+    /// (An iterator, not a Vec: this runs for every event.)
+    pub fn scopes_of(event: &Event) -> impl Iterator<Item = ScopeKey> + use<> {
+        let key = |scope| ScopeKey {
             netns: event.netns,
             proto: event.proto,
-            scope: Scope::Namespace,
-        }];
-        if let Some(dest) = destination(event) {
-            scopes.push(ScopeKey {
-                netns: event.netns,
-                proto: event.proto,
-                scope: Scope::Destination(dest),
-            });
-        }
-        scopes
+            scope,
+        };
+        std::iter::once(key(Scope::Namespace))
+            .chain(destination(event).map(|dest| key(Scope::Destination(dest))))
     }
 
     /// How full a scope is.
@@ -425,7 +423,7 @@ impl Occupancy {
                 *merged.entry(holder).or_default() += count;
             }
         }
-        let mut top: Vec<(Holder, u32)> = merged.into_iter().map(|(h, c)| (h.clone(), c)).collect();
+        let mut top: Vec<(Holder, u32)> = merged.into_iter().map(|(h, c)| (*h, c)).collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(n);
         top
@@ -499,7 +497,9 @@ mod tests {
     }
 
     fn dest_key(event: &Event) -> ScopeKey {
-        Occupancy::scopes_of(event)[1]
+        Occupancy::scopes_of(event)
+            .nth(1)
+            .expect("a connect has a destination")
     }
 
     fn ns_key() -> ScopeKey {

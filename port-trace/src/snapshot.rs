@@ -12,6 +12,7 @@ use std::{
 use tracing::debug;
 
 use crate::{
+    comm::Comm,
     events::{AllocKind, Event, EventType, Family, Proto},
     filter::Filter,
     netns,
@@ -31,7 +32,9 @@ pub fn as_event(
     // A TCP socket with a peer was connect()ed (or accepted: then it shares the listener's
     // port, which counts once); everything else holds its port exclusively.
     let connected = proto == Proto::Tcp && socket.state != TCP_LISTEN && socket.dport != 0;
-    let (pid, comm) = owner.cloned().unwrap_or((0, String::from("?")));
+    let (pid, comm) = owner.map_or((0, Comm::from("?")), |(pid, comm)| {
+        (*pid, Comm::from(comm.as_str()))
+    });
     Event {
         event: EventType::Alloc,
         ts_ns: 0,

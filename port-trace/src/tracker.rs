@@ -2,7 +2,10 @@
 //! that comes out of it. A TCP port released by an active close lives on in a TIME_WAIT
 //! socket; the tracker keeps it held until the TIME_WAIT watcher sees that socket gone.
 
-use std::collections::{HashMap, HashSet};
+// foldhash, not SipHash: these maps are touched for every event, and SipHash was a
+// third of the daemon's time. Keys come from the kernel, not from the network.
+use foldhash::HashMap;
+use std::collections::HashSet;
 
 use crate::events::{Event, EventType};
 

@@ -1,8 +1,9 @@
 //! Warnings before exhaustion: a level per scope, with hysteresis so a scope hovering at a
 //! line does not flap, and a forecast of the time left.
 
-use std::collections::HashMap;
-
+// foldhash, not SipHash: these maps are touched for every event, and SipHash was a
+// third of the daemon's time. Keys come from the kernel, not from the network.
+use foldhash::{HashMap, HashMapExt as _};
 use serde::Serialize;
 
 use crate::occupancy::{ScopeKey, Usage};

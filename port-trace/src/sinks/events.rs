@@ -188,7 +188,7 @@ impl WarningRecord {
                 .into_iter()
                 .map(|(h, count)| TopHolder {
                     pid: h.pid,
-                    comm: h.comm,
+                    comm: h.comm.to_string(),
                     count,
                 })
                 .collect(),

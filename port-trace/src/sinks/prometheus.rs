@@ -360,7 +360,7 @@ mod tests {
         let mut event = connect();
         event.errno = 99;
         for i in 0..PROCESS_SERIES + 5 {
-            event.comm = format!("p{i}");
+            event.comm = crate::comm::Comm::from(format!("p{i}").as_str());
             metrics.record(&event, Outcome::Failed);
         }
         let text = metrics.render();

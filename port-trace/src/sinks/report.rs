@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
+    comm::Comm,
     events::Proto,
     occupancy::{ScopeKey, Usage},
     stats::{DestinationStats, LifetimeSummary, LostCounts, Stats, Totals},
@@ -24,7 +25,7 @@ pub struct Report {
     /// Failed allocations by errno name.
     pub fail_by_error: BTreeMap<&'static str, u64>,
     /// Allocations per process (comm), released or not.
-    pub alloc_by_process: BTreeMap<String, u64>,
+    pub alloc_by_process: BTreeMap<Comm, u64>,
     pub lifetime_ns: LifetimeGroups,
     /// The destinations of connect() with the most allocations and failures.
     pub top_destinations: Vec<DestinationRecord>,

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::human_ns;
+use crate::comm::Comm;
 use crate::{
     occupancy::{ScopeKey, Usage},
     stats::{DISTRIBUTION_EDGES_NS, LifetimeSummary, Lifetimes, Stats},
@@ -176,20 +177,24 @@ fn distribution(out: &mut String, lifetimes: &Lifetimes) {
 }
 
 fn top_processes(out: &mut String, stats: &Stats) {
-    let mut processes: Vec<(&String, &u64)> = stats.allocs_by_process.iter().collect();
+    let mut processes: Vec<(Comm, u64)> = stats
+        .allocs_by_process
+        .iter()
+        .map(|(c, n)| (*c, *n))
+        .collect();
     for comm in stats.fails_by_process.keys() {
         if !stats.allocs_by_process.contains_key(comm) {
-            processes.push((comm, &0));
+            processes.push((*comm, 0));
         }
     }
     if processes.is_empty() {
         return;
     }
-    let fails = |comm: &str| stats.fails_by_process.get(comm).copied().unwrap_or(0);
+    let fails = |comm: &Comm| stats.fails_by_process.get(comm).copied().unwrap_or(0);
     processes.sort_by(|a, b| {
-        (b.1 + fails(b.0))
-            .cmp(&(a.1 + fails(a.0)))
-            .then_with(|| a.0.cmp(b.0))
+        (b.1 + fails(&b.0))
+            .cmp(&(a.1 + fails(&a.0)))
+            .then_with(|| a.0.cmp(&b.0))
     });
     let _ = writeln!(
         out,
@@ -199,7 +204,7 @@ fn top_processes(out: &mut String, stats: &Stats) {
     for (comm, allocated) in processes.into_iter().take(TOP_PROCESSES) {
         let s = stats
             .by_process
-            .get(comm)
+            .get(&comm)
             .map(Lifetimes::summary)
             .unwrap_or_else(|| Lifetimes::default().summary());
         let _ = writeln!(
@@ -207,7 +212,7 @@ fn top_processes(out: &mut String, stats: &Stats) {
             "  {:<22} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
             comm,
             allocated,
-            fails(comm),
+            fails(&comm),
             s.count,
             human_ns(s.p50),
             human_ns(s.p99),

@@ -1,0 +1,117 @@
+//! `Comm`: a thread's name as the kernel keeps it (`TASK_COMM_LEN`, 16 bytes with the NUL),
+//! stored inline. Every event carries one and every stage copies it, so it is `Copy` and
+//! costs no allocation.
+
+use std::{fmt, ops::Deref};
+
+use serde::{Serialize, Serializer};
+
+/// At most 16 bytes of UTF-8. Ordered as its text is (the zero padding sorts first).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    /// From the kernel's bytes: up to the first NUL. Bytes that are not UTF-8 (a name is
+    /// whatever a process set) become `?`, so the text is always valid.
+    pub fn new(raw: &[u8]) -> Self {
+        let end = raw
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(raw.len())
+            .min(16);
+        let mut bytes = [0u8; 16];
+        bytes[..end].copy_from_slice(&raw[..end]);
+        if std::str::from_utf8(&bytes[..end]).is_err() {
+            for byte in &mut bytes[..end] {
+                if !byte.is_ascii() {
+                    *byte = b'?';
+                }
+            }
+        }
+        Self {
+            bytes,
+            len: end as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Valid by construction (`new` replaced anything that was not).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl From<&str> for Comm {
+    /// Longer names are cut at 16 bytes, on a character boundary.
+    fn from(text: &str) -> Self {
+        let mut end = text.len().min(16);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self::new(&text.as_bytes()[..end])
+    }
+}
+
+impl Deref for Comm {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_to_the_nul_or_all_sixteen() {
+        assert_eq!(Comm::new(b"curl\0\0\0junk"), "curl");
+        assert_eq!(Comm::new(b"sixteen-bytes-xx"), "sixteen-bytes-xx");
+        assert_eq!(Comm::new(b""), "");
+    }
+
+    #[test]
+    fn never_invalid_text() {
+        assert_eq!(Comm::new(b"a\xffb"), "a?b");
+        // Cut on a character boundary: 15 ASCII bytes and a 2-byte character.
+        assert_eq!(Comm::from("123456789012345é"), "123456789012345");
+    }
+
+    #[test]
+    fn ordered_and_shown_as_text() {
+        let mut names = [Comm::from("nginx"), Comm::from("curl"), Comm::from("cur")];
+        names.sort();
+        assert_eq!(names.map(|c| c.to_string()), ["cur", "curl", "nginx"]);
+        assert_eq!(format!("{:<6}|", Comm::from("ab")), "ab    |");
+        assert_eq!(
+            serde_json::to_string(&Comm::from("x\"y")).ok().as_deref(),
+            Some(r#""x\"y""#)
+        );
+    }
+}
