@@ -134,6 +134,7 @@ fn workloads(options: &Options) -> Vec<Workload> {
     let cores = thread::available_parallelism().map_or(2, |n| n.get());
     let churn = |kind: &str, threads: usize| {
         vec![
+            "--fresh-netns".to_string(),
             kind.to_string(),
             format!("--threads={threads}"),
             format!("--millis={}", options.millis),
@@ -185,8 +186,6 @@ fn series(options: &Options, tcplife: &Path) -> Result<()> {
                     .with_context(|| format!("{} under {}", workload.name, config.name()))?;
                 runs.entry(config).or_default().push(measured);
             }
-            // TIME_WAIT from one run must not slow the next: let the kernel reuse or reap.
-            thread::sleep(Duration::from_millis(200));
         }
         print_table(workload.name, &runs, &mut failures);
     }
@@ -560,7 +559,11 @@ fn scale(options: &Options) -> Result<()> {
     let cpu_before = tracer.sample().cpu_ticks;
     let started = Instant::now();
     let mut holder = Command::new("target/release/churn")
-        .args(["hold", &format!("--connections={}", options.hold)])
+        .args([
+            "--fresh-netns",
+            "hold",
+            &format!("--connections={}", options.hold),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
