@@ -24,7 +24,8 @@ impl Comm {
             .min(16);
         let mut bytes = [0u8; 16];
         bytes[..end].copy_from_slice(&raw[..end]);
-        if std::str::from_utf8(&bytes[..end]).is_err() {
+        // Names are nearly always ASCII: check that first, it is cheaper.
+        if !bytes[..end].is_ascii() && std::str::from_utf8(&bytes[..end]).is_err() {
             for byte in &mut bytes[..end] {
                 if !byte.is_ascii() {
                     *byte = b'?';

@@ -122,7 +122,8 @@ fn dump(netns: u32) -> Vec<(Proto, DiagSocket)> {
 #[derive(Default)]
 pub struct Snapshot {
     /// (netns, cookie) -> the socket as an allocation.
-    held: HashMap<(u32, u64), Event>,
+    /// (Looked up for every allocation: foldhash.)
+    held: foldhash::HashMap<(u32, u64), Event>,
 }
 
 impl Snapshot {

@@ -73,6 +73,15 @@ impl Lifetimes {
         self.max_ns = self.max_ns.max(lifetime_ns);
     }
 
+    pub fn merge(&mut self, other: &Lifetimes) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        self.min_ns = self.min_ns.min(other.min_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
     pub fn summary(&self) -> LifetimeSummary {
         if self.count == 0 {
             return LifetimeSummary {
@@ -196,7 +205,6 @@ impl LostCounts {
 pub struct Stats {
     pub totals: Totals,
     pub lost: LostCounts,
-    pub all: Lifetimes,
     pub by_proto: BTreeMap<Proto, Lifetimes>,
     pub by_kind: BTreeMap<AllocKind, Lifetimes>,
     pub by_process: BTreeMap<Comm, Lifetimes>,
@@ -234,7 +242,6 @@ impl Stats {
             }
             Outcome::Released { lifetime_ns, .. } => {
                 self.totals.release += 1;
-                self.all.record(lifetime_ns);
                 self.by_proto
                     .entry(event.proto)
                     .or_default()
@@ -315,6 +322,16 @@ impl Stats {
         std::mem::take(&mut self.interval)
     }
 
+    /// Every lifetime, merged from the per-protocol groups when asked (summaries, reports),
+    /// rather than recorded once more per event.
+    pub fn all(&self) -> Lifetimes {
+        let mut all = Lifetimes::default();
+        for lifetimes in self.by_proto.values() {
+            all.merge(lifetimes);
+        }
+        all
+    }
+
     pub fn set_lost(&mut self, lost: LostCounts) {
         self.lost = lost;
         self.totals.lost = lost.total();
@@ -359,6 +376,26 @@ pub mod tests {
     }
 
     #[test]
+    fn all_merges_the_protocols() {
+        let (mut stats, event) = one_connect_held_for(1_000);
+        let mut udp = event.clone();
+        udp.proto = Proto::Udp;
+        stats.record(
+            &udp,
+            Outcome::Released {
+                lifetime_ns: 9_000,
+                time_wait_ns: None,
+            },
+        );
+        let all = stats.all().summary();
+        assert_eq!(
+            (all.count, all.min, all.max, all.mean),
+            (2, 1_000, 9_000, 5_000)
+        );
+        assert_eq!(stats.by_proto[&Proto::Udp].summary().count, 1);
+    }
+
+    #[test]
     fn empty_summary_is_zero() {
         assert_eq!(Lifetimes::default().summary().count, 0);
         assert_eq!(Lifetimes::default().summary().max, 0);
@@ -389,7 +426,7 @@ pub mod tests {
         );
         assert_eq!(stats.take_interval()[&None].max(), 5);
         // The totals keep everything.
-        assert_eq!(stats.all.summary().count, 2);
+        assert_eq!(stats.all().summary().count, 2);
     }
 
     #[test]

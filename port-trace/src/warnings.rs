@@ -47,6 +47,10 @@ impl Levels {
     pub fn update(&mut self, key: ScopeKey, usage: Usage) -> Option<Level> {
         let ratio = usage.ratio();
         let Thresholds { warn, critical } = self.thresholds;
+        // The common case, every event of a healthy host: nothing to look up.
+        if ratio < warn - HYSTERESIS && self.levels.is_empty() {
+            return None;
+        }
         let current = self.level(&key);
         let reached = if ratio >= critical {
             Level::Critical

@@ -114,7 +114,7 @@ impl Report {
                 })
                 .collect(),
             lifetime_ns: LifetimeGroups {
-                all: stats.all.summary(),
+                all: stats.all().summary(),
                 by_proto: group(&stats.by_proto),
                 by_kind: group(&stats.by_kind),
                 by_process: group(&stats.by_process),

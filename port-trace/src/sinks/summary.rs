@@ -107,7 +107,8 @@ pub fn render(
             );
         }
     }
-    if stats.all.summary().count == 0 {
+    let all = stats.all();
+    if all.summary().count == 0 {
         return out;
     }
     let _ = writeln!(
@@ -115,14 +116,14 @@ pub fn render(
         "  {:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "lifetime", "released", "p50", "p90", "p99", "p99.9", "max"
     );
-    row(&mut out, "all", &stats.all.summary());
+    row(&mut out, "all", &all.summary());
     for (proto, lifetimes) in &stats.by_proto {
         row(&mut out, &proto.to_string(), &lifetimes.summary());
     }
     for (kind, lifetimes) in &stats.by_kind {
         row(&mut out, &kind.to_string(), &lifetimes.summary());
     }
-    distribution(&mut out, &stats.all);
+    distribution(&mut out, &all);
     top_processes(&mut out, stats);
     top_destinations(&mut out, stats);
     out
