@@ -61,7 +61,42 @@ macro_rules! display_as_serde_name {
         }
     )*};
 }
-display_as_serde_name!(EventType, Proto, Family, AllocKind);
+display_as_serde_name!(EventType, Family);
+
+impl Proto {
+    /// The name records, labels and summaries use (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl AllocKind {
+    /// The name records, labels and summaries use (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocKind::Connect => "connect",
+            AllocKind::Bind => "bind",
+            AllocKind::Listen => "listen",
+            AllocKind::Sendmsg => "sendmsg",
+        }
+    }
+}
+
+// Without going through serde: these are shown per event (metrics labels, summaries).
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Display for AllocKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
 
 /// One decoded ring buffer record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +262,24 @@ pub mod tests {
         let event = decode_raw(&raw).expect("decodes");
         assert_eq!(event.laddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(event.comm, "sixteen-bytes-xx");
+    }
+
+    #[test]
+    fn names_are_the_serde_names() {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            assert_eq!(
+                serde_json::to_value(proto).ok(),
+                Some(proto.as_str().into())
+            );
+        }
+        for kind in [
+            AllocKind::Connect,
+            AllocKind::Bind,
+            AllocKind::Listen,
+            AllocKind::Sendmsg,
+        ] {
+            assert_eq!(serde_json::to_value(kind).ok(), Some(kind.as_str().into()));
+        }
     }
 
     #[test]

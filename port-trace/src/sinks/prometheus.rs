@@ -175,8 +175,8 @@ impl Metrics {
 
     /// Counts one event that the filters let through.
     pub fn record(&mut self, event: &Event, outcome: Outcome) {
-        let proto = proto_label(event);
-        let kind = kind_label(event);
+        let proto = event.proto.as_str();
+        let kind = event.kind.as_str();
         match outcome {
             Outcome::Allocated => {
                 let process = self.process(&event.comm);
@@ -220,7 +220,7 @@ impl Metrics {
             };
             let labels = [
                 &key.netns.to_string(),
-                &key.proto.to_string(),
+                key.proto.as_str(),
                 key.kind(),
                 destination.as_str(),
             ];
@@ -268,23 +268,6 @@ impl Metrics {
 
 /// The Content-Type of `render`'s output.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
-
-fn proto_label(event: &Event) -> &'static str {
-    match event.proto {
-        crate::events::Proto::Tcp => "tcp",
-        crate::events::Proto::Udp => "udp",
-    }
-}
-
-fn kind_label(event: &Event) -> &'static str {
-    use crate::events::AllocKind;
-    match event.kind {
-        AllocKind::Connect => "connect",
-        AllocKind::Bind => "bind",
-        AllocKind::Listen => "listen",
-        AllocKind::Sendmsg => "sendmsg",
-    }
-}
 
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
