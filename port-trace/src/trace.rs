@@ -177,8 +177,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
             }
             // The kernel wakes us only for a batch (or a failure); the rest is drained here.
             _ = drain_ticker.tick() => {
-                pipeline.drain(ring.get_mut(), &mut out)?;
-                pipeline.drain(failures.get_mut(), &mut out)?;
+                pipeline.drain_both(ring.get_mut(), failures.get_mut(), &mut out)?;
             }
             _ = time_wait_ticker.tick(), if !probes.sees_time_wait_end() => {
                 for (event, outcome) in time_wait.poll(&mut pipeline.tracker) {
@@ -208,6 +207,8 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
             connection = accept(exporter.as_ref()) => {
                 match connection {
                     Ok((stream, _)) => {
+                        // What the kernel has not woken us for yet counts in this scrape.
+                        pipeline.drain_both(ring.get_mut(), failures.get_mut(), &mut out)?;
                         let lost = probes.lost()?;
                         if let Some(body) = pipeline.metrics_now(lost) {
                             tokio::spawn(metrics_server::answer(stream, body, prometheus::CONTENT_TYPE));
@@ -224,8 +225,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     }
 
     // Whatever the kernel wrote before we stopped still counts.
-    pipeline.drain(ring.get_mut(), &mut out)?;
-    pipeline.drain(failures.get_mut(), &mut out)?;
+    pipeline.drain_both(ring.get_mut(), failures.get_mut(), &mut out)?;
     pipeline.stats.set_lost(probes.lost()?);
     if let Some(log) = hdr_log.as_mut() {
         let histograms = pipeline.stats.take_interval();
@@ -289,6 +289,18 @@ impl Pipeline {
             self.emit(&event, outcome, out)?;
         }
         out.flush()
+    }
+
+    /// Both rings, allocations first: a failure comes after the allocations that used the
+    /// range up.
+    fn drain_both(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        failures: &mut RingBuf<MapData>,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        self.drain(ring, out)?;
+        self.drain(failures, out)
     }
 
     /// Counts one matched event and writes its line, if events are streamed.
