@@ -28,6 +28,18 @@ pub struct Options {
     pub smoke: bool,
 }
 
+impl Options {
+    /// One round of 300 ms per configuration and a small scale test: seconds, for CI.
+    pub fn smoke() -> Self {
+        Self {
+            rounds: 1,
+            millis: 300,
+            hold: 2_000,
+            smoke: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
     Untraced,
@@ -442,16 +454,10 @@ impl Tracer {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let peak_rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
         Sample {
             programs,
             cpu_ticks: field(11) + field(12),
-            peak_rss_kib,
+            peak_rss_kib: status_kib(pid, "VmHWM"),
         }
     }
 
@@ -500,6 +506,16 @@ fn bpf_programs(pid: u32) -> Vec<BTreeMap<String, u64>> {
 }
 
 /// /proc's CPU times are in these ticks per second.
+/// A `kB` field of /proc/PID/status (VmRSS, VmHWM), 0 if absent.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Program names by id (fdinfo has no names).
 fn program_names() -> BTreeMap<u64, String> {
     aya::programs::loaded_programs()
@@ -546,16 +562,8 @@ fn scale(options: &Options) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let tracer = Tracer::start(command, false)?;
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
     let pid = tracer.child.id();
-    let before = rss(pid);
+    let before = status_kib(pid, "VmRSS");
     let cpu_before = tracer.sample().cpu_ticks;
     let started = Instant::now();
     let mut holder = Command::new("target/release/churn")
@@ -577,7 +585,7 @@ fn scale(options: &Options) -> Result<()> {
         .unwrap_or(0);
     // Let the daemon catch up with the last allocations.
     thread::sleep(Duration::from_secs(2));
-    let after = rss(pid);
+    let after = status_kib(pid, "VmRSS");
     let cpu = (tracer.sample().cpu_ticks - cpu_before) as f64 / clock_ticks();
     drop(holder.stdin.take());
     let status = holder.wait()?;

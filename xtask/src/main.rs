@@ -131,19 +131,13 @@ fn run_task(task: Task) -> Result<()> {
 
 fn bench_options(rounds: usize, millis: u64, hold: usize, smoke: bool) -> bench::Options {
     if smoke {
-        bench::Options {
-            rounds: 1,
-            millis: 300,
-            hold: 2_000,
-            smoke,
-        }
-    } else {
-        bench::Options {
-            rounds: rounds.max(1),
-            millis,
-            hold,
-            smoke,
-        }
+        return bench::Options::smoke();
+    }
+    bench::Options {
+        rounds: rounds.max(1),
+        millis,
+        hold,
+        smoke,
     }
 }
 
@@ -219,7 +213,7 @@ fn test() -> Result<()> {
         return Ok(());
     }
     // So the benchmark cannot rot: every workload and configuration, briefly, no targets.
-    bench::bench(&bench_options(1, 0, 0, true))?;
+    bench::bench(&bench::Options::smoke())?;
     vm_matrix(&vm::Selection {
         backends: &["tracepoint".to_string(), "kprobe".to_string()],
         kernels: &[],
