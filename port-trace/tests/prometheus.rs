@@ -19,14 +19,7 @@ use serde_json::Value;
 /// installed. `cargo xtask test` installs them and sets PORT_TRACE_REQUIRE_PROMETHEUS, so in
 /// CI a missing Prometheus fails instead of skipping; the VM matrix carries no Prometheus.
 fn prometheus() -> Option<(PathBuf, PathBuf)> {
-    let find = |name: &str| {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(name))
-                .find(|candidate| candidate.is_file())
-        })
-    };
-    match (find("prometheus"), find("promtool")) {
+    match (on_path("prometheus"), on_path("promtool")) {
         (Some(server), Some(tool)) => Some((server, tool)),
         _ if std::env::var_os("PORT_TRACE_REQUIRE_PROMETHEUS").is_some() => {
             panic!("prometheus/promtool not on PATH, though `cargo xtask test` installs them")
@@ -39,6 +32,15 @@ fn prometheus() -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
+}
+
+/// `name` as the shell would find it on PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
 }
 
 /// A Prometheus server on a free loopback port, killed when dropped.
@@ -312,11 +314,7 @@ fn real_prometheus_scrapes_and_queries_lifetimes() {
 
 #[test]
 fn the_systemd_unit_verifies() {
-    let Some(analyze) = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("systemd-analyze"))
-            .find(|candidate| candidate.is_file())
-    }) else {
+    let Some(analyze) = on_path("systemd-analyze") else {
         eprintln!("skipped: systemd-analyze (systemd) is not installed here");
         return;
     };
