@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use port_trace_common::{
     EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, LOST_FAILURE_RING_FULL,
@@ -24,7 +24,8 @@ pub const FRESH: u8 = 2;
 pub struct SockEntry {
     pub event: PortEvent,
     pub state: u8,
-    pub _pad: [u8; 7],
+    // Padding as integers, not `[u8; 7]`: zeroing a byte array costs a `memset` call.
+    pub _pad: (u8, u16, u32),
 }
 
 /// A port request in flight in one thread's bind()/connect()/listen()/send, settled when the
@@ -37,7 +38,7 @@ pub struct InFlight {
     pub sk: u64,
     /// `KIND_*` of the request: nested kernel calls settle only their own kind.
     pub kind: u8,
-    pub _pad: [u8; 7],
+    pub _pad: (u8, u16, u32),
 }
 
 /// Sized by the daemon at load time (`--ring-buffer-kib`).
@@ -55,9 +56,15 @@ static FAILURES: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 #[map]
 static SOCKETS: HashMap<u64, SockEntry> = HashMap::with_max_entries(131_072, 0);
 
-/// By pid_tgid: at most one bind()/connect() per thread is in flight.
+/// By pid_tgid: at most one bind()/connect() per thread is in flight. Each thread keeps its
+/// entry (`kind` `SETTLED` between requests), rewritten in place: an insert and a delete per
+/// request cost more than the request's whole program. LRU, so the entries of threads that
+/// are gone make room for new ones.
 #[map]
-static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16_384, 0);
+static IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16_384, 0);
+
+/// `InFlight::kind` of a thread with no request in flight.
+const SETTLED: u8 = 0;
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);
@@ -103,6 +110,10 @@ const BPF_RB_RING_SIZE: u64 = 1;
 /// Remembers a socket whose port the kernel is about to choose (`PENDING`), or a fresh UDP
 /// socket (`FRESH`). Sockets `--netns`/`--proto` leave out are never tracked: they cost no
 /// table entry and no ring buffer record.
+///
+/// Never inlined: where the caller's event is mostly constant zeros, the compiler would copy
+/// it into the entry with the linker's byte-by-byte `memset` (see `kernel::write_blank`).
+#[inline(never)]
 pub fn begin(cookie: u64, event: &PortEvent, state: u8) {
     if !crate::kernel::traced(event) {
         return;
@@ -112,11 +123,20 @@ pub fn begin(cookie: u64, event: &PortEvent, state: u8) {
     let entry = SockEntry {
         event,
         state,
-        _pad: [0; 7],
+        _pad: (0, 0, 0),
     };
     if SOCKETS.insert(cookie, entry, 0).is_err() {
         count_lost(LOST_TABLE_FULL);
     }
+}
+
+/// As `begin`, for a socket already in the table: its entry is rewritten in place.
+pub fn restart(entry: *mut SockEntry, cookie: u64, event: &PortEvent, state: u8) {
+    // SAFETY: `entry` points into SOCKETS, valid for this program run.
+    let entry = unsafe { &mut *entry };
+    entry.event = *event;
+    entry.event.cookie = cookie;
+    entry.state = state;
 }
 
 pub fn lookup(cookie: u64) -> Option<*mut SockEntry> {
@@ -166,33 +186,43 @@ pub fn forget(cookie: u64) {
 
 /// Notes this thread's port request, to settle at the syscall's exit.
 pub fn in_flight(cookie: u64, sk: u64, kind: u8) {
+    let key = bpf_get_current_pid_tgid();
+    if let Some(slot) = IN_FLIGHT.get_ptr_mut(key) {
+        // SAFETY: `slot` points into IN_FLIGHT, valid for this program run.
+        unsafe {
+            (*slot).cookie = cookie;
+            (*slot).sk = sk;
+            (*slot).kind = kind;
+        }
+        return;
+    }
     let entry = InFlight {
         cookie,
         sk,
         kind,
-        _pad: [0; 7],
+        _pad: (0, 0, 0),
     };
-    if IN_FLIGHT
-        .insert(bpf_get_current_pid_tgid(), entry, 0)
-        .is_err()
-    {
+    if IN_FLIGHT.insert(key, entry, 0).is_err() {
         count_lost(LOST_TABLE_FULL);
     }
 }
 
 /// This thread's port request, if one is in flight; it is settled now either way.
 pub fn take_in_flight() -> Option<InFlight> {
-    let key = bpf_get_current_pid_tgid();
-    let found = unsafe { IN_FLIGHT.get(key) }.copied();
-    if found.is_some() {
-        let _ = IN_FLIGHT.remove(key);
+    let slot = IN_FLIGHT.get_ptr_mut(bpf_get_current_pid_tgid())?;
+    // SAFETY: `slot` points into IN_FLIGHT, valid for this program run.
+    let found = unsafe { *slot };
+    if found.kind == SETTLED {
+        return None;
     }
-    found
+    unsafe { (*slot).kind = SETTLED };
+    Some(found)
 }
 
 /// This thread's request in flight, left in place.
 pub fn peek_in_flight() -> Option<InFlight> {
-    unsafe { IN_FLIGHT.get(bpf_get_current_pid_tgid()) }.copied()
+    let found = unsafe { IN_FLIGHT.get(bpf_get_current_pid_tgid()) }.copied()?;
+    (found.kind != SETTLED).then_some(found)
 }
 
 /// Takes this thread's request in flight if it is of `kind`.

@@ -7,6 +7,8 @@
 //! and a FRESH socket that now has a port got it from this send. Sockets that existed before
 //! port-trace started were never marked FRESH, so they are never misreported.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, cgroup_sock_addr},
@@ -29,11 +31,18 @@ fn try_udp_create(ctx: &SockContext) {
     if sock.protocol != u32::from(IPPROTO_UDP) {
         return;
     }
-    let mut event = kernel::current_event(KIND_SENDMSG, IPPROTO_UDP);
-    event.family = sock.family as u8;
-    event.netns = kernel::current_netns(&kernel::offsets());
+    // Only the namespace is kept: whoever connects or sends first is the one reported, and
+    // fills in the rest then.
+    let netns = kernel::current_netns(&kernel::offsets());
+    let mut event = MaybeUninit::<PortEvent>::uninit();
+    // SAFETY: write_socket_only initializes all of `event`.
+    let event = unsafe {
+        let family = sock.family as u8;
+        kernel::write_socket_only(event.as_mut_ptr(), KIND_SENDMSG, IPPROTO_UDP, family, netns);
+        event.assume_init_ref()
+    };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
-    track::begin(cookie, &event, track::FRESH);
+    track::begin(cookie, event, track::FRESH);
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -78,9 +87,19 @@ fn try_udp_connect<const V6: bool>(ctx: &SockAddrContext) {
     }
     let mut event = kernel::current_event(KIND_CONNECT, IPPROTO_UDP);
     set_destination::<V6>(&mut event, ctx);
-    event.netns = kernel::current_netns(&kernel::offsets());
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-    track::begin(cookie, &event, track::PENDING);
+    match track::lookup(cookie) {
+        // The usual case: udp_create saw the socket. Rewriting its entry in place costs the
+        // table nothing; a new insert would allocate an entry and free the old one.
+        Some(entry) => {
+            event.netns = unsafe { (*entry).event.netns };
+            track::restart(entry, cookie, &event, track::PENDING);
+        }
+        None => {
+            event.netns = kernel::current_netns(&kernel::offsets());
+            track::begin(cookie, &event, track::PENDING);
+        }
+    }
     track::in_flight(cookie, sk as u64, KIND_CONNECT);
 }
 
