@@ -1,11 +1,11 @@
-//! Sockets as the kernel lists them through netlink sock_diag (what `ss` uses): here, which
-//! TIME_WAIT sockets still exist, by socket cookie.
+//! Sockets as the kernel lists them through netlink sock_diag (what `ss` uses): dumps of every
+//! socket in some states (the start-up snapshot), and lookups of single sockets by address and
+//! cookie (whether a TIME_WAIT socket still exists).
 //!
 //! A netlink socket answers for the network namespace it was created in, so `SockDiag::in_netns`
 //! creates one inside another namespace.
 
 use std::{
-    collections::HashSet,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -20,12 +20,18 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_HDR_LEN: usize = 16;
+/// Lookups sent in one `send`. Each answer is a message of its own (~1 KiB of receive buffer
+/// with its overhead); 64 of them fit the default buffer (~200 KiB) with room to spare.
+const LOOKUP_BATCH: usize = 64;
+/// A lost answer (receive buffer overrun) must not stall the daemon: recv gives up after this.
+const RECV_TIMEOUT: libc::timeval = libc::timeval {
+    tv_sec: 2,
+    tv_usec: 0,
+};
 /// `struct inet_diag_req_v2`.
 const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg`.
 const MSG_LEN: usize = 72;
-
-pub const TCP_TIME_WAIT: u8 = 6;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DiagError {
@@ -72,6 +78,91 @@ pub fn request(family: u8, protocol: u8, state_mask: u32, seq: u32) -> Vec<u8> {
     out.extend_from_slice(&state_mask.to_ne_bytes());
     out.resize(len as usize, 0); // the socket id: all zero, a wildcard for dumps
     out
+}
+
+/// One TCP connection, as a lookup names it: both ends and the socket cookie, which the kernel
+/// checks, so a newer socket on the same addresses does not answer for an old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionId {
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub cookie: u64,
+}
+
+/// A request for the one TCP socket `id` names, in whatever state (not a dump).
+pub fn lookup_request(id: &ConnectionId, seq: u32) -> Vec<u8> {
+    // An IPv6 socket connected to a v4-mapped address is hashed, and found, as IPv4.
+    let (src, dst) = match (id.src, id.dst) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => match (src.to_ipv4_mapped(), dst.to_ipv4_mapped()) {
+            (Some(src), Some(dst)) => (IpAddr::V4(src), IpAddr::V4(dst)),
+            _ => (id.src, id.dst),
+        },
+        other => other,
+    };
+    let family = match src {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    };
+    let len = (NLMSG_HDR_LEN + REQ_LEN) as u32;
+    let mut out = Vec::with_capacity(len as usize);
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    out.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    out.extend_from_slice(&u32::MAX.to_ne_bytes()); // any state
+    out.extend_from_slice(&id.sport.to_be_bytes());
+    out.extend_from_slice(&id.dport.to_be_bytes());
+    for addr in [src, dst] {
+        let mut raw = [0u8; 16];
+        match addr {
+            IpAddr::V4(v4) => raw[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => raw.copy_from_slice(&v6.octets()),
+        }
+        out.extend_from_slice(&raw);
+    }
+    out.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    out.extend_from_slice(&(id.cookie as u32).to_ne_bytes());
+    out.extend_from_slice(&((id.cookie >> 32) as u32).to_ne_bytes());
+    out
+}
+
+/// The answers to lookups sent with sequence numbers `first_seq..`: adds to `present` the
+/// index of each socket found, or whose lookup failed otherwise than "no such socket" (kept,
+/// as far as we know); returns how many answers `buf` held.
+pub fn parse_lookups(
+    buf: &[u8],
+    first_seq: u32,
+    present: &mut Vec<usize>,
+) -> Result<usize, DiagError> {
+    let mut at = 0;
+    let mut answers = 0;
+    while at + NLMSG_HDR_LEN <= buf.len() {
+        let len = u32_ne(buf, at) as usize;
+        let kind = u16_ne(buf, at + 4);
+        let seq = u32_ne(buf, at + 8);
+        if len < NLMSG_HDR_LEN || at + len > buf.len() {
+            return Err(DiagError::Truncated);
+        }
+        let body = &buf[at + NLMSG_HDR_LEN..at + len];
+        let index = seq.wrapping_sub(first_seq) as usize;
+        match kind {
+            NLMSG_ERROR if body.len() >= 4 => {
+                let code = -(u32_ne(body, 0) as i32);
+                if code != libc::ENOENT {
+                    present.push(index);
+                }
+            }
+            SOCK_DIAG_BY_FAMILY => present.push(index),
+            _ => return Err(DiagError::Truncated),
+        }
+        answers += 1;
+        at += (len + 3) & !3;
+    }
+    Ok(answers)
 }
 
 fn u16_ne(b: &[u8], at: usize) -> u16 {
@@ -141,10 +232,22 @@ impl SockDiag {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor no one else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            seq: 0,
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let timeout = RECV_TIMEOUT;
+        // SAFETY: setsockopt with a value of the size it names.
+        let set = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if set < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd, seq: 0 })
     }
 
     /// One for the network namespace `netns_file` (e.g. `/proc/PID/ns/net`) names.
@@ -183,13 +286,47 @@ impl SockDiag {
         Ok(sockets)
     }
 
-    /// Cookies of the TCP sockets in TIME_WAIT.
-    pub fn time_wait_cookies(&mut self) -> io::Result<HashSet<u64>> {
-        Ok(self
-            .dump(libc::IPPROTO_TCP as u8, 1 << TCP_TIME_WAIT)?
-            .into_iter()
-            .map(|s| s.cookie)
-            .collect())
+    /// Which of `ids` still exist (in any state, TIME_WAIT included), as indexes into
+    /// `ids`. One exact lookup each, sent in batches: the cost follows the sockets asked
+    /// about, where a dump's follows every socket in the namespace.
+    pub fn still_there(&mut self, ids: &[ConnectionId]) -> io::Result<Vec<usize>> {
+        let mut present = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        for (batch_no, batch) in ids.chunks(LOOKUP_BATCH).enumerate() {
+            let first_seq = self.seq.wrapping_add(1);
+            let mut req = Vec::with_capacity(batch.len() * (NLMSG_HDR_LEN + REQ_LEN));
+            for (i, id) in batch.iter().enumerate() {
+                req.extend(lookup_request(id, first_seq.wrapping_add(i as u32)));
+            }
+            self.seq = first_seq.wrapping_add(batch.len() as u32);
+            // SAFETY: sending a buffer we own; the kernel is the default destination.
+            let sent =
+                unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut found = Vec::new();
+            let mut answers = 0;
+            while answers < batch.len() {
+                // SAFETY: receiving into a buffer we own, bounded by its length.
+                let got = unsafe {
+                    libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                };
+                if got < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                answers += parse_lookups(&buf[..got as usize], first_seq, &mut found)
+                    .map_err(io::Error::other)?;
+            }
+            let offset = batch_no * LOOKUP_BATCH;
+            present.extend(
+                found
+                    .into_iter()
+                    .filter(|&i| i < batch.len())
+                    .map(|i| offset + i),
+            );
+        }
+        Ok(present)
     }
 }
 
@@ -231,6 +368,75 @@ mod tests {
     }
 
     #[test]
+    fn lookup_request_layout() {
+        let id = ConnectionId {
+            src: IpAddr::from([127, 0, 0, 1]),
+            sport: 40000,
+            dst: IpAddr::from([10, 0, 0, 2]),
+            dport: 443,
+            cookie: 0x1_0000_0002,
+        };
+        let req = lookup_request(&id, 9);
+        assert_eq!(req.len(), 72);
+        assert_eq!(u16_ne(&req, 6), NLM_F_REQUEST, "one socket, not a dump");
+        assert_eq!(u32_ne(&req, 8), 9);
+        assert_eq!(
+            &req[16..18],
+            &[libc::AF_INET as u8, libc::IPPROTO_TCP as u8]
+        );
+        assert_eq!(u32_ne(&req, 20), u32::MAX);
+        assert_eq!(&req[24..26], &40000u16.to_be_bytes());
+        assert_eq!(&req[26..28], &443u16.to_be_bytes());
+        assert_eq!(&req[28..32], &[127, 0, 0, 1]);
+        assert_eq!(&req[44..48], &[10, 0, 0, 2]);
+        assert_eq!(u32_ne(&req, 64), 2, "cookie, low half first");
+        assert_eq!(u32_ne(&req, 68), 1);
+
+        let v6 = ConnectionId {
+            src: "fd00::1".parse().expect("address"),
+            dst: "fd00::2".parse().expect("address"),
+            ..id
+        };
+        let req = lookup_request(&v6, 1);
+        assert_eq!(req[16], libc::AF_INET6 as u8);
+        assert_eq!(
+            &req[28..44],
+            &"fd00::1".parse::<Ipv6Addr>().expect("a").octets()
+        );
+
+        // A dual-stack socket talking IPv4 is in the IPv4 tables.
+        let mapped = ConnectionId {
+            src: "::ffff:127.0.0.1".parse().expect("address"),
+            dst: "::ffff:10.0.0.2".parse().expect("address"),
+            ..id
+        };
+        assert_eq!(lookup_request(&mapped, 9), lookup_request(&id, 9));
+    }
+
+    #[test]
+    fn lookup_answers_found_missing_and_failed() {
+        let mut buf = message(SOCK_DIAG_BY_FAMILY, &diag_msg(6, 40000, 5));
+        buf[8..12].copy_from_slice(&100u32.to_ne_bytes());
+        let mut missing = message(NLMSG_ERROR, &(-libc::ENOENT).to_ne_bytes());
+        missing[8..12].copy_from_slice(&101u32.to_ne_bytes());
+        let mut failed = message(NLMSG_ERROR, &(-libc::ENOMEM).to_ne_bytes());
+        failed[8..12].copy_from_slice(&102u32.to_ne_bytes());
+        buf.extend(missing);
+        buf.extend(failed);
+        let mut present = Vec::new();
+        assert_eq!(parse_lookups(&buf, 100, &mut present), Ok(3));
+        assert_eq!(
+            present,
+            [0, 2],
+            "found, and kept where the kernel could not say"
+        );
+        assert_eq!(
+            parse_lookups(&buf[..20], 100, &mut present),
+            Err(DiagError::Truncated)
+        );
+    }
+
+    #[test]
     fn parses_sockets_then_done() {
         let mut buf = message(SOCK_DIAG_BY_FAMILY, &diag_msg(6, 40000, 0x1_0000_0002));
         buf.extend(message(SOCK_DIAG_BY_FAMILY, &diag_msg(6, 40001, 3)));
@@ -255,10 +461,57 @@ mod tests {
         assert_eq!(parse(&cut, &mut out), Err(DiagError::Truncated));
     }
 
+    fn cookie_of(socket: &impl AsRawFd) -> u64 {
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt into a u64 of the length given.
+        let got = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(got, 0, "SO_COOKIE: {}", io::Error::last_os_error());
+        cookie
+    }
+
+    /// The real kernel, unprivileged (our own namespace): a live connection is found by its
+    /// addresses and cookie, the same addresses with another cookie are not, and neither is
+    /// the connection once it is gone.
     #[test]
-    fn dumps_this_namespace() {
-        // Works unprivileged: a TIME_WAIT dump of our own namespace.
+    fn looks_up_connections_in_this_namespace() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (local, peer) = (
+            client.local_addr().expect("addr"),
+            client.peer_addr().expect("addr"),
+        );
+        let id = ConnectionId {
+            src: local.ip(),
+            sport: local.port(),
+            dst: peer.ip(),
+            dport: peer.port(),
+            cookie: cookie_of(&client),
+        };
+        let stranger = ConnectionId {
+            cookie: id.cookie.wrapping_add(1_000_000),
+            ..id
+        };
         let mut diag = SockDiag::new().expect("netlink socket");
-        diag.time_wait_cookies().expect("dump");
+        // More than one batch, to see the answers matched to the right ids.
+        let mut ids = vec![stranger; LOOKUP_BATCH + 3];
+        ids[LOOKUP_BATCH + 1] = id;
+        assert_eq!(diag.still_there(&ids).expect("lookups"), [LOOKUP_BATCH + 1]);
+
+        // Closed by RST: no TIME_WAIT socket stays behind.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .expect("SO_LINGER");
+        drop(client);
+        assert!(diag.still_there(&[id]).expect("lookup").is_empty());
     }
 }

@@ -281,6 +281,10 @@ impl Pipeline {
                 }
             };
             let outcome = self.tracker.apply(&event);
+            // A connect() that took over a TIME_WAIT socket's connection freed that port first.
+            for (freed, freed_outcome) in self.tracker.take_taken_over() {
+                self.emit(&freed, freed_outcome, out)?;
+            }
             if outcome == Outcome::Allocated
                 && let Some(copy) = self.snapshot.take_over(event.netns, event.cookie)
             {

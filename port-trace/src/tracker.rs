@@ -4,10 +4,15 @@
 
 // foldhash, not SipHash: these maps are touched for every event, and SipHash was a
 // third of the daemon's time. Keys come from the kernel, not from the network.
-use foldhash::HashMap;
-use std::collections::HashSet;
+use foldhash::{HashMap, HashSet};
+use std::net::IpAddr;
 
-use crate::events::{Event, EventType};
+use crate::events::{Event, EventType, Proto};
+
+/// How long a TIME_WAIT socket lives (`TCP_TIMEWAIT_LEN`, fixed in the kernel). A parked port
+/// is checked at the first poll after its close (did a TIME_WAIT socket take it?), then not
+/// again until this long after the close, then at every poll until it is gone.
+pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
 
 /// What an event meant once matched against what came before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +37,24 @@ pub enum Outcome {
 struct TimeWait {
     release: Event,
     allocated_ns: u64,
-    /// Seen in a TIME_WAIT dump at least once: it really went into TIME_WAIT.
+    /// Seen in a TIME_WAIT check at least once: it really went into TIME_WAIT.
     seen: bool,
+    /// When the watcher should next ask whether the socket is still there.
+    next_check_ns: u64,
+}
+
+/// A TCP connection's identity in the kernel's tables: (netns, local address and port,
+/// remote address and port). No two sockets share one, TIME_WAIT sockets included.
+type FourTuple = (u32, IpAddr, u16, IpAddr, u16);
+
+fn four_tuple(event: &Event) -> FourTuple {
+    (
+        event.netns,
+        event.laddr,
+        event.port,
+        event.raddr,
+        event.rport,
+    )
 }
 
 /// Sockets whose port is held, by socket cookie. Only the allocation time is kept for open
@@ -42,6 +63,10 @@ struct TimeWait {
 pub struct Tracker {
     held: HashMap<u64, u64>,
     time_wait: HashMap<u64, TimeWait>,
+    /// The ports in `time_wait` by connection, to see a new connect() take one over.
+    time_wait_tuples: HashMap<FourTuple, u64>,
+    /// Ports freed by a take-over, to report before the allocation that took them.
+    taken_over: Vec<(Event, Outcome)>,
     /// Of those held, ports asked for by number: tracked for occupancy, not allocations.
     explicit: usize,
 }
@@ -50,6 +75,9 @@ impl Tracker {
     pub fn apply(&mut self, event: &Event) -> Outcome {
         match event.event {
             EventType::Alloc => {
+                if !self.time_wait_tuples.is_empty() && event.proto == Proto::Tcp {
+                    self.take_over(event);
+                }
                 if self.held.insert(event.cookie, event.ts_ns).is_none() && event.explicit {
                     self.explicit += 1;
                 }
@@ -58,12 +86,15 @@ impl Tracker {
             EventType::Release if event.time_wait_end => self.end_time_wait(event),
             EventType::Release => match self.take_held(event) {
                 Some(since) if event.time_wait => {
+                    self.time_wait_tuples
+                        .insert(four_tuple(event), event.cookie);
                     self.time_wait.insert(
                         event.cookie,
                         TimeWait {
                             release: event.clone(),
                             allocated_ns: since,
                             seen: false,
+                            next_check_ns: 0,
                         },
                     );
                     Outcome::EnteredTimeWait
@@ -86,9 +117,46 @@ impl Tracker {
         since
     }
 
+    /// A connect() that got the connection of a TIME_WAIT socket (tcp_tw_reuse): the kernel
+    /// killed that socket to let it, so its port was freed just before.
+    fn take_over(&mut self, event: &Event) {
+        let Some(cookie) = self.time_wait_tuples.remove(&four_tuple(event)) else {
+            return;
+        };
+        let Some(tw) = self.time_wait.remove(&cookie) else {
+            return;
+        };
+        let closed_ns = tw.release.ts_ns;
+        let mut freed = tw.release;
+        freed.ts_ns = event.ts_ns.max(closed_ns);
+        let outcome = Outcome::Released {
+            lifetime_ns: freed.ts_ns.saturating_sub(tw.allocated_ns),
+            time_wait_ns: Some(freed.ts_ns - closed_ns),
+        };
+        self.taken_over.push((freed, outcome));
+    }
+
+    /// Ports freed when a connect() took over their TIME_WAIT socket's connection: report
+    /// them before the allocation that did (`apply`'s outcome).
+    pub fn take_taken_over(&mut self) -> Vec<(Event, Outcome)> {
+        // Empty almost always, and taking an empty Vec allocates nothing.
+        std::mem::take(&mut self.taken_over)
+    }
+
+    fn forget_tuple(&mut self, release: &Event) {
+        let key = four_tuple(release);
+        if self.time_wait_tuples.get(&key) == Some(&release.cookie) {
+            self.time_wait_tuples.remove(&key);
+        }
+    }
+
     /// The kernel saw the TIME_WAIT socket holding a port die (kprobe backend).
     fn end_time_wait(&mut self, event: &Event) -> Outcome {
-        match self.time_wait.remove(&event.cookie) {
+        let found = self.time_wait.remove(&event.cookie);
+        if let Some(tw) = &found {
+            self.forget_tuple(&tw.release);
+        }
+        match found {
             Some(tw) => Outcome::Released {
                 lifetime_ns: event.ts_ns.saturating_sub(tw.allocated_ns),
                 time_wait_ns: Some(event.ts_ns.saturating_sub(tw.release.ts_ns)),
@@ -97,32 +165,46 @@ impl Tracker {
         }
     }
 
-    /// Network namespaces with ports in TIME_WAIT: the ones the watcher must look at.
-    pub fn time_wait_netns(&self) -> HashSet<u32> {
-        self.time_wait.values().map(|t| t.release.netns).collect()
+    /// The parked ports due a check at `now_ns` (see `TIME_WAIT_LEN_NS`), as the release
+    /// events that parked them: who, where, and the cookie to ask for.
+    pub fn time_wait_due(&self, now_ns: u64) -> Vec<&Event> {
+        self.time_wait
+            .values()
+            .filter(|tw| tw.next_check_ns <= now_ns)
+            .map(|tw| &tw.release)
+            .collect()
     }
 
-    /// Settles the TIME_WAIT ports of `netns` against a dump of the TIME_WAIT cookies that
-    /// still exist there, taken at `now_ns`. A port whose socket is gone is released: at
-    /// `now_ns` if it had been seen in TIME_WAIT, or at its full socket's close if it never
-    /// was (no TIME_WAIT socket was made: RST, or the TIME_WAIT table was full).
+    /// Settles the parked ports `checked` (cookies) against which of them still exist,
+    /// asked at `now_ns`. A port whose socket is gone is released: at `now_ns` if it had been
+    /// seen in TIME_WAIT, or at its full socket's close if it never was (no TIME_WAIT socket
+    /// was made: RST, or the TIME_WAIT table was full).
     pub fn settle_time_wait(
         &mut self,
-        netns: u32,
+        checked: &[u64],
         present: &HashSet<u64>,
         now_ns: u64,
     ) -> Vec<(Event, Outcome)> {
         let mut released = Vec::new();
-        self.time_wait.retain(|cookie, tw| {
-            if tw.release.netns != netns {
-                return true;
-            }
-            if present.contains(cookie) {
-                tw.seen = true;
-                return true;
-            }
+        for cookie in checked {
+            let Some(tw) = self.time_wait.get_mut(cookie) else {
+                continue;
+            };
             let closed_ns = tw.release.ts_ns;
-            let mut event = tw.release.clone();
+            if present.contains(cookie) {
+                tw.next_check_ns = if tw.seen {
+                    now_ns + 1
+                } else {
+                    closed_ns + TIME_WAIT_LEN_NS
+                };
+                tw.seen = true;
+                continue;
+            }
+            let Some(tw) = self.time_wait.remove(cookie) else {
+                continue;
+            };
+            self.forget_tuple(&tw.release);
+            let mut event = tw.release;
             let outcome = if tw.seen {
                 event.ts_ns = now_ns.max(closed_ns);
                 Outcome::Released {
@@ -136,8 +218,7 @@ impl Tracker {
                 }
             };
             released.push((event, outcome));
-            false
-        });
+        }
         released
     }
 
@@ -211,41 +292,69 @@ mod tests {
         );
     }
 
+    fn cookies(due: &[&Event]) -> Vec<u64> {
+        due.iter().map(|e| e.cookie).collect()
+    }
+
     #[test]
     fn time_wait_holds_the_port_until_its_socket_is_gone() {
         let mut tracker = Tracker::default();
         let alloc = alloc();
+        let cookie = alloc.cookie;
         tracker.apply(&alloc);
         let closed = alloc.ts_ns + 1_000;
-        let outcome = tracker.apply(&release(alloc.cookie, closed, FLAG_TIME_WAIT));
+        let outcome = tracker.apply(&release(cookie, closed, FLAG_TIME_WAIT));
         assert_eq!(outcome, Outcome::EnteredTimeWait);
         assert_eq!(tracker.held(), 1, "TIME_WAIT still holds the port");
-        assert_eq!(tracker.time_wait_netns(), HashSet::from([alloc.netns]));
 
-        let present = HashSet::from([alloc.cookie]);
+        // Checked at once: it is there, so it did go into TIME_WAIT.
+        assert_eq!(cookies(&tracker.time_wait_due(closed + 10)), [cookie]);
+        let present = HashSet::from_iter([cookie]);
         assert!(
             tracker
-                .settle_time_wait(alloc.netns, &present, closed + 10)
+                .settle_time_wait(&[cookie], &present, closed + 10)
                 .is_empty()
         );
-        // Another namespace's dump says nothing about this one.
+        // Then left alone until TIME_WAIT could be over.
+        assert!(tracker.time_wait_due(closed + 30_000_000_000).is_empty());
+        let over = closed + TIME_WAIT_LEN_NS;
+        assert_eq!(cookies(&tracker.time_wait_due(over)), [cookie]);
+        // Still there (the kernel's timers run late under load): asked at every poll.
         assert!(
             tracker
-                .settle_time_wait(1, &HashSet::new(), closed + 20)
+                .settle_time_wait(&[cookie], &present, over)
                 .is_empty()
         );
+        assert_eq!(cookies(&tracker.time_wait_due(over + 1)), [cookie]);
 
-        let done = tracker.settle_time_wait(alloc.netns, &HashSet::new(), closed + 60_000);
+        let gone = over + 500_000_000;
+        let done = tracker.settle_time_wait(&[cookie], &HashSet::default(), gone);
         assert_eq!(done.len(), 1);
         assert_eq!(
             done[0].1,
             Outcome::Released {
-                lifetime_ns: 61_000,
-                time_wait_ns: Some(60_000)
+                lifetime_ns: gone - alloc.ts_ns,
+                time_wait_ns: Some(gone - closed)
             }
         );
-        assert_eq!(done[0].0.ts_ns, closed + 60_000);
+        assert_eq!(done[0].0.ts_ns, gone);
         assert_eq!(tracker.held(), 0);
+        assert!(tracker.time_wait_due(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn only_the_ports_asked_about_are_settled() {
+        let mut tracker = Tracker::default();
+        let alloc = alloc();
+        tracker.apply(&alloc);
+        tracker.apply(&release(alloc.cookie, 2_000, FLAG_TIME_WAIT));
+        // An answer about other sockets says nothing about this one.
+        assert!(
+            tracker
+                .settle_time_wait(&[7, 8], &HashSet::default(), 3_000)
+                .is_empty()
+        );
+        assert_eq!(tracker.held(), 1);
     }
 
     #[test]
@@ -254,7 +363,8 @@ mod tests {
         let alloc = alloc();
         tracker.apply(&alloc);
         tracker.apply(&release(alloc.cookie, alloc.ts_ns + 700, FLAG_TIME_WAIT));
-        let done = tracker.settle_time_wait(alloc.netns, &HashSet::new(), alloc.ts_ns + 9_999);
+        let done =
+            tracker.settle_time_wait(&[alloc.cookie], &HashSet::default(), alloc.ts_ns + 9_999);
         assert_eq!(
             done[0].1,
             Outcome::Released {
@@ -262,6 +372,51 @@ mod tests {
                 time_wait_ns: Some(0)
             }
         );
+    }
+
+    #[test]
+    fn a_connect_that_takes_over_a_time_wait_connection_frees_its_port_first() {
+        let mut tracker = Tracker::default();
+        let first = alloc();
+        tracker.apply(&first);
+        let closed = first.ts_ns + 1_000;
+        tracker.apply(&release(first.cookie, closed, FLAG_TIME_WAIT));
+
+        // Another connection from another port: no take-over.
+        let mut raw = raw_connect();
+        raw.cookie = 43;
+        raw.lport = 40002;
+        raw.ts_ns = closed + 100;
+        tracker.apply(&decode_raw(&raw).expect("decodes"));
+        assert!(tracker.take_taken_over().is_empty());
+        assert_eq!(tracker.held(), 2);
+
+        // The same four-tuple (tcp_tw_reuse): the kernel killed the TIME_WAIT socket.
+        let mut raw = raw_connect();
+        raw.cookie = 44;
+        raw.ts_ns = closed + 5_000;
+        assert_eq!(
+            tracker.apply(&decode_raw(&raw).expect("decodes")),
+            Outcome::Allocated
+        );
+        let freed = tracker.take_taken_over();
+        assert_eq!(freed.len(), 1);
+        assert_eq!(freed[0].0.cookie, first.cookie);
+        assert_eq!(freed[0].0.ts_ns, closed + 5_000);
+        assert_eq!(
+            freed[0].1,
+            Outcome::Released {
+                lifetime_ns: 6_000,
+                time_wait_ns: Some(5_000)
+            }
+        );
+        assert_eq!(
+            tracker.held(),
+            2,
+            "the two open connections, not the freed port"
+        );
+        assert!(tracker.time_wait_due(u64::MAX).is_empty());
+        assert!(tracker.take_taken_over().is_empty(), "reported once");
     }
 
     #[test]

@@ -76,3 +76,72 @@ fn time_wait_is_part_of_the_lifetime() {
         "lifetime {lifetime:?} = held {held:?} + TIME_WAIT {tw:?}"
     );
 }
+
+/// With `tcp_tw_reuse` (2, loopback only, the default), a connect() may take the connection of
+/// a TIME_WAIT socket more than a second old: the kernel kills that socket, and its port is
+/// free at once, not 60 s later. In a namespace with a 2-port range: two connections closed
+/// into TIME_WAIT, then a third connect that can only succeed by reuse. port-trace must
+/// report the reused port's release (TIME_WAIT of about 2 s) before the new allocation, and
+/// never count more ports used than the range has.
+#[test]
+fn a_connect_that_reuses_a_time_wait_connection_frees_its_port() {
+    if skip_unless_root("a_connect_that_reuses_a_time_wait_connection_frees_its_port") {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let (third_port, reused_after) = std::thread::spawn(|| {
+        common::enter_tiny_netns(40_000, 40_001);
+        // Outside the range, so the two ports are the clients' alone.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5_000)).expect("listener");
+        let mut closed = None;
+        for _ in 0..2 {
+            let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (mut accepted, _) = listener.accept().expect("accept");
+            drop(client); // active close: TIME_WAIT on the client's side
+            let mut rest = Vec::new();
+            accepted.read_to_end(&mut rest).expect("peer sees our FIN");
+            closed.get_or_insert_with(Instant::now);
+        }
+        // tcp_tw_reuse takes only TIME_WAIT sockets from an earlier second.
+        sleep(Duration::from_millis(2_100));
+        let third = TcpStream::connect(listener.local_addr().expect("addr"))
+            .expect("a third connect in a 2-port range succeeds only by reuse");
+        let port = third.local_addr().expect("getsockname").port();
+        let after = closed.map(|c| c.elapsed()).unwrap_or_default();
+        sleep(Duration::from_millis(300));
+        drop(third);
+        (port, after)
+    })
+    .join()
+    .expect("netns thread");
+    sleep(Duration::from_millis(1_500));
+    let (events, _) = tracer.stop();
+
+    let on_port = |e: &&serde_json::Value| e["port"].as_u64() == Some(u64::from(third_port));
+    let position = |wanted: &serde_json::Value| events.iter().position(|e| e == wanted);
+    let allocs: Vec<_> = ours(&events, "alloc").into_iter().filter(on_port).collect();
+    let releases: Vec<_> = ours(&events, "release")
+        .into_iter()
+        .filter(on_port)
+        .collect();
+    assert_eq!(allocs.len(), 2, "the port, allocated twice: {events:?}");
+    let freed = releases
+        .iter()
+        .find(|r| r["cookie"] == allocs[0]["cookie"])
+        .unwrap_or_else(|| panic!("the first holder's release is reported: {events:?}"));
+    let tw = Duration::from_nanos(freed["time_wait_ns"].as_u64().expect("time_wait_ns"));
+    assert!(
+        tw <= reused_after + Duration::from_millis(200) && tw >= Duration::from_secs(1),
+        "TIME_WAIT {tw:?}, taken over {reused_after:?} after the first close"
+    );
+    assert!(
+        position(freed) < position(allocs[1]),
+        "the release comes before the allocation that took the port"
+    );
+    for warning in events.iter().filter(|e| e["type"] == "warning") {
+        assert!(
+            warning["used"].as_u64() <= warning["capacity"].as_u64(),
+            "more ports used than the range has: {warning}"
+        );
+    }
+}
