@@ -14,6 +14,7 @@ use std::{
 use thiserror::Error;
 
 const NETLINK_SOCK_DIAG: i32 = 4;
+const TCP_TIME_WAIT: u8 = 6;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
@@ -284,6 +285,15 @@ impl SockDiag {
             }
         }
         Ok(sockets)
+    }
+
+    /// Cookies of the TCP sockets in TIME_WAIT.
+    pub fn time_wait_cookies(&mut self) -> io::Result<foldhash::HashSet<u64>> {
+        Ok(self
+            .dump(libc::IPPROTO_TCP as u8, 1 << TCP_TIME_WAIT)?
+            .into_iter()
+            .map(|s| s.cookie)
+            .collect())
     }
 
     /// Which of `ids` still exist (in any state, TIME_WAIT included), as indexes into

@@ -43,6 +43,13 @@ struct TimeWait {
     next_check_ns: u64,
 }
 
+/// One namespace's parked ports, for the TIME_WAIT watcher.
+#[derive(Debug, Default)]
+pub struct Parked<'a> {
+    pub all: Vec<u64>,
+    pub due: Vec<&'a Event>,
+}
+
 /// A TCP connection's identity in the kernel's tables: (netns, local address and port,
 /// remote address and port). No two sockets share one, TIME_WAIT sockets included.
 type FourTuple = (u32, IpAddr, u16, IpAddr, u16);
@@ -165,14 +172,19 @@ impl Tracker {
         }
     }
 
-    /// The parked ports due a check at `now_ns` (see `TIME_WAIT_LEN_NS`), as the release
-    /// events that parked them: who, where, and the cookie to ask for.
-    pub fn time_wait_due(&self, now_ns: u64) -> Vec<&Event> {
-        self.time_wait
-            .values()
-            .filter(|tw| tw.next_check_ns <= now_ns)
-            .map(|tw| &tw.release)
-            .collect()
+    /// The parked ports by namespace: all of them (cookies), and those due a check at
+    /// `now_ns` (see `TIME_WAIT_LEN_NS`) as the release events that parked them (who,
+    /// where, and the cookie to ask for).
+    pub fn time_wait_parked(&self, now_ns: u64) -> HashMap<u32, Parked<'_>> {
+        let mut by_netns: HashMap<u32, Parked<'_>> = HashMap::default();
+        for (cookie, tw) in &self.time_wait {
+            let parked = by_netns.entry(tw.release.netns).or_default();
+            parked.all.push(*cookie);
+            if tw.next_check_ns <= now_ns {
+                parked.due.push(&tw.release);
+            }
+        }
+        by_netns
     }
 
     /// Settles the parked ports `checked` (cookies) against which of them still exist,
@@ -192,12 +204,13 @@ impl Tracker {
             };
             let closed_ns = tw.release.ts_ns;
             if present.contains(cookie) {
-                tw.next_check_ns = if tw.seen {
-                    now_ns + 1
-                } else {
-                    closed_ns + TIME_WAIT_LEN_NS
-                };
-                tw.seen = true;
+                if !tw.seen {
+                    tw.seen = true;
+                    tw.next_check_ns = closed_ns + TIME_WAIT_LEN_NS;
+                } else if tw.next_check_ns <= now_ns {
+                    // Still there past its time (the kernel's timers run late under load).
+                    tw.next_check_ns = now_ns + 1;
+                }
                 continue;
             }
             let Some(tw) = self.time_wait.remove(cookie) else {
@@ -292,8 +305,13 @@ mod tests {
         );
     }
 
-    fn cookies(due: &[&Event]) -> Vec<u64> {
-        due.iter().map(|e| e.cookie).collect()
+    /// The cookies due a check at `now_ns`, in any namespace.
+    fn due(tracker: &Tracker, now_ns: u64) -> Vec<u64> {
+        let parked = tracker.time_wait_parked(now_ns);
+        parked
+            .values()
+            .flat_map(|p| p.due.iter().map(|e| e.cookie))
+            .collect()
     }
 
     #[test]
@@ -308,24 +326,30 @@ mod tests {
         assert_eq!(tracker.held(), 1, "TIME_WAIT still holds the port");
 
         // Checked at once: it is there, so it did go into TIME_WAIT.
-        assert_eq!(cookies(&tracker.time_wait_due(closed + 10)), [cookie]);
+        assert_eq!(due(&tracker, closed + 10), [cookie]);
         let present = HashSet::from_iter([cookie]);
         assert!(
             tracker
                 .settle_time_wait(&[cookie], &present, closed + 10)
                 .is_empty()
         );
-        // Then left alone until TIME_WAIT could be over.
-        assert!(tracker.time_wait_due(closed + 30_000_000_000).is_empty());
+        // Then left alone until TIME_WAIT could be over, also when a dump of the whole
+        // namespace sees it meanwhile.
+        assert!(
+            tracker
+                .settle_time_wait(&[cookie], &present, closed + 20)
+                .is_empty()
+        );
+        assert!(due(&tracker, closed + 30_000_000_000).is_empty());
         let over = closed + TIME_WAIT_LEN_NS;
-        assert_eq!(cookies(&tracker.time_wait_due(over)), [cookie]);
+        assert_eq!(due(&tracker, over), [cookie]);
         // Still there (the kernel's timers run late under load): asked at every poll.
         assert!(
             tracker
                 .settle_time_wait(&[cookie], &present, over)
                 .is_empty()
         );
-        assert_eq!(cookies(&tracker.time_wait_due(over + 1)), [cookie]);
+        assert_eq!(due(&tracker, over + 1), [cookie]);
 
         let gone = over + 500_000_000;
         let done = tracker.settle_time_wait(&[cookie], &HashSet::default(), gone);
@@ -339,7 +363,7 @@ mod tests {
         );
         assert_eq!(done[0].0.ts_ns, gone);
         assert_eq!(tracker.held(), 0);
-        assert!(tracker.time_wait_due(u64::MAX).is_empty());
+        assert!(due(&tracker, u64::MAX).is_empty());
     }
 
     #[test]
@@ -415,7 +439,7 @@ mod tests {
             2,
             "the two open connections, not the freed port"
         );
-        assert!(tracker.time_wait_due(u64::MAX).is_empty());
+        assert!(due(&tracker, u64::MAX).is_empty());
         assert!(tracker.take_taken_over().is_empty(), "reported once");
     }
 
