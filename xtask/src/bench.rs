@@ -2,9 +2,12 @@
 //! libbpf-tools' tcplife, in one interleaved series (A B C D A B C D ...), medians reported
 //! as ratios to untraced; then the scale test (memory per held connection).
 //!
-//! Per run it reads, from /proc: the tracer's eBPF programs' run time and count (fdinfo of
-//! its program fds, with kernel.bpf_stats_enabled on), its CPU time and peak RSS; and from
-//! port-trace's report, the allocations it counted and the events it lost.
+//! Per run it reads, from /proc: the tracer's CPU time and peak RSS; and from port-trace's
+//! report, the allocations it counted and the events it lost. Those runs have
+//! kernel.bpf_stats_enabled off, as a production host has it: the stats read the clock twice
+//! around every program run, which costs the traced workload more than some programs do. One
+//! more run per tracer and workload, with the stats on, gives the programs' run time and count
+//! (fdinfo of the tracer's program fds).
 
 use std::{
     collections::BTreeMap,
@@ -114,11 +117,16 @@ pub fn bench(options: &Options) -> Result<()> {
     ]))?;
     ensure_tracefs()?;
     let stats_were = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
-    std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let result = series(options, &tcplife);
-    // Leave the host as it was: the stats cost a little on every program run.
+    // Leave the host as it was.
     let _ = std::fs::write(BPF_STATS, stats_were.trim());
     result
+}
+
+/// kernel.bpf_stats_enabled: on for the profiling runs only.
+fn bpf_stats(on: bool) -> Result<()> {
+    std::fs::write(BPF_STATS, if on { "1" } else { "0" })
+        .context("setting kernel.bpf_stats_enabled")
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -183,23 +191,34 @@ fn series(options: &Options, tcplife: &Path) -> Result<()> {
         println!("smoke run: checks that every workload and configuration runs; no targets");
     }
     println!(
-        "{} rounds of {} ms per configuration, interleaved; medians\n",
+        "{} rounds of {} ms per configuration, interleaved; medians; kernel.bpf_stats_enabled \
+         off\n(bpf ns/run and the program profile: one more run per tracer with it on)\n",
         options.rounds, options.millis
     );
     let mut failures = Vec::new();
     for workload in workloads(options) {
+        let configs: Vec<Config> = Config::ALL
+            .into_iter()
+            .filter(|c| *c != Config::Tcplife || workload.tcp)
+            .collect();
         let mut runs: BTreeMap<Config, Vec<Run>> = BTreeMap::new();
+        bpf_stats(false)?;
         for _ in 0..options.rounds {
-            for config in Config::ALL {
-                if config == Config::Tcplife && !workload.tcp {
-                    continue;
-                }
+            for &config in &configs {
                 let measured = measure(config, &workload, tcplife)
                     .with_context(|| format!("{} under {}", workload.name, config.name()))?;
                 runs.entry(config).or_default().push(measured);
             }
         }
-        print_table(workload.name, &runs, &mut failures);
+        bpf_stats(true)?;
+        let mut profiles = BTreeMap::new();
+        for &config in configs.iter().filter(|c| **c != Config::Untraced) {
+            let measured = measure(config, &workload, tcplife)
+                .with_context(|| format!("{} under {}, profiled", workload.name, config.name()))?;
+            profiles.insert(config, measured);
+        }
+        bpf_stats(false)?;
+        print_table(workload.name, &runs, &profiles, &mut failures);
     }
     scale(options)?;
     if !failures.is_empty() {
@@ -217,7 +236,12 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     Some(values[values.len() / 2])
 }
 
-fn print_table(name: &str, runs: &BTreeMap<Config, Vec<Run>>, failures: &mut Vec<String>) {
+fn print_table(
+    name: &str,
+    runs: &BTreeMap<Config, Vec<Run>>,
+    profiles: &BTreeMap<Config, Run>,
+    failures: &mut Vec<String>,
+) {
     println!("{name}");
     println!(
         "  {:<26} {:>10} {:>7} {:>18} {:>6} {:>9} {:>8} {:>12} {:>9}",
@@ -242,7 +266,8 @@ fn print_table(name: &str, runs: &BTreeMap<Config, Vec<Run>>, failures: &mut Vec
         let counted: u64 = runs.iter().filter_map(|r| r.counted).sum();
         let expected: u64 = runs.iter().map(|r| r.expected).sum();
         let lost: u64 = runs.iter().filter_map(|r| r.lost).sum();
-        let bpf = pick(&|r| r.bpf_ns_per_run);
+        let profiled = profiles.get(config);
+        let bpf = profiled.and_then(|r| r.bpf_ns_per_run);
         let cpu = pick(&|r| r.cpu_percent);
         let cpu_per_100k = pick(&|r| r.cpu_percent.map(|c| c / (r.ops_per_s / 100_000.0)));
         let rss = pick(&|r| r.peak_rss_kib.map(|k| k as f64));
@@ -269,12 +294,10 @@ fn print_table(name: &str, runs: &BTreeMap<Config, Vec<Run>>, failures: &mut Vec
             show(cpu_per_100k, 1),
             rss.map_or("-".to_string(), |k| format!("{:.1}M", k / 1024.0)),
         );
-        if *config == Config::PortTrace {
-            for (name, (ns, n)) in runs.iter().flat_map(|r| r.per_program.clone()) {
-                let entry: &mut (u64, u64) = profile.entry(name).or_default();
-                entry.0 += ns;
-                entry.1 += n;
-            }
+        if *config == Config::PortTrace
+            && let Some(profiled) = profiled
+        {
+            profile.clone_from(&profiled.per_program);
         }
         if ops <= 0.0 {
             failures.push(format!("{name}: {} made no progress", config.name()));
