@@ -38,7 +38,9 @@ fn time_wait_is_part_of_the_lifetime() {
         let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (mut accepted, _) = listener.accept().expect("accept");
         drop(client);
-        accepted.read_to_end(&mut Vec::new()).expect("peer sees our FIN");
+        accepted
+            .read_to_end(&mut Vec::new())
+            .expect("peer sees our FIN");
     }
     sleep(Duration::from_millis(2_200));
     let started = Instant::now();
