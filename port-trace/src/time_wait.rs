@@ -1,7 +1,7 @@
 //! The TIME_WAIT watcher: asks sock_diag whether the TIME_WAIT sockets of parked ports still
 //! exist (each soon after its close, then from 60 s on; by lookups or a dump, whichever is
-//! cheaper), and lets the tracker release the ones that are gone. Nothing in the kernel fires when a TIME_WAIT socket dies, so this
-//! is observed, not assumed (a port is held 60 s after an active close, or longer under load,
+//! cheaper), and lets the tracker release the ones that are gone. Nothing in the kernel fires
+//! when a TIME_WAIT socket dies, so this is observed, not assumed (a port is held 60 s after an active close, or longer under load,
 //! or not at all after a RST).
 
 use std::collections::{HashMap, hash_map::Entry};
@@ -70,49 +70,43 @@ impl TimeWaitWatcher {
             let plan = if parked.due.len() * DUMP_BREAK_EVEN >= parked.all.len() {
                 Plan::Dump(parked.all)
             } else {
-                Plan::Lookup(
-                    parked
-                        .due
-                        .iter()
-                        .map(|r| (r.cookie, connection(r)))
-                        .collect(),
-                )
+                Plan::Lookup {
+                    cookies: parked.due.iter().map(|r| r.cookie).collect(),
+                    ids: parked.due.iter().map(|r| connection(r)).collect(),
+                }
             };
             plans.push((inode, plan));
         }
         let mut released = Vec::new();
         for (inode, plan) in plans {
-            let Some(diag) = self.socket_for(inode) else {
+            let present: HashSet<u64> = match self.socket_for(inode) {
+                Some(diag) => {
+                    let answer = match &plan {
+                        Plan::Dump(_) => diag.time_wait_cookies(),
+                        Plan::Lookup { cookies, ids } => diag
+                            .still_there(ids)
+                            .map(|found| found.into_iter().map(|i| cookies[i]).collect()),
+                    };
+                    match answer {
+                        Ok(present) => present,
+                        Err(err) => {
+                            warn!("TIME_WAIT check in netns {inode} failed: {err}");
+                            self.diag.remove(&inode);
+                            continue;
+                        }
+                    }
+                }
                 // No process is left in that namespace, so no socket is either.
-                debug!("netns {inode} is gone; its TIME_WAIT sockets with it");
-                let all = match plan {
-                    Plan::Dump(all) => all,
-                    Plan::Lookup(due) => due.into_iter().map(|(c, _)| c).collect(),
-                };
-                released.extend(tracker.settle_time_wait(&all, &HashSet::default(), now));
-                continue;
-            };
-            let answer = match &plan {
-                Plan::Dump(_) => diag.time_wait_cookies(),
-                Plan::Lookup(due) => {
-                    let ids: Vec<ConnectionId> = due.iter().map(|(_, id)| *id).collect();
-                    diag.still_there(&ids)
-                        .map(|found| found.into_iter().map(|i| due[i].0).collect())
+                None => {
+                    debug!("netns {inode} is gone; its TIME_WAIT sockets with it");
+                    HashSet::default()
                 }
             };
-            let present: HashSet<u64> = match answer {
-                Ok(present) => present,
-                Err(err) => {
-                    warn!("TIME_WAIT check in netns {inode} failed: {err}");
-                    self.diag.remove(&inode);
-                    continue;
-                }
-            };
-            let checked = match plan {
+            let checked = match &plan {
                 Plan::Dump(all) => all,
-                Plan::Lookup(due) => due.into_iter().map(|(c, _)| c).collect(),
+                Plan::Lookup { cookies, .. } => cookies,
             };
-            released.extend(tracker.settle_time_wait(&checked, &present, now));
+            released.extend(tracker.settle_time_wait(checked, &present, now));
         }
         released
     }
@@ -126,8 +120,11 @@ const DUMP_BREAK_EVEN: usize = 4;
 enum Plan {
     /// Every parked cookie, against one dump of the TIME_WAIT sockets.
     Dump(Vec<u64>),
-    /// The ports due a check, one lookup each.
-    Lookup(Vec<(u64, ConnectionId)>),
+    /// The ports due a check (their cookies and connections), one lookup each.
+    Lookup {
+        cookies: Vec<u64>,
+        ids: Vec<ConnectionId>,
+    },
 }
 
 fn connection(release: &Event) -> ConnectionId {
