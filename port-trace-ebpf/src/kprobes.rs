@@ -35,8 +35,12 @@ const SIN6_ADDR: usize = 8;
 fn request(sk: *const u8, kind: u8) -> u64 {
     let off = kernel::offsets();
     let proto = unsafe { kernel::read::<u16>(sk, off.sk_protocol) }.unwrap_or(0) as u8;
-    let event = kernel::sock_event(sk, &off, proto, kind);
+    let mut event = kernel::sock_event(sk, &off, proto, kind);
     let id = kernel::socket_id(sk);
+    // The table is keyed by `id`, but the next socket often gets the same memory, and so the
+    // same id, while this one's TIME_WAIT is still parked in the daemon: the name in events
+    // must differ per socket.
+    event.cookie = id ^ unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     track::begin(id, &event, track::PENDING);
     track::in_flight(id, sk as u64, kind);
     id

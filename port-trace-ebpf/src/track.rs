@@ -119,7 +119,10 @@ pub fn begin(cookie: u64, event: &PortEvent, state: u8) {
         return;
     }
     let mut event = *event;
-    event.cookie = cookie;
+    // The event names the socket by its cookie unless the caller chose a name (kprobes).
+    if event.cookie == 0 {
+        event.cookie = cookie;
+    }
     let entry = SockEntry {
         event,
         state,

@@ -75,7 +75,11 @@ fn time_wait_is_part_of_the_lifetime() {
         .filter(|r| r["port"].as_u64() == Some(u64::from(port)) && r["kind"] == "connect")
         .collect();
     assert_eq!(release.len(), 1, "{events:?}");
-    let tw = Duration::from_nanos(release[0]["time_wait_ns"].as_u64().expect("time_wait_ns"));
+    let tw = Duration::from_nanos(
+        release[0]["time_wait_ns"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("time_wait_ns in {release:?}; all: {events:?}")),
+    );
     let lifetime = Duration::from_nanos(release[0]["lifetime_ns"].as_u64().expect("lifetime"));
     assert!(
         tw.abs_diff(gone) <= Duration::from_millis(1_500),
