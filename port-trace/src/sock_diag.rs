@@ -68,16 +68,28 @@ fn address(family: u8, raw: &[u8]) -> IpAddr {
 
 /// A dump request for `protocol` sockets of `family` in the states of `state_mask`.
 pub fn request(family: u8, protocol: u8, state_mask: u32, seq: u32) -> Vec<u8> {
+    let mut out = request_head(
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        family,
+        protocol,
+        state_mask,
+    );
+    out.resize(NLMSG_HDR_LEN + REQ_LEN, 0); // the socket id: all zero, a wildcard for dumps
+    out
+}
+
+/// The netlink header and `inet_diag_req_v2` up to the socket id, which the caller appends.
+fn request_head(flags: u16, seq: u32, family: u8, protocol: u8, state_mask: u32) -> Vec<u8> {
     let len = (NLMSG_HDR_LEN + REQ_LEN) as u32;
     let mut out = Vec::with_capacity(len as usize);
     out.extend_from_slice(&len.to_ne_bytes());
     out.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&0u32.to_ne_bytes());
     out.extend_from_slice(&[family, protocol, 0, 0]);
     out.extend_from_slice(&state_mask.to_ne_bytes());
-    out.resize(len as usize, 0); // the socket id: all zero, a wildcard for dumps
     out
 }
 
@@ -106,15 +118,14 @@ pub fn lookup_request(id: &ConnectionId, seq: u32) -> Vec<u8> {
         IpAddr::V4(_) => libc::AF_INET as u8,
         IpAddr::V6(_) => libc::AF_INET6 as u8,
     };
-    let len = (NLMSG_HDR_LEN + REQ_LEN) as u32;
-    let mut out = Vec::with_capacity(len as usize);
-    out.extend_from_slice(&len.to_ne_bytes());
-    out.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    out.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    out.extend_from_slice(&u32::MAX.to_ne_bytes()); // any state
+    // Any state: the cookie names the socket.
+    let mut out = request_head(
+        NLM_F_REQUEST,
+        seq,
+        family,
+        libc::IPPROTO_TCP as u8,
+        u32::MAX,
+    );
     out.extend_from_slice(&id.sport.to_be_bytes());
     out.extend_from_slice(&id.dport.to_be_bytes());
     for addr in [src, dst] {
@@ -256,28 +267,36 @@ impl SockDiag {
         crate::netns::run_in(netns_file, Self::new)?
     }
 
+    fn send(&self, req: &[u8]) -> io::Result<()> {
+        // SAFETY: sending a buffer we own; the kernel is the default destination.
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// One netlink datagram into `buf`; its length.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: receiving into a buffer we own, bounded by its length.
+        let got = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(got as usize)
+    }
+
     /// Every socket of `protocol` in the states of `state_mask`, IPv4 and IPv6.
     pub fn dump(&mut self, protocol: u8, state_mask: u32) -> io::Result<Vec<DiagSocket>> {
         let mut sockets = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             self.seq = self.seq.wrapping_add(1);
             let req = request(family, protocol, state_mask, self.seq);
-            // SAFETY: sending a buffer we own; the kernel is the default destination.
-            let sent =
-                unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            self.send(&req)?;
             let mut buf = vec![0u8; 64 * 1024];
             loop {
-                // SAFETY: receiving into a buffer we own, bounded by its length.
-                let got = unsafe {
-                    libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                };
-                if got < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                match parse(&buf[..got as usize], &mut sockets) {
+                let got = self.recv(&mut buf)?;
+                match parse(&buf[..got], &mut sockets) {
                     Ok(true) => break,
                     Ok(false) => continue,
                     Err(err) => return Err(io::Error::other(err)),
@@ -309,24 +328,13 @@ impl SockDiag {
                 req.extend(lookup_request(id, first_seq.wrapping_add(i as u32)));
             }
             self.seq = first_seq.wrapping_add(batch.len() as u32);
-            // SAFETY: sending a buffer we own; the kernel is the default destination.
-            let sent =
-                unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            self.send(&req)?;
             let mut found = Vec::new();
             let mut answers = 0;
             while answers < batch.len() {
-                // SAFETY: receiving into a buffer we own, bounded by its length.
-                let got = unsafe {
-                    libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                };
-                if got < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                answers += parse_lookups(&buf[..got as usize], first_seq, &mut found)
-                    .map_err(io::Error::other)?;
+                let got = self.recv(&mut buf)?;
+                answers +=
+                    parse_lookups(&buf[..got], first_seq, &mut found).map_err(io::Error::other)?;
             }
             let offset = batch_no * LOOKUP_BATCH;
             present.extend(
