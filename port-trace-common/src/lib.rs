@@ -91,9 +91,18 @@ pub const LOST_TABLE_FULL: u32 = 1;
 pub const LOST_FAILURE_RING_FULL: u32 = 2;
 pub const LOST_REASONS: u32 = 3;
 
+/// The errnos a port allocation fails with.
 pub const EADDRINUSE: u32 = 98;
 pub const EADDRNOTAVAIL: u32 = 99;
 pub const EAGAIN: u32 = 11;
+
+/// TCP states (`include/net/tcp_states.h`), as `sk_state`, the `inet_sock_set_state`
+/// tracepoint and sock_diag give them.
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_TIME_WAIT: u8 = 6;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_LISTEN: u8 = 10;
 
 /// Struct field offsets the programs need, resolved from the running kernel's BTF by the
 /// daemon and written into the programs' read-only data before load (Rust eBPF gets no CO-RE

@@ -1,32 +1,30 @@
 //! port-trace: traces every ephemeral port the kernel hands out and how long it is held.
 //!
-//! The daemon is a pipeline; each stage is a module:
-//! probes (load/attach) -> events (decode) -> tracker (per-socket state, lifetimes; with
-//! time_wait watching TIME_WAIT sockets through sock_diag) -> stats (histograms, totals;
-//! occupancy per namespace and destination; warnings and forecasts) -> sinks (summary, event
-//! lines, report, HdrHistogram logs, Prometheus metrics).
+//! The daemon is a pipeline, and its modules are its stages, in order (a stage imports only
+//! earlier ones; `tests/layout.rs` holds it to that):
+//!
+//! 1. `probes`: check the machine, load and attach the eBPF programs, hand out the rings.
+//! 2. `event`: the rings' bytes decoded into typed events; the filters.
+//! 3. `track`: per-socket state and lifetimes, TIME_WAIT, the start-up snapshot.
+//! 4. `exhaustion` and `stats`: occupancy, levels, forecasts and warnings; histograms and
+//!    totals.
+//! 5. `pipeline`: the core that runs events through 3-4, without I/O.
+//! 6. `sinks`: terminal, event lines, report, HdrHistogram log, Prometheus.
+//!
+//! Beside them: `sys` (OS plumbing any stage may use: netns, sock_diag, /proc, clocks),
+//! `cmd` (the subcommands: trace, check, explain), `cli` and `error`.
 
-mod check;
 mod cli;
-mod comm;
-mod duration;
+mod cmd;
 mod error;
-mod events;
+mod event;
 mod exhaustion;
-mod explain;
-mod filter;
-mod netns;
-mod occupancy;
+mod pipeline;
 mod probes;
-mod registry;
 mod sinks;
-mod snapshot;
-mod sock_diag;
 mod stats;
-mod time_wait;
-mod trace;
-mod tracker;
-mod warnings;
+mod sys;
+mod track;
 
 use std::process::ExitCode;
 
@@ -59,20 +57,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(cli::Command::Check) => check::run(),
+        Some(cli::Command::Check) => cmd::check::run(),
         Some(cli::Command::Explain { port, proto, json }) => {
-            let explanation = explain::explain(port, proto.map(Into::into));
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&explanation).unwrap_or_default()
-                );
-            } else {
-                print!("{}", explain::render(&explanation));
-            }
+            cmd::explain::run(port, proto.map(Into::into), json);
             Ok(())
         }
-        None => runtime.block_on(trace::run(cli)),
+        None => runtime.block_on(cmd::trace::run(cli)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,9 +10,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
-    comm::Comm,
-    events::{AllocKind, Event, Proto, errno_name},
-    tracker::Outcome,
+    event::comm::Comm,
+    event::{AllocKind, Event, Proto, errno_name},
+    track::Outcome,
 };
 
 /// Longest lifetime the histograms resolve (a day); longer ones are clamped to it.
@@ -341,7 +341,7 @@ impl Stats {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::events::{decode_raw, tests::raw_connect};
+    use crate::event::{decode_raw, tests::raw_connect};
 
     /// Stats that saw one TCP connect by `curl` allocated and released after `lifetime_ns`.
     pub fn one_connect_held_for(lifetime_ns: u64) -> (Stats, Event) {

@@ -5,13 +5,24 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{WallClock, human_ns};
+use super::human_ns;
 use crate::{
-    events::{AllocKind, Event, EventType, Family, Proto, errno_name},
-    occupancy::{Holder, ScopeKey, Usage},
-    tracker::Outcome,
-    warnings::Level,
+    event::{AllocKind, Event, EventType, Family, Proto, errno_name},
+    exhaustion::{
+        level::Level,
+        scope::ScopeKind,
+        warning::{Reason, Warning},
+    },
+    sys::clock::WallClock,
+    track::Outcome,
 };
+
+/// How `--events` streams them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventFormat {
+    Json,
+    Text,
+}
 
 /// One JSON line. Field names and meanings are the daemon's contract (README).
 #[derive(Debug, Serialize)]
@@ -134,11 +145,11 @@ pub struct WarningRecord {
     pub record: &'static str,
     pub level: Level,
     /// "threshold" (the scope crossed a line) or "failure" (an allocation in it failed).
-    pub reason: &'static str,
+    pub reason: Reason,
     pub netns: u32,
     pub proto: Proto,
     /// "namespace" or "destination".
-    pub scope: &'static str,
+    pub scope: ScopeKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub laddr: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,20 +171,15 @@ pub struct TopHolder {
     pub count: u32,
 }
 
-impl WarningRecord {
-    pub fn new(
-        key: &ScopeKey,
-        level: Level,
-        reason: &'static str,
-        usage: Usage,
-        forecast_s: Option<f64>,
-        top: Vec<(Holder, u32)>,
-    ) -> Self {
+impl From<&Warning> for WarningRecord {
+    fn from(warning: &Warning) -> Self {
+        let key = &warning.scope;
+        let usage = warning.usage;
         let dest = key.destination();
         Self {
             record: "warning",
-            level,
-            reason,
+            level: warning.level,
+            reason: warning.reason,
             netns: key.netns,
             proto: key.proto,
             scope: key.kind(),
@@ -183,18 +189,21 @@ impl WarningRecord {
             used: usage.used,
             capacity: usage.capacity,
             ratio: (usage.ratio() * 1000.0).round() / 1000.0,
-            forecast_s: forecast_s.map(|s| (s * 10.0).round() / 10.0),
-            top: top
-                .into_iter()
+            forecast_s: warning.forecast_s.map(|s| (s * 10.0).round() / 10.0),
+            top: warning
+                .top
+                .iter()
                 .map(|(h, count)| TopHolder {
                     pid: h.pid,
                     comm: h.comm.to_string(),
-                    count,
+                    count: *count,
                 })
                 .collect(),
         }
     }
+}
 
+impl WarningRecord {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -227,7 +236,7 @@ impl WarningRecord {
             self.used,
             self.capacity,
             self.ratio * 100.0,
-            if self.reason == "failure" {
+            if self.reason == Reason::Failure {
                 ", an allocation failed"
             } else {
                 ""
@@ -255,7 +264,7 @@ mod tests {
     use port_trace_common::EVENT_RELEASE;
 
     use super::*;
-    use crate::events::{decode_raw, tests::raw_connect};
+    use crate::event::{decode_raw, tests::raw_connect};
 
     #[test]
     fn connect_alloc_json_has_the_destination() {
@@ -310,5 +319,57 @@ mod tests {
         assert_eq!(value["error"], "EADDRNOTAVAIL");
         assert_eq!(value["raddr"], "10.1.2.3");
         assert!(record.to_text().ends_with("EADDRNOTAVAIL"));
+    }
+
+    #[test]
+    fn warning_json_has_the_scope_usage_and_a_null_forecast() {
+        use crate::exhaustion::scope::{Destination, Holder, Scope, ScopeKey, Usage};
+        let warning = Warning {
+            level: Level::Critical,
+            reason: Reason::Failure,
+            scope: ScopeKey {
+                netns: 7,
+                proto: Proto::Tcp,
+                scope: Scope::Destination(Destination {
+                    laddr: IpAddr::from([127, 0, 0, 1]),
+                    raddr: IpAddr::from([10, 1, 2, 3]),
+                    rport: 443,
+                }),
+            },
+            usage: Usage {
+                used: 10,
+                capacity: 10,
+            },
+            forecast_s: None,
+            top: vec![(
+                Holder {
+                    pid: 7,
+                    comm: "curl".into(),
+                },
+                10,
+            )],
+        };
+        let record = WarningRecord::from(&warning);
+        let json: serde_json::Value = serde_json::from_str(&record.to_json()).expect("json");
+        assert_eq!(json["type"], "warning");
+        assert_eq!(json["level"], "critical");
+        assert_eq!(json["reason"], "failure");
+        assert_eq!(json["scope"], "destination");
+        assert_eq!(json["used"], 10);
+        assert_eq!(json["rport"], 443);
+        assert_eq!(json["top"][0]["comm"], "curl");
+        assert!(
+            json.get("forecast_s").is_some(),
+            "null, not absent, when unknown"
+        );
+        let text = record.to_text(false);
+        assert!(
+            text.starts_with("CRITICAL tcp ports to 10.1.2.3:443 in netns 7: 10/10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("an allocation failed; top: curl[7] 10"),
+            "{text}"
+        );
     }
 }

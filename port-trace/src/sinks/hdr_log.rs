@@ -3,17 +3,73 @@
 //! HdrHistogram's own tools (HistogramLogProcessor, the plotters) can read and plot them.
 //! Values are nanoseconds; the max column is in milliseconds.
 
-use std::{collections::BTreeMap, io::Write, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    time::{Duration, Instant, SystemTime},
+};
 
+use anyhow::Context as _;
 use hdrhistogram::{
     Histogram,
     serialization::{
-        Serializer,
+        Serializer, V2DeflateSerializer,
         interval_log::{IntervalLogWriter, IntervalLogWriterBuilder, Tag},
     },
 };
 
-use crate::events::Proto;
+use crate::{
+    event::Proto,
+    pipeline::{Sink, View},
+};
+
+/// `--hdr-log FILE` as a sink: one interval per tick, and the last one when tracing stops.
+pub struct HdrLog {
+    log: IntervalLogWriter<'static, 'static, std::fs::File, V2DeflateSerializer>,
+    started: Instant,
+    interval_started: Instant,
+}
+
+impl HdrLog {
+    /// Creates the log and writes its header.
+    pub fn create(path: &std::path::Path, started: Instant) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("creating the HdrHistogram log {}", path.display()))?;
+        // The log writer borrows its file and serializer for as long as it lives, which is
+        // the whole trace: they are given that lifetime rather than a self-referential struct.
+        let file = Box::leak(Box::new(file));
+        let serializer = Box::leak(Box::new(V2DeflateSerializer::new()));
+        let log = start(file, serializer, SystemTime::now())?;
+        Ok(Self {
+            log,
+            started,
+            interval_started: Instant::now(),
+        })
+    }
+
+    fn write(&mut self, view: &View<'_>) -> std::io::Result<()> {
+        let now = Instant::now();
+        let since = self.interval_started.duration_since(self.started);
+        write_interval(
+            &mut self.log,
+            view.interval,
+            since,
+            now - self.interval_started,
+        )?;
+        self.interval_started = now;
+        Ok(())
+    }
+}
+
+impl Sink for HdrLog {
+    fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        Ok(self.write(view)?)
+    }
+
+    fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        Ok(self.write(view)?)
+    }
+}
 
 pub fn start<'a, 'b, W: Write, S: Serializer>(
     out: &'a mut W,

@@ -1,7 +1,13 @@
-//! Sinks: where the stats and events go. Terminal summary, event lines (JSON or text), the
-//! JSON report on exit, HdrHistogram interval logs, and Prometheus metrics with the HTTP
-//! endpoint that serves them.
+//! Sinks: where the stats and events go. Each takes the pipeline's four calls
+//! (`pipeline::Sink`: event, warnings, tick, finish) and reads the same `pipeline::View`;
+//! `Sinks` fans them out.
+//!
+//! - `console`: event lines (`events`: JSON or text records), warnings, the `summary`.
+//! - `report`: the JSON report on exit.
+//! - `hdr_log`: HdrHistogram interval logs.
+//! - `prometheus`: metrics, served over HTTP by `metrics_server`.
 
+pub mod console;
 pub mod events;
 pub mod hdr_log;
 pub mod metrics_server;
@@ -9,37 +15,51 @@ pub mod prometheus;
 pub mod report;
 pub mod summary;
 
-/// Converts the kernel's CLOCK_MONOTONIC stamps to Unix-epoch nanoseconds, so event times
-/// line up with logs.
-#[derive(Debug, Clone, Copy)]
-pub struct WallClock {
-    offset_ns: i128,
+use std::io::{self, Write};
+
+use crate::{
+    event::Event,
+    exhaustion::warning::Warning,
+    pipeline::{Sink, View},
+    track::Outcome,
+};
+
+/// Every sink of a trace. The terminal is always there; the rest as asked for.
+pub struct Sinks<W: Write> {
+    pub console: console::Console<W>,
+    pub hdr_log: Option<hdr_log::HdrLog>,
+    pub metrics: Option<prometheus::Metrics>,
+    pub report: Option<report::ReportFile>,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; both clocks exist on every Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-impl WallClock {
-    pub fn now() -> Self {
-        Self {
-            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+impl<W: Write> Sink for Sinks<W> {
+    fn event(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.event(event, outcome)?;
         }
+        self.console.event(event, outcome)
     }
 
-    #[cfg(test)]
-    pub fn with_offset(offset_ns: i128) -> Self {
-        Self { offset_ns }
+    fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
+        self.console.warnings(warnings)
     }
 
-    pub fn to_epoch_ns(self, monotonic_ns: u64) -> u64 {
-        (i128::from(monotonic_ns) + self.offset_ns).clamp(0, i128::from(u64::MAX)) as u64
+    fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        if let Some(log) = self.hdr_log.as_mut() {
+            log.tick(view)?;
+        }
+        self.console.tick(view)
+    }
+
+    fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        if let Some(log) = self.hdr_log.as_mut() {
+            log.finish(view)?;
+        }
+        self.console.finish(view)?;
+        if let Some(report) = self.report.as_mut() {
+            report.finish(view)?;
+        }
+        Ok(())
     }
 }
 
@@ -74,11 +94,5 @@ mod tests {
         assert_eq!(human_ns(2_000_000), "2.0ms");
         assert_eq!(human_ns(60_000_000_000), "1.0m");
         assert_eq!(human_ns(5_400_000_000_000), "1.5h");
-    }
-
-    #[test]
-    fn wall_clock_adds_the_offset() {
-        assert_eq!(WallClock::with_offset(100).to_epoch_ns(5), 105);
-        assert_eq!(WallClock::with_offset(-100).to_epoch_ns(5), 0);
     }
 }

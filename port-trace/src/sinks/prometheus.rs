@@ -15,10 +15,11 @@ use prometheus::{
 };
 
 use crate::{
-    events::{Event, errno_name},
-    occupancy::{ScopeKey, Usage},
+    event::{Event, errno_name},
+    exhaustion::scope::{ScopeKey, Usage},
+    pipeline::{Sink, View},
     stats::LostCounts,
-    tracker::Outcome,
+    track::Outcome,
 };
 
 /// Processes (by name) with series of their own. The first ones to allocate keep their
@@ -221,7 +222,7 @@ impl Metrics {
             let labels = [
                 &key.netns.to_string(),
                 key.proto.as_str(),
-                key.kind(),
+                key.kind().as_str(),
                 destination.as_str(),
             ];
             self.scope_used
@@ -264,6 +265,25 @@ impl Metrics {
         }
         String::from_utf8(buffer).unwrap_or_default()
     }
+
+    /// The exposition as of `view`, gauges included, with the kernel's `lost` counters.
+    pub fn scrape(&mut self, view: &View<'_>, lost: LostCounts) -> String {
+        let scopes: Vec<(ScopeKey, Usage)> = view
+            .exhaustion
+            .fullest(usize::MAX)
+            .into_iter()
+            .map(|(key, usage, _)| (key, usage))
+            .collect();
+        self.set_state(&scopes, lost, view.held);
+        self.render()
+    }
+}
+
+impl Sink for Metrics {
+    fn event(&mut self, event: &Event, outcome: Outcome) -> std::io::Result<()> {
+        self.record(event, outcome);
+        Ok(())
+    }
 }
 
 /// The Content-Type of `render`'s output.
@@ -279,8 +299,8 @@ fn kernel_release() -> String {
 mod tests {
     use super::*;
     use crate::{
-        events::{Proto, decode_raw, tests::raw_connect},
-        occupancy::{Destination, Scope},
+        event::{Proto, decode_raw, tests::raw_connect},
+        exhaustion::scope::{Destination, Scope},
     };
 
     fn connect() -> Event {
@@ -343,7 +363,7 @@ mod tests {
         let mut event = connect();
         event.errno = 99;
         for i in 0..PROCESS_SERIES + 5 {
-            event.comm = crate::comm::Comm::from(format!("p{i}").as_str());
+            event.comm = crate::event::comm::Comm::from(format!("p{i}").as_str());
             metrics.record(&event, Outcome::Failed);
         }
         let text = metrics.render();

@@ -6,11 +6,13 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    comm::Comm,
-    events::Proto,
-    occupancy::{ScopeKey, Usage},
-    stats::{DestinationStats, LifetimeSummary, LostCounts, Stats, Totals},
-    warnings::Level,
+    event::{Proto, comm::Comm},
+    exhaustion::{
+        level::Level,
+        scope::{ScopeKey, ScopeKind, Usage},
+    },
+    pipeline::{Sink, View},
+    stats::{DestinationStats, LifetimeSummary, Lifetimes, LostCounts, Stats, Totals},
 };
 
 #[derive(Debug, Serialize)]
@@ -39,7 +41,7 @@ pub struct ScopeRecord {
     pub netns: u32,
     pub proto: Proto,
     /// "namespace" or "destination".
-    pub scope: &'static str,
+    pub scope: ScopeKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raddr: Option<std::net::IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +76,9 @@ pub struct DestinationRecord {
     pub mean_lifetime_ns: u64,
 }
 
+/// How many of the fullest scopes the report lists.
+const REPORT_SCOPES: usize = 50;
+
 /// How many destinations the report lists.
 const REPORT_DESTINATIONS: usize = 50;
 
@@ -87,9 +92,7 @@ pub struct LifetimeGroups {
 
 impl Report {
     pub fn new(stats: &Stats, backend: &str, duration_ns: u64, held_at_exit: usize) -> Self {
-        fn group<K: ToString>(
-            map: &BTreeMap<K, crate::stats::Lifetimes>,
-        ) -> BTreeMap<String, LifetimeSummary> {
+        fn group<K: ToString>(map: &BTreeMap<K, Lifetimes>) -> BTreeMap<String, LifetimeSummary> {
             map.iter()
                 .map(|(k, v)| (k.to_string(), v.summary()))
                 .collect()
@@ -122,10 +125,35 @@ impl Report {
         }
     }
 
+    /// The report of the pipeline's state in `view`, with its fullest scopes.
+    pub fn from_view(view: &View<'_>, backend: &str) -> Self {
+        let mut report = Self::new(view.stats, backend, view.elapsed_ns, view.held);
+        report.scopes = view
+            .exhaustion
+            .fullest(REPORT_SCOPES)
+            .iter()
+            .map(Into::into)
+            .collect();
+        report
+    }
+
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self).context("serializing the report")?;
         std::fs::write(path, json + "\n")
             .with_context(|| format!("writing the report to {}", path.display()))
+    }
+}
+
+/// `--report FILE`: the report, written when tracing stops.
+pub struct ReportFile {
+    pub path: std::path::PathBuf,
+    /// The backend that attached, as the report names it.
+    pub backend: &'static str,
+}
+
+impl Sink for ReportFile {
+    fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        Report::from_view(view, self.backend).write(&self.path)
     }
 }
 

@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 
 use super::human_ns;
-use crate::comm::Comm;
+use crate::event::comm::Comm;
 use crate::{
-    occupancy::{ScopeKey, Usage},
+    exhaustion::level::Level,
+    exhaustion::scope::{ScopeKey, Usage},
     stats::{DISTRIBUTION_EDGES_NS, LifetimeSummary, Lifetimes, Stats},
-    warnings::Level,
 };
 
 /// How many processes and destinations the summary lists.
@@ -301,8 +301,8 @@ mod tests {
         });
         let key = ScopeKey {
             netns: 7,
-            proto: crate::events::Proto::Tcp,
-            scope: crate::occupancy::Scope::Namespace,
+            proto: crate::event::Proto::Tcp,
+            scope: crate::exhaustion::scope::Scope::Namespace,
         };
         let usage = Usage {
             used: 9,

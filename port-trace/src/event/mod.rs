@@ -1,19 +1,23 @@
-//! Events: the ring buffer's bytes decoded into typed events.
+//! Events: the ring buffer's bytes decoded into typed events, and the domain types they carry.
+//! `comm` holds a task's name; `filter` decides which events are traced and reported.
+
+pub mod comm;
+pub mod filter;
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use port_trace_common::{
-    AF_INET, AF_INET6, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, FLAG_EXPLICIT,
-    FLAG_TIME_WAIT, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG,
-    PortEvent,
+    AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, EAGAIN, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE,
+    EVENT_TIME_WAIT_END, FLAG_EXPLICIT, FLAG_TIME_WAIT, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND,
+    KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
 };
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::comm::Comm;
+use self::comm::Comm;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +68,22 @@ macro_rules! display_as_serde_name {
 display_as_serde_name!(EventType, Family);
 
 impl Proto {
+    /// Its IPPROTO_* number.
+    pub fn ipproto(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+
+    pub fn from_ipproto(number: u8) -> Option<Self> {
+        match number {
+            IPPROTO_TCP => Some(Proto::Tcp),
+            IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+
     /// The name records, labels and summaries use (its serde name).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -124,12 +144,24 @@ pub struct Event {
     pub explicit: bool,
 }
 
+impl Event {
+    /// The local end: the port the kernel chose, on its address.
+    pub fn local(&self) -> SocketAddr {
+        SocketAddr::new(self.laddr, self.port)
+    }
+
+    /// The remote end (unspecified:0 where there is none).
+    pub fn remote(&self) -> SocketAddr {
+        SocketAddr::new(self.raddr, self.rport)
+    }
+}
+
 /// The symbolic name of the errnos a port allocation fails with.
 pub fn errno_name(errno: u32) -> &'static str {
     match errno {
-        11 => "EAGAIN",
-        98 => "EADDRINUSE",
-        99 => "EADDRNOTAVAIL",
+        EAGAIN => "EAGAIN",
+        EADDRINUSE => "EADDRINUSE",
+        EADDRNOTAVAIL => "EADDRNOTAVAIL",
         _ => "other",
     }
 }
@@ -170,11 +202,7 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         EVENT_FAIL => EventType::Fail,
         other => return Err(unknown("event", other)),
     };
-    let proto = match raw.proto {
-        IPPROTO_TCP => Proto::Tcp,
-        IPPROTO_UDP => Proto::Udp,
-        other => return Err(unknown("proto", other)),
-    };
+    let proto = Proto::from_ipproto(raw.proto).ok_or(unknown("proto", raw.proto))?;
     let family = match raw.family {
         AF_INET => Family::Ipv4,
         AF_INET6 => Family::Ipv6,

@@ -7,14 +7,15 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
+use port_trace_common::TCP_TIME_WAIT;
 use thiserror::Error;
+use tracing::debug;
 
 const NETLINK_SOCK_DIAG: i32 = 4;
-const TCP_TIME_WAIT: u8 = 6;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
@@ -97,20 +98,18 @@ fn request_head(flags: u16, seq: u32, family: u8, protocol: u8, state_mask: u32)
 /// checks, so a newer socket on the same addresses does not answer for an old one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionId {
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     pub cookie: u64,
 }
 
 /// A request for the one TCP socket `id` names, in whatever state (not a dump).
 pub fn lookup_request(id: &ConnectionId, seq: u32) -> Vec<u8> {
     // An IPv6 socket connected to a v4-mapped address is hashed, and found, as IPv4.
-    let (src, dst) = match (id.src, id.dst) {
+    let (src, dst) = match (id.local.ip(), id.remote.ip()) {
         (IpAddr::V6(src), IpAddr::V6(dst)) => match (src.to_ipv4_mapped(), dst.to_ipv4_mapped()) {
             (Some(src), Some(dst)) => (IpAddr::V4(src), IpAddr::V4(dst)),
-            _ => (id.src, id.dst),
+            _ => (id.local.ip(), id.remote.ip()),
         },
         other => other,
     };
@@ -126,8 +125,8 @@ pub fn lookup_request(id: &ConnectionId, seq: u32) -> Vec<u8> {
         libc::IPPROTO_TCP as u8,
         u32::MAX,
     );
-    out.extend_from_slice(&id.sport.to_be_bytes());
-    out.extend_from_slice(&id.dport.to_be_bytes());
+    out.extend_from_slice(&id.local.port().to_be_bytes());
+    out.extend_from_slice(&id.remote.port().to_be_bytes());
     for addr in [src, dst] {
         let mut raw = [0u8; 16];
         match addr {
@@ -264,7 +263,7 @@ impl SockDiag {
 
     /// One for the network namespace `netns_file` (e.g. `/proc/PID/ns/net`) names.
     pub fn in_netns(netns_file: &std::path::Path) -> io::Result<Self> {
-        crate::netns::run_in(netns_file, Self::new)?
+        crate::sys::netns::run_in(netns_file, Self::new)?
     }
 
     fn send(&self, req: &[u8]) -> io::Result<()> {
@@ -348,6 +347,24 @@ impl SockDiag {
     }
 }
 
+/// Every socket of the given protocols (IPPROTO_*), in every state, in namespace `netns`,
+/// with the protocol it was dumped for. None when the namespace cannot be entered or no
+/// sock_diag socket made there; a protocol whose dump fails is left out (logged).
+pub fn dump_namespace(netns: u32, protocols: &[u8]) -> Option<Vec<(u8, DiagSocket)>> {
+    crate::sys::netns::run_in_inode(netns, || {
+        let mut diag = SockDiag::new().ok()?;
+        let mut sockets = Vec::new();
+        for &protocol in protocols {
+            match diag.dump(protocol, u32::MAX) {
+                Ok(found) => sockets.extend(found.into_iter().map(|s| (protocol, s))),
+                Err(err) => debug!("sock_diag dump of protocol {protocol} in netns {netns}: {err}"),
+            }
+        }
+        Some(sockets)
+    })
+    .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,10 +405,8 @@ mod tests {
     #[test]
     fn lookup_request_layout() {
         let id = ConnectionId {
-            src: IpAddr::from([127, 0, 0, 1]),
-            sport: 40000,
-            dst: IpAddr::from([10, 0, 0, 2]),
-            dport: 443,
+            local: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            remote: SocketAddr::from(([10, 0, 0, 2], 443)),
             cookie: 0x1_0000_0002,
         };
         let req = lookup_request(&id, 9);
@@ -411,8 +426,8 @@ mod tests {
         assert_eq!(u32_ne(&req, 68), 1);
 
         let v6 = ConnectionId {
-            src: "fd00::1".parse().expect("address"),
-            dst: "fd00::2".parse().expect("address"),
+            local: "[fd00::1]:40000".parse().expect("address"),
+            remote: "[fd00::2]:443".parse().expect("address"),
             ..id
         };
         let req = lookup_request(&v6, 1);
@@ -424,8 +439,8 @@ mod tests {
 
         // A dual-stack socket talking IPv4 is in the IPv4 tables.
         let mapped = ConnectionId {
-            src: "::ffff:127.0.0.1".parse().expect("address"),
-            dst: "::ffff:10.0.0.2".parse().expect("address"),
+            local: "[::ffff:127.0.0.1]:40000".parse().expect("address"),
+            remote: "[::ffff:10.0.0.2]:443".parse().expect("address"),
             ..id
         };
         assert_eq!(lookup_request(&mapped, 9), lookup_request(&id, 9));
@@ -509,10 +524,8 @@ mod tests {
             client.peer_addr().expect("addr"),
         );
         let id = ConnectionId {
-            src: local.ip(),
-            sport: local.port(),
-            dst: peer.ip(),
-            dport: peer.port(),
+            local,
+            remote: peer,
             cookie: cookie_of(&client),
         };
         let stranger = ConnectionId {

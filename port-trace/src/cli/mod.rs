@@ -8,11 +8,11 @@ use std::{
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{
-    duration::parse_duration,
-    events::{Family, Proto},
-    filter::Filter,
-};
+mod duration;
+
+use self::duration::parse_duration;
+use crate::event::{Family, Proto, filter::Filter};
+pub use crate::sinks::events::EventFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -193,12 +193,6 @@ pub enum Backend {
     Auto,
     Kprobe,
     Tracepoint,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EventFormat {
-    Json,
-    Text,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {

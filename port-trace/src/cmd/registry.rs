@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-static IANA: &str = include_str!("../data/iana-service-ports.tsv");
+static IANA: &str = include_str!("../../data/iana-service-ports.tsv");
 
 /// RFC 6335's three ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -8,13 +8,11 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
+use super::registry::{self, Assignment, IanaRange};
 use crate::{
-    events::Proto,
-    netns,
-    occupancy::PortRange,
-    registry::{self, Assignment, IanaRange},
-    snapshot,
-    sock_diag::SockDiag,
+    event::Proto,
+    exhaustion::range::PortRange,
+    sys::{netns, procfs, sock_diag},
 };
 
 #[derive(Debug, Serialize)]
@@ -78,6 +76,19 @@ fn state_name(proto: Proto, state: u8) -> &'static str {
     }
 }
 
+/// Prints the answer for `port`: text, or one JSON object.
+pub fn run(port: u16, proto: Option<Proto>, json: bool) {
+    let explanation = explain(port, proto);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(&explanation));
+    }
+}
+
 /// The answer for `port`, restricted to `proto` when given.
 pub fn explain(port: u16, proto: Option<Proto>) -> Explanation {
     let mut limits = Vec::new();
@@ -99,7 +110,7 @@ pub fn explain(port: u16, proto: Option<Proto>) -> Explanation {
     let mut by_range: BTreeMap<PortRange, Vec<u32>> = BTreeMap::new();
     let mut unreadable = 0;
     for &ns in &namespaces {
-        match netns::port_range(ns) {
+        match PortRange::of_netns(ns) {
             Some(range) => by_range.entry(range).or_default().push(ns),
             None => unreadable += 1,
         }
@@ -130,35 +141,24 @@ pub fn explain(port: u16, proto: Option<Proto>) -> Explanation {
         .collect();
     ephemeral.sort_by_key(|e| !e.host);
 
-    let owners = snapshot::socket_owners();
+    let owners = procfs::socket_owners();
     let mut holders = Vec::new();
     let mut blind = 0;
     for &ns in &namespaces {
-        let dumped = netns::run_in_inode(ns, || {
-            let mut diag = SockDiag::new().ok()?;
-            let mut found = Vec::new();
-            for (p, number) in [
-                (Proto::Tcp, libc::IPPROTO_TCP),
-                (Proto::Udp, libc::IPPROTO_UDP),
-            ] {
-                if proto.is_some_and(|wanted| wanted != p) {
-                    continue;
-                }
-                found.extend(
-                    diag.dump(number as u8, u32::MAX)
-                        .ok()?
-                        .into_iter()
-                        .map(|s| (p, s)),
-                );
-            }
-            Some(found)
-        })
-        .flatten();
+        let wanted: Vec<u8> = [Proto::Tcp, Proto::Udp]
+            .into_iter()
+            .filter(|p| proto.is_none_or(|only| only == *p))
+            .map(Proto::ipproto)
+            .collect();
+        let dumped = sock_diag::dump_namespace(ns, &wanted);
         let Some(sockets) = dumped else {
             blind += 1;
             continue;
         };
-        for (p, s) in sockets.into_iter().filter(|(_, s)| s.sport == port) {
+        for (number, s) in sockets.into_iter().filter(|(_, s)| s.sport == port) {
+            let Some(p) = Proto::from_ipproto(number) else {
+                continue;
+            };
             let owner = owners.get(&s.inode);
             holders.push(HeldBy {
                 netns: ns,

@@ -10,23 +10,15 @@ use foldhash::HashSet;
 
 use tracing::{debug, warn};
 
+use super::{Outcome, Tracker};
 use crate::{
-    events::Event,
-    netns,
-    sock_diag::{ConnectionId, SockDiag},
-    tracker::{Outcome, Tracker},
+    event::Event,
+    sys::{
+        clock::monotonic_ns,
+        netns,
+        sock_diag::{ConnectionId, SockDiag},
+    },
 };
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 #[derive(Default)]
 pub struct TimeWaitWatcher {
@@ -129,10 +121,8 @@ enum Plan {
 
 fn connection(release: &Event) -> ConnectionId {
     ConnectionId {
-        src: release.laddr,
-        sport: release.port,
-        dst: release.raddr,
-        dport: release.rport,
+        local: release.local(),
+        remote: release.remote(),
         cookie: release.cookie,
     }
 }

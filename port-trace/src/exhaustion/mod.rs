@@ -1,15 +1,30 @@
 //! Exhaustion watch: keeps the occupancy model current from matched events, and turns what
 //! it sees into warnings (a scope crossing a line, or an allocation failing) with who holds
 //! the ports and how long until the scope is full.
+//!
+//! - `range`: a namespace's ephemeral range, read from its sysctls.
+//! - `scope`: what an allocation draws from (namespace or destination), usage, holders.
+//! - `occupancy`: the counting model, the way the kernel counts.
+//! - `level`: ok / warn / critical per scope, with hysteresis.
+//! - `forecast`: time to exhaustion by Little's law.
+//! - `warning`: what this stage hands the sinks.
 
-use crate::{
-    events::Event,
-    netns,
-    occupancy::{Occupancy, PortRange, ScopeKey},
-    sinks::events::WarningRecord,
-    tracker::Outcome,
-    warnings::{Forecast, Level, Levels, Thresholds},
+pub mod forecast;
+pub mod level;
+pub mod occupancy;
+pub mod range;
+pub mod scope;
+pub mod warning;
+
+use self::{
+    forecast::Forecast,
+    level::{Level, Levels, Thresholds},
+    occupancy::Occupancy,
+    range::PortRange,
+    scope::{ScopeKey, Usage},
+    warning::{Reason, Warning},
 };
+use crate::{event::Event, track::Outcome};
 
 /// How many holders a warning names.
 const TOP: usize = 5;
@@ -24,34 +39,41 @@ pub struct Exhaustion {
 
 impl Exhaustion {
     pub fn new(thresholds: Thresholds) -> Self {
+        Self::with_range_reader(thresholds, PortRange::of_netns)
+    }
+
+    /// With namespace ranges from `read_range` instead of the running system (tests).
+    pub fn with_range_reader(
+        thresholds: Thresholds,
+        read_range: fn(u32) -> Option<PortRange>,
+    ) -> Self {
         Self {
             occupancy: Occupancy::default(),
             levels: Levels::new(thresholds),
             forecast: Forecast::default(),
-            read_range: netns::port_range,
+            read_range,
         }
     }
 
-    fn warning(
-        &self,
-        key: &ScopeKey,
-        level: Level,
-        reason: &'static str,
-        now_ns: u64,
-    ) -> WarningRecord {
+    fn warning(&self, key: &ScopeKey, level: Level, reason: Reason, now_ns: u64) -> Warning {
         let usage = self.occupancy.usage(key);
-        WarningRecord::new(
-            key,
+        Warning {
             level,
             reason,
+            scope: *key,
             usage,
-            self.forecast.seconds_left(key, usage, now_ns),
-            self.occupancy.top_holders(key, TOP),
-        )
+            forecast_s: self.forecast.seconds_left(key, usage, now_ns),
+            top: self.occupancy.top_holders(key, TOP),
+        }
     }
 
-    pub fn level(&self, key: &ScopeKey) -> Level {
-        self.levels.level(key)
+    /// The `n` fullest scopes with something held, and their levels.
+    pub fn fullest(&self, n: usize) -> Vec<(ScopeKey, Usage, Level)> {
+        self.occupancy
+            .fullest(n)
+            .into_iter()
+            .map(|(key, usage)| (key, usage, self.levels.level(&key)))
+            .collect()
     }
 
     /// A namespace seen for the first time gets its range read.
@@ -74,7 +96,7 @@ impl Exhaustion {
     }
 
     /// Takes one matched event; returns the warnings it raises.
-    pub fn observe(&mut self, event: &Event, outcome: Outcome) -> Vec<WarningRecord> {
+    pub fn observe(&mut self, event: &Event, outcome: Outcome) -> Vec<Warning> {
         let mut raised = Vec::new();
         match outcome {
             Outcome::Allocated => {
@@ -84,7 +106,7 @@ impl Exhaustion {
                     self.forecast.allocated(key, event.ts_ns);
                     let usage = self.occupancy.usage(&key);
                     if let Some(level) = self.levels.update(key, usage) {
-                        raised.push(self.warning(&key, level, "threshold", event.ts_ns));
+                        raised.push(self.warning(&key, level, Reason::Threshold, event.ts_ns));
                     }
                 }
             }
@@ -102,7 +124,7 @@ impl Exhaustion {
                 // connect, else its namespace.
                 if let Some(key) = Occupancy::scopes_of(event).last() {
                     self.levels.failed(key);
-                    raised.push(self.warning(&key, Level::Critical, "failure", event.ts_ns));
+                    raised.push(self.warning(&key, Level::Critical, Reason::Failure, event.ts_ns));
                 }
             }
             Outcome::EnteredTimeWait | Outcome::UnmatchedRelease => {}
@@ -112,7 +134,7 @@ impl Exhaustion {
 
     /// Re-reads every namespace's range (it can change at run time) and re-checks the
     /// scopes in use against it.
-    pub fn refresh(&mut self, now_ns: u64) -> Vec<WarningRecord> {
+    pub fn refresh(&mut self, now_ns: u64) -> Vec<Warning> {
         let namespaces: Vec<u32> = self.occupancy.namespaces().collect();
         for netns in namespaces {
             if let Some(range) = (self.read_range)(netns) {
@@ -122,7 +144,7 @@ impl Exhaustion {
         let mut raised = Vec::new();
         for (key, usage) in self.occupancy.fullest(usize::MAX) {
             if let Some(level) = self.levels.update(key, usage) {
-                raised.push(self.warning(&key, level, "threshold", now_ns));
+                raised.push(self.warning(&key, level, Reason::Threshold, now_ns));
             }
         }
         raised
@@ -133,8 +155,8 @@ impl Exhaustion {
 mod tests {
     use port_trace_common::{EVENT_FAIL, EVENT_RELEASE};
 
-    use super::*;
-    use crate::events::{decode_raw, tests::raw_connect};
+    use super::{scope::ScopeKind, *};
+    use crate::event::{decode_raw, tests::raw_connect};
 
     fn tiny(_: u32) -> Option<PortRange> {
         PortRange::parse("40000 40009", "")
@@ -165,21 +187,24 @@ mod tests {
             raised.extend(warnings.into_iter().map(|w| (port, w)));
         }
         // 8 of 10 for the destination (and the namespace): warn; 10 of 10: critical.
-        let levels: Vec<_> = raised.iter().map(|(p, w)| (*p, w.scope, w.level)).collect();
+        let levels: Vec<_> = raised
+            .iter()
+            .map(|(p, w)| (*p, w.scope.kind(), w.level))
+            .collect();
         assert_eq!(
             levels,
             vec![
-                (40007, "namespace", Level::Warn),
-                (40007, "destination", Level::Warn),
-                (40009, "namespace", Level::Critical),
-                (40009, "destination", Level::Critical),
+                (40007, ScopeKind::Namespace, Level::Warn),
+                (40007, ScopeKind::Destination, Level::Warn),
+                (40009, ScopeKind::Namespace, Level::Critical),
+                (40009, ScopeKind::Destination, Level::Critical),
             ]
         );
         let warn = &raised[1].1;
-        assert_eq!((warn.used, warn.capacity), (8, 10));
-        assert_eq!(warn.rport, Some(443));
-        assert_eq!(warn.top[0].comm, "curl");
-        assert_eq!(warn.top[0].count, 8);
+        assert_eq!((warn.usage.used, warn.usage.capacity), (8, 10));
+        assert_eq!(warn.scope.destination().map(|d| d.rport), Some(443));
+        assert_eq!(warn.top[0].0.comm, "curl");
+        assert_eq!(warn.top[0].1, 8);
         // 10 allocations a second, nothing released: 2 ports left is about 2 s... at the
         // decayed rate, a little more.
         let left = warn.forecast_s.expect("filling");
@@ -192,16 +217,10 @@ mod tests {
         let w = e.observe(&fail, Outcome::Failed);
         assert_eq!(w.len(), 1);
         assert_eq!(
-            (w[0].level, w[0].reason, w[0].scope),
-            (Level::Critical, "failure", "destination")
+            (w[0].level, w[0].reason, w[0].scope.kind()),
+            (Level::Critical, Reason::Failure, ScopeKind::Destination)
         );
-        let json: serde_json::Value = serde_json::from_str(&w[0].to_json()).expect("json");
-        assert_eq!(json["type"], "warning");
-        assert_eq!(json["used"], 10);
-        assert!(
-            json.get("forecast_s").is_some(),
-            "null, not absent, when unknown"
-        );
+        assert_eq!(w[0].usage.used, 10);
     }
 
     #[test]

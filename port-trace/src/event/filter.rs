@@ -7,7 +7,7 @@
 
 use port_trace_common::{FILTER_TCP, FILTER_UDP, KernelFilter, MAX_NETNS_FILTER};
 
-use crate::events::{Event, Family, Proto};
+use crate::event::{Event, Family, Proto};
 
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
@@ -57,7 +57,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{decode_raw, tests::raw_connect};
+    use crate::event::{decode_raw, tests::raw_connect};
 
     fn event() -> Event {
         decode_raw(&raw_connect()).expect("decodes")

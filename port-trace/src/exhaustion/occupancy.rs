@@ -15,165 +15,13 @@
 // foldhash, not SipHash: these maps are touched for every event, and SipHash was a
 // third of the daemon's time. Keys come from the kernel, not from the network.
 use foldhash::HashMap;
-use std::{collections::BTreeMap, net::IpAddr};
+use std::collections::BTreeMap;
 
-use serde::Serialize;
-
-use crate::{
-    comm::Comm,
-    events::{AllocKind, Event, Proto},
+use super::{
+    range::PortRange,
+    scope::{Destination, Holder, Scope, ScopeKey, Usage},
 };
-
-/// `net.ipv4.ip_local_port_range` minus `ip_local_reserved_ports`, for one namespace.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PortRange {
-    pub low: u16,
-    pub high: u16,
-    /// Reserved ports as inclusive ranges, sorted.
-    pub reserved: Vec<(u16, u16)>,
-}
-
-impl Default for PortRange {
-    /// Linux's default range.
-    fn default() -> Self {
-        Self {
-            low: 32768,
-            high: 60999,
-            reserved: Vec::new(),
-        }
-    }
-}
-
-impl PortRange {
-    /// Parses `ip_local_port_range` ("32768\t60999") and `ip_local_reserved_ports`
-    /// ("8080,9000-9100" or empty).
-    pub fn parse(range: &str, reserved: &str) -> Option<Self> {
-        let mut bounds = range.split_whitespace().map(str::parse::<u16>);
-        let (low, high) = (bounds.next()?.ok()?, bounds.next()?.ok()?);
-        if low > high {
-            return None;
-        }
-        let mut reserved_ranges = Vec::new();
-        for part in reserved.trim().split(',').filter(|p| !p.trim().is_empty()) {
-            let (a, b) = match part.trim().split_once('-') {
-                Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
-                None => {
-                    let p = part.trim().parse().ok()?;
-                    (p, p)
-                }
-            };
-            reserved_ranges.push((a, b));
-        }
-        reserved_ranges.sort_unstable();
-        Some(Self {
-            low,
-            high,
-            reserved: reserved_ranges,
-        })
-    }
-
-    fn is_reserved(&self, port: u16) -> bool {
-        self.reserved.iter().any(|&(a, b)| (a..=b).contains(&port))
-    }
-
-    /// Whether the kernel would hand `port` out from this range.
-    pub fn contains(&self, port: u16) -> bool {
-        (self.low..=self.high).contains(&port) && !self.is_reserved(port)
-    }
-
-    /// How many ports the kernel can hand out.
-    pub fn size(&self) -> u32 {
-        let all = u32::from(self.high - self.low) + 1;
-        let reserved: u32 = self
-            .reserved
-            .iter()
-            .map(|&(a, b)| {
-                let (a, b) = (a.max(self.low), b.min(self.high));
-                if a > b { 0 } else { u32::from(b - a) + 1 }
-            })
-            .sum();
-        all - reserved.min(all)
-    }
-}
-
-/// Where a connect() goes: the 3 of the 4-tuple that are not the port being chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Destination {
-    pub laddr: IpAddr,
-    pub raddr: IpAddr,
-    pub rport: u16,
-}
-
-/// Hashed as two 128-bit words and the port: destinations are hashed several times per
-/// event, and the derived hash (enum tags, byte slices with lengths) was a tenth of the
-/// daemon's time. Equal destinations hash equal; an IPv4 and an IPv6 address with the same
-/// bits merely collide.
-impl std::hash::Hash for Destination {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        fn bits(ip: IpAddr) -> u128 {
-            match ip {
-                IpAddr::V4(v4) => u128::from(v4.to_bits()),
-                IpAddr::V6(v6) => v6.to_bits(),
-            }
-        }
-        state.write_u128(bits(self.laddr));
-        state.write_u128(bits(self.raddr));
-        state.write_u16(self.rport);
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Scope {
-    Namespace,
-    Destination(Destination),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ScopeKey {
-    pub netns: u32,
-    pub proto: Proto,
-    pub scope: Scope,
-}
-
-impl ScopeKey {
-    pub fn destination(&self) -> Option<Destination> {
-        match self.scope {
-            Scope::Destination(dest) => Some(dest),
-            Scope::Namespace => None,
-        }
-    }
-
-    /// "namespace" or "destination", as records name scopes.
-    pub fn kind(&self) -> &'static str {
-        match self.scope {
-            Scope::Destination(_) => "destination",
-            Scope::Namespace => "namespace",
-        }
-    }
-}
-
-/// One holder of ports, for "who is using them".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Holder {
-    pub pid: u32,
-    pub comm: Comm,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub used: u32,
-    pub capacity: u32,
-}
-
-impl Usage {
-    pub fn ratio(&self) -> f64 {
-        if self.capacity == 0 {
-            1.0
-        } else {
-            f64::from(self.used) / f64::from(self.capacity)
-        }
-    }
-}
+use crate::event::{AllocKind, Event, Proto};
 
 /// Ports held in one scope: how many sockets hold each port, and who. `in_range` counts the
 /// distinct ports inside the namespace's range as they come and go, so asking how full a
@@ -483,13 +331,13 @@ impl Occupancy {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use port_trace_common::{KIND_BIND, KIND_CONNECT};
     use proptest::prelude::*;
 
     use super::*;
-    use crate::events::{decode_raw, tests::raw_connect};
+    use crate::event::{decode_raw, tests::raw_connect};
 
     const NETNS: u32 = 4026531840;
 
@@ -526,19 +374,6 @@ mod tests {
             proto: Proto::Tcp,
             scope: Scope::Namespace,
         }
-    }
-
-    #[test]
-    fn parses_ranges_and_reserved_ports() {
-        let r = PortRange::parse("32768\t60999\n", "").expect("parses");
-        assert_eq!((r.low, r.high, r.size()), (32768, 60999, 28232));
-        let r = PortRange::parse("40000 40009", "40001,40005-40006,50000\n").expect("parses");
-        assert_eq!(r.size(), 7);
-        assert!(!r.contains(40001) && !r.contains(40005) && r.contains(40004));
-        assert!(!r.contains(39999) && !r.contains(40010));
-        assert_eq!(PortRange::parse("5 1", ""), None);
-        assert_eq!(PortRange::parse("x y", ""), None);
-        assert_eq!(PortRange::parse("1 5", "a-b"), None);
     }
 
     #[test]

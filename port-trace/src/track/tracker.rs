@@ -5,31 +5,15 @@
 // foldhash, not SipHash: these maps are touched for every event, and SipHash was a
 // third of the daemon's time. Keys come from the kernel, not from the network.
 use foldhash::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
-use crate::events::{Event, EventType, Proto};
+use super::Outcome;
+use crate::event::{Event, EventType, Proto};
 
 /// How long a TIME_WAIT socket lives (`TCP_TIMEWAIT_LEN`, fixed in the kernel). A parked port
 /// is checked at the first poll after its close (did a TIME_WAIT socket take it?), then not
 /// again until this long after the close, then at every poll until it is gone.
 pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
-
-/// What an event meant once matched against what came before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Allocated,
-    /// The port is free again after `lifetime_ns`, of which `time_wait_ns` in TIME_WAIT
-    /// (`None` for releases that never went through TIME_WAIT).
-    Released {
-        lifetime_ns: u64,
-        time_wait_ns: Option<u64>,
-    },
-    /// The full socket closed actively; the port stays held until its TIME_WAIT socket goes.
-    EnteredTimeWait,
-    /// A release whose allocation was never seen (lost, or before port-trace started).
-    UnmatchedRelease,
-    Failed,
-}
 
 /// A port held by a TIME_WAIT socket: the release event as the kernel sent it (at the full
 /// socket's close) and the allocation time.
@@ -52,16 +36,29 @@ pub struct Parked<'a> {
 
 /// A TCP connection's identity in the kernel's tables: (netns, local address and port,
 /// remote address and port). No two sockets share one, TIME_WAIT sockets included.
-type FourTuple = (u32, IpAddr, u16, IpAddr, u16);
+type FourTuple = (u32, SocketAddr, SocketAddr);
 
 fn four_tuple(event: &Event) -> FourTuple {
-    (
-        event.netns,
-        event.laddr,
-        event.port,
-        event.raddr,
-        event.rport,
-    )
+    (event.netns, event.local(), event.remote())
+}
+
+/// What `Tracker::apply` made of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// A port freed on the way, to report before `outcome`: a connect() took over the
+    /// connection of a TIME_WAIT socket (tcp_tw_reuse), and the kernel killed that socket to
+    /// let it. The release as it was parked, stamped with the take-over's time.
+    pub freed: Option<(Event, Outcome)>,
+    pub outcome: Outcome,
+}
+
+impl From<Outcome> for Applied {
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            freed: None,
+            outcome,
+        }
+    }
 }
 
 /// Sockets whose port is held, by socket cookie. Only the allocation time is kept for open
@@ -72,47 +69,55 @@ pub struct Tracker {
     time_wait: HashMap<u64, TimeWait>,
     /// The ports in `time_wait` by connection, to see a new connect() take one over.
     time_wait_tuples: HashMap<FourTuple, u64>,
-    /// Ports freed by a take-over, to report before the allocation that took them.
-    taken_over: Vec<(Event, Outcome)>,
     /// Of those held, ports asked for by number: tracked for occupancy, not allocations.
     explicit: usize,
 }
 
 impl Tracker {
-    pub fn apply(&mut self, event: &Event) -> Outcome {
+    /// Matches one event against what came before it.
+    pub fn apply(&mut self, event: &Event) -> Applied {
         match event.event {
             EventType::Alloc => {
-                if !self.time_wait_tuples.is_empty() && event.proto == Proto::Tcp {
-                    self.take_over(event);
-                }
+                let freed = if !self.time_wait_tuples.is_empty() && event.proto == Proto::Tcp {
+                    self.take_over(event)
+                } else {
+                    None
+                };
                 if self.held.insert(event.cookie, event.ts_ns).is_none() && event.explicit {
                     self.explicit += 1;
                 }
-                Outcome::Allocated
-            }
-            EventType::Release if event.time_wait_end => self.end_time_wait(event),
-            EventType::Release => match self.take_held(event) {
-                Some(since) if event.time_wait => {
-                    self.time_wait_tuples
-                        .insert(four_tuple(event), event.cookie);
-                    self.time_wait.insert(
-                        event.cookie,
-                        TimeWait {
-                            release: event.clone(),
-                            allocated_ns: since,
-                            seen: false,
-                            next_check_ns: 0,
-                        },
-                    );
-                    Outcome::EnteredTimeWait
+                Applied {
+                    freed,
+                    outcome: Outcome::Allocated,
                 }
-                Some(since) => Outcome::Released {
-                    lifetime_ns: event.ts_ns.saturating_sub(since),
-                    time_wait_ns: None,
-                },
-                None => Outcome::UnmatchedRelease,
+            }
+            EventType::Release if event.time_wait_end => self.end_time_wait(event).into(),
+            EventType::Release => self.release(event).into(),
+            EventType::Fail => Outcome::Failed.into(),
+        }
+    }
+
+    fn release(&mut self, event: &Event) -> Outcome {
+        match self.take_held(event) {
+            Some(since) if event.time_wait => {
+                self.time_wait_tuples
+                    .insert(four_tuple(event), event.cookie);
+                self.time_wait.insert(
+                    event.cookie,
+                    TimeWait {
+                        release: event.clone(),
+                        allocated_ns: since,
+                        seen: false,
+                        next_check_ns: 0,
+                    },
+                );
+                Outcome::EnteredTimeWait
+            }
+            Some(since) => Outcome::Released {
+                lifetime_ns: event.ts_ns.saturating_sub(since),
+                time_wait_ns: None,
             },
-            EventType::Fail => Outcome::Failed,
+            None => Outcome::UnmatchedRelease,
         }
     }
 
@@ -126,13 +131,9 @@ impl Tracker {
 
     /// A connect() that got the connection of a TIME_WAIT socket (tcp_tw_reuse): the kernel
     /// killed that socket to let it, so its port was freed just before.
-    fn take_over(&mut self, event: &Event) {
-        let Some(cookie) = self.time_wait_tuples.remove(&four_tuple(event)) else {
-            return;
-        };
-        let Some(tw) = self.time_wait.remove(&cookie) else {
-            return;
-        };
+    fn take_over(&mut self, event: &Event) -> Option<(Event, Outcome)> {
+        let cookie = self.time_wait_tuples.remove(&four_tuple(event))?;
+        let tw = self.time_wait.remove(&cookie)?;
         let closed_ns = tw.release.ts_ns;
         let mut freed = tw.release;
         freed.ts_ns = event.ts_ns.max(closed_ns);
@@ -140,14 +141,7 @@ impl Tracker {
             lifetime_ns: freed.ts_ns.saturating_sub(tw.allocated_ns),
             time_wait_ns: Some(freed.ts_ns - closed_ns),
         };
-        self.taken_over.push((freed, outcome));
-    }
-
-    /// Ports freed when a connect() took over their TIME_WAIT socket's connection: report
-    /// them before the allocation that did (`apply`'s outcome).
-    pub fn take_taken_over(&mut self) -> Vec<(Event, Outcome)> {
-        // Empty almost always, and taking an empty Vec allocates nothing.
-        std::mem::take(&mut self.taken_over)
+        Some((freed, outcome))
     }
 
     fn forget_tuple(&mut self, release: &Event) {
@@ -251,7 +245,7 @@ mod tests {
     use port_trace_common::{EVENT_FAIL, EVENT_RELEASE, FLAG_TIME_WAIT};
 
     use super::*;
-    use crate::events::{decode_raw, tests::raw_connect};
+    use crate::event::{decode_raw, tests::raw_connect};
 
     fn release(cookie: u64, ts_ns: u64, flags: u8) -> Event {
         let mut raw = raw_connect();
@@ -270,10 +264,12 @@ mod tests {
     fn lifetime_runs_from_alloc_to_release() {
         let mut tracker = Tracker::default();
         let alloc = alloc();
-        assert_eq!(tracker.apply(&alloc), Outcome::Allocated);
+        assert_eq!(tracker.apply(&alloc).outcome, Outcome::Allocated);
         assert_eq!(tracker.held(), 1);
         assert_eq!(
-            tracker.apply(&release(alloc.cookie, alloc.ts_ns + 5_000, 0)),
+            tracker
+                .apply(&release(alloc.cookie, alloc.ts_ns + 5_000, 0))
+                .outcome,
             Outcome::Released {
                 lifetime_ns: 5_000,
                 time_wait_ns: None
@@ -287,7 +283,7 @@ mod tests {
         let mut tracker = Tracker::default();
         tracker.apply(&alloc());
         assert_eq!(
-            tracker.apply(&release(999, 10, 0)),
+            tracker.apply(&release(999, 10, 0)).outcome,
             Outcome::UnmatchedRelease
         );
         assert_eq!(tracker.held(), 1);
@@ -300,7 +296,9 @@ mod tests {
         tracker.apply(&alloc);
         tracker.apply(&release(alloc.cookie, alloc.ts_ns + 1, 0));
         assert_eq!(
-            tracker.apply(&release(alloc.cookie, alloc.ts_ns + 2, 0)),
+            tracker
+                .apply(&release(alloc.cookie, alloc.ts_ns + 2, 0))
+                .outcome,
             Outcome::UnmatchedRelease
         );
     }
@@ -321,7 +319,9 @@ mod tests {
         let cookie = alloc.cookie;
         tracker.apply(&alloc);
         let closed = alloc.ts_ns + 1_000;
-        let outcome = tracker.apply(&release(cookie, closed, FLAG_TIME_WAIT));
+        let outcome = tracker
+            .apply(&release(cookie, closed, FLAG_TIME_WAIT))
+            .outcome;
         assert_eq!(outcome, Outcome::EnteredTimeWait);
         assert_eq!(tracker.held(), 1, "TIME_WAIT still holds the port");
 
@@ -411,19 +411,18 @@ mod tests {
         raw.cookie = 43;
         raw.lport = 40002;
         raw.ts_ns = closed + 100;
-        tracker.apply(&decode_raw(&raw).expect("decodes"));
-        assert!(tracker.take_taken_over().is_empty());
+        let other = tracker.apply(&decode_raw(&raw).expect("decodes"));
+        assert!(other.freed.is_none());
         assert_eq!(tracker.held(), 2);
 
         // The same four-tuple (tcp_tw_reuse): the kernel killed the TIME_WAIT socket.
         let mut raw = raw_connect();
         raw.cookie = 44;
         raw.ts_ns = closed + 5_000;
-        assert_eq!(
-            tracker.apply(&decode_raw(&raw).expect("decodes")),
-            Outcome::Allocated
-        );
-        let freed = tracker.take_taken_over();
+        let reuse = decode_raw(&raw).expect("decodes");
+        let applied = tracker.apply(&reuse);
+        assert_eq!(applied.outcome, Outcome::Allocated);
+        let freed: Vec<_> = applied.freed.into_iter().collect();
         assert_eq!(freed.len(), 1);
         assert_eq!(freed[0].0.cookie, first.cookie);
         assert_eq!(freed[0].0.ts_ns, closed + 5_000);
@@ -440,7 +439,18 @@ mod tests {
             "the two open connections, not the freed port"
         );
         assert!(due(&tracker, u64::MAX).is_empty());
-        assert!(tracker.take_taken_over().is_empty(), "reported once");
+        // Reported once: the same connection again takes nothing over.
+        let mut raw = raw_connect();
+        raw.cookie = 45;
+        raw.ts_ns = closed + 6_000;
+        tracker.apply(&release(44, closed + 5_500, 0));
+        assert!(
+            tracker
+                .apply(&decode_raw(&raw).expect("decodes"))
+                .freed
+                .is_none(),
+            "reported once"
+        );
     }
 
     #[test]
@@ -456,14 +466,14 @@ mod tests {
         let end = decode_raw(&raw).expect("decodes");
         assert_eq!(end.event, EventType::Release);
         assert_eq!(
-            tracker.apply(&end),
+            tracker.apply(&end).outcome,
             Outcome::Released {
                 lifetime_ns: 61_000,
                 time_wait_ns: Some(60_000)
             }
         );
         assert_eq!(tracker.held(), 0);
-        assert_eq!(tracker.apply(&end), Outcome::UnmatchedRelease);
+        assert_eq!(tracker.apply(&end).outcome, Outcome::UnmatchedRelease);
     }
 
     #[test]
@@ -472,11 +482,14 @@ mod tests {
         let mut raw = raw_connect();
         raw.flags = port_trace_common::FLAG_EXPLICIT;
         let explicit = decode_raw(&raw).expect("decodes");
-        assert_eq!(tracker.apply(&explicit), Outcome::Allocated);
+        assert_eq!(tracker.apply(&explicit).outcome, Outcome::Allocated);
         assert_eq!(tracker.held(), 0);
         let mut release = release(explicit.cookie, explicit.ts_ns + 5, 0);
         release.explicit = true;
-        assert!(matches!(tracker.apply(&release), Outcome::Released { .. }));
+        assert!(matches!(
+            tracker.apply(&release).outcome,
+            Outcome::Released { .. }
+        ));
         assert_eq!(tracker.held(), 0);
     }
 
@@ -487,7 +500,7 @@ mod tests {
         raw.event = EVENT_FAIL;
         raw.errno = 99;
         assert_eq!(
-            tracker.apply(&decode_raw(&raw).expect("decodes")),
+            tracker.apply(&decode_raw(&raw).expect("decodes")).outcome,
             Outcome::Failed
         );
         assert_eq!(tracker.held(), 0);

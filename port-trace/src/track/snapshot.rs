@@ -4,23 +4,18 @@
 //! (as `ss -p` finds them). Nothing reports their release, so each interval the snapshot is
 //! taken again and the ones that are gone are freed.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::HashSet, net::IpAddr};
 
-use tracing::debug;
+use port_trace_common::TCP_LISTEN;
 
 use crate::{
-    comm::Comm,
-    events::{AllocKind, Event, EventType, Family, Proto},
-    filter::Filter,
-    netns,
-    sock_diag::{DiagSocket, SockDiag},
+    event::{AllocKind, Event, EventType, Family, Proto, comm::Comm, filter::Filter},
+    sys::{
+        netns,
+        procfs::socket_owners,
+        sock_diag::{self, DiagSocket},
+    },
 };
-
-const TCP_LISTEN: u8 = 10;
-const ALL_STATES: u32 = u32::MAX;
 
 /// A socket from a dump, as the occupancy model takes it: an event that allocated the port.
 pub fn as_event(
@@ -64,58 +59,14 @@ pub fn as_event(
     }
 }
 
-/// Socket inode -> (pid, comm) for every process, from /proc/PID/fd links `socket:[N]`.
-pub fn socket_owners() -> HashMap<u32, (u32, String)> {
-    let mut owners = HashMap::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return owners;
-    };
-    for entry in procs.filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm"))
-            .map(|c| c.trim().to_string())
-            .unwrap_or_default();
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.filter_map(Result::ok) {
-            if let Ok(target) = std::fs::read_link(fd.path())
-                && let Some(inode) = target
-                    .to_string_lossy()
-                    .strip_prefix("socket:[")
-                    .and_then(|rest| rest.strip_suffix(']'))
-                    .and_then(|n| n.parse().ok())
-            {
-                owners.entry(inode).or_insert_with(|| (pid, comm.clone()));
-            }
-        }
-    }
-    owners
-}
-
 /// TCP and UDP sockets with a local port in `netns`.
 fn dump(netns: u32) -> Vec<(Proto, DiagSocket)> {
-    netns::run_in_inode(netns, || {
-        let mut diag = SockDiag::new().ok()?;
-        let mut sockets = Vec::new();
-        for (proto, number) in [
-            (Proto::Tcp, libc::IPPROTO_TCP),
-            (Proto::Udp, libc::IPPROTO_UDP),
-        ] {
-            match diag.dump(number as u8, ALL_STATES) {
-                Ok(found) => sockets.extend(found.into_iter().map(|s| (proto, s))),
-                Err(err) => debug!("sock_diag dump in netns {netns}: {err}"),
-            }
-        }
-        Some(sockets)
-    })
-    .flatten()
-    .unwrap_or_default()
-    .into_iter()
-    .filter(|(_, s)| s.sport != 0)
-    .collect()
+    sock_diag::dump_namespace(netns, &[Proto::Tcp.ipproto(), Proto::Udp.ipproto()])
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, s)| s.sport != 0)
+        .filter_map(|(number, s)| Some((Proto::from_ipproto(number)?, s)))
+        .collect()
 }
 
 /// The sockets found at start-up, kept until they are gone.
@@ -127,22 +78,34 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Takes the snapshot of what `filter` traces; returns the sockets found, to hold in the
-    /// occupancy model.
-    pub fn take(filter: &Filter) -> (Self, Vec<Event>) {
+    /// Takes the snapshot of what `filter` traces.
+    pub fn take(filter: &Filter) -> Self {
         let owners = socket_owners();
-        let mut snapshot = Self::default();
+        let mut events = Vec::new();
         for netns in netns::all() {
             for (proto, socket) in dump(netns) {
                 if !filter.traces(netns, proto) {
                     continue;
                 }
-                let event = as_event(&socket, proto, netns, owners.get(&socket.inode));
-                snapshot.held.insert((netns, socket.cookie), event);
+                events.push(as_event(&socket, proto, netns, owners.get(&socket.inode)));
             }
         }
-        let events = snapshot.held.values().cloned().collect();
-        (snapshot, events)
+        Self::from_events(events)
+    }
+
+    /// A snapshot of these sockets (as allocations).
+    pub fn from_events(events: Vec<Event>) -> Self {
+        Self {
+            held: events
+                .into_iter()
+                .map(|e| ((e.netns, e.cookie), e))
+                .collect(),
+        }
+    }
+
+    /// The sockets still held.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.held.values()
     }
 
     /// A live allocation of a socket the snapshot also found (it was made between attaching
@@ -152,13 +115,19 @@ impl Snapshot {
         self.held.remove(&(netns, cookie))
     }
 
-    /// The snapshot's sockets that no longer exist, to free in the occupancy model.
-    pub fn gone(&mut self) -> Vec<Event> {
-        let mut netns_left: HashSet<u32> = self.held.keys().map(|(n, _)| *n).collect();
-        let mut present: HashSet<(u32, u64)> = HashSet::new();
-        for netns in netns_left.drain() {
+    /// Which of the snapshot's sockets still exist, as (netns, cookie): dumps their
+    /// namespaces again.
+    pub fn present(&self) -> HashSet<(u32, u64)> {
+        let namespaces: HashSet<u32> = self.held.keys().map(|(n, _)| *n).collect();
+        let mut present = HashSet::new();
+        for netns in namespaces {
             present.extend(dump(netns).into_iter().map(|(_, s)| (netns, s.cookie)));
         }
+        present
+    }
+
+    /// Forgets the sockets not in `present` and returns them, to free in the occupancy model.
+    pub fn retain_present(&mut self, present: &HashSet<(u32, u64)>) -> Vec<Event> {
         let mut gone = Vec::new();
         self.held.retain(|key, event| {
             let keep = present.contains(key);
@@ -168,6 +137,12 @@ impl Snapshot {
             keep
         });
         gone
+    }
+
+    /// The snapshot's sockets that no longer exist, forgotten here and returned.
+    pub fn gone(&mut self) -> Vec<Event> {
+        let present = self.present();
+        self.retain_present(&present)
     }
 }
 

@@ -1,0 +1,107 @@
+//! A namespace's ephemeral range: `ip_local_port_range` minus `ip_local_reserved_ports`, as
+//! the kernel hands ports out of it.
+
+use crate::sys::netns;
+
+/// `net.ipv4.ip_local_port_range` minus `ip_local_reserved_ports`, for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+    /// Reserved ports as inclusive ranges, sorted.
+    pub reserved: Vec<(u16, u16)>,
+}
+
+impl Default for PortRange {
+    /// Linux's default range.
+    fn default() -> Self {
+        Self {
+            low: 32768,
+            high: 60999,
+            reserved: Vec::new(),
+        }
+    }
+}
+
+impl PortRange {
+    /// Parses `ip_local_port_range` ("32768\t60999") and `ip_local_reserved_ports`
+    /// ("8080,9000-9100" or empty).
+    pub fn parse(range: &str, reserved: &str) -> Option<Self> {
+        let mut bounds = range.split_whitespace().map(str::parse::<u16>);
+        let (low, high) = (bounds.next()?.ok()?, bounds.next()?.ok()?);
+        if low > high {
+            return None;
+        }
+        let mut reserved_ranges = Vec::new();
+        for part in reserved.trim().split(',').filter(|p| !p.trim().is_empty()) {
+            let (a, b) = match part.trim().split_once('-') {
+                Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+                None => {
+                    let p = part.trim().parse().ok()?;
+                    (p, p)
+                }
+            };
+            reserved_ranges.push((a, b));
+        }
+        reserved_ranges.sort_unstable();
+        Some(Self {
+            low,
+            high,
+            reserved: reserved_ranges,
+        })
+    }
+
+    fn is_reserved(&self, port: u16) -> bool {
+        self.reserved.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
+
+    /// Namespace `inode`'s range as it is now; None when no process is left in it.
+    pub fn of_netns(inode: u32) -> Option<Self> {
+        let (range, reserved) = netns::port_range_sysctls(inode)?;
+        Self::parse(&range, &reserved)
+    }
+
+    /// Whether the kernel would hand `port` out from this range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port) && !self.is_reserved(port)
+    }
+
+    /// How many ports the kernel can hand out.
+    pub fn size(&self) -> u32 {
+        let all = u32::from(self.high - self.low) + 1;
+        let reserved: u32 = self
+            .reserved
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.max(self.low), b.min(self.high));
+                if a > b { 0 } else { u32::from(b - a) + 1 }
+            })
+            .sum();
+        all - reserved.min(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_namespace_range() {
+        let own = netns::own().expect("own netns");
+        let range = PortRange::of_netns(own).expect("readable range");
+        assert!(range.size() > 0);
+    }
+
+    #[test]
+    fn parses_ranges_and_reserved_ports() {
+        let r = PortRange::parse("32768\t60999\n", "").expect("parses");
+        assert_eq!((r.low, r.high, r.size()), (32768, 60999, 28232));
+        let r = PortRange::parse("40000 40009", "40001,40005-40006,50000\n").expect("parses");
+        assert_eq!(r.size(), 7);
+        assert!(!r.contains(40001) && !r.contains(40005) && r.contains(40004));
+        assert!(!r.contains(39999) && !r.contains(40010));
+        assert_eq!(PortRange::parse("5 1", ""), None);
+        assert_eq!(PortRange::parse("x y", ""), None);
+        assert_eq!(PortRange::parse("1 5", "a-b"), None);
+    }
+}

@@ -1,0 +1,31 @@
+//! Warnings: a scope crossed a line, or an allocation in it failed; with how full it is, how
+//! long until it is full, and who holds its ports. Built here, rendered by the sinks.
+
+use serde::Serialize;
+
+use super::{
+    level::Level,
+    scope::{Holder, ScopeKey, Usage},
+};
+
+/// Why a warning was raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    /// The scope's usage crossed the warn or critical line.
+    Threshold,
+    /// An allocation drawing from the scope failed.
+    Failure,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warning {
+    pub level: Level,
+    pub reason: Reason,
+    pub scope: ScopeKey,
+    pub usage: Usage,
+    /// Seconds to exhaustion at the current pace; None when the scope is not filling.
+    pub forecast_s: Option<f64>,
+    /// Who holds the most ports in the scope, most first.
+    pub top: Vec<(Holder, u32)>,
+}

@@ -1,0 +1,439 @@
+//! The daemon's core, without I/O: decoded events in, and out to the sinks what they need.
+//!
+//! Per event: the tracker matches it (freeing, first, a TIME_WAIT port that a connect() took
+//! over); a live allocation replaces the start-up snapshot's copy of the same socket; the
+//! exhaustion model counts every traced socket; the stats and the sinks see only what the
+//! report filters let through, and never a port asked for by number. Clocks come in as
+//! arguments, OS reads (snapshot dumps, ranges) are done by the caller or by the stages'
+//! own readers, so every rule here runs in a unit test without root.
+
+use std::{collections::BTreeMap, io};
+
+use hdrhistogram::Histogram;
+
+use crate::{
+    event::{Event, Proto, filter::Filter},
+    exhaustion::{Exhaustion, level::Thresholds, warning::Warning},
+    stats::{LostCounts, Stats},
+    track::{Outcome, Tracker, snapshot::Snapshot},
+};
+
+/// Where the pipeline's output goes: every sink takes the same four calls, and
+/// `sinks::Sinks` fans them out.
+pub trait Sink {
+    /// One event that the report filters let through, with what it meant.
+    fn event(&mut self, _event: &Event, _outcome: Outcome) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Warnings raised by the last event or check.
+    fn warnings(&mut self, _warnings: &[Warning]) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Once an interval (`--interval`).
+    fn tick(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Once, when tracing stops.
+    fn finish(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The state every sink may read, as of one moment.
+pub struct View<'a> {
+    pub stats: &'a Stats,
+    pub exhaustion: &'a Exhaustion,
+    /// Ephemeral ports held now, TIME_WAIT included.
+    pub held: usize,
+    /// Since tracing started.
+    pub elapsed_ns: u64,
+    /// Lifetimes released since the last tick, all (None) and per protocol; empty unless
+    /// the pipeline keeps intervals.
+    pub interval: &'a BTreeMap<Option<Proto>, Histogram<u64>>,
+}
+
+pub struct Pipeline {
+    pub tracker: Tracker,
+    pub stats: Stats,
+    pub exhaustion: Exhaustion,
+    /// Sockets found at start-up, until they are gone.
+    pub snapshot: Snapshot,
+    /// What is traced (netns, proto) and reported (pid, comm, family).
+    filter: Filter,
+    /// CLOCK_MONOTONIC when tracing started.
+    started_ns: u64,
+}
+
+/// How the pipeline is set up.
+pub struct Config {
+    pub filter: Filter,
+    pub thresholds: Thresholds,
+    /// Keep per-interval lifetimes for the sinks (`--hdr-log`).
+    pub keep_intervals: bool,
+    /// CLOCK_MONOTONIC when tracing started.
+    pub started_ns: u64,
+}
+
+impl Pipeline {
+    /// A pipeline whose exhaustion model holds the snapshot's sockets from the start.
+    pub fn new(config: Config, snapshot: Snapshot, exhaustion: Exhaustion) -> Self {
+        let mut pipeline = Self {
+            tracker: Tracker::default(),
+            stats: Stats::new(config.keep_intervals),
+            exhaustion,
+            snapshot,
+            filter: config.filter,
+            started_ns: config.started_ns,
+        };
+        for event in pipeline.snapshot.events() {
+            pipeline.exhaustion.hold_existing(event);
+        }
+        pipeline
+    }
+
+    /// The thresholds-only constructor most callers want.
+    pub fn with_thresholds(config: Config, snapshot: Snapshot) -> Self {
+        let exhaustion = Exhaustion::new(config.thresholds);
+        Self::new(config, snapshot, exhaustion)
+    }
+
+    /// Checks every scope against its range (read anew) and raises what is over a line.
+    pub fn check_ranges(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
+        let warnings = self.exhaustion.refresh(now_ns);
+        sink.warnings(&warnings)
+    }
+
+    /// Takes one event from the kernel.
+    pub fn apply(&mut self, event: &Event, sink: &mut impl Sink) -> io::Result<()> {
+        let applied = self.tracker.apply(event);
+        // A connect() that took over a TIME_WAIT socket's connection freed that port first.
+        if let Some((freed, outcome)) = &applied.freed {
+            self.emit(freed, *outcome, sink)?;
+        }
+        if applied.outcome == Outcome::Allocated
+            && let Some(copy) = self.snapshot.take_over(event.netns, event.cookie)
+        {
+            self.exhaustion.free_existing(&copy);
+        }
+        self.emit(event, applied.outcome, sink)
+    }
+
+    /// Counts one matched event (from `apply`, or a release the TIME_WAIT watcher found)
+    /// and hands it on.
+    pub fn emit(
+        &mut self,
+        event: &Event,
+        outcome: Outcome,
+        sink: &mut impl Sink,
+    ) -> io::Result<()> {
+        // Namespaces beyond what the kernel filter holds are left out here.
+        if !self.filter.traces(event.netns, event.proto) {
+            return Ok(());
+        }
+        let warnings = self.exhaustion.observe(event, outcome);
+        // A port asked for by number counts in occupancy only: it is no allocation.
+        if !event.explicit && self.filter.matches(event) {
+            self.stats.record(event, outcome);
+            // The port is still held while in TIME_WAIT; its release comes when that ends.
+            if outcome != Outcome::EnteredTimeWait {
+                sink.event(event, outcome)?;
+            }
+        }
+        if warnings.is_empty() {
+            return Ok(());
+        }
+        sink.warnings(&warnings)
+    }
+
+    /// Once an interval: frees the snapshot's sockets that are `gone`, sets the kernel's
+    /// `lost` counters, re-checks every range, and lets the sinks look.
+    pub fn tick(
+        &mut self,
+        gone: &[Event],
+        lost: LostCounts,
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) -> anyhow::Result<()> {
+        for event in gone {
+            self.exhaustion.free_existing(event);
+        }
+        self.check_ranges(now_ns, sink)?;
+        self.stats.set_lost(lost);
+        let interval = self.stats.take_interval();
+        sink.tick(&self.view(now_ns, &interval))
+    }
+
+    /// When tracing stops: the kernel's final `lost` counters, the last interval.
+    pub fn finish(
+        &mut self,
+        lost: LostCounts,
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) -> anyhow::Result<()> {
+        self.stats.set_lost(lost);
+        let interval = self.stats.take_interval();
+        sink.finish(&self.view(now_ns, &interval))
+    }
+
+    /// The state as of `now_ns`.
+    pub fn view<'a>(
+        &'a self,
+        now_ns: u64,
+        interval: &'a BTreeMap<Option<Proto>, Histogram<u64>>,
+    ) -> View<'a> {
+        View {
+            stats: &self.stats,
+            exhaustion: &self.exhaustion,
+            held: self.tracker.held(),
+            elapsed_ns: now_ns.saturating_sub(self.started_ns),
+            interval,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use port_trace_common::{EVENT_FAIL, EVENT_RELEASE, FLAG_EXPLICIT, FLAG_TIME_WAIT};
+
+    use super::*;
+    use crate::{
+        event::{decode_raw, tests::raw_connect},
+        exhaustion::{range::PortRange, scope::ScopeKind, warning::Reason},
+    };
+
+    /// Everything the sinks were handed, in order.
+    #[derive(Default)]
+    struct Recorded {
+        events: Vec<(u64, Outcome)>,
+        warnings: Vec<Warning>,
+        order: Vec<&'static str>,
+        ticks: usize,
+        finished: Option<(u64, u64, usize)>,
+    }
+
+    impl Sink for Recorded {
+        fn event(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
+            self.events.push((event.cookie, outcome));
+            self.order.push("event");
+            Ok(())
+        }
+
+        fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
+            self.warnings.extend_from_slice(warnings);
+            self.order.push("warnings");
+            Ok(())
+        }
+
+        fn tick(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
+            self.ticks += 1;
+            Ok(())
+        }
+
+        fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+            self.finished = Some((view.stats.totals.alloc, view.stats.totals.lost, view.held));
+            Ok(())
+        }
+    }
+
+    fn tiny(_: u32) -> Option<PortRange> {
+        PortRange::parse("40000 40009", "")
+    }
+
+    fn pipeline_with(filter: Filter, snapshot: Snapshot) -> Pipeline {
+        let thresholds = Thresholds {
+            warn: 0.8,
+            critical: 0.95,
+        };
+        let exhaustion = Exhaustion::with_range_reader(thresholds, tiny);
+        Pipeline::new(
+            Config {
+                filter,
+                thresholds,
+                keep_intervals: false,
+                started_ns: 0,
+            },
+            snapshot,
+            exhaustion,
+        )
+    }
+
+    fn pipeline() -> Pipeline {
+        pipeline_with(Filter::default(), Snapshot::default())
+    }
+
+    fn connect(cookie: u64, port: u16, ts_ns: u64) -> Event {
+        let mut raw = raw_connect();
+        raw.cookie = cookie;
+        raw.lport = port;
+        raw.ts_ns = ts_ns;
+        decode_raw(&raw).expect("decodes")
+    }
+
+    fn release(alloc: &Event, ts_ns: u64, flags: u8) -> Event {
+        let mut release = alloc.clone();
+        release.event = crate::event::EventType::Release;
+        release.ts_ns = ts_ns;
+        release.time_wait = flags & FLAG_TIME_WAIT != 0;
+        release
+    }
+
+    fn ns_used(p: &Pipeline) -> u32 {
+        p.exhaustion
+            .fullest(usize::MAX)
+            .iter()
+            .find(|(key, _, _)| key.kind() == ScopeKind::Namespace)
+            .map_or(0, |(_, usage, _)| usage.used)
+    }
+
+    #[test]
+    fn a_report_filter_hides_events_but_occupancy_counts_them() {
+        let filter = Filter {
+            pids: vec![1234],
+            ..Default::default()
+        };
+        let mut p = pipeline_with(filter, Snapshot::default());
+        let mut out = Recorded::default();
+        for i in 0..8 {
+            p.apply(&connect(i, 40000 + i as u16, i), &mut out)
+                .expect("sink");
+        }
+        assert!(out.events.is_empty(), "pid 7 is not reported");
+        assert_eq!(p.stats.totals.alloc, 0);
+        assert_eq!(ns_used(&p), 8, "its ports still fill the range");
+        // ... and the warning about the range is raised all the same.
+        assert!(
+            out.warnings
+                .iter()
+                .any(|w| w.reason == Reason::Threshold && w.usage.used == 8)
+        );
+    }
+
+    #[test]
+    fn a_namespace_or_protocol_not_traced_is_left_out_entirely() {
+        let filter = Filter {
+            netns: vec![1],
+            ..Default::default()
+        };
+        let mut p = pipeline_with(filter, Snapshot::default());
+        let mut out = Recorded::default();
+        p.apply(&connect(1, 40000, 1), &mut out).expect("sink");
+        assert!(out.events.is_empty());
+        assert_eq!(ns_used(&p), 0);
+    }
+
+    #[test]
+    fn explicit_ports_count_only_towards_occupancy() {
+        let mut p = pipeline();
+        let mut out = Recorded::default();
+        let mut raw = raw_connect();
+        raw.flags = FLAG_EXPLICIT;
+        raw.lport = 40005;
+        let explicit = decode_raw(&raw).expect("decodes");
+        p.apply(&explicit, &mut out).expect("sink");
+        assert!(out.events.is_empty(), "a port asked for is no allocation");
+        assert_eq!(p.stats.totals.alloc, 0);
+        assert_eq!(ns_used(&p), 1);
+        let mut raw = raw_connect();
+        raw.flags = FLAG_EXPLICIT;
+        raw.lport = 40005;
+        raw.event = EVENT_RELEASE;
+        p.apply(&decode_raw(&raw).expect("decodes"), &mut out)
+            .expect("sink");
+        assert!(out.events.is_empty());
+        assert_eq!(ns_used(&p), 0);
+    }
+
+    #[test]
+    fn a_take_over_reports_the_freed_port_before_the_new_allocation() {
+        let mut p = pipeline();
+        let mut out = Recorded::default();
+        let first = connect(1, 40000, 1_000);
+        p.apply(&first, &mut out).expect("sink");
+        p.apply(&release(&first, 2_000, FLAG_TIME_WAIT), &mut out)
+            .expect("sink");
+        assert_eq!(
+            out.events.len(),
+            1,
+            "entering TIME_WAIT is not a release line"
+        );
+        assert_eq!(ns_used(&p), 1, "TIME_WAIT still holds the port");
+        // tcp_tw_reuse: the same connection again, by a new socket.
+        p.apply(&connect(2, 40000, 5_000), &mut out).expect("sink");
+        assert_eq!(
+            out.events,
+            vec![
+                (1, Outcome::Allocated),
+                (
+                    1,
+                    Outcome::Released {
+                        lifetime_ns: 4_000,
+                        time_wait_ns: Some(3_000)
+                    }
+                ),
+                (2, Outcome::Allocated),
+            ]
+        );
+        assert_eq!(ns_used(&p), 1, "one port, held by the new socket");
+        assert_eq!(p.tracker.held(), 1);
+    }
+
+    #[test]
+    fn a_live_allocation_replaces_the_snapshots_copy() {
+        // The socket was made between attaching and the snapshot: both saw it.
+        let seen = connect(9, 40003, 0);
+        let snapshot = Snapshot::from_events(vec![seen.clone()]);
+        let mut p = pipeline_with(Filter::default(), snapshot);
+        assert_eq!(ns_used(&p), 1);
+        let mut out = Recorded::default();
+        p.apply(&connect(9, 40003, 10), &mut out).expect("sink");
+        assert_eq!(ns_used(&p), 1, "counted once");
+        // Its release frees it; nothing of the snapshot's copy is left behind.
+        p.apply(&release(&seen, 20, 0), &mut out).expect("sink");
+        assert_eq!(ns_used(&p), 0);
+        assert!(p.snapshot.events().next().is_none());
+    }
+
+    #[test]
+    fn snapshot_sockets_that_are_gone_are_freed_at_the_tick() {
+        let old = connect(5, 40001, 0);
+        let mut p = pipeline_with(Filter::default(), Snapshot::from_events(vec![old.clone()]));
+        assert_eq!(ns_used(&p), 1);
+        let mut out = Recorded::default();
+        let gone = p.snapshot.retain_present(&Default::default());
+        assert_eq!(gone, vec![old]);
+        p.tick(&gone, LostCounts::default(), 1, &mut out)
+            .expect("sink");
+        assert_eq!(ns_used(&p), 0);
+        assert_eq!(out.ticks, 1);
+    }
+
+    #[test]
+    fn a_failure_is_reported_with_a_critical_warning_after_its_event() {
+        let mut p = pipeline();
+        let mut out = Recorded::default();
+        let mut raw = raw_connect();
+        raw.event = EVENT_FAIL;
+        raw.errno = 99;
+        p.apply(&decode_raw(&raw).expect("decodes"), &mut out)
+            .expect("sink");
+        assert_eq!(out.order, ["event", "warnings"]);
+        assert_eq!(out.warnings[0].reason, Reason::Failure);
+        assert_eq!(p.stats.totals.fail, 1);
+    }
+
+    #[test]
+    fn finish_hands_the_sinks_the_final_counts() {
+        let mut p = pipeline();
+        let mut out = Recorded::default();
+        p.apply(&connect(1, 40000, 0), &mut out).expect("sink");
+        let lost = LostCounts {
+            ring_buffer_full: 2,
+            ..Default::default()
+        };
+        p.finish(lost, 10, &mut out).expect("sink");
+        assert_eq!(out.finished, Some((1, 2, 1)));
+    }
+}

@@ -1,0 +1,136 @@
+//! The terminal: event lines (`--events json|text`) and warnings on stdout, or warnings on
+//! stderr where they stand out among the summaries; the summary every interval and at exit
+//! (on stderr when stdout carries JSON events).
+
+use std::io::{self, IsTerminal as _, Write};
+
+use super::{
+    events::{EventFormat, EventRecord, WarningRecord},
+    summary,
+};
+use crate::{
+    event::Event,
+    exhaustion::warning::Warning,
+    pipeline::{Sink, View},
+    sys::clock::WallClock,
+    track::Outcome,
+};
+
+pub struct Console<W: Write> {
+    out: W,
+    format: Option<EventFormat>,
+    /// No summaries (`--quiet`).
+    quiet: bool,
+    clock: WallClock,
+    /// Warnings printed to a terminal stand out in colour.
+    colour: bool,
+}
+
+impl Console<io::BufWriter<io::StdoutLock<'static>>> {
+    /// On this process's stdout (buffered: flushed after each batch of events).
+    pub fn stdout(format: Option<EventFormat>, quiet: bool, clock: WallClock) -> Self {
+        Self::new(
+            io::BufWriter::new(io::stdout().lock()),
+            format,
+            quiet,
+            clock,
+            io::stderr().is_terminal(),
+        )
+    }
+}
+
+impl<W: Write> Console<W> {
+    pub fn new(
+        out: W,
+        format: Option<EventFormat>,
+        quiet: bool,
+        clock: WallClock,
+        colour: bool,
+    ) -> Self {
+        Self {
+            out,
+            format,
+            quiet,
+            clock,
+            colour,
+        }
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// The first line, once every program is attached: `ready` with JSON events, the event
+    /// lines' header with text ones, else a sentence on stderr.
+    pub fn start(&mut self, ready: &super::events::ReadyRecord<'_>) -> io::Result<()> {
+        match self.format {
+            Some(EventFormat::Json) => writeln!(
+                self.out,
+                "{}",
+                serde_json::to_string(ready).unwrap_or_default()
+            )?,
+            Some(EventFormat::Text) => writeln!(self.out, "{}", super::events::text_header())?,
+            None if self.quiet => {}
+            None => eprintln!(
+                "port-trace: tracing with the {} backend; Ctrl-C to stop",
+                ready.backend
+            ),
+        }
+        if let (Some(addr), false) = (ready.prometheus, self.quiet) {
+            eprintln!("port-trace: Prometheus metrics at http://{addr}/metrics");
+        }
+        self.out.flush()
+    }
+
+    fn print_summary(&mut self, view: &View<'_>) -> io::Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        let scopes = view.exhaustion.fullest(summary::FULLEST_SCOPES);
+        let text = summary::render(view.stats, view.elapsed_ns, view.held, &scopes);
+        // With JSON (or text) events on stdout, stdout carries nothing else.
+        if self.format.is_some() {
+            eprint!("{text}");
+            Ok(())
+        } else {
+            write!(self.out, "{text}")?;
+            self.out.flush()
+        }
+    }
+}
+
+impl<W: Write> Sink for Console<W> {
+    fn event(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
+        let Some(format) = self.format else {
+            return Ok(());
+        };
+        let record = EventRecord::new(event, outcome, self.clock);
+        let line = match format {
+            EventFormat::Json => record.to_json(),
+            EventFormat::Text => record.to_text(),
+        };
+        writeln!(self.out, "{line}")
+    }
+
+    fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
+        for warning in warnings {
+            let record = WarningRecord::from(warning);
+            match self.format {
+                Some(EventFormat::Json) => writeln!(self.out, "{}", record.to_json())?,
+                Some(EventFormat::Text) => writeln!(self.out, "{}", record.to_text(false))?,
+                None => eprintln!("{}", record.to_text(self.colour)),
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        Ok(self.print_summary(view)?)
+    }
+
+    fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        self.print_summary(view)?;
+        Ok(self.out.flush()?)
+    }
+}

@@ -1,0 +1,7 @@
+//! OS plumbing, no pipeline logic: network namespaces, sock_diag netlink, /proc, clocks. Every
+//! stage may use these; these use no stage.
+
+pub mod clock;
+pub mod netns;
+pub mod procfs;
+pub mod sock_diag;

@@ -1,0 +1,30 @@
+//! Tracking: per-socket state between an allocation and its release.
+//!
+//! - `tracker`: matches releases to allocations; the lifetime that comes out; TIME_WAIT ports
+//!   parked until their socket is gone.
+//! - `time_wait`: the watcher that asks sock_diag whether parked TIME_WAIT sockets still exist
+//!   (tracepoint backend; the kprobe backend sees them die).
+//! - `snapshot`: sockets that held ports before tracing started.
+
+pub mod snapshot;
+pub mod time_wait;
+pub mod tracker;
+
+pub use tracker::Tracker;
+
+/// What an event meant once matched against what came before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allocated,
+    /// The port is free again after `lifetime_ns`, of which `time_wait_ns` in TIME_WAIT
+    /// (`None` for releases that never went through TIME_WAIT).
+    Released {
+        lifetime_ns: u64,
+        time_wait_ns: Option<u64>,
+    },
+    /// The full socket closed actively; the port stays held until its TIME_WAIT socket goes.
+    EnteredTimeWait,
+    /// A release whose allocation was never seen (lost, or before port-trace started).
+    UnmatchedRelease,
+    Failed,
+}
