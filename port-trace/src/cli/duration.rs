@@ -1,55 +1,42 @@
-//! Durations as people write them on a command line: `30s`, `5m`, `1h30m`, `250ms`.
+//! Durations as people write them on a command line: `30s`, `5m`, `1h30m`, `250ms`, parsed by
+//! humantime (so `5min` and `2 hours` work too; note `M` is months, `m` minutes) within
+//! today's rules: whole numbers, a unit on every one, longer than zero.
 
 use std::time::Duration;
 
-/// Parses a duration with a unit on every number (ms, s, m, h, d); rejects zero.
+use humantime::DurationError;
+
+/// Parses a duration with a unit on every number; rejects fractions, signs and zero.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration; write e.g. 30s, 5m or 1h30m".into());
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("`{text}`: expected a number at `{rest}`"));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{text}`: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            "" => return Err(format!("`{text}`: missing unit; write e.g. {number}s")),
-            other => {
-                return Err(format!(
-                    "`{text}`: unknown unit `{other}` (use ms, s, m, h, d)"
-                ));
-            }
-        };
-        rest = &rest[unit_len..];
-        let part = u32::try_from(number)
-            .ok()
-            .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(|| format!("`{text}`: too long"))?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| format!("`{text}`: too long"))?;
+    // humantime takes `1.5s`; a whole number of a smaller unit says the same, unambiguously.
+    if let Some(bad) = text.chars().find(|c| !c.is_alphanumeric() && *c != ' ') {
+        return Err(format!(
+            "`{text}`: unexpected `{bad}`; write whole numbers with units, e.g. 1500ms or 1h30m"
+        ));
     }
-    if total.is_zero() {
+    // As before humantime: no number beyond 32 bits (a deadline that far is a typo, and
+    // would overflow the clock's arithmetic).
+    if text
+        .split(|c: char| !c.is_ascii_digit())
+        .any(|number| !number.is_empty() && number.parse::<u32>().is_err())
+    {
+        return Err(format!("`{text}`: too long"));
+    }
+    let duration = humantime::parse_duration(text).map_err(|err| match err {
+        DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("`{text}`: missing unit; write e.g. {value}s")
+        }
+        DurationError::NumberOverflow => format!("`{text}`: too long"),
+        other => format!("`{text}`: {other}"),
+    })?;
+    if duration.is_zero() {
         return Err(format!("`{text}`: must be longer than zero"));
     }
-    Ok(total)
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -81,5 +68,13 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
         assert!(parse_duration("30").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("5x").unwrap_err().contains("unknown time unit"));
+    }
+
+    #[test]
+    fn takes_humantime_spellings_and_months_are_capital_m() {
+        assert_eq!(parse_duration("5min"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2 hours"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("1M").expect("a month") > Duration::from_secs(86_400 * 28));
     }
 }

@@ -35,7 +35,8 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Stop after this long (e.g. 30s, 5m, 1h30m); default: until Ctrl-C or SIGTERM.
+    /// Stop after this long (e.g. 30s, 5m, 1h30m; units ms, s, m, h, d, and M for months);
+    /// default: until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
