@@ -19,6 +19,7 @@ use crate::{
     exhaustion::scope::{ScopeKey, Usage},
     pipeline::{Sink, View},
     stats::LostCounts,
+    sys::procfs::kernel_release,
     track::Outcome,
 };
 
@@ -288,12 +289,6 @@ impl Sink for Metrics {
 
 /// The Content-Type of `render`'s output.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
 
 #[cfg(test)]
 mod tests {

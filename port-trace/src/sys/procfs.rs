@@ -1,4 +1,4 @@
-//! /proc: which process holds which socket.
+//! /proc: which process holds which socket; the kernel's release.
 
 use std::collections::HashMap;
 
@@ -31,6 +31,13 @@ pub fn socket_owners() -> HashMap<u32, (u32, String)> {
         }
     }
     owners
+}
+
+/// The running kernel's release (`uname -r`), or empty if unreadable.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
