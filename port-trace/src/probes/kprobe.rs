@@ -1,5 +1,5 @@
 //! The kprobe backend (distribution kernels): kprobes and kretprobes where Linux chooses and
-//! frees ports (port-trace-ebpf/src/kprobes.rs has the table of functions).
+//! frees ports (port-trace-ebpf/src/kprobe/mod.rs has the table of functions).
 
 use std::collections::HashSet;
 
