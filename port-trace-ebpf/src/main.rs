@@ -26,10 +26,12 @@
 //! Shared by both backends: `kernel.rs` (reads from kernel structs at offsets the daemon
 //! resolved from BTF, the event every program builds, the `--netns`/`--proto` filter) and
 //! `track.rs` (the maps: the per-socket table, requests in flight, the ring buffers, and the
-//! lost-event counters). Each backend's `mod.rs` tells how its programs see a port's life.
+//! lost-event counters), `errors.rs` (failed runs per program, `PROBE_ERRORS`). Each
+//! backend's `mod.rs` tells how its programs see a port's life.
 #![no_std]
 #![no_main]
 
+mod errors;
 mod kernel;
 mod kprobe;
 mod tracepoint;

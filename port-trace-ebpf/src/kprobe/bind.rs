@@ -3,23 +3,29 @@
 //! tracked flagged `FLAG_EXPLICIT`, for occupancy only.
 
 use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_buf,
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use port_trace_common::{EADDRINUSE, FLAG_EXPLICIT, KIND_BIND};
+use port_trace_common::{
+    AF_INET, EADDRINUSE, FLAG_EXPLICIT, KIND_BIND, PROBE_KP_BIND, PROBE_KR_BIND,
+};
 
 use super::{SIN_ADDR, SIN_PORT, SIN6_ADDR, request, settle};
-use crate::{kernel, track};
+use crate::{
+    errors::{self, NO_ARG, Outcome},
+    kernel, track,
+};
 
 #[kprobe]
 pub fn kp_bind(ctx: ProbeContext) -> u32 {
-    let _ = try_kp_bind(&ctx);
+    errors::count(PROBE_KP_BIND, try_kp_bind(&ctx));
     0
 }
 
-fn try_kp_bind(ctx: &ProbeContext) -> Result<(), i64> {
-    let sock: *const u8 = ctx.arg(0).ok_or(0)?;
-    let uaddr: *const u8 = ctx.arg(1).ok_or(0)?;
+fn try_kp_bind(ctx: &ProbeContext) -> Outcome {
+    let sock: *const u8 = ctx.arg(0).ok_or(NO_ARG)?;
+    let uaddr: *const u8 = ctx.arg(1).ok_or(NO_ARG)?;
     let port: u16 = unsafe { kernel::read(uaddr, SIN_PORT as u32) }?;
     let off = kernel::offsets();
     let sk: *const u8 = unsafe { kernel::read(sock, off.socket_sk) }?;
@@ -28,7 +34,7 @@ fn try_kp_bind(ctx: &ProbeContext) -> Result<(), i64> {
         return Ok(());
     }
     let id = request(sk, KIND_BIND);
-    // The address asked for: a failure reports it.
+    // The address asked for: a failure reports it. No entry: the socket is not traced.
     if let Some(entry) = track::lookup(id) {
         if port != 0 {
             // An explicit port: tracked for occupancy only.
@@ -36,14 +42,10 @@ fn try_kp_bind(ctx: &ProbeContext) -> Result<(), i64> {
         }
         let family: u16 = unsafe { kernel::read(uaddr, 0) }?;
         let laddr = unsafe { &mut (*entry).event.laddr };
-        if family == u16::from(port_trace_common::AF_INET) {
-            let _ = unsafe {
-                aya_ebpf::helpers::bpf_probe_read_kernel_buf(uaddr.add(SIN_ADDR), &mut laddr[..4])
-            };
+        if family == u16::from(AF_INET) {
+            unsafe { bpf_probe_read_kernel_buf(uaddr.add(SIN_ADDR), &mut laddr[..4]) }?;
         } else {
-            let _ = unsafe {
-                aya_ebpf::helpers::bpf_probe_read_kernel_buf(uaddr.add(SIN6_ADDR), laddr)
-            };
+            unsafe { bpf_probe_read_kernel_buf(uaddr.add(SIN6_ADDR), laddr) }?;
         }
     }
     Ok(())
@@ -51,6 +53,11 @@ fn try_kp_bind(ctx: &ProbeContext) -> Result<(), i64> {
 
 #[kretprobe]
 pub fn kr_bind(ctx: RetProbeContext) -> u32 {
-    settle(KIND_BIND, i64::from(ctx.ret::<i32>()), EADDRINUSE);
+    errors::count(PROBE_KR_BIND, try_kr_bind(&ctx));
     0
+}
+
+fn try_kr_bind(ctx: &RetProbeContext) -> Outcome {
+    settle(KIND_BIND, i64::from(ctx.ret::<i32>()), EADDRINUSE);
+    Ok(())
 }

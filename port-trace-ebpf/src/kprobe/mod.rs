@@ -25,7 +25,10 @@ mod udp;
 use aya_ebpf::programs::ProbeContext;
 use port_trace_common::{EAGAIN, FLAG_EXPLICIT, KIND_SENDMSG};
 
-use crate::{kernel, track};
+use crate::{
+    errors::{NO_ARG, Outcome},
+    kernel, track,
+};
 
 /// `struct sockaddr_in`/`sockaddr_in6`: the port's and addresses' places are UAPI.
 pub(super) const SIN_PORT: usize = 2;
@@ -78,12 +81,15 @@ pub(super) fn settle(kind: u8, ret: i64, shortage: u32) {
     }
 }
 
+/// The socket in argument `arg` gives its port up: the `try_*` of `kp_put_port` and
+/// `kp_udp_unhash`.
 #[inline(always)]
-pub(super) fn released(ctx: &ProbeContext, arg: usize) {
-    if let Some(sk) = ctx.arg::<*const u8>(arg) {
-        let id = kernel::socket_id(sk);
-        if let Some(entry) = track::lookup(id) {
-            track::end(id, entry, 0);
-        }
+pub(super) fn released(ctx: &ProbeContext, arg: usize) -> Outcome {
+    let sk: *const u8 = ctx.arg(arg).ok_or(NO_ARG)?;
+    let id = kernel::socket_id(sk);
+    // No entry: a socket not traced, or one whose port was never ours to report.
+    if let Some(entry) = track::lookup(id) {
+        track::end(id, entry, 0);
     }
+    Ok(())
 }

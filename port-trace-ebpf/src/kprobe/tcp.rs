@@ -6,41 +6,66 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use port_trace_common::{EADDRINUSE, EADDRNOTAVAIL, FLAG_TIME_WAIT, KIND_CONNECT, KIND_LISTEN};
+use port_trace_common::{
+    EADDRINUSE, EADDRNOTAVAIL, FLAG_TIME_WAIT, KIND_CONNECT, KIND_LISTEN, PROBE_KP_CSK_GET_PORT,
+    PROBE_KP_HASH_CONNECT, PROBE_KP_PUT_PORT, PROBE_KP_TW_HASHDANCE, PROBE_KP_TWSK_KILL,
+    PROBE_KR_CSK_GET_PORT, PROBE_KR_HASH_CONNECT,
+};
 
 use super::{released, request, settle};
-use crate::{kernel, track};
+use crate::{
+    errors::{self, NO_ARG, Outcome},
+    kernel, track,
+};
 
 #[kprobe]
 pub fn kp_hash_connect(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<*const u8>(1)
-        && kernel::sk_num(sk, &kernel::offsets()) == 0
-    {
+    errors::count(PROBE_KP_HASH_CONNECT, try_kp_hash_connect(&ctx));
+    0
+}
+
+fn try_kp_hash_connect(ctx: &ProbeContext) -> Outcome {
+    let sk: *const u8 = ctx.arg(1).ok_or(NO_ARG)?;
+    if kernel::sk_num(sk, &kernel::offsets()) == 0 {
         request(sk, KIND_CONNECT);
     }
-    0
+    Ok(())
 }
 
 #[kretprobe]
 pub fn kr_hash_connect(ctx: RetProbeContext) -> u32 {
-    settle(KIND_CONNECT, i64::from(ctx.ret::<i32>()), EADDRNOTAVAIL);
+    errors::count(PROBE_KR_HASH_CONNECT, try_kr_hash_connect(&ctx));
     0
+}
+
+fn try_kr_hash_connect(ctx: &RetProbeContext) -> Outcome {
+    settle(KIND_CONNECT, i64::from(ctx.ret::<i32>()), EADDRNOTAVAIL);
+    Ok(())
 }
 
 #[kprobe]
 pub fn kp_csk_get_port(ctx: ProbeContext) -> u32 {
-    // Port 0 outside a bind() (which has its own request in flight) is listen()'s autobind.
-    if ctx.arg::<u64>(1).is_some_and(|snum| snum as u16 == 0)
-        && track::peek_in_flight().is_none()
-        && let Some(sk) = ctx.arg::<*const u8>(0)
-    {
-        request(sk, KIND_LISTEN);
-    }
+    errors::count(PROBE_KP_CSK_GET_PORT, try_kp_csk_get_port(&ctx));
     0
+}
+
+fn try_kp_csk_get_port(ctx: &ProbeContext) -> Outcome {
+    // Port 0 outside a bind() (which has its own request in flight) is listen()'s autobind.
+    let snum: u64 = ctx.arg(1).ok_or(NO_ARG)?;
+    if snum as u16 != 0 || track::peek_in_flight().is_some() {
+        return Ok(());
+    }
+    request(ctx.arg(0).ok_or(NO_ARG)?, KIND_LISTEN);
+    Ok(())
 }
 
 #[kretprobe]
 pub fn kr_csk_get_port(ctx: RetProbeContext) -> u32 {
+    errors::count(PROBE_KR_CSK_GET_PORT, try_kr_csk_get_port(&ctx));
+    0
+}
+
+fn try_kr_csk_get_port(ctx: &RetProbeContext) -> Outcome {
     // Kernels before 6.3 return 1, not -EADDRINUSE, when no port is left.
     let ret = ctx.ret::<i32>();
     let ret = if ret > 0 {
@@ -49,27 +74,36 @@ pub fn kr_csk_get_port(ctx: RetProbeContext) -> u32 {
         i64::from(ret)
     };
     settle(KIND_LISTEN, ret, EADDRINUSE);
-    0
+    Ok(())
 }
 
 #[kprobe]
 pub fn kp_put_port(ctx: ProbeContext) -> u32 {
-    released(&ctx, 0);
+    errors::count(PROBE_KP_PUT_PORT, released(&ctx, 0));
     0
 }
 
 #[kprobe]
 pub fn kp_tw_hashdance(ctx: ProbeContext) -> u32 {
-    if let (Some(tw), Some(sk)) = (ctx.arg::<*const u8>(0), ctx.arg::<*const u8>(1)) {
-        track::moved_to_time_wait(kernel::socket_id(sk), kernel::socket_id(tw), FLAG_TIME_WAIT);
-    }
+    errors::count(PROBE_KP_TW_HASHDANCE, try_kp_tw_hashdance(&ctx));
     0
+}
+
+fn try_kp_tw_hashdance(ctx: &ProbeContext) -> Outcome {
+    let tw: *const u8 = ctx.arg(0).ok_or(NO_ARG)?;
+    let sk: *const u8 = ctx.arg(1).ok_or(NO_ARG)?;
+    track::moved_to_time_wait(kernel::socket_id(sk), kernel::socket_id(tw), FLAG_TIME_WAIT);
+    Ok(())
 }
 
 #[kprobe]
 pub fn kp_twsk_kill(ctx: ProbeContext) -> u32 {
-    if let Some(tw) = ctx.arg::<*const u8>(0) {
-        track::time_wait_end(kernel::socket_id(tw));
-    }
+    errors::count(PROBE_KP_TWSK_KILL, try_kp_twsk_kill(&ctx));
     0
+}
+
+fn try_kp_twsk_kill(ctx: &ProbeContext) -> Outcome {
+    let tw: *const u8 = ctx.arg(0).ok_or(NO_ARG)?;
+    track::time_wait_end(kernel::socket_id(tw));
+    Ok(())
 }
