@@ -3,9 +3,8 @@
 use std::path::Path;
 
 use crate::{
-    cli::Backend,
     error::Fatal,
-    probes::{ProbeConfig, Probes, kprobe, preflight, tracefs},
+    probes::{BackendChoice, ProbeConfig, Probes, kprobe, preflight, tracefs},
 };
 
 fn line(what: &str, ok: bool, detail: &str) {
@@ -78,8 +77,8 @@ pub fn run() -> Result<(), Fatal> {
 
     let mut usable = Vec::new();
     for (name, backend) in [
-        ("kprobe", Backend::Kprobe),
-        ("tracepoint", Backend::Tracepoint),
+        ("kprobe", BackendChoice::Kprobe),
+        ("tracepoint", BackendChoice::Tracepoint),
     ] {
         println!("{name} backend:");
         let survey = Probes::attach(&ProbeConfig {

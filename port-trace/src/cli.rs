@@ -12,6 +12,7 @@ use crate::{
     duration::parse_duration,
     events::{Family, Proto},
     filter::Filter,
+    probes::BackendChoice,
 };
 
 #[derive(Debug, Parser)]
@@ -116,7 +117,7 @@ pub struct Cli {
     /// inet_sock_set_state tracepoint with cgroup socket hooks, for kernels without kprobes.
     /// `auto` takes kprobe where it attaches, else tracepoint.
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
-    pub backend: Backend,
+    pub backend: BackendChoice,
 
     /// No summaries and no start-up line: only events (--events), warnings and the report.
     #[arg(short, long)]
@@ -186,13 +187,6 @@ impl Cli {
             }),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    Auto,
-    Kprobe,
-    Tracepoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,6 +14,8 @@ use crate::{
     events::{AllocKind, Event, Proto, errno_name},
     tracker::Outcome,
 };
+// The kernel's counters are the probes' to read; the stats keep the last reading.
+pub use crate::probes::LostCounts;
 
 /// Longest lifetime the histograms resolve (a day); longer ones are clamped to it.
 const MAX_LIFETIME_NS: u64 = 86_400 * 1_000_000_000;
@@ -182,23 +184,6 @@ pub struct Totals {
     pub lost: u64,
     /// Releases whose allocation was not seen (lost, or made before port-trace started).
     pub unmatched_release: u64,
-}
-
-/// Why events were lost, summed over CPUs from the kernel's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct LostCounts {
-    /// The ring buffer was full: the daemon did not keep up.
-    pub ring_buffer_full: u64,
-    /// The per-socket table was full (`--max-sockets`): a socket went untracked.
-    pub socket_table_full: u64,
-    /// The failure ring buffer was full: failed allocations went unreported.
-    pub failure_ring_full: u64,
-}
-
-impl LostCounts {
-    pub fn total(&self) -> u64 {
-        self.ring_buffer_full + self.socket_table_full + self.failure_ring_full
-    }
 }
 
 #[derive(Debug, Default)]

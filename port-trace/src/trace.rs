@@ -79,7 +79,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
         Some(EventFormat::Json) => {
             let ready = ReadyRecord {
                 record: "ready",
-                backend: probes.backend,
+                backend: probes.backend.as_str(),
                 programs: &probes.programs,
                 version: env!("CARGO_PKG_VERSION"),
                 prometheus: exporter_addr,
@@ -113,7 +113,7 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
         format: cli.events,
         metrics: match exporter {
             Some(_) => Some(
-                Metrics::new(probes.backend, env!("CARGO_PKG_VERSION"))
+                Metrics::new(probes.backend.as_str(), env!("CARGO_PKG_VERSION"))
                     .context("setting up the Prometheus metrics")?,
             ),
             None => None,
@@ -238,7 +238,12 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     }
     if let Some(path) = &cli.report {
         let held = pipeline.tracker.held();
-        let mut report = Report::new(&pipeline.stats, probes.backend, elapsed_ns(started), held);
+        let mut report = Report::new(
+            &pipeline.stats,
+            probes.backend.as_str(),
+            elapsed_ns(started),
+            held,
+        );
         report.scopes = pipeline
             .fullest_scopes(REPORT_SCOPES)
             .iter()

@@ -2,10 +2,13 @@
 //! buffer and the lost-event counters.
 
 pub mod btf;
+pub mod counters;
 pub mod kprobe;
 pub mod preflight;
 pub mod tracefs;
 mod tracepoint;
+
+use std::fmt;
 
 use anyhow::Context as _;
 use aya::{
@@ -13,16 +16,50 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
+pub use counters::LostCounts;
 use port_trace_common::{KernelFilter, LOST_FAILURE_RING_FULL, LOST_RINGBUF_FULL, LOST_TABLE_FULL};
+use serde::Serialize;
 use tracing::{debug, info};
 
-use crate::{cli::Backend, error::Fatal, stats::LostCounts};
+use crate::error::Fatal;
 
 /// The eBPF object built by build.rs from port-trace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-trace"));
 
+/// The backend asked for (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Kprobe,
+    Tracepoint,
+}
+
+/// The backend whose programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Kprobe,
+    Tracepoint,
+}
+
+impl Backend {
+    /// The name in the output (the ready record, the report, the metrics' label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Kprobe => "kprobe",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 pub struct ProbeConfig {
-    pub backend: Backend,
+    pub backend: BackendChoice,
     /// Stop at the first hook that fails to attach (tracing); else try every hook and
     /// record each result (`port-trace check`).
     pub strict: bool,
@@ -35,7 +72,7 @@ pub struct ProbeConfig {
 /// The loaded programs. Dropping this detaches every program and frees the maps.
 pub struct Probes {
     ebpf: Ebpf,
-    pub backend: &'static str,
+    pub backend: Backend,
     pub programs: Vec<String>,
     /// Every hook tried, with its result (all Ok when strict).
     pub hooks: Vec<Hook>,
@@ -78,16 +115,16 @@ impl Probes {
         let machine = preflight::check()?;
         raise_memlock_limit();
         let backend = match config.backend {
-            Backend::Auto if kprobe::available() => Backend::Kprobe,
-            Backend::Auto => Backend::Tracepoint,
-            Backend::Kprobe if config.strict && !kprobe::available() => {
+            BackendChoice::Auto if kprobe::available() => Backend::Kprobe,
+            BackendChoice::Auto | BackendChoice::Tracepoint => Backend::Tracepoint,
+            BackendChoice::Kprobe if config.strict && !kprobe::available() => {
                 return Err(Fatal::Unsupported(
                     "this kernel cannot attach kprobes (no kprobe PMU: CONFIG_KPROBE_EVENTS is \
                      off); use --backend tracepoint"
                         .into(),
                 ));
             }
-            chosen => chosen,
+            BackendChoice::Kprobe => Backend::Kprobe,
         };
 
         let btf_bytes = std::fs::read(preflight::VMLINUX_BTF)
@@ -120,17 +157,17 @@ impl Probes {
             strict: config.strict,
             list: Vec::new(),
         };
-        let backend = match backend {
-            Backend::Kprobe => {
-                kprobe::attach(&mut ebpf, &mut hooks)?;
-                "kprobe"
+        match backend {
+            Backend::Kprobe => kprobe::attach(&mut ebpf, &mut hooks)?,
+            Backend::Tracepoint => {
+                tracepoint::attach(&mut ebpf, &aya_btf, &machine.cgroup2, &mut hooks)?
             }
-            _ => {
-                tracepoint::attach(&mut ebpf, &aya_btf, &machine.cgroup2, &mut hooks)?;
-                "tracepoint"
-            }
-        };
-        info!(backend, "attached {} programs", hooks.list.len());
+        }
+        info!(
+            backend = backend.as_str(),
+            "attached {} programs",
+            hooks.list.len()
+        );
         Ok(Self {
             ebpf,
             backend,
@@ -142,7 +179,7 @@ impl Probes {
     /// Whether the kernel side reports the end of TIME_WAIT itself (kprobe backend); else
     /// the daemon watches TIME_WAIT sockets through sock_diag.
     pub fn sees_time_wait_end(&self) -> bool {
-        self.backend == "kprobe"
+        self.backend == Backend::Kprobe
     }
 
     /// The ring buffer of allocations and releases. Can be taken once.
