@@ -13,7 +13,7 @@ use crate::error::Fatal;
 
 /// (program, kernel functions it attaches to). A `|` separates names a function has had in
 /// different kernels: the first one this kernel has is used.
-const PROBES: [(&str, &[&str]); 14] = [
+pub(super) const PROBES: [(&str, &[&str]); 14] = [
     ("kp_bind", &["inet_bind", "inet6_bind"]),
     ("kr_bind", &["inet_bind", "inet6_bind"]),
     ("kp_hash_connect", &["__inet_hash_connect"]),

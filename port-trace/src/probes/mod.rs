@@ -58,6 +58,19 @@ impl fmt::Display for Backend {
     }
 }
 
+/// Every program in the eBPF object and the backend that attaches it: the names come from
+/// the backends' own attach tables.
+#[cfg(test)]
+fn programs() -> impl Iterator<Item = (Backend, &'static str)> {
+    let kprobes = kprobe::PROBES
+        .iter()
+        .map(|(name, _)| (Backend::Kprobe, *name));
+    let tracepoints = tracepoint::PROGRAMS
+        .iter()
+        .map(|(name, _)| (Backend::Tracepoint, *name));
+    kprobes.chain(tracepoints)
+}
+
 pub struct ProbeConfig {
     pub backend: BackendChoice,
     /// Stop at the first hook that fails to attach (tracing); else try every hook and
@@ -272,9 +285,61 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+    use std::collections::BTreeSet;
 
-    use super::EBPF_OBJECT;
+    use object::{
+        Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget, SymbolKind,
+        SymbolSection,
+    };
+
+    use super::{Backend, EBPF_OBJECT, programs};
+
+    /// A program nobody attaches is dead code; one in both backends' tables would be
+    /// attached twice. Each backend attaches from its table, so the tables must name every
+    /// program in the object exactly once.
+    #[test]
+    fn every_ebpf_program_belongs_to_one_backend() {
+        let elf = object::File::parse(EBPF_OBJECT).expect("the eBPF object is ELF");
+        // Programs are the functions in their own sections (`kprobe`, `cgroup/bind4`, ...);
+        // functions left out of line are in `.text`.
+        let in_object: BTreeSet<&str> = elf
+            .symbols()
+            .filter(|symbol| symbol.kind() == SymbolKind::Text)
+            .filter(|symbol| match symbol.section() {
+                SymbolSection::Section(index) => elf
+                    .section_by_index(index)
+                    .and_then(|section| section.name())
+                    .is_ok_and(|name| !name.starts_with(".text")),
+                _ => false,
+            })
+            .filter_map(|symbol| symbol.name().ok())
+            .collect();
+        let kprobes: BTreeSet<&str> = programs()
+            .filter(|(backend, _)| *backend == Backend::Kprobe)
+            .map(|(_, name)| name)
+            .collect();
+        let tracepoints: BTreeSet<&str> = programs()
+            .filter(|(backend, _)| *backend == Backend::Tracepoint)
+            .map(|(_, name)| name)
+            .collect();
+        assert!(
+            kprobes.len() > 10 && tracepoints.len() > 10,
+            "tables not read"
+        );
+        let in_both: Vec<_> = kprobes.intersection(&tracepoints).collect();
+        assert!(in_both.is_empty(), "in both backends' tables: {in_both:?}");
+        let in_tables: BTreeSet<&str> = kprobes.union(&tracepoints).copied().collect();
+        assert_eq!(
+            in_object.difference(&in_tables).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "programs in the object that no backend attaches"
+        );
+        assert_eq!(
+            in_tables.difference(&in_object).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "programs in an attach table but not in the object"
+        );
+    }
 
     /// The linker's `memset`/`memcpy` for BPF move one byte per loop turn; the compiler calls
     /// them for zeroing and copies it cannot expand, and one such call cost a UDP socket's
