@@ -1,5 +1,5 @@
 //! Probes: check the machine, load the eBPF programs, attach them, and hand out the ring
-//! buffer and the lost-event counters.
+//! buffer and the kernel's counters (lost events, failed program runs).
 
 pub mod btf;
 pub mod counters;
@@ -16,7 +16,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
-pub use counters::LostCounts;
+pub use counters::{LostCounts, ProbeErrors};
 use port_trace_common::{KernelFilter, LOST_FAILURE_RING_FULL, LOST_RINGBUF_FULL, LOST_TABLE_FULL};
 use serde::Serialize;
 use tracing::{debug, info};
@@ -60,7 +60,6 @@ impl fmt::Display for Backend {
 
 /// Every program in the eBPF object and the backend that attaches it: the names come from
 /// the backends' own attach tables.
-#[cfg(test)]
 fn programs() -> impl Iterator<Item = (Backend, &'static str)> {
     let kprobes = kprobe::PROBES
         .iter()
@@ -223,6 +222,39 @@ impl Probes {
             socket_table_full: sum(LOST_TABLE_FULL)?,
             failure_ring_full: sum(LOST_FAILURE_RING_FULL)?,
         })
+    }
+
+    /// Failed runs of each program (see `ProbeErrors`), summed over CPUs.
+    pub fn probe_errors(&self) -> anyhow::Result<ProbeErrors> {
+        let map = self
+            .ebpf
+            .map("PROBE_ERRORS")
+            .context("the PROBE_ERRORS map is missing")?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        ProbeErrors::collect(|index| Ok(counters.get(&index, 0)?.iter().sum()))
+    }
+}
+
+impl Drop for Probes {
+    /// Failed program runs go to the debug log (`-v`) when the programs are detached.
+    fn drop(&mut self) {
+        match self.probe_errors() {
+            Ok(errors) if errors.total() > 0 => {
+                let failed: Vec<String> = errors
+                    .programs
+                    .iter()
+                    .filter(|p| p.count > 0)
+                    .map(|p| format!("{} {}", p.program, p.count))
+                    .collect();
+                debug!(
+                    total = errors.total(),
+                    "failed program runs: {}",
+                    failed.join(", ")
+                );
+            }
+            Ok(_) => {}
+            Err(err) => debug!("cannot read the failed program runs: {err:#}"),
+        }
     }
 }
 
