@@ -12,7 +12,7 @@ use std::fmt;
 
 use anyhow::Context as _;
 use aya::{
-    Btf as AyaBtf, Ebpf, EbpfLoader,
+    Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
@@ -152,7 +152,9 @@ impl Probes {
                 .map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
         }
         debug!(?offsets, "kernel struct offsets from BTF");
-        let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
+        // The same bytes: vmlinux BTF is megabytes, read once.
+        let aya_btf =
+            AyaBtf::parse(&btf_bytes, Endianness::default()).context("loading kernel BTF")?;
 
         let socket_id_key = random_u64();
         let mut ebpf = EbpfLoader::new()
