@@ -91,6 +91,72 @@ pub const LOST_TABLE_FULL: u32 = 1;
 pub const LOST_FAILURE_RING_FULL: u32 = 2;
 pub const LOST_REASONS: u32 = 3;
 
+/// Indexes into the per-CPU `PROBE_ERRORS` counters, one per program: how many of its runs
+/// failed (a helper, a kernel read or a map operation that failed). A run that found nothing
+/// to do (a socket not traced, a call that is not a port request) did not fail.
+// The kprobe backend.
+pub const PROBE_KP_BIND: u32 = 0;
+pub const PROBE_KR_BIND: u32 = 1;
+pub const PROBE_KP_HASH_CONNECT: u32 = 2;
+pub const PROBE_KR_HASH_CONNECT: u32 = 3;
+pub const PROBE_KP_CSK_GET_PORT: u32 = 4;
+pub const PROBE_KR_CSK_GET_PORT: u32 = 5;
+pub const PROBE_KP_DGRAM_CONNECT: u32 = 6;
+pub const PROBE_KR_DGRAM_CONNECT: u32 = 7;
+pub const PROBE_KP_UDP_GET_PORT: u32 = 8;
+pub const PROBE_KR_UDP_GET_PORT: u32 = 9;
+pub const PROBE_KP_PUT_PORT: u32 = 10;
+pub const PROBE_KP_UDP_UNHASH: u32 = 11;
+pub const PROBE_KP_TW_HASHDANCE: u32 = 12;
+pub const PROBE_KP_TWSK_KILL: u32 = 13;
+// The tracepoint backend.
+pub const PROBE_TCP_STATE: u32 = 14;
+pub const PROBE_TCP_PORT_CHOSEN: u32 = 15;
+pub const PROBE_BIND4_REQUEST: u32 = 16;
+pub const PROBE_BIND6_REQUEST: u32 = 17;
+pub const PROBE_UDP_CONNECT4: u32 = 18;
+pub const PROBE_UDP_CONNECT6: u32 = 19;
+pub const PROBE_UDP_SENDMSG4: u32 = 20;
+pub const PROBE_UDP_SENDMSG6: u32 = 21;
+pub const PROBE_POST_BIND4: u32 = 22;
+pub const PROBE_POST_BIND6: u32 = 23;
+pub const PROBE_SOCK_RELEASE: u32 = 24;
+pub const PROBE_UDP_CREATE: u32 = 25;
+pub const PROBE_BIND_EXIT: u32 = 26;
+pub const PROBE_CONNECT_EXIT: u32 = 27;
+pub const PROBE_PROGRAMS: u32 = 28;
+/// Program names (the eBPF object's symbols) by `PROBE_*` index.
+pub const PROBE_NAMES: [&str; PROBE_PROGRAMS as usize] = [
+    "kp_bind",
+    "kr_bind",
+    "kp_hash_connect",
+    "kr_hash_connect",
+    "kp_csk_get_port",
+    "kr_csk_get_port",
+    "kp_dgram_connect",
+    "kr_dgram_connect",
+    "kp_udp_get_port",
+    "kr_udp_get_port",
+    "kp_put_port",
+    "kp_udp_unhash",
+    "kp_tw_hashdance",
+    "kp_twsk_kill",
+    "tcp_state",
+    "tcp_port_chosen",
+    "bind4_request",
+    "bind6_request",
+    "udp_connect4",
+    "udp_connect6",
+    "udp_sendmsg4",
+    "udp_sendmsg6",
+    "post_bind4",
+    "post_bind6",
+    "sock_release",
+    "udp_create",
+    "bind_exit",
+    "connect_exit",
+];
+
 /// The errnos a port allocation fails with.
 pub const EADDRINUSE: u32 = 98;
 pub const EADDRNOTAVAIL: u32 = 99;
@@ -100,9 +166,12 @@ pub const EAGAIN: u32 = 11;
 /// tracepoint and sock_diag give them.
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_FIN_WAIT2: u8 = 5;
 pub const TCP_TIME_WAIT: u8 = 6;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_LISTEN: u8 = 10;
+pub const TCP_CLOSING: u8 = 11;
 
 /// Struct field offsets the programs need, resolved from the running kernel's BTF by the
 /// daemon and written into the programs' read-only data before load (Rust eBPF gets no CO-RE
@@ -187,5 +256,13 @@ mod tests {
         assert_eq!(size_of::<PortEvent>() % 8, 0);
         assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
         assert_eq!(size_of::<KernelFilter>(), (MAX_NETNS_FILTER + 2) * 4);
+    }
+
+    #[test]
+    fn probe_names_match_their_indexes() {
+        assert_eq!(PROBE_NAMES[PROBE_KP_BIND as usize], "kp_bind");
+        assert_eq!(PROBE_NAMES[PROBE_KP_TWSK_KILL as usize], "kp_twsk_kill");
+        assert_eq!(PROBE_NAMES[PROBE_TCP_STATE as usize], "tcp_state");
+        assert_eq!(PROBE_NAMES[PROBE_CONNECT_EXIT as usize], "connect_exit");
     }
 }

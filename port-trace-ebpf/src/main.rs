@@ -1,31 +1,41 @@
 //! port-trace's kernel programs: one small program per hook, each a thin wrapper around a
-//! `try_*` function. They share the maps below and speak `port_trace_common::PortEvent`.
+//! `try_*` function. They share the maps in `track.rs` and speak `port_trace_common::PortEvent`.
+//! The daemon attaches one backend's programs: `kprobe/` or `tracepoint/`.
 //!
-//! The tracepoint backend (kernels without kprobes) sees a port's life like this:
-//! - `tcp_state` (tp_btf `inet_sock_set_state`): a connect() or listen() on a socket with no
-//!   port yet is *pending*; any TCP socket reaching CLOSE releases its port.
-//! - `tcp_port_chosen` (cgroup sock_ops): the TCP_CONNECT/TCP_LISTEN callbacks run right after
-//!   the kernel chose the port, so that is where a pending connect/listen becomes an alloc.
-//! - `bind4_request`/`bind6_request` (cgroup sock_addr): a bind() asking for port 0 is pending;
-//!   `post_bind4`/`post_bind6` (cgroup sock) see the port the kernel chose.
-//! - `sock_release` (cgroup sock): the port of a UDP socket, or of a TCP socket closed while in
-//!   CLOSE (bound, never connected or listening), is free again.
-//! - UDP (`udp.rs`): `udp_create` marks fresh UDP sockets; `udp_connect4/6` notes a connect()
-//!   that will autobind; `udp_sendmsg4/6` sees the port a fresh socket's first send chose.
-//! - `bind_exit`/`connect_exit` (tracepoints `syscalls:sys_exit_bind/connect`): settle a
-//!   bind(0) or UDP connect() in flight: the port chosen, or the errno when none was found.
+//! | file                    | programs                | hook                              |
+//! | ----------------------- | ----------------------- | --------------------------------- |
+//! | kprobe/bind.rs          | kp_bind, kr_bind        | k(ret)probe inet_bind, inet6_bind |
+//! | kprobe/tcp.rs           | kp/kr_hash_connect      | k(ret)probe __inet_hash_connect   |
+//! |                         | kp/kr_csk_get_port      | k(ret)probe inet_csk_get_port     |
+//! |                         | kp_put_port             | kprobe inet_put_port              |
+//! |                         | kp_tw_hashdance         | kprobe inet_twsk_hashdance*       |
+//! |                         | kp_twsk_kill            | kprobe inet_twsk_kill             |
+//! | kprobe/udp.rs           | kp/kr_dgram_connect     | k(ret)probe inet_dgram_connect    |
+//! |                         | kp/kr_udp_get_port      | k(ret)probe udp_lib_get_port      |
+//! |                         | kp_udp_unhash           | kprobe udp_lib_unhash             |
+//! | tracepoint/tcp_state.rs | tcp_state               | tp_btf inet_sock_set_state        |
+//! | tracepoint/sock_ops.rs  | tcp_port_chosen         | cgroup sock_ops                   |
+//! | tracepoint/bind.rs      | bind4/6_request         | cgroup sock_addr bind4/6          |
+//! |                         | post_bind4/6            | cgroup sock post_bind4/6          |
+//! | tracepoint/release.rs   | sock_release            | cgroup sock sock_release          |
+//! | tracepoint/udp.rs       | udp_create              | cgroup sock sock_create           |
+//! |                         | udp_connect4/6          | cgroup sock_addr connect4/6       |
+//! |                         | udp_sendmsg4/6          | cgroup sock_addr sendmsg4/6       |
+//! | tracepoint/syscalls.rs  | bind_exit, connect_exit | tracepoint sys_exit_bind/connect  |
+//!
+//! Shared by both backends: `kernel.rs` (reads from kernel structs at offsets the daemon
+//! resolved from BTF, the event every program builds, the `--netns`/`--proto` filter) and
+//! `track.rs` (the maps: the per-socket table, requests in flight, the ring buffers, and the
+//! lost-event counters), `errors.rs` (failed runs per program, `PROBE_ERRORS`). Each
+//! backend's `mod.rs` tells how its programs see a port's life.
 #![no_std]
 #![no_main]
 
-mod bind;
+mod errors;
 mod kernel;
-mod kprobes;
-mod release;
-mod sock_ops;
-mod syscalls;
-mod tcp_state;
+mod kprobe;
+mod tracepoint;
 mod track;
-mod udp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -14,7 +14,8 @@ use hdrhistogram::Histogram;
 use crate::{
     event::{Event, Proto, filter::Filter},
     exhaustion::{Exhaustion, level::Thresholds, warning::Warning},
-    stats::{LostCounts, Stats},
+    probes::KernelCounters,
+    stats::Stats,
     track::{Outcome, Tracker, snapshot::Snapshot},
 };
 
@@ -148,12 +149,12 @@ impl Pipeline {
         sink.warnings(&warnings)
     }
 
-    /// Once an interval: frees the snapshot's sockets that are `gone`, sets the kernel's
-    /// `lost` counters, re-checks every range, and lets the sinks look.
+    /// Once an interval: frees the snapshot's sockets that are `gone`, re-checks every
+    /// range, takes the kernel's counters, and lets the sinks look.
     pub fn tick(
         &mut self,
         gone: &[Event],
-        lost: LostCounts,
+        counters: KernelCounters,
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> anyhow::Result<()> {
@@ -161,19 +162,19 @@ impl Pipeline {
             self.exhaustion.free_existing(event);
         }
         self.check_ranges(now_ns, sink)?;
-        self.stats.set_lost(lost);
+        self.stats.set_counters(counters);
         let interval = self.stats.take_interval();
         sink.tick(&self.view(now_ns, &interval))
     }
 
-    /// When tracing stops: the kernel's final `lost` counters, the last interval.
+    /// When tracing stops: the kernel's final counters, the last interval.
     pub fn finish(
         &mut self,
-        lost: LostCounts,
+        counters: KernelCounters,
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> anyhow::Result<()> {
-        self.stats.set_lost(lost);
+        self.stats.set_counters(counters);
         let interval = self.stats.take_interval();
         sink.finish(&self.view(now_ns, &interval))
     }
@@ -404,7 +405,7 @@ mod tests {
         let mut out = Recorded::default();
         let gone = p.snapshot.retain_present(&Default::default());
         assert_eq!(gone, vec![old]);
-        p.tick(&gone, LostCounts::default(), 1, &mut out)
+        p.tick(&gone, KernelCounters::default(), 1, &mut out)
             .expect("sink");
         assert_eq!(ns_used(&p), 0);
         assert_eq!(out.ticks, 1);
@@ -429,11 +430,14 @@ mod tests {
         let mut p = pipeline();
         let mut out = Recorded::default();
         p.apply(&connect(1, 40000, 0), &mut out).expect("sink");
-        let lost = LostCounts {
-            ring_buffer_full: 2,
+        let counters = KernelCounters {
+            lost: crate::probes::LostCounts {
+                ring_buffer_full: 2,
+                ..Default::default()
+            },
             ..Default::default()
         };
-        p.finish(lost, 10, &mut out).expect("sink");
+        p.finish(counters, 10, &mut out).expect("sink");
         assert_eq!(out.finished, Some((1, 2, 1)));
     }
 }

@@ -14,6 +14,8 @@ use crate::{
     event::{AllocKind, Event, Proto, errno_name},
     track::Outcome,
 };
+// The kernel's counters are the probes' to read; the stats keep the last reading.
+use crate::probes::{KernelCounters, LostCounts, ProbeErrors};
 
 /// Longest lifetime the histograms resolve (a day); longer ones are clamped to it.
 const MAX_LIFETIME_NS: u64 = 86_400 * 1_000_000_000;
@@ -184,27 +186,12 @@ pub struct Totals {
     pub unmatched_release: u64,
 }
 
-/// Why events were lost, summed over CPUs from the kernel's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct LostCounts {
-    /// The ring buffer was full: the daemon did not keep up.
-    pub ring_buffer_full: u64,
-    /// The per-socket table was full (`--max-sockets`): a socket went untracked.
-    pub socket_table_full: u64,
-    /// The failure ring buffer was full: failed allocations went unreported.
-    pub failure_ring_full: u64,
-}
-
-impl LostCounts {
-    pub fn total(&self) -> u64 {
-        self.ring_buffer_full + self.socket_table_full + self.failure_ring_full
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Stats {
     pub totals: Totals,
     pub lost: LostCounts,
+    /// Failed runs of the attached programs (see `ProbeErrors`).
+    pub probe_errors: ProbeErrors,
     pub by_proto: BTreeMap<Proto, Lifetimes>,
     pub by_kind: BTreeMap<AllocKind, Lifetimes>,
     pub by_process: BTreeMap<Comm, Lifetimes>,
@@ -330,6 +317,12 @@ impl Stats {
             all.merge(lifetimes);
         }
         all
+    }
+
+    /// The kernel's counters as read now (they only grow).
+    pub fn set_counters(&mut self, counters: KernelCounters) {
+        self.set_lost(counters.lost);
+        self.probe_errors = counters.probe_errors;
     }
 
     pub fn set_lost(&mut self, lost: LostCounts) {

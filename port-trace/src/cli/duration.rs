@@ -68,7 +68,11 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
         assert!(parse_duration("30").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("5x").unwrap_err().contains("unknown time unit"));
+        assert!(
+            parse_duration("5x")
+                .unwrap_err()
+                .contains("unknown time unit")
+        );
     }
 
     #[test]

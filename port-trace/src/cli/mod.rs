@@ -11,8 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod duration;
 
 use self::duration::parse_duration;
-use crate::event::{Family, Proto, filter::Filter};
 pub use crate::sinks::events::EventFormat;
+use crate::{
+    event::{Family, Proto, filter::Filter},
+    probes::BackendChoice,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -117,7 +120,7 @@ pub struct Cli {
     /// inet_sock_set_state tracepoint with cgroup socket hooks, for kernels without kprobes.
     /// `auto` takes kprobe where it attaches, else tracepoint.
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
-    pub backend: Backend,
+    pub backend: BackendChoice,
 
     /// No summaries and no start-up line: only events (--events), warnings and the report.
     #[arg(short, long)]
@@ -187,13 +190,6 @@ impl Cli {
             }),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    Auto,
-    Kprobe,
-    Tracepoint,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {

@@ -1,11 +1,8 @@
 //! `port-trace check`: a one-screen answer to "will it work here, and with what".
 
-use std::path::Path;
-
 use crate::{
-    cli::Backend,
     error::Fatal,
-    probes::{ProbeConfig, Probes, kprobe, preflight, tracefs},
+    probes::{BackendChoice, ProbeConfig, Probes, kprobe, preflight::Preflight, tracefs},
 };
 
 fn line(what: &str, ok: bool, detail: &str) {
@@ -41,22 +38,10 @@ fn uname() -> String {
 
 pub fn run() -> Result<(), Fatal> {
     println!("port-trace check: Linux {}", uname());
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let missing = preflight::missing_capabilities(&status);
-    line(
-        "privileges (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)",
-        missing.is_none(),
-        missing.as_deref().map_or("", |m| m),
-    );
-    let btf = Path::new(preflight::VMLINUX_BTF).exists();
-    line("BTF", btf, preflight::VMLINUX_BTF);
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let cgroup2 = preflight::cgroup2_mount(&mounts);
-    line(
-        "cgroup v2",
-        cgroup2.is_some(),
-        &cgroup2.map_or("not mounted".into(), |p| p.display().to_string()),
-    );
+    let preflight = Preflight::evaluate()?;
+    for check in preflight.checks() {
+        line(check.name, check.ok, &check.detail);
+    }
     match tracefs::ensure_mounted() {
         Ok(root) => line("tracefs", true, &root.display().to_string()),
         Err(err) => line("tracefs", false, &brief(&format!("{err:#}"))),
@@ -70,16 +55,14 @@ pub fn run() -> Result<(), Fatal> {
             "no kprobe PMU (CONFIG_KPROBE_EVENTS is off)"
         },
     );
-    if let Some(missing) = missing {
-        return Err(Fatal::NotPermitted(format!(
-            "port-trace needs root to load eBPF programs (missing {missing}); run it with sudo"
-        )));
+    if let Some(failure) = preflight.privileges.failure {
+        return Err(failure);
     }
 
     let mut usable = Vec::new();
     for (name, backend) in [
-        ("kprobe", Backend::Kprobe),
-        ("tracepoint", Backend::Tracepoint),
+        ("kprobe", BackendChoice::Kprobe),
+        ("tracepoint", BackendChoice::Tracepoint),
     ] {
         println!("{name} backend:");
         let survey = Probes::attach(&ProbeConfig {

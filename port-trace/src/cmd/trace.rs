@@ -100,7 +100,7 @@ impl Trace {
             hdr_log: None,
             metrics: match exporter {
                 Some(_) => Some(
-                    Metrics::new(probes.backend, env!("CARGO_PKG_VERSION"))
+                    Metrics::new(probes.backend.as_str(), env!("CARGO_PKG_VERSION"))
                         .context("setting up the Prometheus metrics")?,
                 ),
                 None => None,
@@ -184,8 +184,8 @@ impl Trace {
                 }
                 _ = ticker.tick() => {
                     let gone = self.pipeline.snapshot.gone();
-                    let lost = self.probes.lost()?;
-                    self.pipeline.tick(&gone, lost, monotonic_ns(), &mut self.sinks)?;
+                    let counters = self.probes.counters()?;
+                    self.pipeline.tick(&gone, counters, monotonic_ns(), &mut self.sinks)?;
                 }
                 connection = accept(self.exporter.as_ref()) => match connection {
                     Ok((stream, _)) => self.scrape(stream)?,
@@ -211,11 +211,11 @@ impl Trace {
     fn scrape(&mut self, stream: TcpStream) -> Result<(), Fatal> {
         // What the kernel has not woken us for yet counts in this scrape.
         self.drain_both()?;
-        let lost = self.probes.lost()?;
+        let counters = self.probes.counters()?;
         let interval = Default::default();
         let view = self.pipeline.view(monotonic_ns(), &interval);
         if let Some(metrics) = self.sinks.metrics.as_mut() {
-            let body = metrics.scrape(&view, lost);
+            let body = metrics.scrape(&view, &counters);
             tokio::spawn(metrics_server::answer(
                 stream,
                 body,
@@ -229,9 +229,9 @@ impl Trace {
     /// detaches.
     fn finish(mut self) -> Result<(), Fatal> {
         self.drain_both()?;
-        let lost = self.probes.lost()?;
+        let counters = self.probes.counters()?;
         self.pipeline
-            .finish(lost, monotonic_ns(), &mut self.sinks)?;
+            .finish(counters, monotonic_ns(), &mut self.sinks)?;
         // Dropping the probes detaches every program.
         drop(self.ring);
         drop(self.probes);

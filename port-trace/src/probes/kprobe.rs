@@ -1,5 +1,5 @@
 //! The kprobe backend (distribution kernels): kprobes and kretprobes where Linux chooses and
-//! frees ports (port-trace-ebpf/src/kprobes.rs has the table of functions).
+//! frees ports (port-trace-ebpf/src/kprobe/mod.rs has the table of functions).
 
 use std::collections::HashSet;
 
@@ -13,7 +13,7 @@ use crate::error::Fatal;
 
 /// (program, kernel functions it attaches to). A `|` separates names a function has had in
 /// different kernels: the first one this kernel has is used.
-const PROBES: [(&str, &[&str]); 14] = [
+pub(super) const PROBES: [(&str, &[&str]); 14] = [
     ("kp_bind", &["inet_bind", "inet6_bind"]),
     ("kr_bind", &["inet_bind", "inet6_bind"]),
     ("kp_hash_connect", &["__inet_hash_connect"]),

@@ -1,28 +1,77 @@
 //! Probes: check the machine, load the eBPF programs, attach them, and hand out the ring
-//! buffer and the lost-event counters.
+//! buffer and the kernel's counters (lost events, failed program runs).
 
 pub mod btf;
+pub mod counters;
 pub mod kprobe;
 pub mod preflight;
 pub mod tracefs;
 mod tracepoint;
 
+use std::fmt;
+
 use anyhow::Context as _;
 use aya::{
-    Btf as AyaBtf, Ebpf, EbpfLoader,
+    Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
+pub use counters::{KernelCounters, LostCounts, ProbeErrors};
 use port_trace_common::{KernelFilter, LOST_FAILURE_RING_FULL, LOST_RINGBUF_FULL, LOST_TABLE_FULL};
+use serde::Serialize;
 use tracing::{debug, info};
 
-use crate::{cli::Backend, error::Fatal, stats::LostCounts};
+use crate::error::Fatal;
 
 /// The eBPF object built by build.rs from port-trace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-trace"));
 
+/// The backend asked for (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Kprobe,
+    Tracepoint,
+}
+
+/// The backend whose programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Kprobe,
+    Tracepoint,
+}
+
+impl Backend {
+    /// The name in the output (the ready record, the report, the metrics' label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Kprobe => "kprobe",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every program in the eBPF object and the backend that attaches it: the names come from
+/// the backends' own attach tables.
+fn programs() -> impl Iterator<Item = (Backend, &'static str)> {
+    let kprobes = kprobe::PROBES
+        .iter()
+        .map(|(name, _)| (Backend::Kprobe, *name));
+    let tracepoints = tracepoint::PROGRAMS
+        .iter()
+        .map(|(name, _)| (Backend::Tracepoint, *name));
+    kprobes.chain(tracepoints)
+}
+
 pub struct ProbeConfig {
-    pub backend: Backend,
+    pub backend: BackendChoice,
     /// Stop at the first hook that fails to attach (tracing); else try every hook and
     /// record each result (`port-trace check`).
     pub strict: bool,
@@ -35,7 +84,7 @@ pub struct ProbeConfig {
 /// The loaded programs. Dropping this detaches every program and frees the maps.
 pub struct Probes {
     ebpf: Ebpf,
-    pub backend: &'static str,
+    pub backend: Backend,
     pub programs: Vec<String>,
     /// Every hook tried, with its result (all Ok when strict).
     pub hooks: Vec<Hook>,
@@ -78,16 +127,16 @@ impl Probes {
         let machine = preflight::check()?;
         raise_memlock_limit();
         let backend = match config.backend {
-            Backend::Auto if kprobe::available() => Backend::Kprobe,
-            Backend::Auto => Backend::Tracepoint,
-            Backend::Kprobe if config.strict && !kprobe::available() => {
+            BackendChoice::Auto if kprobe::available() => Backend::Kprobe,
+            BackendChoice::Auto | BackendChoice::Tracepoint => Backend::Tracepoint,
+            BackendChoice::Kprobe if config.strict && !kprobe::available() => {
                 return Err(Fatal::Unsupported(
                     "this kernel cannot attach kprobes (no kprobe PMU: CONFIG_KPROBE_EVENTS is \
                      off); use --backend tracepoint"
                         .into(),
                 ));
             }
-            chosen => chosen,
+            BackendChoice::Kprobe => Backend::Kprobe,
         };
 
         let btf_bytes = std::fs::read(preflight::VMLINUX_BTF)
@@ -103,7 +152,9 @@ impl Probes {
                 .map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
         }
         debug!(?offsets, "kernel struct offsets from BTF");
-        let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF")?;
+        // The same bytes: vmlinux BTF is megabytes, read once.
+        let aya_btf =
+            AyaBtf::parse(&btf_bytes, Endianness::default()).context("loading kernel BTF")?;
 
         let socket_id_key = random_u64();
         let mut ebpf = EbpfLoader::new()
@@ -120,17 +171,17 @@ impl Probes {
             strict: config.strict,
             list: Vec::new(),
         };
-        let backend = match backend {
-            Backend::Kprobe => {
-                kprobe::attach(&mut ebpf, &mut hooks)?;
-                "kprobe"
+        match backend {
+            Backend::Kprobe => kprobe::attach(&mut ebpf, &mut hooks)?,
+            Backend::Tracepoint => {
+                tracepoint::attach(&mut ebpf, &aya_btf, &machine.cgroup2, &mut hooks)?
             }
-            _ => {
-                tracepoint::attach(&mut ebpf, &aya_btf, &machine.cgroup2, &mut hooks)?;
-                "tracepoint"
-            }
-        };
-        info!(backend, "attached {} programs", hooks.list.len());
+        }
+        info!(
+            backend = backend.as_str(),
+            "attached {} programs",
+            hooks.list.len()
+        );
         Ok(Self {
             ebpf,
             backend,
@@ -142,7 +193,7 @@ impl Probes {
     /// Whether the kernel side reports the end of TIME_WAIT itself (kprobe backend); else
     /// the daemon watches TIME_WAIT sockets through sock_diag.
     pub fn sees_time_wait_end(&self) -> bool {
-        self.backend == "kprobe"
+        self.backend == Backend::Kprobe
     }
 
     /// The ring buffer of allocations and releases. Can be taken once.
@@ -173,6 +224,27 @@ impl Probes {
             socket_table_full: sum(LOST_TABLE_FULL)?,
             failure_ring_full: sum(LOST_FAILURE_RING_FULL)?,
         })
+    }
+
+    /// What the kernel side counted: lost events, and failed runs of the attached backend's
+    /// programs.
+    pub fn counters(&self) -> anyhow::Result<KernelCounters> {
+        let mut probe_errors = self.probe_errors()?;
+        probe_errors.programs.retain(|p| p.backend == self.backend);
+        Ok(KernelCounters {
+            lost: self.lost()?,
+            probe_errors,
+        })
+    }
+
+    /// Failed runs of each program (see `ProbeErrors`), summed over CPUs.
+    pub fn probe_errors(&self) -> anyhow::Result<ProbeErrors> {
+        let map = self
+            .ebpf
+            .map("PROBE_ERRORS")
+            .context("the PROBE_ERRORS map is missing")?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        ProbeErrors::collect(|index| Ok(counters.get(&index, 0)?.iter().sum()))
     }
 }
 
@@ -235,9 +307,61 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+    use std::collections::BTreeSet;
 
-    use super::EBPF_OBJECT;
+    use object::{
+        Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget, SymbolKind,
+        SymbolSection,
+    };
+
+    use super::{Backend, EBPF_OBJECT, programs};
+
+    /// A program nobody attaches is dead code; one in both backends' tables would be
+    /// attached twice. Each backend attaches from its table, so the tables must name every
+    /// program in the object exactly once.
+    #[test]
+    fn every_ebpf_program_belongs_to_one_backend() {
+        let elf = object::File::parse(EBPF_OBJECT).expect("the eBPF object is ELF");
+        // Programs are the functions in their own sections (`kprobe`, `cgroup/bind4`, ...);
+        // functions left out of line are in `.text`.
+        let in_object: BTreeSet<&str> = elf
+            .symbols()
+            .filter(|symbol| symbol.kind() == SymbolKind::Text)
+            .filter(|symbol| match symbol.section() {
+                SymbolSection::Section(index) => elf
+                    .section_by_index(index)
+                    .and_then(|section| section.name())
+                    .is_ok_and(|name| !name.starts_with(".text")),
+                _ => false,
+            })
+            .filter_map(|symbol| symbol.name().ok())
+            .collect();
+        let kprobes: BTreeSet<&str> = programs()
+            .filter(|(backend, _)| *backend == Backend::Kprobe)
+            .map(|(_, name)| name)
+            .collect();
+        let tracepoints: BTreeSet<&str> = programs()
+            .filter(|(backend, _)| *backend == Backend::Tracepoint)
+            .map(|(_, name)| name)
+            .collect();
+        assert!(
+            kprobes.len() > 10 && tracepoints.len() > 10,
+            "tables not read"
+        );
+        let in_both: Vec<_> = kprobes.intersection(&tracepoints).collect();
+        assert!(in_both.is_empty(), "in both backends' tables: {in_both:?}");
+        let in_tables: BTreeSet<&str> = kprobes.union(&tracepoints).copied().collect();
+        assert_eq!(
+            in_object.difference(&in_tables).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "programs in the object that no backend attaches"
+        );
+        assert_eq!(
+            in_tables.difference(&in_object).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "programs in an attach table but not in the object"
+        );
+    }
 
     /// The linker's `memset`/`memcpy` for BPF move one byte per loop turn; the compiler calls
     /// them for zeroing and copies it cannot expand, and one such call cost a UDP socket's

@@ -1,7 +1,10 @@
 //! What must hold before loading anything: privileges, BTF, cgroup v2. Each failure is one
-//! clear sentence and its own exit code.
+//! clear sentence and its own exit code. `Preflight::evaluate` is the one place they are
+//! checked: `port-trace check` prints every check, `Probes::attach` stops at the first failure.
 
 use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
 
 use crate::error::Fatal;
 
@@ -12,37 +15,122 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+#[derive(Debug)]
 pub struct Machine {
     /// Where cgroup v2 is mounted; the cgroup hooks attach at its root to see every process.
     pub cgroup2: PathBuf,
 }
 
+/// What one check found: a line of `port-trace check`, and the error tracing stops with.
+#[derive(Debug)]
+pub struct Check {
+    /// What was checked, as `port-trace check` names it.
+    pub name: &'static str,
+    pub ok: bool,
+    /// What was found, or what is missing (may be empty).
+    pub detail: String,
+    /// The error tracing fails with when the check fails; `None` when it passed.
+    pub failure: Option<Fatal>,
+}
+
+/// Every check, evaluated: `port-trace check` prints them all, tracing stops at the first
+/// that failed (`into_machine`).
+#[derive(Debug)]
+pub struct Preflight {
+    pub privileges: Check,
+    pub btf: Check,
+    pub cgroup2: Check,
+    cgroup2_mount: Option<PathBuf>,
+}
+
+impl Preflight {
+    /// Checks this process and machine.
+    pub fn evaluate() -> Result<Self, Fatal> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+        Ok(Self::from_facts(
+            &status,
+            Path::new(VMLINUX_BTF).exists(),
+            &mounts,
+        ))
+    }
+
+    /// The checks, from a `/proc/self/status` text, whether vmlinux BTF exists, and a
+    /// `/proc/self/mounts` text.
+    pub fn from_facts(status: &str, btf_exists: bool, mounts: &str) -> Self {
+        let missing = missing_capabilities(status);
+        let privileges = Check {
+            name: "privileges (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)",
+            ok: missing.is_none(),
+            detail: missing.clone().unwrap_or_default(),
+            failure: missing.map(|missing| {
+                Fatal::NotPermitted(format!(
+                    "port-trace needs root to load eBPF programs (missing {missing}); run it \
+                     with sudo"
+                ))
+            }),
+        };
+        let btf = Check {
+            name: "BTF",
+            ok: btf_exists,
+            detail: VMLINUX_BTF.to_string(),
+            failure: (!btf_exists).then(|| {
+                Fatal::Unsupported(format!(
+                    "this kernel has no BTF ({VMLINUX_BTF} is missing); port-trace needs a \
+                     kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since \
+                     2020)"
+                ))
+            }),
+        };
+        let cgroup2_mount = cgroup2_mount(mounts);
+        let cgroup2 = Check {
+            name: "cgroup v2",
+            ok: cgroup2_mount.is_some(),
+            detail: cgroup2_mount
+                .as_ref()
+                .map_or("not mounted".into(), |p| p.display().to_string()),
+            failure: cgroup2_mount.is_none().then(|| {
+                Fatal::Unsupported(
+                    "cgroup v2 is not mounted; mount it (mount -t cgroup2 none \
+                     /sys/fs/cgroup/unified) so port-trace can attach its socket hooks"
+                        .to_string(),
+                )
+            }),
+        };
+        Self {
+            privileges,
+            btf,
+            cgroup2,
+            cgroup2_mount,
+        }
+    }
+
+    /// The checks in the order they are printed and enforced.
+    pub fn checks(&self) -> [&Check; 3] {
+        [&self.privileges, &self.btf, &self.cgroup2]
+    }
+
+    /// What attaching needs, or the first check's failure.
+    pub fn into_machine(self) -> Result<Machine, Fatal> {
+        for check in [self.privileges, self.btf, self.cgroup2] {
+            if let Some(failure) = check.failure {
+                return Err(failure);
+            }
+        }
+        let cgroup2 = self
+            .cgroup2_mount
+            .context("cgroup v2 check passed without a mount")?;
+        Ok(Machine { cgroup2 })
+    }
+}
+
+/// Every check, or the first failure.
 pub fn check() -> Result<Machine, Fatal> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    if let Some(missing) = missing_capabilities(&status) {
-        return Err(Fatal::NotPermitted(format!(
-            "port-trace needs root to load eBPF programs (missing {missing}); run it with sudo"
-        )));
-    }
-    if !Path::new(VMLINUX_BTF).exists() {
-        return Err(Fatal::Unsupported(format!(
-            "this kernel has no BTF ({VMLINUX_BTF} is missing); port-trace needs a kernel built \
-             with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2020)"
-        )));
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let cgroup2 = cgroup2_mount(&mounts).ok_or_else(|| {
-        Fatal::Unsupported(
-            "cgroup v2 is not mounted; mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) \
-             so port-trace can attach its socket hooks"
-                .to_string(),
-        )
-    })?;
-    Ok(Machine { cgroup2 })
+    Preflight::evaluate()?.into_machine()
 }
 
 /// Names the capabilities missing from a `/proc/PID/status` text, or None if all are there.
-pub fn missing_capabilities(status: &str) -> Option<String> {
+fn missing_capabilities(status: &str) -> Option<String> {
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -62,7 +150,7 @@ pub fn missing_capabilities(status: &str) -> Option<String> {
 }
 
 /// The first cgroup2 mount point in a `/proc/mounts` text.
-pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (_, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
@@ -73,6 +161,66 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ROOT: &str = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+    const USER: &str = "CapEff:\t0000000000000000\n";
+    const CGROUP2: &str = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+
+    #[test]
+    fn every_check_passes_on_a_ready_machine() {
+        let preflight = Preflight::from_facts(ROOT, true, CGROUP2);
+        let lines: Vec<_> = preflight
+            .checks()
+            .iter()
+            .map(|c| (c.name, c.ok, c.detail.clone(), c.failure.is_some()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    "privileges (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)",
+                    true,
+                    String::new(),
+                    false
+                ),
+                ("BTF", true, VMLINUX_BTF.to_string(), false),
+                ("cgroup v2", true, "/sys/fs/cgroup".to_string(), false),
+            ]
+        );
+        let machine = preflight.into_machine().expect("ready");
+        assert_eq!(machine.cgroup2, PathBuf::from("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn fails_with_the_first_failed_check() {
+        let preflight = Preflight::from_facts(USER, false, "proc /proc proc rw 0 0\n");
+        assert!(preflight.checks().iter().all(|c| !c.ok));
+        assert_eq!(
+            preflight.privileges.detail,
+            "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"
+        );
+        assert_eq!(preflight.cgroup2.detail, "not mounted");
+        match preflight.into_machine() {
+            Err(Fatal::NotPermitted(text)) => assert_eq!(
+                text,
+                "port-trace needs root to load eBPF programs (missing CAP_BPF, CAP_PERFMON, \
+                 CAP_NET_ADMIN); run it with sudo"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match Preflight::from_facts(ROOT, true, "").into_machine() {
+            Err(err @ Fatal::Unsupported(_)) => {
+                assert!(err.to_string().starts_with("cgroup v2 is not mounted"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match Preflight::from_facts(ROOT, false, "").into_machine() {
+            Err(err @ Fatal::Unsupported(_)) => {
+                assert!(err.to_string().starts_with("this kernel has no BTF"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn root_has_everything() {

@@ -7,7 +7,10 @@ use std::{fs::File, path::Path};
 use anyhow::Context as _;
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps,
+        TracePoint,
+    },
 };
 
 use super::{Hooks, load_error, program};
@@ -17,70 +20,92 @@ use crate::error::Fatal;
 /// other programs on the cgroup and take no flags: any flag is EINVAL.
 const CGROUP_LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
-/// The tracepoint backend's cgroup programs: (program, what it hooks).
-const CGROUP_SOCK_ADDR: [&str; 6] = [
-    "bind4_request",
-    "bind6_request",
-    "udp_connect4",
-    "udp_connect6",
-    "udp_sendmsg4",
-    "udp_sendmsg6",
+/// Where a program of this backend attaches.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum AttachPoint {
+    /// tp_btf on this kernel tracepoint (it gets typed arguments).
+    BtfTracePoint(&'static str),
+    /// cgroup sock_ops, at the cgroup v2 root.
+    SockOps,
+    /// cgroup sock_addr (the hook is in the program's section: bind4, connect6, ...).
+    CgroupSockAddr,
+    /// cgroup sock (post_bind4, sock_release, sock_create, ...).
+    CgroupSock,
+    /// A tracepoint in the `syscalls` category.
+    Syscall(&'static str),
+}
+
+/// Every program of this backend, in the order `attach` loads and attaches them.
+pub(super) const PROGRAMS: [(&str, AttachPoint); 14] = [
+    (
+        "tcp_state",
+        AttachPoint::BtfTracePoint("inet_sock_set_state"),
+    ),
+    ("tcp_port_chosen", AttachPoint::SockOps),
+    ("bind4_request", AttachPoint::CgroupSockAddr),
+    ("bind6_request", AttachPoint::CgroupSockAddr),
+    ("udp_connect4", AttachPoint::CgroupSockAddr),
+    ("udp_connect6", AttachPoint::CgroupSockAddr),
+    ("udp_sendmsg4", AttachPoint::CgroupSockAddr),
+    ("udp_sendmsg6", AttachPoint::CgroupSockAddr),
+    ("post_bind4", AttachPoint::CgroupSock),
+    ("post_bind6", AttachPoint::CgroupSock),
+    ("sock_release", AttachPoint::CgroupSock),
+    ("udp_create", AttachPoint::CgroupSock),
+    ("bind_exit", AttachPoint::Syscall("sys_exit_bind")),
+    ("connect_exit", AttachPoint::Syscall("sys_exit_connect")),
 ];
-const CGROUP_SOCK: [&str; 4] = ["post_bind4", "post_bind6", "sock_release", "udp_create"];
-/// (program, tracepoint in the `syscalls` category).
-const SYSCALL_EXITS: [(&str, &str); 2] = [
-    ("bind_exit", "sys_exit_bind"),
-    ("connect_exit", "sys_exit_connect"),
-];
+
+impl AttachPoint {
+    /// As in the hook's label: `tcp_state (tp_btf/inet_sock_set_state)`.
+    fn describe(self) -> String {
+        match self {
+            AttachPoint::BtfTracePoint(tracepoint) => format!("tp_btf/{tracepoint}"),
+            AttachPoint::SockOps => "cgroup sock_ops".into(),
+            AttachPoint::CgroupSockAddr => "cgroup sock_addr".into(),
+            AttachPoint::CgroupSock => "cgroup sock".into(),
+            AttachPoint::Syscall(tracepoint) => format!("tracepoint syscalls:{tracepoint}"),
+        }
+    }
+}
 
 /// Loads and attaches the backend's programs, one hook at a time, into `hooks`.
 pub fn attach(ebpf: &mut Ebpf, btf: &Btf, cgroup2: &Path, hooks: &mut Hooks) -> Result<(), Fatal> {
     let cgroup = File::open(cgroup2)
         .with_context(|| format!("opening cgroup v2 at {}", cgroup2.display()))?;
 
-    hooks.record("tcp_state (tp_btf/inet_sock_set_state)", || {
-        let prog: &mut BtfTracePoint = program(ebpf, "tcp_state")?;
-        prog.load("inet_sock_set_state", btf)
-            .map_err(|e| load_error("tcp_state", e))?;
-        prog.attach().map_err(|e| load_error("tcp_state", e))?;
-        Ok(())
-    })?;
-    hooks.record("tcp_port_chosen (cgroup sock_ops)", || {
-        let prog: &mut SockOps = program(ebpf, "tcp_port_chosen")?;
-        prog.load().map_err(|e| load_error("tcp_port_chosen", e))?;
-        prog.attach(&cgroup, CGROUP_LINK_MODE)
-            .map_err(|e| load_error("tcp_port_chosen", e))?;
-        Ok(())
-    })?;
-    for name in CGROUP_SOCK_ADDR {
-        hooks.record(&format!("{name} (cgroup sock_addr)"), || {
-            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-            prog.load().map_err(|e| load_error(name, e))?;
-            prog.attach(&cgroup, CGROUP_LINK_MODE)
-                .map_err(|e| load_error(name, e))?;
+    for (name, point) in PROGRAMS {
+        hooks.record(&format!("{name} ({})", point.describe()), || {
+            let failed = |e: ProgramError| load_error(name, e);
+            match point {
+                AttachPoint::BtfTracePoint(tracepoint) => {
+                    let prog: &mut BtfTracePoint = program(ebpf, name)?;
+                    prog.load(tracepoint, btf).map_err(failed)?;
+                    prog.attach().map_err(failed)?;
+                }
+                AttachPoint::SockOps => {
+                    let prog: &mut SockOps = program(ebpf, name)?;
+                    prog.load().map_err(failed)?;
+                    prog.attach(&cgroup, CGROUP_LINK_MODE).map_err(failed)?;
+                }
+                AttachPoint::CgroupSockAddr => {
+                    let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+                    prog.load().map_err(failed)?;
+                    prog.attach(&cgroup, CGROUP_LINK_MODE).map_err(failed)?;
+                }
+                AttachPoint::CgroupSock => {
+                    let prog: &mut CgroupSock = program(ebpf, name)?;
+                    prog.load().map_err(failed)?;
+                    prog.attach(&cgroup, CGROUP_LINK_MODE).map_err(failed)?;
+                }
+                AttachPoint::Syscall(tracepoint) => {
+                    let prog: &mut TracePoint = program(ebpf, name)?;
+                    prog.load().map_err(failed)?;
+                    prog.attach("syscalls", tracepoint).map_err(failed)?;
+                }
+            }
             Ok(())
         })?;
-    }
-    for name in CGROUP_SOCK {
-        hooks.record(&format!("{name} (cgroup sock)"), || {
-            let prog: &mut CgroupSock = program(ebpf, name)?;
-            prog.load().map_err(|e| load_error(name, e))?;
-            prog.attach(&cgroup, CGROUP_LINK_MODE)
-                .map_err(|e| load_error(name, e))?;
-            Ok(())
-        })?;
-    }
-    for (name, tracepoint) in SYSCALL_EXITS {
-        hooks.record(
-            &format!("{name} (tracepoint syscalls:{tracepoint})"),
-            || {
-                let prog: &mut TracePoint = program(ebpf, name)?;
-                prog.load().map_err(|e| load_error(name, e))?;
-                prog.attach("syscalls", tracepoint)
-                    .map_err(|e| load_error(name, e))?;
-                Ok(())
-            },
-        )?;
     }
     Ok(())
 }

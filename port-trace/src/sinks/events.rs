@@ -13,6 +13,7 @@ use crate::{
         scope::ScopeKind,
         warning::{Reason, Warning},
     },
+    probes::Backend,
     sys::clock::WallClock,
     track::Outcome,
 };
@@ -251,7 +252,7 @@ impl WarningRecord {
 pub struct ReadyRecord<'a> {
     #[serde(rename = "type")]
     pub record: &'static str,
-    pub backend: &'a str,
+    pub backend: Backend,
     pub programs: &'a [String],
     pub version: &'static str,
     /// Where Prometheus metrics are served (`--prometheus`), with the port really bound.

@@ -7,7 +7,7 @@
 //! processes are capped at `PROCESS_SERIES` (later ones are "other"), and only the fullest
 //! `DESTINATION_SERIES` destination scopes get gauges.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -18,7 +18,7 @@ use crate::{
     event::{Event, errno_name},
     exhaustion::scope::{ScopeKey, Usage},
     pipeline::{Sink, View},
-    stats::LostCounts,
+    probes::{KernelCounters, LostCounts, ProbeErrors},
     sys::procfs::kernel_release,
     track::Outcome,
 };
@@ -51,6 +51,9 @@ pub struct Metrics {
     releases: IntCounterVec,
     failures: IntCounterVec,
     lost: IntCounterVec,
+    probe_errors: IntCounterVec,
+    /// Each program's failed runs at the last scrape.
+    probe_errors_seen: HashMap<&'static str, u64>,
     scope_used: IntGaugeVec,
     scope_capacity: IntGaugeVec,
     held: IntGauge,
@@ -103,6 +106,14 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let probe_errors = IntCounterVec::new(
+            Opts::new(
+                "port_trace_probe_errors_total",
+                "Failed runs of port-trace's eBPF programs, by program: a helper or kernel \
+                 read that failed, so an event may be missing or incomplete.",
+            ),
+            &["program"],
+        )?;
         let scope_labels = ["netns", "proto", "scope", "destination"];
         let scope_used = IntGaugeVec::new(
             Opts::new(
@@ -140,6 +151,7 @@ impl Metrics {
         registry.register(Box::new(releases.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(lost.clone()))?;
+        registry.register(Box::new(probe_errors.clone()))?;
         registry.register(Box::new(scope_used.clone()))?;
         registry.register(Box::new(scope_capacity.clone()))?;
         registry.register(Box::new(held.clone()))?;
@@ -155,6 +167,8 @@ impl Metrics {
             releases,
             failures,
             lost,
+            probe_errors,
+            probe_errors_seen: HashMap::new(),
             scope_used,
             scope_capacity,
             held,
@@ -267,8 +281,22 @@ impl Metrics {
         String::from_utf8(buffer).unwrap_or_default()
     }
 
-    /// The exposition as of `view`, gauges included, with the kernel's `lost` counters.
-    pub fn scrape(&mut self, view: &View<'_>, lost: LostCounts) -> String {
+    /// Counts the programs' failed runs: every attached program gets a series (0 until one
+    /// fails), growing by what the kernel counted since the last scrape.
+    pub fn set_probe_errors(&mut self, errors: &ProbeErrors) {
+        for program in &errors.programs {
+            let seen = self.probe_errors_seen.entry(program.program).or_default();
+            self.probe_errors
+                .with_label_values(&[program.program])
+                .inc_by(program.count.saturating_sub(*seen));
+            *seen = program.count;
+        }
+    }
+
+    /// The exposition as of `view`, gauges included, with the kernel's counters.
+    pub fn scrape(&mut self, view: &View<'_>, counters: &KernelCounters) -> String {
+        self.set_probe_errors(&counters.probe_errors);
+        let lost = counters.lost;
         let scopes: Vec<(ScopeKey, Usage)> = view
             .exhaustion
             .fullest(usize::MAX)
@@ -437,6 +465,37 @@ mod tests {
                 r#"port_trace_lost_events_total{reason="socket_table_full"}"#
             ),
             Some(0.0)
+        );
+    }
+
+    #[test]
+    fn probe_errors_count_per_program_and_only_grow() {
+        use crate::probes::{Backend, counters::ProgramErrors};
+        let mut metrics = Metrics::new("tracepoint", "0.1.0").expect("metrics");
+        let errors = |count| ProbeErrors {
+            programs: vec![
+                ProgramErrors {
+                    program: "tcp_state",
+                    backend: Backend::Tracepoint,
+                    count,
+                },
+                ProgramErrors {
+                    program: "sock_release",
+                    backend: Backend::Tracepoint,
+                    count: 0,
+                },
+            ],
+        };
+        metrics.set_probe_errors(&errors(3));
+        metrics.set_probe_errors(&errors(5));
+        let text = metrics.render();
+        assert!(
+            text.contains("port_trace_probe_errors_total{program=\"tcp_state\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("port_trace_probe_errors_total{program=\"sock_release\"} 0"),
+            "{text}"
         );
     }
 }

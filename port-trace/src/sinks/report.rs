@@ -12,7 +12,8 @@ use crate::{
         scope::{ScopeKey, ScopeKind, Usage},
     },
     pipeline::{Sink, View},
-    stats::{DestinationStats, LifetimeSummary, Lifetimes, LostCounts, Stats, Totals},
+    probes::{Backend, LostCounts, ProbeErrors},
+    stats::{DestinationStats, LifetimeSummary, Lifetimes, Stats, Totals},
 };
 
 #[derive(Debug, Serialize)]
@@ -22,6 +23,8 @@ pub struct Report {
     pub duration_ns: u64,
     pub totals: Totals,
     pub lost: LostCounts,
+    /// Failed runs of the attached eBPF programs: the total, and the programs with any.
+    pub probe_errors: ProbeErrorsRecord,
     /// Ports still held when tracing stopped (in TIME_WAIT included).
     pub held_at_exit: usize,
     /// Failed allocations by errno name.
@@ -33,6 +36,27 @@ pub struct Report {
     pub top_destinations: Vec<DestinationRecord>,
     /// The fullest scopes when tracing stopped.
     pub scopes: Vec<ScopeRecord>,
+}
+
+/// The programs' failed runs in the report.
+#[derive(Debug, Serialize)]
+pub struct ProbeErrorsRecord {
+    pub total: u64,
+    pub by_program: BTreeMap<&'static str, u64>,
+}
+
+impl From<&ProbeErrors> for ProbeErrorsRecord {
+    fn from(errors: &ProbeErrors) -> Self {
+        Self {
+            total: errors.total(),
+            by_program: errors
+                .programs
+                .iter()
+                .filter(|p| p.count > 0)
+                .map(|p| (p.program, p.count))
+                .collect(),
+        }
+    }
 }
 
 /// One scope's occupancy in the report.
@@ -103,6 +127,7 @@ impl Report {
             duration_ns,
             totals: stats.totals,
             lost: stats.lost,
+            probe_errors: (&stats.probe_errors).into(),
             held_at_exit,
             fail_by_error: stats.fails_by_error.clone(),
             alloc_by_process: stats.allocs_by_process.clone(),
@@ -147,13 +172,13 @@ impl Report {
 /// `--report FILE`: the report, written when tracing stops.
 pub struct ReportFile {
     pub path: std::path::PathBuf,
-    /// The backend that attached, as the report names it.
-    pub backend: &'static str,
+    /// The backend that attached.
+    pub backend: Backend,
 }
 
 impl Sink for ReportFile {
     fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
-        Report::from_view(view, self.backend).write(&self.path)
+        Report::from_view(view, self.backend.as_str()).write(&self.path)
     }
 }
 
@@ -169,6 +194,7 @@ mod tests {
         assert_eq!(value["totals"]["alloc"], 1);
         assert_eq!(value["totals"]["release"], 1);
         assert_eq!(value["totals"]["lost"], 0);
+        assert_eq!(value["probe_errors"]["total"], 0);
         assert_eq!(value["alloc_by_process"]["curl"], 1);
         assert_eq!(value["lifetime_ns"]["all"]["p99.9"], 1_000);
         assert_eq!(value["lifetime_ns"]["by_proto"]["tcp"]["count"], 1);

@@ -87,6 +87,22 @@ pub fn render(
             .collect();
         let _ = write!(out, "\n  failed allocations: {}", by_error.join(", "));
     }
+    // Only when it happened: a failed program run may mean a missing or incomplete event.
+    let probe_errors = stats.probe_errors.total();
+    if probe_errors > 0 {
+        let by_program: Vec<String> = stats
+            .probe_errors
+            .programs
+            .iter()
+            .filter(|p| p.count > 0)
+            .map(|p| format!("{}: {}", p.program, p.count))
+            .collect();
+        let _ = write!(
+            out,
+            "\n  failed eBPF program runs: {probe_errors} ({})",
+            by_program.join(", ")
+        );
+    }
     out.push('\n');
     if !scopes.is_empty() {
         let _ = writeln!(out, "  fullest ephemeral ranges");
@@ -295,7 +311,7 @@ mod tests {
     #[test]
     fn shows_totals_groups_and_lost_reasons() {
         let (mut stats, _) = one_connect_held_for(2_000_000);
-        stats.set_lost(crate::stats::LostCounts {
+        stats.set_lost(crate::probes::LostCounts {
             ring_buffer_full: 3,
             ..Default::default()
         });
@@ -339,6 +355,25 @@ mod tests {
         );
         assert!(
             text.lines().any(|l| l.trim_start().starts_with("tcp")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failed_program_runs_show_only_when_there_are_some() {
+        use crate::probes::{Backend, ProbeErrors, counters::ProgramErrors};
+        let (mut stats, _) = one_connect_held_for(1_000);
+        assert!(!render(&stats, 1, 0, &[]).contains("failed eBPF"));
+        stats.probe_errors = ProbeErrors {
+            programs: vec![ProgramErrors {
+                program: "tcp_state",
+                backend: Backend::Tracepoint,
+                count: 2,
+            }],
+        };
+        let text = render(&stats, 1, 0, &[]);
+        assert!(
+            text.contains("\n  failed eBPF program runs: 2 (tcp_state: 2)\n"),
             "{text}"
         );
     }

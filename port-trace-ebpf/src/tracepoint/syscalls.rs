@@ -4,28 +4,34 @@
 //! the socket (a bind(0) that found a port was reported by post_bind already).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use port_trace_common::{EADDRINUSE, EAGAIN, FLAG_EXPLICIT, IPPROTO_UDP, KIND_BIND, KIND_CONNECT};
+use port_trace_common::{
+    EADDRINUSE, EAGAIN, FLAG_EXPLICIT, IPPROTO_UDP, KIND_BIND, KIND_CONNECT, PROBE_BIND_EXIT,
+    PROBE_CONNECT_EXIT,
+};
 
-use crate::{kernel, track};
+use crate::{
+    errors::{self, Outcome},
+    kernel, track,
+};
 
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
 pub fn bind_exit(ctx: TracePointContext) -> u32 {
-    settle(&ctx);
+    errors::count(PROBE_BIND_EXIT, try_settle(&ctx));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
-    settle(&ctx);
+    errors::count(PROBE_CONNECT_EXIT, try_settle(&ctx));
     0
 }
 
-fn settle(ctx: &TracePointContext) {
+fn try_settle(ctx: &TracePointContext) -> Outcome {
     let Some(request) = track::take_in_flight() else {
-        return;
+        return Ok(());
     };
     let Some(entry) = track::lookup(request.cookie) else {
-        return;
+        return Ok(());
     };
     // SAFETY: `entry` points into SOCKETS, valid for this program run.
     let (state, kind, proto, flags) = unsafe {
@@ -39,10 +45,13 @@ fn settle(ctx: &TracePointContext) {
     };
     if state != track::PENDING {
         // post_bind already reported it.
-        return;
+        return Ok(());
     }
     let off = kernel::offsets();
-    let ret: i64 = unsafe { ctx.read_at(off.syscall_exit_ret as usize) }.unwrap_or(0);
+    // A return value that cannot be read settles as a success (0), as it always has, and is
+    // counted as a failure of this run.
+    let read = unsafe { ctx.read_at::<i64>(off.syscall_exit_ret as usize) };
+    let ret = read.unwrap_or(0);
     let errno = (-ret) as u32;
     // An explicit port that is taken is the application's conflict, not a shortage.
     let port_shortage = ret != 0
@@ -54,13 +63,14 @@ fn settle(ctx: &TracePointContext) {
         };
     if port_shortage {
         track::failed(request.cookie, entry, errno);
-        return;
-    }
-    // A UDP connect() holds the port it autobound even when it then fails (no route).
-    let port = kernel::sk_num(request.sk as *const u8, &off);
-    if kind == KIND_CONNECT && proto == IPPROTO_UDP && port != 0 {
-        track::allocated(entry, port);
     } else {
-        track::forget(request.cookie);
+        // A UDP connect() holds the port it autobound even when it then fails (no route).
+        let port = kernel::sk_num(request.sk as *const u8, &off);
+        if kind == KIND_CONNECT && proto == IPPROTO_UDP && port != 0 {
+            track::allocated(entry, port);
+        } else {
+            track::forget(request.cookie);
+        }
     }
+    read.map(|_| ()).map_err(i64::from)
 }

@@ -6,25 +6,30 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use port_trace_common::{
-    EADDRINUSE, EADDRNOTAVAIL, FLAG_TIME_WAIT, IPPROTO_TCP, KIND_CONNECT, KIND_LISTEN,
+    self as common, EADDRINUSE, EADDRNOTAVAIL, FLAG_TIME_WAIT, IPPROTO_TCP, KIND_CONNECT,
+    KIND_LISTEN, PROBE_TCP_STATE,
 };
 
-use crate::{kernel, track};
+use crate::{
+    errors::{self, Outcome},
+    kernel, track,
+};
 
-const TCP_SYN_SENT: i32 = 2;
-const TCP_FIN_WAIT1: i32 = 4;
-const TCP_FIN_WAIT2: i32 = 5;
-const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
-const TCP_CLOSING: i32 = 11;
+// The tracepoint gives states as int; the numbers are port-trace-common's.
+const TCP_SYN_SENT: i32 = common::TCP_SYN_SENT as i32;
+const TCP_FIN_WAIT1: i32 = common::TCP_FIN_WAIT1 as i32;
+const TCP_FIN_WAIT2: i32 = common::TCP_FIN_WAIT2 as i32;
+const TCP_CLOSE: i32 = common::TCP_CLOSE as i32;
+const TCP_LISTEN: i32 = common::TCP_LISTEN as i32;
+const TCP_CLOSING: i32 = common::TCP_CLOSING as i32;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_tcp_state(&ctx);
+    errors::count(PROBE_TCP_STATE, try_tcp_state(&ctx));
     0
 }
 
-fn try_tcp_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
+fn try_tcp_state(ctx: &BtfTracePointContext) -> Outcome {
     let sk: *const u8 = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);

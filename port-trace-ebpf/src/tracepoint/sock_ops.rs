@@ -10,18 +10,23 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 
-use crate::track;
+use port_trace_common::PROBE_TCP_PORT_CHOSEN;
+
+use crate::{
+    errors::{self, Outcome},
+    track,
+};
 
 #[sock_ops]
 pub fn tcp_port_chosen(ctx: SockOpsContext) -> u32 {
-    try_tcp_port_chosen(&ctx);
+    errors::count(PROBE_TCP_PORT_CHOSEN, try_tcp_port_chosen(&ctx));
     1
 }
 
-fn try_tcp_port_chosen(ctx: &SockOpsContext) {
+fn try_tcp_port_chosen(ctx: &SockOpsContext) -> Outcome {
     let op = ctx.op();
     if op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_TCP_LISTEN_CB {
-        return;
+        return Ok(());
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
     if let Some(entry) = track::lookup(cookie)
@@ -29,4 +34,5 @@ fn try_tcp_port_chosen(ctx: &SockOpsContext) {
     {
         track::allocated(entry, ctx.local_port() as u16);
     }
+    Ok(())
 }

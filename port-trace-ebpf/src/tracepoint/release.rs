@@ -5,32 +5,34 @@
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
 };
-use port_trace_common::IPPROTO_TCP;
+use port_trace_common::{IPPROTO_TCP, PROBE_SOCK_RELEASE, TCP_CLOSE};
 
-use crate::track;
-
-const TCP_CLOSE: u32 = 7;
+use crate::{
+    errors::{self, Outcome},
+    track,
+};
 
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
-    try_sock_release(&ctx);
+    errors::count(PROBE_SOCK_RELEASE, try_sock_release(&ctx));
     1
 }
 
-fn try_sock_release(ctx: &SockContext) {
+fn try_sock_release(ctx: &SockContext) -> Outcome {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
     let Some(entry) = track::lookup(cookie) else {
-        return;
+        return Ok(());
     };
     let sock = unsafe { &*ctx.sock };
     if unsafe { (*entry).state } != track::HELD {
         track::forget(cookie);
-        return;
+        return Ok(());
     }
     // A TCP socket past CLOSE keeps its port until the state machine takes it to CLOSE
     // (FIN handshake, TIME_WAIT); tcp_state reports that release.
-    if sock.protocol == u32::from(IPPROTO_TCP) && sock.state != TCP_CLOSE {
-        return;
+    if sock.protocol == u32::from(IPPROTO_TCP) && sock.state != u32::from(TCP_CLOSE) {
+        return Ok(());
     }
     track::end(cookie, entry, 0);
+    Ok(())
 }

@@ -14,22 +14,28 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
-use port_trace_common::{AF_INET, AF_INET6, IPPROTO_UDP, KIND_CONNECT, KIND_SENDMSG, PortEvent};
+use port_trace_common::{
+    AF_INET, AF_INET6, IPPROTO_UDP, KIND_CONNECT, KIND_SENDMSG, PROBE_UDP_CONNECT4,
+    PROBE_UDP_CONNECT6, PROBE_UDP_CREATE, PROBE_UDP_SENDMSG4, PROBE_UDP_SENDMSG6, PortEvent,
+};
 
-use crate::{kernel, track};
+use crate::{
+    errors::{self, Outcome},
+    kernel, track,
+};
 
 const ALLOW: i32 = 1;
 
 #[cgroup_sock(sock_create)]
 pub fn udp_create(ctx: SockContext) -> i32 {
-    try_udp_create(&ctx);
+    errors::count(PROBE_UDP_CREATE, try_udp_create(&ctx));
     ALLOW
 }
 
-fn try_udp_create(ctx: &SockContext) {
+fn try_udp_create(ctx: &SockContext) -> Outcome {
     let sock = unsafe { &*ctx.sock };
     if sock.protocol != u32::from(IPPROTO_UDP) {
-        return;
+        return Ok(());
     }
     // Only the namespace is kept: whoever connects or sends first is the one reported, and
     // fills in the rest then.
@@ -43,17 +49,18 @@ fn try_udp_create(ctx: &SockContext) {
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
     track::begin(cookie, event, track::FRESH);
+    Ok(())
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
-    try_udp_connect::<false>(&ctx);
+    errors::count(PROBE_UDP_CONNECT4, try_udp_connect::<false>(&ctx));
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn udp_connect6(ctx: SockAddrContext) -> i32 {
-    try_udp_connect::<true>(&ctx);
+    errors::count(PROBE_UDP_CONNECT6, try_udp_connect::<true>(&ctx));
     ALLOW
 }
 
@@ -75,15 +82,15 @@ fn set_destination<const V6: bool>(event: &mut PortEvent, ctx: &SockAddrContext)
 }
 
 #[inline(always)]
-fn try_udp_connect<const V6: bool>(ctx: &SockAddrContext) {
+fn try_udp_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
     let addr = unsafe { &*ctx.sock_addr };
     if addr.protocol != u32::from(IPPROTO_UDP) {
         // TCP connect() is tcp_state's and tcp_port_chosen's.
-        return;
+        return Ok(());
     }
     let sk = unsafe { addr.__bindgen_anon_1.sk };
     if unsafe { (*sk).src_port } != 0 {
-        return;
+        return Ok(());
     }
     let mut event = kernel::current_event(KIND_CONNECT, IPPROTO_UDP);
     set_destination::<V6>(&mut event, ctx);
@@ -101,34 +108,35 @@ fn try_udp_connect<const V6: bool>(ctx: &SockAddrContext) {
         }
     }
     track::in_flight(cookie, sk as u64, KIND_CONNECT);
+    Ok(())
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn udp_sendmsg4(ctx: SockAddrContext) -> i32 {
-    try_udp_sendmsg::<false>(&ctx);
+    errors::count(PROBE_UDP_SENDMSG4, try_udp_sendmsg::<false>(&ctx));
     ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
-    try_udp_sendmsg::<true>(&ctx);
+    errors::count(PROBE_UDP_SENDMSG6, try_udp_sendmsg::<true>(&ctx));
     ALLOW
 }
 
 #[inline(always)]
-fn try_udp_sendmsg<const V6: bool>(ctx: &SockAddrContext) {
+fn try_udp_sendmsg<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     let Some(entry) = track::lookup(cookie) else {
-        return;
+        return Ok(());
     };
     if unsafe { (*entry).state } != track::FRESH {
-        return;
+        return Ok(());
     }
     let addr = unsafe { &*ctx.sock_addr };
     let sk = unsafe { addr.__bindgen_anon_1.sk };
     let port = unsafe { (*sk).src_port } as u16;
     if port == 0 {
-        return;
+        return Ok(());
     }
     // The sender now, not the creator: a socket may have been passed to another process.
     let mut event = kernel::current_event(KIND_SENDMSG, IPPROTO_UDP);
@@ -137,4 +145,5 @@ fn try_udp_sendmsg<const V6: bool>(ctx: &SockAddrContext) {
     set_destination::<V6>(&mut event, ctx);
     unsafe { (*entry).event = event };
     track::allocated(entry, port);
+    Ok(())
 }

@@ -9,34 +9,40 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
-use port_trace_common::{AF_INET, AF_INET6, FLAG_EXPLICIT, KIND_BIND};
+use port_trace_common::{
+    AF_INET, AF_INET6, FLAG_EXPLICIT, KIND_BIND, PROBE_BIND4_REQUEST, PROBE_BIND6_REQUEST,
+    PROBE_POST_BIND4, PROBE_POST_BIND6,
+};
 
-use crate::{kernel, track};
+use crate::{
+    errors::{self, Outcome},
+    kernel, track,
+};
 
 /// Return value that lets the bind() go ahead.
 const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(bind4)]
 pub fn bind4_request(ctx: SockAddrContext) -> i32 {
-    try_bind_request::<false>(&ctx);
+    errors::count(PROBE_BIND4_REQUEST, try_bind_request::<false>(&ctx));
     ALLOW
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn bind6_request(ctx: SockAddrContext) -> i32 {
-    try_bind_request::<true>(&ctx);
+    errors::count(PROBE_BIND6_REQUEST, try_bind_request::<true>(&ctx));
     ALLOW
 }
 
 /// `V6` is fixed per program: the verifier refuses `user_ip6` in a bind4 program.
 #[inline(always)]
-fn try_bind_request<const V6: bool>(ctx: &SockAddrContext) {
+fn try_bind_request<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
     let addr = unsafe { &*ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     let sk = unsafe { addr.__bindgen_anon_1.sk };
     if unsafe { (*sk).src_port } != 0 {
         // Bound already: this bind() fails (EINVAL) and the port stays as it is.
-        return;
+        return Ok(());
     }
     let mut event = kernel::current_event(KIND_BIND, addr.protocol as u8);
     if addr.user_port != 0 {
@@ -58,33 +64,34 @@ fn try_bind_request<const V6: bool>(ctx: &SockAddrContext) {
     track::begin(cookie, &event, track::PENDING);
     // Settled in post_bind if a port is found, else at the syscall's exit (bind_exit).
     track::in_flight(cookie, 0, KIND_BIND);
+    Ok(())
 }
 
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
-    try_post_bind(&ctx, AF_INET);
+    errors::count(PROBE_POST_BIND4, try_post_bind(&ctx, AF_INET));
     ALLOW
 }
 
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
-    try_post_bind(&ctx, AF_INET6);
+    errors::count(PROBE_POST_BIND6, try_post_bind(&ctx, AF_INET6));
     ALLOW
 }
 
-fn try_post_bind(ctx: &SockContext, family: u8) {
+fn try_post_bind(ctx: &SockContext, family: u8) -> Outcome {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
     let Some(entry) = track::lookup(cookie) else {
-        return;
+        return Ok(());
     };
     if unsafe { (*entry).state } != track::PENDING {
-        return;
+        return Ok(());
     }
     let sock = unsafe { &*ctx.sock };
     if sock.src_port == 0 {
         // IP_BIND_ADDRESS_NO_PORT: the port is chosen at connect(), which tcp_state tracks.
         track::forget(cookie);
-        return;
+        return Ok(());
     }
     // SAFETY: `entry` points into SOCKETS, valid for this program run.
     let laddr = unsafe { &mut (*entry).event.laddr };
@@ -96,4 +103,5 @@ fn try_post_bind(ctx: &SockContext, family: u8) {
         }
     }
     track::allocated(entry, sock.src_port as u16);
+    Ok(())
 }

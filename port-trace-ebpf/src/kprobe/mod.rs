@@ -1,0 +1,95 @@
+//! The kprobe backend: kprobes and kretprobes where Linux chooses and frees ports, for
+//! distribution kernels. Sockets are named `kernel::socket_id(sk)`; a request is noted at
+//! entry (the requested port is 0) and settled at return (the chosen port, or the errno).
+//!
+//! | function                        | what it means here                                  |
+//! | ------------------------------- | --------------------------------------------------- |
+//! | inet_bind, inet6_bind           | bind(): port 0 asked at entry; chosen port or errno |
+//! | __inet_hash_connect             | TCP connect() picks its port (v4 and v6)            |
+//! | inet_csk_get_port               | port 0 outside a bind(): listen() without bind      |
+//! | inet_dgram_connect              | UDP connect(): autobind inside, EAGAIN at return    |
+//! | udp_lib_get_port                | port 0 outside bind()/connect(): first sendmsg()    |
+//! | inet_put_port                   | a TCP socket gives its port up                      |
+//! | inet_twsk_hashdance[_schedule]  | ... to a TIME_WAIT socket, which keeps it           |
+//! | inet_twsk_kill                  | the TIME_WAIT socket dies: the port is free         |
+//! | udp_lib_unhash                  | a UDP socket gives its port up                      |
+//!
+//! Files: `bind.rs` (inet_bind, inet6_bind), `tcp.rs` (__inet_hash_connect,
+//! inet_csk_get_port, inet_put_port, the TIME_WAIT pair), `udp.rs` (inet_dgram_connect,
+//! udp_lib_get_port, udp_lib_unhash). This file has what they share.
+
+mod bind;
+mod tcp;
+mod udp;
+
+use aya_ebpf::programs::ProbeContext;
+use port_trace_common::{EAGAIN, FLAG_EXPLICIT, KIND_SENDMSG};
+
+use crate::{
+    errors::{NO_ARG, Outcome},
+    kernel, track,
+};
+
+/// `struct sockaddr_in`/`sockaddr_in6`: the port's and addresses' places are UAPI.
+pub(super) const SIN_PORT: usize = 2;
+pub(super) const SIN_ADDR: usize = 4;
+pub(super) const SIN6_ADDR: usize = 8;
+
+/// Notes a port request for `sk` by the current thread.
+#[inline(always)]
+pub(super) fn request(sk: *const u8, kind: u8) -> u64 {
+    let off = kernel::offsets();
+    let proto = unsafe { kernel::read::<u16>(sk, off.sk_protocol) }.unwrap_or(0) as u8;
+    let mut event = kernel::sock_event(sk, &off, proto, kind);
+    let id = kernel::socket_id(sk);
+    // The table is keyed by `id`, but the next socket often gets the same memory, and so the
+    // same id, while this one's TIME_WAIT is still parked in the daemon: the name in events
+    // must differ per socket.
+    event.cookie = id ^ unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    track::begin(id, &event, track::PENDING);
+    track::in_flight(id, sk as u64, kind);
+    id
+}
+
+/// Settles a request at return: the port the socket has now, or a failure if `ret` is the
+/// errno this kind of request fails with for want of a port.
+#[inline(always)]
+pub(super) fn settle(kind: u8, ret: i64, shortage: u32) {
+    let Some(request) = track::take_in_flight_of(kind) else {
+        return;
+    };
+    let Some(entry) = track::lookup(request.cookie) else {
+        return;
+    };
+    if unsafe { (*entry).state } != track::PENDING {
+        return;
+    }
+    // An explicit port that is taken is the application's conflict, not a shortage.
+    let explicit = unsafe { (*entry).event.flags } & FLAG_EXPLICIT != 0;
+    let port = kernel::sk_num(request.sk as *const u8, &kernel::offsets());
+    let is_shortage = ret != 0
+        && !explicit
+        && ((-ret) as u32 == shortage || (shortage == EAGAIN && kind == KIND_SENDMSG));
+    if is_shortage {
+        track::failed(request.cookie, entry, shortage);
+    } else if port != 0 {
+        // Success, or a failure after the port was chosen (a UDP connect() that autobound
+        // and then found no route): either way the socket holds the port now.
+        track::allocated(entry, port);
+    } else {
+        track::forget(request.cookie);
+    }
+}
+
+/// The socket in argument `arg` gives its port up: the `try_*` of `kp_put_port` and
+/// `kp_udp_unhash`.
+#[inline(always)]
+pub(super) fn released(ctx: &ProbeContext, arg: usize) -> Outcome {
+    let sk: *const u8 = ctx.arg(arg).ok_or(NO_ARG)?;
+    let id = kernel::socket_id(sk);
+    // No entry: a socket not traced, or one whose port was never ours to report.
+    if let Some(entry) = track::lookup(id) {
+        track::end(id, entry, 0);
+    }
+    Ok(())
+}

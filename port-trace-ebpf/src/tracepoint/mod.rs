@@ -1,0 +1,20 @@
+//! The tracepoint backend, for kernels without kprobes. It sees a port's life like this:
+//! - `tcp_state` (tp_btf `inet_sock_set_state`): a connect() or listen() on a socket with no
+//!   port yet is *pending*; any TCP socket reaching CLOSE releases its port.
+//! - `tcp_port_chosen` (cgroup sock_ops): the TCP_CONNECT/TCP_LISTEN callbacks run right after
+//!   the kernel chose the port, so that is where a pending connect/listen becomes an alloc.
+//! - `bind4_request`/`bind6_request` (cgroup sock_addr): a bind() asking for port 0 is pending;
+//!   `post_bind4`/`post_bind6` (cgroup sock) see the port the kernel chose.
+//! - `sock_release` (cgroup sock): the port of a UDP socket, or of a TCP socket closed while in
+//!   CLOSE (bound, never connected or listening), is free again.
+//! - UDP (`udp.rs`): `udp_create` marks fresh UDP sockets; `udp_connect4/6` notes a connect()
+//!   that will autobind; `udp_sendmsg4/6` sees the port a fresh socket's first send chose.
+//! - `bind_exit`/`connect_exit` (tracepoints `syscalls:sys_exit_bind/connect`): settle a
+//!   bind(0) or UDP connect() in flight: the port chosen, or the errno when none was found.
+
+mod bind;
+mod release;
+mod sock_ops;
+mod syscalls;
+mod tcp_state;
+mod udp;
