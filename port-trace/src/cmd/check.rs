@@ -3,6 +3,7 @@
 use crate::{
     error::Fatal,
     probes::{BackendChoice, ProbeConfig, Probes, kprobe, preflight::Preflight, tracefs},
+    sys::procfs::kernel_release,
 };
 
 fn line(what: &str, ok: bool, detail: &str) {
@@ -23,17 +24,7 @@ fn brief(err: &str) -> String {
 }
 
 fn uname() -> String {
-    let read = |f: &str| {
-        std::fs::read_to_string(f)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    format!(
-        "{} {}",
-        read("/proc/sys/kernel/osrelease"),
-        std::env::consts::ARCH
-    )
+    format!("{} {}", kernel_release(), std::env::consts::ARCH)
 }
 
 pub fn run() -> Result<(), Fatal> {
