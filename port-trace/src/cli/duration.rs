@@ -30,6 +30,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
             format!("`{text}`: missing unit; write e.g. {value}s")
         }
+        DurationError::NumberExpected(at) | DurationError::InvalidCharacter(at) => {
+            format!(
+                "`{text}`: expected a number at `{}`",
+                &text[at.min(text.len())..]
+            )
+        }
+        DurationError::UnknownUnit { unit, .. } => {
+            format!("`{text}`: unknown unit `{unit}` (use ms, s, m, h, d, or M for months)")
+        }
         DurationError::NumberOverflow => format!("`{text}`: too long"),
         other => format!("`{text}`: {other}"),
     })?;
@@ -71,7 +80,12 @@ mod tests {
         assert!(
             parse_duration("5x")
                 .unwrap_err()
-                .contains("unknown time unit")
+                .contains("unknown unit `x`")
+        );
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("expected a number at `soon`")
         );
     }
 
