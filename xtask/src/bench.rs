@@ -29,6 +29,9 @@ pub struct Options {
     pub hold: usize,
     /// A quick pass that checks everything runs (CI); no targets.
     pub smoke: bool,
+    /// Another build of port-trace to run side by side with this one (e.g. main before a
+    /// change), interleaved with the rest.
+    pub baseline: Option<PathBuf>,
 }
 
 impl Options {
@@ -39,6 +42,7 @@ impl Options {
             millis: 300,
             hold: 2_000,
             smoke: true,
+            baseline: None,
         }
     }
 }
@@ -47,14 +51,17 @@ impl Options {
 enum Config {
     Untraced,
     PortTrace,
+    /// `--baseline`'s build, as `PortTrace` runs.
+    Baseline,
     PortTraceJson,
     Tcplife,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [
+    const ALL: [Config; 5] = [
         Config::Untraced,
         Config::PortTrace,
+        Config::Baseline,
         Config::PortTraceJson,
         Config::Tcplife,
     ];
@@ -63,6 +70,7 @@ impl Config {
         match self {
             Config::Untraced => "untraced",
             Config::PortTrace => "port-trace",
+            Config::Baseline => "port-trace baseline",
             Config::PortTraceJson => "port-trace --events json",
             Config::Tcplife => "tcplife",
         }
@@ -200,12 +208,13 @@ fn series(options: &Options, tcplife: &Path) -> Result<()> {
         let configs: Vec<Config> = Config::ALL
             .into_iter()
             .filter(|c| *c != Config::Tcplife || workload.tcp)
+            .filter(|c| *c != Config::Baseline || options.baseline.is_some())
             .collect();
         let mut runs: BTreeMap<Config, Vec<Run>> = BTreeMap::new();
         bpf_stats(false)?;
         for _ in 0..options.rounds {
             for &config in &configs {
-                let measured = measure(config, &workload, tcplife)
+                let measured = measure(config, &workload, tcplife, options)
                     .with_context(|| format!("{} under {}", workload.name, config.name()))?;
                 runs.entry(config).or_default().push(measured);
             }
@@ -213,7 +222,7 @@ fn series(options: &Options, tcplife: &Path) -> Result<()> {
         bpf_stats(true)?;
         let mut profiles = BTreeMap::new();
         for &config in configs.iter().filter(|c| **c != Config::Untraced) {
-            let measured = measure(config, &workload, tcplife)
+            let measured = measure(config, &workload, tcplife, options)
                 .with_context(|| format!("{} under {}, profiled", workload.name, config.name()))?;
             profiles.insert(config, measured);
         }
@@ -302,9 +311,27 @@ fn print_table(
         if ops <= 0.0 {
             failures.push(format!("{name}: {} made no progress", config.name()));
         }
-        if matches!(config, Config::PortTrace | Config::PortTraceJson) && counted == 0 {
+        if matches!(
+            config,
+            Config::PortTrace | Config::PortTraceJson | Config::Baseline
+        ) && counted == 0
+        {
             failures.push(format!("{name}: {} counted nothing", config.name()));
         }
+    }
+    // This build against the baseline's, from the same interleaved rounds.
+    let ops_of = |config| {
+        runs.get(&config)
+            .and_then(|r| median(r.iter().map(|r| r.ops_per_s).collect()))
+    };
+    if let (Some(new), Some(base)) = (ops_of(Config::PortTrace), ops_of(Config::Baseline)) {
+        let untraced = untraced.unwrap_or(f64::NAN);
+        println!(
+            "  port-trace vs baseline: ratio {:.3} vs {:.3} (difference {:+.3})",
+            new / untraced,
+            base / untraced,
+            (new - base) / untraced
+        );
     }
     // Where port-trace's kernel time goes, busiest first.
     let mut profile: Vec<(String, (u64, u64))> =
@@ -319,12 +346,16 @@ fn print_table(
 }
 
 /// Starts the tracer of `config` (none for untraced), runs the workload, stops the tracer.
-fn measure(config: Config, workload: &Workload, tcplife: &Path) -> Result<Run> {
+fn measure(config: Config, workload: &Workload, tcplife: &Path, options: &Options) -> Result<Run> {
     let report = std::env::temp_dir().join(format!("port-trace-bench-{}.json", std::process::id()));
     let mut tracer = match config {
         Config::Untraced => None,
-        Config::PortTrace | Config::PortTraceJson => {
-            let mut command = Command::new("target/release/port-trace");
+        Config::PortTrace | Config::PortTraceJson | Config::Baseline => {
+            let binary = match (config, &options.baseline) {
+                (Config::Baseline, Some(baseline)) => baseline.as_path(),
+                _ => Path::new("target/release/port-trace"),
+            };
+            let mut command = Command::new(binary);
             command
                 .args(["--interval", "1h", "--report"])
                 .arg(&report)

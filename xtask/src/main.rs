@@ -70,6 +70,10 @@ enum Task {
         /// a small scale test.
         #[arg(long)]
         smoke: bool,
+        /// Another port-trace binary (e.g. main before a change, built in a git worktree) to
+        /// run side by side with this build in the same interleaved rounds.
+        #[arg(long, value_name = "BINARY")]
+        baseline: Option<PathBuf>,
     },
     /// Set up, build, copy port-trace into PREFIX/bin (default /usr/local) and its systemd
     /// unit (deploy/port-trace.service, started from there) into UNIT_DIR.
@@ -125,19 +129,18 @@ fn run_task(task: Task) -> Result<()> {
             millis,
             hold,
             smoke,
-        } => bench::bench(&bench_options(rounds, millis, hold, smoke)),
-    }
-}
-
-fn bench_options(rounds: usize, millis: u64, hold: usize, smoke: bool) -> bench::Options {
-    if smoke {
-        return bench::Options::smoke();
-    }
-    bench::Options {
-        rounds: rounds.max(1),
-        millis,
-        hold,
-        smoke,
+            baseline,
+        } => bench::bench(&if smoke {
+            bench::Options::smoke()
+        } else {
+            bench::Options {
+                rounds: rounds.max(1),
+                millis,
+                hold,
+                smoke,
+                baseline,
+            }
+        }),
     }
 }
 
