@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 
 use crate::{
     event::{Event, Proto, filter::Filter},
-    exhaustion::{Exhaustion, level::Thresholds, warning::Warning},
+    exhaustion::{Exhaustion, warning::Warning},
     probes::KernelCounters,
     stats::Stats,
     track::{Outcome, Tracker, snapshot::Snapshot},
@@ -71,7 +71,6 @@ pub struct Pipeline {
 /// How the pipeline is set up.
 pub struct Config {
     pub filter: Filter,
-    pub thresholds: Thresholds,
     /// Keep per-interval lifetimes for the sinks (`--hdr-log`).
     pub keep_intervals: bool,
     /// CLOCK_MONOTONIC when tracing started.
@@ -93,12 +92,6 @@ impl Pipeline {
             pipeline.exhaustion.hold_existing(event);
         }
         pipeline
-    }
-
-    /// The thresholds-only constructor most callers want.
-    pub fn with_thresholds(config: Config, snapshot: Snapshot) -> Self {
-        let exhaustion = Exhaustion::new(config.thresholds);
-        Self::new(config, snapshot, exhaustion)
     }
 
     /// Checks every scope against its range (read anew) and raises what is over a line.
@@ -202,7 +195,7 @@ mod tests {
     use super::*;
     use crate::{
         event::{decode_raw, tests::raw_connect},
-        exhaustion::{range::PortRange, scope::ScopeKind, warning::Reason},
+        exhaustion::{level::Thresholds, range::PortRange, scope::ScopeKind, warning::Reason},
     };
 
     /// Everything the sinks were handed, in order.
@@ -252,7 +245,6 @@ mod tests {
         Pipeline::new(
             Config {
                 filter,
-                thresholds,
                 keep_intervals: false,
                 started_ns: 0,
             },

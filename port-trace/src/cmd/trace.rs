@@ -17,7 +17,7 @@ use crate::{
     cli::Cli,
     error::Fatal,
     event::decode,
-    exhaustion::level::Thresholds,
+    exhaustion::{Exhaustion, level::Thresholds},
     pipeline::{self, Pipeline},
     probes::{ProbeConfig, Probes},
     sinks::{
@@ -114,14 +114,14 @@ impl Trace {
             warn: cli.warn_at / 100.0,
             critical: cli.critical_at / 100.0,
         };
-        let mut pipeline = Pipeline::with_thresholds(
+        let mut pipeline = Pipeline::new(
             pipeline::Config {
                 filter,
-                thresholds,
                 keep_intervals: cli.hdr_log.is_some(),
                 started_ns,
             },
             snapshot,
+            Exhaustion::new(thresholds),
         );
         pipeline.check_ranges(monotonic_ns(), &mut sinks)?;
         sinks.console.flush()?;
