@@ -150,8 +150,9 @@ pub fn explain(port: u16, proto: Option<Proto>) -> Explanation {
             .filter(|p| proto.is_none_or(|only| only == *p))
             .map(Proto::ipproto)
             .collect();
-        let dumped = sock_diag::dump_namespace(ns, &wanted);
-        let Some(sockets) = dumped else {
+        // A namespace with any protocol unlisted could hide a holder: it counts as unseen.
+        let dumped = sock_diag::dump_namespace(ns, &wanted).filter(|d| d.failed.is_empty());
+        let Some(sockets) = dumped.map(|d| d.sockets) else {
             blind += 1;
             continue;
         };

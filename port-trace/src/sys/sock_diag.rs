@@ -347,20 +347,33 @@ impl SockDiag {
     }
 }
 
-/// Every socket of the given protocols (IPPROTO_*), in every state, in namespace `netns`,
-/// with the protocol it was dumped for. None when the namespace cannot be entered or no
-/// sock_diag socket made there; a protocol whose dump fails is left out (logged).
-pub fn dump_namespace(netns: u32, protocols: &[u8]) -> Option<Vec<(u8, DiagSocket)>> {
+/// One namespace's sockets, as `dump_namespace` found them.
+#[derive(Debug, Default)]
+pub struct NamespaceDump {
+    /// Every socket of the protocols asked for, with the protocol it was dumped for.
+    pub sockets: Vec<(u8, DiagSocket)>,
+    /// The protocols whose dump failed (logged): their sockets are missing.
+    pub failed: Vec<u8>,
+}
+
+/// Every socket of the given protocols (IPPROTO_*), in every state, in namespace `netns`.
+/// None when the namespace cannot be entered or no sock_diag socket made there.
+pub fn dump_namespace(netns: u32, protocols: &[u8]) -> Option<NamespaceDump> {
     crate::sys::netns::run_in_inode(netns, || {
         let mut diag = SockDiag::new().ok()?;
-        let mut sockets = Vec::new();
+        let mut dump = NamespaceDump::default();
         for &protocol in protocols {
             match diag.dump(protocol, u32::MAX) {
-                Ok(found) => sockets.extend(found.into_iter().map(|s| (protocol, s))),
-                Err(err) => debug!("sock_diag dump of protocol {protocol} in netns {netns}: {err}"),
+                Ok(found) => dump
+                    .sockets
+                    .extend(found.into_iter().map(|s| (protocol, s))),
+                Err(err) => {
+                    debug!("sock_diag dump of protocol {protocol} in netns {netns}: {err}");
+                    dump.failed.push(protocol);
+                }
             }
         }
-        Some(sockets)
+        Some(dump)
     })
     .flatten()
 }

@@ -61,8 +61,10 @@ pub fn as_event(
 
 /// TCP and UDP sockets with a local port in `netns`.
 fn dump(netns: u32) -> Vec<(Proto, DiagSocket)> {
+    // A protocol whose dump failed is left out (and logged), as it always was here.
     sock_diag::dump_namespace(netns, &[Proto::Tcp.ipproto(), Proto::Udp.ipproto()])
         .unwrap_or_default()
+        .sockets
         .into_iter()
         .filter(|(_, s)| s.sport != 0)
         .filter_map(|(number, s)| Some((Proto::from_ipproto(number)?, s)))
