@@ -45,6 +45,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if duration.is_zero() {
         return Err(format!("`{text}`: must be longer than zero"));
     }
+    // A millisecond is the finest unit, as before: a summary every microsecond is a typo.
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!(
+            "`{text}`: finer than a millisecond; the smallest unit is ms"
+        ));
+    }
     Ok(duration)
 }
 
@@ -94,5 +100,13 @@ mod tests {
         assert_eq!(parse_duration("5min"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2 hours"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("1M").expect("a month") > Duration::from_secs(86_400 * 28));
+        for too_fine in ["1ns", "500us", "1s1us"] {
+            assert!(
+                parse_duration(too_fine)
+                    .unwrap_err()
+                    .contains("finer than a millisecond"),
+                "{too_fine}"
+            );
+        }
     }
 }
