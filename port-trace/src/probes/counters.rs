@@ -31,13 +31,12 @@ impl LostCounts {
     }
 }
 
-/// Failed runs of every program in the eBPF object (the `PROBE_ERRORS` counters): a helper
-/// or a kernel read that failed, so the run did less than it should have. Programs that only
-/// found nothing to do are not counted. Only the attached backend's programs run; the other
-/// backend's are listed with 0.
+/// Failed runs of the attached backend's programs (the `PROBE_ERRORS` counters): a helper or
+/// a kernel read that failed, so the run did less than it should have. Programs that only
+/// found nothing to do are not counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ProbeErrors {
-    /// In attach order: the kprobe backend's programs, then the tracepoint backend's.
+    /// In attach order.
     pub programs: Vec<ProgramErrors>,
 }
 
@@ -58,12 +57,22 @@ impl ProbeErrors {
         self.programs.iter().map(|p| p.count).sum()
     }
 
+    /// The programs with a failed run, and how many.
+    pub fn failing(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.programs
+            .iter()
+            .filter(|p| p.count > 0)
+            .map(|p| (p.program, p.count))
+    }
+
     /// Reads every program's count with `count(PROBE_* index)`, the programs taken from the
     /// backends' attach tables.
     pub(super) fn collect(
+        backends: &[Backend],
         mut count: impl FnMut(u32) -> anyhow::Result<u64>,
     ) -> anyhow::Result<Self> {
         let programs = super::programs()
+            .filter(|(backend, _)| backends.contains(backend))
             .map(|(backend, program)| {
                 let index = probe_index(program)
                     .with_context(|| format!("program {program} has no PROBE_* counter"))?;
@@ -106,7 +115,10 @@ mod tests {
     #[test]
     fn sums_and_labels_each_programs_count() {
         // Each program's count is its own index: a mix-up shows.
-        let errors = ProbeErrors::collect(|index| Ok(u64::from(index))).expect("collects");
+        let errors = ProbeErrors::collect(&[Backend::Kprobe, Backend::Tracepoint], |index| {
+            Ok(u64::from(index))
+        })
+        .expect("collects");
         assert_eq!(errors.programs.len(), PROBE_PROGRAMS as usize);
         let find = |name: &str| {
             *errors
@@ -147,7 +159,8 @@ mod tests {
 
     #[test]
     fn a_failed_read_is_an_error() {
-        let err = ProbeErrors::collect(|_| anyhow::bail!("no map")).expect_err("fails");
+        let err = ProbeErrors::collect(&[Backend::Tracepoint], |_| anyhow::bail!("no map"))
+            .expect_err("fails");
         assert_eq!(err.to_string(), "no map");
     }
 }

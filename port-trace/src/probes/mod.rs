@@ -216,9 +216,7 @@ impl Probes {
 
     /// The kernel's lost-event counters, summed over CPUs.
     pub fn lost(&self) -> anyhow::Result<LostCounts> {
-        let map = self.ebpf.map("LOST").context("the LOST map is missing")?;
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        let sum = |index: u32| -> anyhow::Result<u64> { Ok(counters.get(&index, 0)?.iter().sum()) };
+        let sum = self.per_cpu_sums("LOST")?;
         Ok(LostCounts {
             ring_buffer_full: sum(LOST_RINGBUF_FULL)?,
             socket_table_full: sum(LOST_TABLE_FULL)?,
@@ -226,25 +224,27 @@ impl Probes {
         })
     }
 
-    /// What the kernel side counted: lost events, and failed runs of the attached backend's
-    /// programs.
+    /// What the kernel side counted: lost events, and the attached programs' failed runs.
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
-        let mut probe_errors = self.probe_errors()?;
-        probe_errors.programs.retain(|p| p.backend == self.backend);
         Ok(KernelCounters {
             lost: self.lost()?,
-            probe_errors,
+            probe_errors: self.probe_errors()?,
         })
     }
 
-    /// Failed runs of each program (see `ProbeErrors`), summed over CPUs.
+    /// Failed runs of each attached program (see `ProbeErrors`), summed over CPUs.
     pub fn probe_errors(&self) -> anyhow::Result<ProbeErrors> {
+        ProbeErrors::collect(&[self.backend], self.per_cpu_sums("PROBE_ERRORS")?)
+    }
+
+    /// The per-CPU counter array `name`, as a function from index to the sum over CPUs.
+    fn per_cpu_sums(&self, name: &str) -> anyhow::Result<impl Fn(u32) -> anyhow::Result<u64>> {
         let map = self
             .ebpf
-            .map("PROBE_ERRORS")
-            .context("the PROBE_ERRORS map is missing")?;
+            .map(name)
+            .with_context(|| format!("the {name} map is missing"))?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        ProbeErrors::collect(|index| Ok(counters.get(&index, 0)?.iter().sum()))
+        Ok(move |index: u32| Ok(counters.get(&index, 0)?.iter().sum()))
     }
 }
 

@@ -49,12 +49,7 @@ impl From<&ProbeErrors> for ProbeErrorsRecord {
     fn from(errors: &ProbeErrors) -> Self {
         Self {
             total: errors.total(),
-            by_program: errors
-                .programs
-                .iter()
-                .filter(|p| p.count > 0)
-                .map(|p| (p.program, p.count))
-                .collect(),
+            by_program: errors.failing().collect(),
         }
     }
 }

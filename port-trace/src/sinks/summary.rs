@@ -92,10 +92,8 @@ pub fn render(
     if probe_errors > 0 {
         let by_program: Vec<String> = stats
             .probe_errors
-            .programs
-            .iter()
-            .filter(|p| p.count > 0)
-            .map(|p| format!("{}: {}", p.program, p.count))
+            .failing()
+            .map(|(program, count)| format!("{program}: {count}"))
             .collect();
         let _ = write!(
             out,
