@@ -41,13 +41,50 @@ fn module_of(relative: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
+/// The code of `source` outside its `#[cfg(test)]` module.
+fn non_test(source: &str) -> &str {
+    ["#[cfg(test)]\nmod tests", "#[cfg(test)]\npub mod tests"]
+        .iter()
+        .filter_map(|start| source.find(start))
+        .min()
+        .map_or(source, |at| &source[..at])
+}
+
+/// How deep the module of a file under `src/` is: `a.rs` and `a/mod.rs` 1, `a/b.rs` 2.
+fn depth(relative: &Path) -> usize {
+    let parts = relative.components().count();
+    if relative.file_name().is_some_and(|n| n == "mod.rs") {
+        parts - 1
+    } else {
+        parts
+    }
+}
+
+/// Whether a `super::` chain in `source` climbs to the crate root, where it could name any
+/// module without a `crate::` path this check would read.
+fn climbs_to_root(depth: usize, source: &str) -> bool {
+    let code = non_test(source);
+    let mut rest = code;
+    while let Some(at) = rest.find("super::") {
+        let chain = &rest[at..];
+        let mut supers = 0;
+        let mut tail = chain;
+        while let Some(next) = tail.strip_prefix("super::") {
+            supers += 1;
+            tail = next;
+        }
+        if supers >= depth {
+            return true;
+        }
+        rest = &rest[at + "super::".len() * supers..];
+    }
+    false
+}
+
 /// The top-level modules `source` names through `crate::` (in `use` lines or inline paths),
 /// outside its `#[cfg(test)]` module.
 fn crate_imports(source: &str) -> Vec<String> {
-    let code = match source.find("#[cfg(test)]\nmod tests") {
-        Some(at) => &source[..at],
-        None => source,
-    };
+    let code = non_test(source);
     let mut found = Vec::new();
     // `use crate::{a::x, b::{y, z}}` names a and b; `crate::a::x` names a.
     let mut rest = code;
@@ -145,7 +182,10 @@ fn no_stage_imports_a_later_stage_or_a_sink() {
         let source = std::fs::read_to_string(file).expect("readable");
         let imports = crate_imports(&source);
         checked += imports.len();
-        let found = violations(&module_of(relative), &imports);
+        let mut found = violations(&module_of(relative), &imports);
+        if climbs_to_root(depth(relative), &source) {
+            found.push("a super:: chain reaches the crate root: name it with crate::".into());
+        }
         if !found.is_empty() {
             wrong.insert(relative.display().to_string(), found);
         }
@@ -169,6 +209,16 @@ fn the_check_sees_imports_against_the_flow() {
     );
     assert!(violations("sinks", &["event".into(), "stats".into()]).is_empty());
     assert_eq!(violations("newstage", &[]).len(), 1, "unplaced module");
+    assert_eq!(depth(Path::new("stats.rs")), 1);
+    assert_eq!(depth(Path::new("sinks/mod.rs")), 1);
+    assert_eq!(depth(Path::new("sinks/summary.rs")), 2);
+    assert!(climbs_to_root(1, "use super::sinks::Sinks;"));
+    assert!(climbs_to_root(2, "use super::super::cmd;"));
+    assert!(!climbs_to_root(2, "use super::human_ns;"));
+    assert!(!climbs_to_root(
+        1,
+        "#[cfg(test)]\nmod tests {\n    use super::*;\n}"
+    ));
     assert_eq!(
         crate_imports("use crate::{a::{b, c::{d}}, e};"),
         ["a", "e"],
