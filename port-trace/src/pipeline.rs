@@ -1,11 +1,13 @@
-//! The daemon's core, without I/O: decoded events in, and out to the sinks what they need.
+//! The daemon's core: decoded events in, and out to the sinks what they need. It does no I/O
+//! of its own: the time comes in as arguments, the snapshot's dumps are the caller's, and the
+//! one OS read left, a namespace's range, goes through the exhaustion stage's range reader,
+//! which a test replaces; so every rule here runs in a unit test without root.
 //!
 //! Per event: the tracker matches it (freeing, first, a TIME_WAIT port that a connect() took
 //! over); a live allocation replaces the start-up snapshot's copy of the same socket; the
-//! exhaustion model counts every traced socket; the stats and the sinks see only what the
-//! report filters let through, and never a port asked for by number. Clocks come in as
-//! arguments, OS reads (snapshot dumps, ranges) are done by the caller or by the stages'
-//! own readers, so every rule here runs in a unit test without root.
+//! exhaustion model counts every traced socket, and its warnings go to the sinks whoever
+//! holds the ports; the stats and the sinks' `event` see only what the report filters let
+//! through, and never a port asked for by number.
 
 use std::{collections::BTreeMap, io};
 

@@ -30,7 +30,7 @@ use crate::{event::Event, track::Outcome};
 const TOP: usize = 5;
 
 pub struct Exhaustion {
-    pub occupancy: Occupancy,
+    occupancy: Occupancy,
     levels: Levels,
     forecast: Forecast,
     /// Where a namespace's range comes from: the running system, or a fixed one in tests.

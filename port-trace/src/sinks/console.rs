@@ -40,7 +40,7 @@ impl Console<io::BufWriter<io::StdoutLock<'static>>> {
 }
 
 impl<W: Write> Console<W> {
-    pub fn new(
+    fn new(
         out: W,
         format: Option<EventFormat>,
         quiet: bool,
