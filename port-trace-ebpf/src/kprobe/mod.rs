@@ -81,6 +81,19 @@ pub(super) fn settle(kind: u8, ret: i64, shortage: u32) {
     }
 }
 
+/// A `*_get_port(sk, snum)` call asking for port 0 with no bind()/connect() in flight: an
+/// autobind (listen() without bind for TCP, a first send for UDP) of `kind`. The `try_*` of
+/// `kp_csk_get_port` and `kp_udp_get_port`.
+#[inline(always)]
+pub(super) fn autobind(ctx: &ProbeContext, kind: u8) -> Outcome {
+    let snum: u64 = ctx.arg(1).ok_or(NO_ARG)?;
+    if snum as u16 != 0 || track::peek_in_flight().is_some() {
+        return Ok(());
+    }
+    request(ctx.arg(0).ok_or(NO_ARG)?, kind);
+    Ok(())
+}
+
 /// The socket in argument `arg` gives its port up: the `try_*` of `kp_put_port` and
 /// `kp_udp_unhash`.
 #[inline(always)]

@@ -12,7 +12,7 @@ use port_trace_common::{
     PROBE_KR_CSK_GET_PORT, PROBE_KR_HASH_CONNECT,
 };
 
-use super::{released, request, settle};
+use super::{autobind, released, request, settle};
 use crate::{
     errors::{self, NO_ARG, Outcome},
     kernel, track,
@@ -51,12 +51,7 @@ pub fn kp_csk_get_port(ctx: ProbeContext) -> u32 {
 
 fn try_kp_csk_get_port(ctx: &ProbeContext) -> Outcome {
     // Port 0 outside a bind() (which has its own request in flight) is listen()'s autobind.
-    let snum: u64 = ctx.arg(1).ok_or(NO_ARG)?;
-    if snum as u16 != 0 || track::peek_in_flight().is_some() {
-        return Ok(());
-    }
-    request(ctx.arg(0).ok_or(NO_ARG)?, KIND_LISTEN);
-    Ok(())
+    autobind(ctx, KIND_LISTEN)
 }
 
 #[kretprobe]

@@ -12,7 +12,7 @@ use port_trace_common::{
     PROBE_KP_UDP_GET_PORT, PROBE_KP_UDP_UNHASH, PROBE_KR_DGRAM_CONNECT, PROBE_KR_UDP_GET_PORT,
 };
 
-use super::{SIN_ADDR, SIN_PORT, SIN6_ADDR, released, request, settle};
+use super::{SIN_ADDR, SIN_PORT, SIN6_ADDR, autobind, released, request, settle};
 use crate::{
     errors::{self, NO_ARG, Outcome},
     kernel, track,
@@ -69,12 +69,7 @@ pub fn kp_udp_get_port(ctx: ProbeContext) -> u32 {
 
 fn try_kp_udp_get_port(ctx: &ProbeContext) -> Outcome {
     // Port 0 with no bind()/connect() in flight: the autobind of a first send.
-    let snum: u64 = ctx.arg(1).ok_or(NO_ARG)?;
-    if snum as u16 != 0 || track::peek_in_flight().is_some() {
-        return Ok(());
-    }
-    request(ctx.arg(0).ok_or(NO_ARG)?, KIND_SENDMSG);
-    Ok(())
+    autobind(ctx, KIND_SENDMSG)
 }
 
 #[kretprobe]
