@@ -34,6 +34,11 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     // Usage errors exit 2 here, with clap's message.
     let cli = cli::Cli::parse();
+    if let Err(message) = cli.validate() {
+        <cli::Cli as clap::CommandFactory>::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "debug",

@@ -30,6 +30,11 @@ fn usage_errors_exit_2_with_claps_message() {
         (&["--max-sockets", "5"], "not in 1024..=16777216"),
         (&["--prometheus", "127.0.0.1"], "is not PORT, HOST:PORT"),
         (&["--prometheus", "99999"], "is not PORT, HOST:PORT"),
+        (
+            &["--warn-at", "96", "--critical-at", "90"],
+            "is above --critical-at",
+        ),
+        (&["--comm", "a-name-longer-than-15"], "1 to 15 bytes"),
     ] {
         let output = run(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");

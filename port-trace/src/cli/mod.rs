@@ -87,8 +87,9 @@ pub struct Cli {
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
 
-    /// Report only what processes (threads) of this name allocate (repeat for more).
-    #[arg(long, value_name = "NAME")]
+    /// Report only what processes (threads) of this name allocate (repeat for more). The
+    /// kernel keeps 15 bytes of a name, so a longer one could never match.
+    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
     pub comm: Vec<String>,
 
     /// Trace only this network namespace, by inode (`ls -l /proc/PID/ns/net`); repeat for
@@ -177,6 +178,19 @@ pub enum FamilyArg {
 }
 
 impl Cli {
+    /// Checks what no single flag's parser can: the flags together. An error is a usage
+    /// error (exit 2), said before anything is attached.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.warn_at > self.critical_at {
+            return Err(format!(
+                "--warn-at {} is above --critical-at {}: the warning would come after the \
+                 critical line",
+                self.warn_at, self.critical_at
+            ));
+        }
+        Ok(())
+    }
+
     /// What the trace reports: the filter flags together.
     pub fn filter(&self) -> Filter {
         Filter {
@@ -190,6 +204,16 @@ impl Cli {
             }),
         }
     }
+}
+
+/// A task name as the kernel keeps it (`TASK_COMM_LEN` 16, with its NUL).
+fn parse_comm(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 15 {
+        return Err(format!(
+            "`{text}`: a process name is 1 to 15 bytes (the kernel keeps no more)"
+        ));
+    }
+    Ok(text.to_string())
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -333,5 +357,27 @@ mod tests {
             let err = Cli::try_parse_from(args).expect_err("rejected");
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn names_and_thresholds_that_could_never_work_are_rejected() {
+        assert!(Cli::try_parse_from(["port-trace", "--comm", "sixteen-bytes-xx"]).is_err());
+        assert!(Cli::try_parse_from(["port-trace", "--comm", ""]).is_err());
+        let fifteen = Cli::try_parse_from(["port-trace", "--comm", "fifteen-bytes-x"]);
+        assert_eq!(fifteen.expect("15 bytes fit").comm, ["fifteen-bytes-x"]);
+        let inverted =
+            Cli::try_parse_from(["port-trace", "--warn-at", "96", "--critical-at", "90"])
+                .expect("each flag alone is fine");
+        assert!(
+            inverted
+                .validate()
+                .unwrap_err()
+                .contains("above --critical-at")
+        );
+        let equal = Cli::try_parse_from(["port-trace", "--warn-at", "90", "--critical-at", "90"])
+            .expect("parses");
+        assert_eq!(equal.validate(), Ok(()));
+        let defaults = Cli::try_parse_from(["port-trace"]).expect("parses");
+        assert_eq!(defaults.validate(), Ok(()));
     }
 }
