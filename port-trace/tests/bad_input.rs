@@ -35,6 +35,10 @@ fn usage_errors_exit_2_with_claps_message() {
             "is above --critical-at",
         ),
         (&["--comm", "a-name-longer-than-15"], "1 to 15 bytes"),
+        (
+            &["--prometheus", "224.0.0.1:9464"],
+            "multicast or broadcast",
+        ),
     ] {
         let output = run(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
@@ -82,4 +86,26 @@ fn prometheus_address_in_use_exits_5_before_attaching() {
     // Nothing was attached: the error is the only line.
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_no_panic(&output);
+}
+
+#[test]
+fn logs_to_a_file_carry_no_colour_codes() {
+    if common::skip_unless_root("logs_to_a_file_carry_no_colour_codes") {
+        return;
+    }
+    // -v logs at debug level: attaching says which backend, among other lines.
+    let mut args = vec!["--duration", "300ms", "--quiet", "-v"];
+    let backend = common::backend_args();
+    args.extend(backend.iter().map(String::as_str));
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("DEBUG"),
+        "no debug log to look at: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in a piped log: {stderr:?}"
+    );
 }

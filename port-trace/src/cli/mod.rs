@@ -1,7 +1,7 @@
 //! The command line.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, ToSocketAddrs as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _},
     path::PathBuf,
     time::Duration,
 };
@@ -241,6 +241,22 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
 
 /// `PORT` (loopback), `HOST:PORT` or `[V6]:PORT`; a name is resolved once (`localhost`).
 fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr = resolve_listen_addr(text)?;
+    // A multicast or broadcast address binds, but no scraper can connect to it.
+    let unreachable = match addr.ip() {
+        IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.is_multicast(),
+    };
+    if unreachable {
+        return Err(format!(
+            "`{text}`: a multicast or broadcast address takes no connections; use this host's \
+             address, 0.0.0.0 or 127.0.0.1"
+        ));
+    }
+    Ok(addr)
+}
+
+fn resolve_listen_addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
@@ -296,6 +312,14 @@ mod tests {
         assert_eq!(addr("[::1]:0"), Ok("[::1]:0".parse().expect("addr")));
         for bad in ["", "70000", "127.0.0.1", "127.0.0.1:x", "[::1]"] {
             assert!(addr(bad).is_err(), "{bad}");
+        }
+        for unreachable in ["224.0.0.1:9464", "255.255.255.255:9464", "[ff02::1]:9464"] {
+            assert!(
+                addr(unreachable)
+                    .unwrap_err()
+                    .contains("multicast or broadcast"),
+                "{unreachable}"
+            );
         }
     }
 
