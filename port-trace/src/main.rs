@@ -46,6 +46,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only where a terminal reads them, not into a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_env("PORT_TRACE_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
         )
