@@ -74,22 +74,7 @@ impl Forecast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::Proto, exhaustion::scope::Scope};
-
-    fn key() -> ScopeKey {
-        ScopeKey {
-            netns: 1,
-            proto: Proto::Tcp,
-            scope: Scope::Namespace,
-        }
-    }
-
-    fn usage(used: u32) -> Usage {
-        Usage {
-            used,
-            capacity: 100,
-        }
-    }
+    use crate::exhaustion::scope::fixtures::{key, usage};
 
     #[test]
     fn forecast_follows_littles_law() {

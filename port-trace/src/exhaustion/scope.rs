@@ -103,6 +103,28 @@ impl Usage {
     }
 }
 
+/// One namespace scope and its usage, for the level and forecast tests.
+#[cfg(test)]
+pub mod fixtures {
+    use super::*;
+
+    pub fn key() -> ScopeKey {
+        ScopeKey {
+            netns: 1,
+            proto: Proto::Tcp,
+            scope: Scope::Namespace,
+        }
+    }
+
+    /// `used` of 100 ports.
+    pub fn usage(used: u32) -> Usage {
+        Usage {
+            used,
+            capacity: 100,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

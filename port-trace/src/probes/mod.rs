@@ -215,7 +215,7 @@ impl Probes {
     }
 
     /// The kernel's lost-event counters, summed over CPUs.
-    pub fn lost(&self) -> anyhow::Result<LostCounts> {
+    fn lost(&self) -> anyhow::Result<LostCounts> {
         let sum = self.per_cpu_sums("LOST")?;
         Ok(LostCounts {
             ring_buffer_full: sum(LOST_RINGBUF_FULL)?,
@@ -233,7 +233,7 @@ impl Probes {
     }
 
     /// Failed runs of each attached program (see `ProbeErrors`), summed over CPUs.
-    pub fn probe_errors(&self) -> anyhow::Result<ProbeErrors> {
+    fn probe_errors(&self) -> anyhow::Result<ProbeErrors> {
         ProbeErrors::collect(&[self.backend], self.per_cpu_sums("PROBE_ERRORS")?)
     }
 
