@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::registry::{self, Assignment, IanaRange};
 use crate::{
-    event::Proto,
+    event::{Proto, comm::printable},
     exhaustion::range::PortRange,
     sys::{netns, procfs, sock_diag},
 };
@@ -256,7 +256,7 @@ pub fn render(e: &Explanation) -> String {
     }
     for h in &e.holders {
         let who = match (&h.comm, h.pid) {
-            (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+            (Some(comm), Some(pid)) => format!("{}[{pid}]", printable(comm)),
             _ => "?".to_string(),
         };
         let _ = writeln!(

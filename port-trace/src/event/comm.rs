@@ -2,7 +2,7 @@
 //! stored inline. Every event carries one and every stage copies it, so it is `Copy` and
 //! costs no allocation.
 
-use std::{fmt, ops::Deref};
+use std::{borrow::Cow, fmt, fmt::Write as _, ops::Deref};
 
 use serde::{Serialize, Serializer};
 
@@ -62,10 +62,36 @@ impl Deref for Comm {
     }
 }
 
+/// Shown to people, a name is made harmless first (any local user can name its process
+/// with escape sequences): see `printable`. `as_str`, JSON and Prometheus keep it exact.
 impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
+        f.pad(&printable(self.as_str()))
     }
+}
+
+/// `text` safe for a terminal: control characters (C0, DEL, C1: ESC, BEL, CR, LF, CSI...)
+/// and the bidirectional overrides that reorder what is shown become visible escapes
+/// (`\x1b`, `\u{202e}`), so a name cannot colour, retitle, split or forge a line. The
+/// one home for that: anything a process chose that reaches a terminal goes through here.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            // Writing to a String cannot fail.
+            c if c.is_ascii_control() => _ = write!(out, "\\x{:02x}", u32::from(c)),
+            c if needs_escape(c) => _ = write!(out, "\\u{{{:x}}}", u32::from(c)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 impl fmt::Debug for Comm {
@@ -102,6 +128,22 @@ mod tests {
         assert_eq!(Comm::new(b"a\xffb"), "a?b");
         // Cut on a character boundary: 15 ASCII bytes and a 2-byte character.
         assert_eq!(Comm::from("123456789012345é"), "123456789012345");
+    }
+
+    #[test]
+    fn shown_harmless_kept_exact() {
+        let hostile = Comm::new(b"a\x1b]0;pwn\x07\r\n");
+        assert_eq!(hostile.to_string(), r"a\x1b]0;pwn\x07\x0d\x0a");
+        assert_eq!(format!("{:<6}|", Comm::new(b"\x1b")), r"\x1b  |");
+        // C1 controls (CSI as one character) and a right-to-left override.
+        assert_eq!(Comm::from("x\u{9b}31m\u{202e}").to_string(), r"x\u{9b}31m\u{202e}");
+        // Exact where the reader escapes for itself.
+        assert_eq!(hostile.as_str(), "a\x1b]0;pwn\x07\r\n");
+        assert_eq!(
+            serde_json::to_string(&hostile).ok().as_deref(),
+            Some(r#""a\u001b]0;pwn\u0007\r\n""#)
+        );
+        assert!(matches!(printable("nginx"), Cow::Borrowed("nginx")));
     }
 
     #[test]

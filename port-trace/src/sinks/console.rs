@@ -24,6 +24,9 @@ pub struct Console<W: Write> {
     clock: WallClock,
     /// Warnings printed to a terminal stand out in colour.
     colour: bool,
+    /// The summary printed last: at exit it is not printed again word for word (when the
+    /// deadline and the last interval fall together).
+    last_summary: Option<String>,
 }
 
 impl Console<io::BufWriter<io::StdoutLock<'static>>> {
@@ -53,6 +56,7 @@ impl<W: Write> Console<W> {
             quiet,
             clock,
             colour,
+            last_summary: None,
         }
     }
 
@@ -83,12 +87,16 @@ impl<W: Write> Console<W> {
         self.out.flush()
     }
 
-    fn print_summary(&mut self, view: &View<'_>) -> io::Result<()> {
+    fn print_summary(&mut self, view: &View<'_>, last: bool) -> io::Result<()> {
         if self.quiet {
             return Ok(());
         }
         let scopes = view.exhaustion.fullest(summary::FULLEST_SCOPES);
         let text = summary::render(view.stats, view.elapsed_ns, view.held, &scopes);
+        if last && self.last_summary.as_ref() == Some(&text) {
+            return Ok(());
+        }
+        self.last_summary = Some(text.clone());
         // With JSON (or text) events on stdout, stdout carries nothing else.
         if self.format.is_some() {
             eprint!("{text}");
@@ -126,11 +134,65 @@ impl<W: Write> Sink for Console<W> {
     }
 
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
-        Ok(self.print_summary(view)?)
+        Ok(self.print_summary(view, false)?)
     }
 
     fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
-        self.print_summary(view)?;
+        self.print_summary(view, true)?;
         Ok(self.out.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        exhaustion::{Exhaustion, level::Thresholds},
+        stats::Stats,
+    };
+
+    fn view_at<'a>(stats: &'a Stats, exhaustion: &'a Exhaustion, elapsed_ns: u64) -> View<'a> {
+        static NO_INTERVAL: std::sync::OnceLock<
+            std::collections::BTreeMap<Option<crate::event::Proto>, hdrhistogram::Histogram<u64>>,
+        > = std::sync::OnceLock::new();
+        View {
+            stats,
+            exhaustion,
+            held: 0,
+            elapsed_ns,
+            interval: NO_INTERVAL.get_or_init(Default::default),
+        }
+    }
+
+    fn summaries(out: &[u8]) -> usize {
+        String::from_utf8_lossy(out)
+            .matches("port-trace after")
+            .count()
+    }
+
+    #[test]
+    fn the_last_summary_is_not_repeated_word_for_word() {
+        let stats = Stats::new(false);
+        let exhaustion = Exhaustion::new(Thresholds {
+            warn: 0.8,
+            critical: 0.95,
+        });
+        let mut console = Console::new(Vec::new(), None, false, WallClock::now(), false);
+        // The deadline falls on the last interval: one summary, not two.
+        console
+            .tick(&view_at(&stats, &exhaustion, 2_000_000_000))
+            .expect("tick");
+        console
+            .finish(&view_at(&stats, &exhaustion, 2_010_000_000))
+            .expect("finish");
+        assert_eq!(summaries(&console.out), 1);
+        // Any change since, even only the time, is printed.
+        console
+            .tick(&view_at(&stats, &exhaustion, 3_000_000_000))
+            .expect("tick");
+        console
+            .finish(&view_at(&stats, &exhaustion, 4_000_000_000))
+            .expect("finish");
+        assert_eq!(summaries(&console.out), 3);
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::human_ns;
 use crate::{
-    event::{AllocKind, Event, EventType, Family, Proto, errno_name},
+    event::{AllocKind, Event, EventType, Family, Proto, comm::Comm, errno_name},
     exhaustion::{
         level::Level,
         scope::ScopeKind,
@@ -27,7 +27,7 @@ pub enum EventFormat {
 
 /// One JSON line. Field names and meanings are the daemon's contract (README).
 #[derive(Debug, Serialize)]
-pub struct EventRecord<'a> {
+pub struct EventRecord {
     #[serde(rename = "type")]
     pub event: EventType,
     /// Unix-epoch nanoseconds.
@@ -37,7 +37,7 @@ pub struct EventRecord<'a> {
     pub port: u16,
     pub kind: AllocKind,
     pub pid: u32,
-    pub comm: &'a str,
+    pub comm: Comm,
     pub netns: u32,
     pub laddr: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,8 +56,8 @@ pub struct EventRecord<'a> {
     pub cookie: u64,
 }
 
-impl<'a> EventRecord<'a> {
-    pub fn new(event: &'a Event, outcome: Outcome, clock: WallClock) -> Self {
+impl EventRecord {
+    pub fn new(event: &Event, outcome: Outcome, clock: WallClock) -> Self {
         // Only a connect() has a destination of its own: an unconnected UDP socket may send
         // anywhere after the send that bound it.
         let has_peer = event.kind == AllocKind::Connect;
@@ -70,7 +70,7 @@ impl<'a> EventRecord<'a> {
             port: event.port,
             kind: event.kind,
             pid: event.pid,
-            comm: &event.comm,
+            comm: event.comm,
             netns: event.netns,
             laddr: event.laddr,
             raddr: has_peer.then_some(event.raddr),
@@ -168,7 +168,7 @@ pub struct WarningRecord {
 #[derive(Debug, Serialize)]
 pub struct TopHolder {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub count: u32,
 }
 
@@ -196,7 +196,7 @@ impl From<&Warning> for WarningRecord {
                 .iter()
                 .map(|(h, count)| TopHolder {
                     pid: h.pid,
-                    comm: h.comm.to_string(),
+                    comm: h.comm,
                     count: *count,
                 })
                 .collect(),

@@ -140,7 +140,12 @@ impl Report {
                 all: stats.all().summary(),
                 by_proto: group(&stats.by_proto),
                 by_kind: group(&stats.by_kind),
-                by_process: group(&stats.by_process),
+                // Exact names (not `Display`'s terminal escapes): JSON escapes for itself.
+                by_process: stats
+                    .by_process
+                    .iter()
+                    .map(|(comm, v)| (comm.as_str().to_string(), v.summary()))
+                    .collect(),
             },
         }
     }

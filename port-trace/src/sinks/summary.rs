@@ -42,17 +42,26 @@ fn scope_name(key: &ScopeKey) -> String {
     }
 }
 
+/// A lifetime figure: `-` where nothing was released, so no lifetime is known (not `0ns`).
+fn lifetime(s: &LifetimeSummary, ns: u64) -> String {
+    if s.count == 0 {
+        "-".to_string()
+    } else {
+        human_ns(ns)
+    }
+}
+
 fn row(out: &mut String, label: &str, s: &LifetimeSummary) {
     let _ = writeln!(
         out,
         "  {:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         label,
         s.count,
-        human_ns(s.p50),
-        human_ns(s.p90),
-        human_ns(s.p99),
-        human_ns(s.p999),
-        human_ns(s.max)
+        lifetime(s, s.p50),
+        lifetime(s, s.p90),
+        lifetime(s, s.p99),
+        lifetime(s, s.p999),
+        lifetime(s, s.max)
     );
 }
 
@@ -229,9 +238,9 @@ fn top_processes(out: &mut String, stats: &Stats) {
             allocated,
             fails(&comm),
             s.count,
-            human_ns(s.p50),
-            human_ns(s.p99),
-            human_ns(s.max)
+            lifetime(&s, s.p50),
+            lifetime(&s, s.p99),
+            lifetime(&s, s.max)
         );
     }
 }
@@ -353,6 +362,25 @@ mod tests {
         );
         assert!(
             text.lines().any(|l| l.trim_start().starts_with("tcp")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nothing_released_shows_no_lifetime_and_names_are_harmless() {
+        let (mut stats, mut event) = one_connect_held_for(1_000);
+        // A process that allocated and released nothing yet, with a hostile name.
+        event.comm = Comm::new(b"\x1b]0;x\x07\r\nFAKE");
+        stats.record(&event, crate::track::Outcome::Allocated);
+        let text = render(&stats, 1, 1, &[]);
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+        let process = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(r"\x1b]0;x"))
+            .expect("the process, escaped, on one line");
+        assert_eq!(
+            process.split_whitespace().collect::<Vec<_>>(),
+            [r"\x1b]0;x\x07\x0d\x0aFAKE", "1", "0", "0", "-", "-", "-"],
             "{text}"
         );
     }
