@@ -2,7 +2,7 @@
 
 use crate::{
     error::Fatal,
-    probes::{BackendChoice, ProbeConfig, Probes, kprobe, preflight::Preflight, tracefs},
+    probes::{BackendChoice, Hook, ProbeConfig, Probes, kprobe, preflight::Preflight, tracefs},
     sys::procfs::kernel_release,
 };
 
@@ -21,6 +21,33 @@ fn brief(err: &str) -> String {
         Some((cut, _)) => format!("{}...", &first[..cut]),
         None => first.to_string(),
     }
+}
+
+/// One row per hook, but one cause is said once: when every hook failed the same way, one
+/// row for them all; otherwise a repeated cause points back to the row that gave it.
+fn hook_rows(hooks: &[Hook]) -> Vec<(String, bool, String)> {
+    let first_error = hooks.first().and_then(|h| h.result.as_ref().err());
+    if let Some(error) = first_error
+        && hooks.len() > 1
+        && hooks.iter().all(|h| h.result.as_ref().err() == Some(error))
+    {
+        return vec![(format!("all {} programs", hooks.len()), false, brief(error))];
+    }
+    let mut said: Vec<(&str, &str)> = Vec::new();
+    hooks
+        .iter()
+        .map(|hook| match &hook.result {
+            Ok(()) => (hook.label.clone(), true, String::new()),
+            Err(error) => match said.iter().find(|(e, _)| e == error) {
+                Some((_, first)) => (hook.label.clone(), false, format!("same cause as {first}")),
+                None => {
+                    let name = hook.label.split_whitespace().next().unwrap_or_default();
+                    said.push((error, name));
+                    (hook.label.clone(), false, brief(error))
+                }
+            },
+        })
+        .collect()
 }
 
 fn uname() -> String {
@@ -66,11 +93,8 @@ pub fn run() -> Result<(), Fatal> {
         match survey {
             Ok(probes) => {
                 line("ring buffer and maps", true, "");
-                for hook in &probes.hooks {
-                    match &hook.result {
-                        Ok(()) => line(&hook.label, true, ""),
-                        Err(err) => line(&hook.label, false, &brief(err)),
-                    }
+                for (what, ok, detail) in hook_rows(&probes.hooks) {
+                    line(&what, ok, &detail);
                 }
                 if probes.hooks.iter().all(|h| h.result.is_ok()) {
                     usable.push(name);
@@ -91,5 +115,38 @@ pub fn run() -> Result<(), Fatal> {
         None => Err(Fatal::Unsupported(
             "no backend attaches on this kernel (see above)".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(label: &str, result: Result<(), &str>) -> Hook {
+        Hook {
+            label: label.to_string(),
+            result: result.map_err(str::to_string),
+        }
+    }
+
+    #[test]
+    fn one_cause_is_said_once() {
+        let pmu = "`/sys/bus/event_source/devices/kprobe/type`: No such file or directory";
+        let all_same = [
+            hook("kp_bind (kprobe x)", Err(pmu)),
+            hook("kr_bind (x)", Err(pmu)),
+        ];
+        assert_eq!(
+            hook_rows(&all_same),
+            [("all 2 programs".to_string(), false, pmu.to_string())]
+        );
+        let mixed = [
+            hook("a (x)", Ok(())),
+            hook("b (y)", Err("EINVAL")),
+            hook("c (z)", Err("EINVAL")),
+            hook("d (w)", Err("ENOENT")),
+        ];
+        let rows: Vec<String> = hook_rows(&mixed).into_iter().map(|r| r.2).collect();
+        assert_eq!(rows, ["", "EINVAL", "same cause as b", "ENOENT"]);
     }
 }

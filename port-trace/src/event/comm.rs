@@ -91,7 +91,8 @@ pub fn printable(text: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 impl fmt::Debug for Comm {
@@ -136,7 +137,10 @@ mod tests {
         assert_eq!(hostile.to_string(), r"a\x1b]0;pwn\x07\x0d\x0a");
         assert_eq!(format!("{:<6}|", Comm::new(b"\x1b")), r"\x1b  |");
         // C1 controls (CSI as one character) and a right-to-left override.
-        assert_eq!(Comm::from("x\u{9b}31m\u{202e}").to_string(), r"x\u{9b}31m\u{202e}");
+        assert_eq!(
+            Comm::from("x\u{9b}31m\u{202e}").to_string(),
+            r"x\u{9b}31m\u{202e}"
+        );
         // Exact where the reader escapes for itself.
         assert_eq!(hostile.as_str(), "a\x1b]0;pwn\x07\r\n");
         assert_eq!(
