@@ -23,13 +23,15 @@ use super::{
 };
 use crate::event::{AllocKind, Event, Proto};
 
-/// Ports held in one scope: how many sockets hold each port, and who. `in_range` counts the
-/// distinct ports inside the namespace's range as they come and go, so asking how full a
-/// scope is costs nothing per event (it used to walk every held port).
+/// Ports held in one scope: how many sockets hold each port, and who holds which port.
+/// `in_range` counts the distinct ports inside the namespace's range as they come and go,
+/// so asking how full a scope is costs nothing per event (it used to walk every held port).
+/// Holders are kept per port (not a count per holder) so "who holds how many" counts the
+/// same distinct ports in range as `used` does, whatever the range is when asked.
 #[derive(Debug, Default)]
 struct Held {
     ports: HashMap<u16, u32>,
-    holders: HashMap<Holder, u32>,
+    holders: HashMap<(Holder, u16), u32>,
     in_range: u32,
 }
 
@@ -42,7 +44,7 @@ impl Held {
         if new && range.contains(port) {
             self.in_range += 1;
         }
-        *self.holders.entry(*holder).or_default() += 1;
+        *self.holders.entry((*holder, port)).or_default() += 1;
         new
     }
 
@@ -52,7 +54,7 @@ impl Held {
         if gone && range.contains(port) {
             self.in_range -= 1;
         }
-        decrement(&mut self.holders, holder);
+        decrement(&mut self.holders, &(*holder, port));
         gone
     }
 
@@ -273,21 +275,27 @@ impl Occupancy {
         }
     }
 
-    /// The processes holding the most ports in a scope, most first.
+    /// The processes holding the most ports in a scope, most first: distinct ports in the
+    /// range, as the scope's `used` counts them (so no holder holds more than is used).
+    /// Walks the scope's held ports: it runs for a warning, not for every event.
     pub fn top_holders(&self, key: &ScopeKey, n: usize) -> Vec<(Holder, u32)> {
         let Some(ns) = self.namespaces.get(&key.netns) else {
             return Vec::new();
         };
         let space = ns.space_ref(key.proto);
-        let mut merged: BTreeMap<&Holder, u32> = BTreeMap::new();
         let sources: Vec<&Held> = match &key.scope {
             Scope::Namespace => vec![&space.exclusive, &space.connected],
             Scope::Destination(dest) => space.by_destination.get(dest).into_iter().collect(),
         };
-        for held in sources {
-            for (holder, count) in &held.holders {
-                *merged.entry(holder).or_default() += count;
-            }
+        // A port held both exclusively and connected, or by two sockets, counts once.
+        let distinct: foldhash::HashSet<&(Holder, u16)> = sources
+            .iter()
+            .flat_map(|held| held.holders.keys())
+            .filter(|(_, port)| ns.range.contains(*port))
+            .collect();
+        let mut merged: BTreeMap<&Holder, u32> = BTreeMap::new();
+        for (holder, _) in distinct {
+            *merged.entry(holder).or_default() += 1;
         }
         let mut top: Vec<(Holder, u32)> = merged.into_iter().map(|(h, c)| (*h, c)).collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -458,6 +466,29 @@ mod tests {
         assert_eq!(top[0].1, 2);
         assert_eq!(top[1].0.pid, 99);
         assert_eq!(occ.fullest(1)[0].1.used, 3);
+    }
+
+    #[test]
+    fn holders_count_the_ports_the_scope_counts() {
+        let mut occ = Occupancy::default();
+        occ.set_range(NETNS, tiny());
+        // Two ports in range, one outside it (an explicit bind, say), and a second socket
+        // on a port already held: 2 used, so curl holds 2, not 4.
+        for port in [40000, 40001, 50000] {
+            occ.hold(&bind(port));
+        }
+        occ.hold(&connect(40001, 443));
+        let key = ScopeKey {
+            netns: NETNS,
+            proto: Proto::Tcp,
+            scope: Scope::Namespace,
+        };
+        let used = occ.usage(&key).used;
+        assert_eq!(used, 2);
+        assert_eq!(occ.top_holders(&key, 5)[0].1, used);
+        // The range grows to take 50000 in: counted from then on.
+        occ.set_range(NETNS, PortRange::parse("40000 50000", "").expect("a range"));
+        assert_eq!(occ.top_holders(&key, 5)[0].1, 3);
     }
 
     fn held_socket() -> impl Strategy<Value = (bool, u16, u16)> {
