@@ -21,7 +21,7 @@ use crate::{
     pipeline::{self, Pipeline},
     probes::{ProbeConfig, Probes},
     sinks::{
-        Sinks,
+        self, Sinks,
         console::Console,
         events::ReadyRecord,
         hdr_log::HdrLog,
@@ -35,8 +35,10 @@ use crate::{
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut trace = Trace::start(&cli).await?;
-    trace.run(&cli).await?;
-    trace.finish()
+    // However tracing stops, the sinks have their last look: the report is written.
+    let ran = trace.run(&cli).await;
+    let finished = trace.finish();
+    ran.and(finished).map_err(sinks::output_fatal)
 }
 
 /// A trace in progress: what is attached, the rings it reads, the pipeline and its sinks.
@@ -60,6 +62,17 @@ impl Trace {
             Some(listener) => Some(listener.local_addr()?),
             None => None,
         };
+        // So is an output we cannot write, rather than a report lost at the end.
+        let report = cli
+            .report
+            .as_deref()
+            .map(|path| sinks::prepare_output("--report", path))
+            .transpose()?;
+        let hdr_log = cli
+            .hdr_log
+            .as_deref()
+            .map(|path| sinks::prepare_output("--hdr-log", path))
+            .transpose()?;
         let filter = cli.filter();
         let mut probes = Probes::attach(&ProbeConfig {
             backend: cli.backend,
@@ -73,6 +86,11 @@ impl Trace {
         let clock = WallClock::now();
         let started = Instant::now();
         let started_ns = monotonic_ns();
+        // HdrHistogram interval log: in place before `ready`, one interval per summary, and
+        // the last one at exit.
+        let hdr_log = hdr_log
+            .map(|output| HdrLog::create(output, started))
+            .transpose()?;
         // Before `ready`: whoever waits for it may signal us at once.
         let sigint = signal(SignalKind::interrupt())?;
         let sigterm = signal(SignalKind::terminate())?;
@@ -97,7 +115,7 @@ impl Trace {
 
         let mut sinks = Sinks {
             console,
-            hdr_log: None,
+            hdr_log,
             metrics: match exporter {
                 Some(_) => Some(
                     Metrics::new(probes.backend.as_str(), env!("CARGO_PKG_VERSION"))
@@ -105,8 +123,8 @@ impl Trace {
                 ),
                 None => None,
             },
-            report: cli.report.clone().map(|path| ReportFile {
-                path,
+            report: report.map(|output| ReportFile {
+                output: Some(output),
                 backend: probes.backend,
             }),
         };
@@ -125,10 +143,6 @@ impl Trace {
         );
         pipeline.check_ranges(monotonic_ns(), &mut sinks)?;
         sinks.console.flush()?;
-        // HdrHistogram interval log: one interval per summary, and the last one at exit.
-        if let Some(path) = &cli.hdr_log {
-            sinks.hdr_log = Some(HdrLog::create(path, started)?);
-        }
         Ok(Self {
             probes,
             ring,
@@ -228,10 +242,14 @@ impl Trace {
     /// Drains what the kernel wrote before we stopped, hands the sinks their last look, and
     /// detaches.
     fn finish(mut self) -> Result<(), Fatal> {
-        self.drain_both()?;
+        // A console gone (EPIPE) fails the drain, not the report.
+        let drained = self.drain_both();
         let counters = self.probes.counters()?;
-        self.pipeline
-            .finish(counters, monotonic_ns(), &mut self.sinks)?;
+        let finished = self
+            .pipeline
+            .finish(counters, monotonic_ns(), &mut self.sinks);
+        drained?;
+        finished?;
         // Dropping the probes detaches every program.
         drop(self.ring);
         drop(self.probes);
