@@ -8,15 +8,15 @@
 //! so it is ours and new too.
 
 use std::{
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     fs::{File, OpenOptions},
+    hash::{BuildHasher as _, Hasher as _},
     io::{self, Write as _},
     os::unix::{
         ffi::OsStrExt as _,
         fs::{FileTypeExt as _, OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use thiserror::Error;
@@ -180,24 +180,33 @@ fn refused(kind: std::fs::FileType) -> Option<&'static str> {
     }
 }
 
-/// The number of the next temporary file (unique within the process).
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// The `n`th temporary file's name for `name`: hidden, and saying whose it is.
-fn temp_name(name: &std::ffi::OsStr, n: u32) -> OsString {
+/// A temporary file's name for `name`: hidden, saying whose it is, and unguessable, so no
+/// one can take the names ahead of us (they would be skipped, but 100 of them would stop us).
+fn temp_name(name: &OsStr) -> OsString {
+    // RandomState is seeded from the OS's randomness: 64 unpredictable bits, from std.
+    let random = std::hash::RandomState::new().build_hasher().finish();
     let mut temp = OsString::from(".");
-    temp.push(name);
-    temp.push(format!(".port-trace-{}-{n}", std::process::id()));
+    // Within NAME_MAX (255 bytes) with what is added.
+    let bytes = name.as_bytes();
+    temp.push(OsStr::from_bytes(&bytes[..bytes.len().min(200)]));
+    temp.push(format!(".port-trace-{}-{random:016x}", std::process::id()));
     temp
 }
 
-/// Creates a new file of our own in `dir`, named after `name`: `.NAME.port-trace-PID-N`.
-fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(PathBuf, File)> {
-    let mut attempts = 0;
-    loop {
-        let temp = dir.join(temp_name(name, NEXT.fetch_add(1, Ordering::Relaxed)));
-        // create_new is O_CREAT|O_EXCL (never an existing file, never through a symlink);
-        // std adds O_CLOEXEC.
+/// Creates a new file of our own in `dir`, named after `name`.
+fn create_temp(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
+    create_first(dir, (0..100).map(|_| temp_name(name)))
+}
+
+/// Creates the first of `names` in `dir` that is not taken. create_new is O_CREAT|O_EXCL:
+/// never an existing file, never through a symlink planted at the name; std adds O_CLOEXEC.
+fn create_first(
+    dir: &Path,
+    names: impl IntoIterator<Item = OsString>,
+) -> io::Result<(PathBuf, File)> {
+    let mut taken = io::Error::from(io::ErrorKind::AlreadyExists);
+    for name in names {
+        let temp = dir.join(name);
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -206,13 +215,11 @@ fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(PathBuf, File)
             .open(&temp)
         {
             Ok(file) => return Ok((temp, file)),
-            // A name someone else took (planted, or a leftover): try the next.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {
-                attempts += 1;
-            }
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => taken = err,
             Err(err) => return Err(err),
         }
     }
+    Err(taken)
 }
 
 #[cfg(test)]
@@ -361,23 +368,38 @@ mod tests {
     }
 
     #[test]
-    fn a_planted_temporary_name_is_skipped() {
+    fn a_taken_temporary_name_is_skipped_not_followed() {
         let dir = Dir::new("planted");
         let victim = dir.0.join("victim");
         std::fs::write(&victim, "precious").expect("victim");
-        // Someone guessed the next temporary names and planted symlinks there (a few
-        // ahead: tests running beside this one take numbers too).
-        let next = NEXT.load(Ordering::Relaxed);
-        for n in next..next + 20 {
-            let guess = dir.0.join(temp_name(std::ffi::OsStr::new("out"), n));
-            symlink(&victim, &guess).expect("symlink");
-        }
-        let mut out = OutputFile::prepare(&dir.0.join("out")).expect("prepared");
-        out.write_all(b"report").expect("written");
-        out.commit().expect("committed");
+        symlink(&victim, dir.0.join("a")).expect("symlink");
+        std::fs::write(dir.0.join("b"), "theirs").expect("a file");
+        let (temp, mut file) =
+            create_first(&dir.0, ["a".into(), "b".into(), "c".into()]).expect("created");
+        assert_eq!(temp, dir.0.join("c"));
+        file.write_all(b"ours").expect("written");
         assert_eq!(
             std::fs::read_to_string(&victim).expect("victim"),
             "precious"
         );
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join("b")).expect("b"),
+            "theirs"
+        );
+        let err = create_first(&dir.0, ["a".into(), "b".into()]).expect_err("all taken");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn temporary_names_are_hidden_and_differ() {
+        let (one, two) = (
+            temp_name(OsStr::new("x.json")),
+            temp_name(OsStr::new("x.json")),
+        );
+        assert_ne!(one, two);
+        let one = one.to_string_lossy();
+        assert!(one.starts_with(".x.json.port-trace-"), "{one}");
+        let long = "x".repeat(255);
+        assert!(temp_name(OsStr::new(&long)).len() <= 255);
     }
 }
