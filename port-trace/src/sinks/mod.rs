@@ -59,14 +59,14 @@ impl<W: Write> Sink for Sinks<W> {
     }
 
     /// Every sink has its last look whichever fails: a console gone (EPIPE) must not cost
-    /// the report.
+    /// the report. The files first, the terminal (the likeliest to fail) last.
     fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
         first_error([
             self.hdr_log.as_mut().map_or(Ok(()), |log| log.finish(view)),
-            self.console.finish(view),
             self.report
                 .as_mut()
                 .map_or(Ok(()), |report| report.finish(view)),
+            self.console.finish(view),
         ])
     }
 }
