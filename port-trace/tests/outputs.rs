@@ -233,3 +233,54 @@ fn the_report_is_written_when_the_event_reader_goes_away() {
     let report: serde_json::Value = serde_json::from_str(&text).expect("the report is JSON");
     assert!(report["totals"].is_object(), "{report}");
 }
+
+#[test]
+fn a_report_that_cannot_be_written_at_exit_exits_6_and_leaves_the_old_one() {
+    if skip_unless_root("a_report_that_cannot_be_written_at_exit_exits_6_and_leaves_the_old_one") {
+        return;
+    }
+    // A full filesystem of our own: a small tmpfs in a mount namespace that dies with the
+    // shell, so nothing is left mounted whatever happens. The shell fills it, leaving an old
+    // report there, runs port-trace, and shows what is left.
+    let dir = TempDir::new("full");
+    let script = r#"
+        mount -t tmpfs -o size=64k,nr_inodes=64 tmpfs "$0" || exit 99
+        echo old > "$0/report.json"
+        head -c 1M /dev/zero > "$0/fill" 2>/dev/null
+        bin=$1; shift
+        err=$("$bin" --events json --interval 1h --duration 1s --report "$0/report.json" \
+            "$@" 2>&1 > /dev/null)
+        echo "rc=$?"
+        echo "stderr=$(echo "$err" | tail -n 3 | tr '\n' ' ')"
+        echo "report=$(cat "$0/report.json")"
+        echo "files=$(ls -A "$0" | tr '\n' ' ')"
+    "#;
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(&dir.0)
+        .arg(binary())
+        .args(backend_args())
+        .output();
+    let output = match output {
+        Ok(output) if output.status.code() != Some(99) => output,
+        other => {
+            eprintln!("skipped: no private tmpfs (unshare, mount): {other:?}");
+            return;
+        }
+    };
+    let shown = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        shown
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {shown}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("rc"), CANNOT_WRITE.to_string(), "{shown}");
+    let stderr = field("stderr");
+    assert!(stderr.contains("report.json"), "names the file: {stderr}");
+    assert!(stderr.contains("No space left"), "{stderr}");
+    assert_eq!(field("report"), "old", "the old report is whole: {shown}");
+    assert_eq!(field("files"), "fill report.json", "no temporary file left");
+}
