@@ -284,3 +284,34 @@ fn a_report_that_cannot_be_written_at_exit_exits_6_and_leaves_the_old_one() {
     assert_eq!(field("report"), "old", "the old report is whole: {shown}");
     assert_eq!(field("files"), "fill report.json", "no temporary file left");
 }
+
+#[test]
+fn the_report_is_written_when_stdout_is_closed_from_the_start() {
+    if skip_unless_root("the_report_is_written_when_stdout_is_closed_from_the_start") {
+        return;
+    }
+    let dir = TempDir::new("closed");
+    let report = dir.join("report.json");
+    // A pipe nobody reads: `ready` itself meets a broken pipe.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let started = Instant::now();
+    let output = Command::new(binary())
+        .args(["--events", "json", "--interval", "1h", "--duration", "60s"])
+        .args(backend_args())
+        .arg("--report")
+        .arg(&report)
+        .stdout(writer)
+        .output()
+        .expect("port-trace runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "ran on with no reader: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let text = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report ({}): {e}: {stderr}", output.status));
+    let report: serde_json::Value = serde_json::from_str(&text).expect("the report is JSON");
+    assert!(report["totals"].is_object(), "{report}");
+}

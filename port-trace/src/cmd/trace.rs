@@ -35,8 +35,13 @@ use crate::{
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut trace = Trace::start(&cli).await?;
-    // However tracing stops, the sinks have their last look: the report is written.
-    let ran = trace.run(&cli).await;
+    // From `ready` on, however tracing stops (a signal, the deadline, stdout gone), the
+    // sinks have their last look: the report is written.
+    let ran = async {
+        trace.begin()?;
+        trace.run(&cli).await
+    }
+    .await;
     let finished = trace.finish();
     ran.and(finished).map_err(sinks::output_fatal)
 }
@@ -54,14 +59,10 @@ struct Trace {
 }
 
 impl Trace {
-    /// Attaches, takes the start-up snapshot, says `ready`.
+    /// Attaches and takes the start-up snapshot.
     async fn start(cli: &Cli) -> Result<Self, Fatal> {
         // Before attaching anything: an address in use is the operator's to fix first.
         let exporter = cli.prometheus.map(metrics_server::listen).transpose()?;
-        let exporter_addr: Option<SocketAddr> = match &exporter {
-            Some(listener) => Some(listener.local_addr()?),
-            None => None,
-        };
         // So is an output we cannot write, rather than a report lost at the end.
         let report = cli
             .report
@@ -104,17 +105,8 @@ impl Trace {
         unsafe {
             libc::malloc_trim(0);
         }
-        let mut console = Console::stdout(cli.events, cli.quiet, clock);
-        console.start(&ReadyRecord {
-            record: "ready",
-            backend: probes.backend,
-            programs: &probes.programs,
-            version: env!("CARGO_PKG_VERSION"),
-            prometheus: exporter_addr,
-        })?;
-
-        let mut sinks = Sinks {
-            console,
+        let sinks = Sinks {
+            console: Console::stdout(cli.events, cli.quiet, clock),
             hdr_log,
             metrics: match exporter {
                 Some(_) => Some(
@@ -132,7 +124,7 @@ impl Trace {
             warn: cli.warn_at / 100.0,
             critical: cli.critical_at / 100.0,
         };
-        let mut pipeline = Pipeline::new(
+        let pipeline = Pipeline::new(
             pipeline::Config {
                 filter,
                 keep_intervals: cli.hdr_log.is_some(),
@@ -141,8 +133,6 @@ impl Trace {
             snapshot,
             Exhaustion::new(thresholds),
         );
-        pipeline.check_ranges(monotonic_ns(), &mut sinks)?;
-        sinks.console.flush()?;
         Ok(Self {
             probes,
             ring,
@@ -153,6 +143,24 @@ impl Trace {
             sigint,
             sigterm,
         })
+    }
+
+    /// Says `ready` and checks every range once.
+    fn begin(&mut self) -> Result<(), Fatal> {
+        let prometheus = match &self.exporter {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        self.sinks.console.start(&ReadyRecord {
+            record: "ready",
+            backend: self.probes.backend,
+            programs: &self.probes.programs,
+            version: env!("CARGO_PKG_VERSION"),
+            prometheus,
+        })?;
+        self.pipeline
+            .check_ranges(monotonic_ns(), &mut self.sinks)?;
+        Ok(self.sinks.console.flush()?)
     }
 
     /// Until a signal or the deadline.
