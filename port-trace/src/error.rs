@@ -4,7 +4,8 @@ use thiserror::Error;
 
 /// Exit codes: 0 success, 1 unexpected failure, 2 bad command line (clap), 3 not permitted,
 /// 4 the kernel lacks something port-trace needs, 5 the `--prometheus` address cannot be
-/// served (in use, not this host's).
+/// served (in use, not this host's), 6 an output file (`--report`, `--hdr-log`) cannot be
+/// written (checked before anything is attached; also when writing it fails later).
 #[derive(Debug, Error)]
 pub enum Fatal {
     #[error("{0}")]
@@ -13,6 +14,8 @@ pub enum Fatal {
     Unsupported(String),
     #[error("{0}")]
     CannotServe(String),
+    #[error("{0}")]
+    CannotWrite(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -24,6 +27,7 @@ impl Fatal {
             Fatal::NotPermitted(_) => 3,
             Fatal::Unsupported(_) => 4,
             Fatal::CannotServe(_) => 5,
+            Fatal::CannotWrite(_) => 6,
         }
     }
 }

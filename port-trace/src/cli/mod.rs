@@ -31,7 +31,8 @@ use crate::{
         (/sys/kernel/btf/vmlinux) and cgroup v2.\n\n\
         Exit codes: 0 done, 1 unexpected failure, 2 bad command line, 3 not permitted \
         (not root), 4 the kernel lacks a feature port-trace needs, 5 the --prometheus address \
-        cannot be served (already in use, or not this host's).",
+        cannot be served (already in use, or not this host's), 6 a --report or --hdr-log file \
+        cannot be written (a missing directory, a directory, a device, a read-only place).",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -53,13 +54,15 @@ pub struct Cli {
     pub events: Option<EventFormat>,
 
     /// Write a JSON report (totals, lifetime percentiles overall, per protocol, kind and
-    /// process) to FILE on exit.
+    /// process) to FILE on exit, however tracing ends. FILE is checked at start; it is
+    /// written to a new file beside it and renamed into place, so whatever was at FILE (a
+    /// symlink included) is replaced, never written through.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
     /// Write allocation lifetimes to FILE as HdrHistogram interval logs, one interval per
     /// summary (`--interval`): untagged for all ports, tagged `tcp`/`udp` per protocol, for
-    /// HdrHistogram's own tools to plot.
+    /// HdrHistogram's own tools to plot. Checked at start and replaced like --report's FILE.
     #[arg(long, value_name = "FILE")]
     pub hdr_log: Option<PathBuf>,
 

@@ -21,7 +21,7 @@ use crate::{
     pipeline::{self, Pipeline},
     probes::{ProbeConfig, Probes},
     sinks::{
-        Sinks,
+        self, Sinks,
         console::Console,
         events::ReadyRecord,
         hdr_log::HdrLog,
@@ -35,8 +35,15 @@ use crate::{
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut trace = Trace::start(&cli).await?;
-    trace.run(&cli).await?;
-    trace.finish()
+    // From `ready` on, however tracing stops (a signal, the deadline, stdout gone), the
+    // sinks have their last look: the report is written.
+    let ran = async {
+        trace.begin()?;
+        trace.run(&cli).await
+    }
+    .await;
+    let finished = trace.finish();
+    ran.and(finished).map_err(sinks::output_fatal)
 }
 
 /// A trace in progress: what is attached, the rings it reads, the pipeline and its sinks.
@@ -52,14 +59,21 @@ struct Trace {
 }
 
 impl Trace {
-    /// Attaches, takes the start-up snapshot, says `ready`.
+    /// Attaches and takes the start-up snapshot.
     async fn start(cli: &Cli) -> Result<Self, Fatal> {
         // Before attaching anything: an address in use is the operator's to fix first.
         let exporter = cli.prometheus.map(metrics_server::listen).transpose()?;
-        let exporter_addr: Option<SocketAddr> = match &exporter {
-            Some(listener) => Some(listener.local_addr()?),
-            None => None,
-        };
+        // So is an output we cannot write, rather than a report lost at the end.
+        let report = cli
+            .report
+            .as_deref()
+            .map(|path| sinks::prepare_output("--report", path))
+            .transpose()?;
+        let hdr_log = cli
+            .hdr_log
+            .as_deref()
+            .map(|path| sinks::prepare_output("--hdr-log", path))
+            .transpose()?;
         let filter = cli.filter();
         let mut probes = Probes::attach(&ProbeConfig {
             backend: cli.backend,
@@ -73,6 +87,11 @@ impl Trace {
         let clock = WallClock::now();
         let started = Instant::now();
         let started_ns = monotonic_ns();
+        // HdrHistogram interval log: in place before `ready`, one interval per summary, and
+        // the last one at exit.
+        let hdr_log = hdr_log
+            .map(|output| HdrLog::create(output, started))
+            .transpose()?;
         // Before `ready`: whoever waits for it may signal us at once.
         let sigint = signal(SignalKind::interrupt())?;
         let sigterm = signal(SignalKind::terminate())?;
@@ -86,18 +105,9 @@ impl Trace {
         unsafe {
             libc::malloc_trim(0);
         }
-        let mut console = Console::stdout(cli.events, cli.quiet, clock);
-        console.start(&ReadyRecord {
-            record: "ready",
-            backend: probes.backend,
-            programs: &probes.programs,
-            version: env!("CARGO_PKG_VERSION"),
-            prometheus: exporter_addr,
-        })?;
-
-        let mut sinks = Sinks {
-            console,
-            hdr_log: None,
+        let sinks = Sinks {
+            console: Console::stdout(cli.events, cli.quiet, clock),
+            hdr_log,
             metrics: match exporter {
                 Some(_) => Some(
                     Metrics::new(probes.backend.as_str(), env!("CARGO_PKG_VERSION"))
@@ -105,8 +115,8 @@ impl Trace {
                 ),
                 None => None,
             },
-            report: cli.report.clone().map(|path| ReportFile {
-                path,
+            report: report.map(|output| ReportFile {
+                output: Some(output),
                 backend: probes.backend,
             }),
         };
@@ -114,7 +124,7 @@ impl Trace {
             warn: cli.warn_at / 100.0,
             critical: cli.critical_at / 100.0,
         };
-        let mut pipeline = Pipeline::new(
+        let pipeline = Pipeline::new(
             pipeline::Config {
                 filter,
                 keep_intervals: cli.hdr_log.is_some(),
@@ -123,12 +133,6 @@ impl Trace {
             snapshot,
             Exhaustion::new(thresholds),
         );
-        pipeline.check_ranges(monotonic_ns(), &mut sinks)?;
-        sinks.console.flush()?;
-        // HdrHistogram interval log: one interval per summary, and the last one at exit.
-        if let Some(path) = &cli.hdr_log {
-            sinks.hdr_log = Some(HdrLog::create(path, started)?);
-        }
         Ok(Self {
             probes,
             ring,
@@ -139,6 +143,24 @@ impl Trace {
             sigint,
             sigterm,
         })
+    }
+
+    /// Says `ready` and checks every range once.
+    fn begin(&mut self) -> Result<(), Fatal> {
+        let prometheus = match &self.exporter {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        self.sinks.console.start(&ReadyRecord {
+            record: "ready",
+            backend: self.probes.backend,
+            programs: &self.probes.programs,
+            version: env!("CARGO_PKG_VERSION"),
+            prometheus,
+        })?;
+        self.pipeline
+            .check_ranges(monotonic_ns(), &mut self.sinks)?;
+        Ok(self.sinks.console.flush()?)
     }
 
     /// Until a signal or the deadline.
@@ -228,10 +250,14 @@ impl Trace {
     /// Drains what the kernel wrote before we stopped, hands the sinks their last look, and
     /// detaches.
     fn finish(mut self) -> Result<(), Fatal> {
-        self.drain_both()?;
+        // A console gone (EPIPE) fails the drain, not the report.
+        let drained = self.drain_both();
         let counters = self.probes.counters()?;
-        self.pipeline
-            .finish(counters, monotonic_ns(), &mut self.sinks)?;
+        let finished = self
+            .pipeline
+            .finish(counters, monotonic_ns(), &mut self.sinks);
+        drained?;
+        finished?;
         // Dropping the probes detaches every program.
         drop(self.ring);
         drop(self.probes);

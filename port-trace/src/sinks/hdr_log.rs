@@ -6,10 +6,10 @@
 use std::{
     collections::BTreeMap,
     io::Write,
+    path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::Context as _;
 use hdrhistogram::{
     Histogram,
     serialization::{
@@ -21,33 +21,42 @@ use hdrhistogram::{
 use crate::{
     event::Proto,
     pipeline::{Sink, View},
+    sys::output::{OutputError, OutputFile},
 };
 
 /// `--hdr-log FILE` as a sink: one interval per tick, and the last one when tracing stops.
 pub struct HdrLog {
+    /// Named in every error.
+    path: PathBuf,
     log: IntervalLogWriter<'static, 'static, std::fs::File, V2DeflateSerializer>,
     started: Instant,
     interval_started: Instant,
 }
 
 impl HdrLog {
-    /// Creates the log and writes its header.
-    pub fn create(path: &std::path::Path, started: Instant) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("creating the HdrHistogram log {}", path.display()))?;
+    /// Puts the log, prepared before anything was attached, in place at once (it is
+    /// written every interval, and readers may follow it) and writes its header.
+    pub fn create(output: OutputFile, started: Instant) -> Result<Self, OutputError> {
+        let path = output.path().to_path_buf();
+        let file = output.publish()?;
         // The log writer borrows its file and serializer for as long as it lives, which is
         // the whole trace: they are given that lifetime rather than a self-referential struct.
         let file = Box::leak(Box::new(file));
         let serializer = Box::leak(Box::new(V2DeflateSerializer::new()));
-        let log = start(file, serializer, SystemTime::now())?;
+        let log =
+            start(file, serializer, SystemTime::now()).map_err(|source| OutputError::Write {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Self {
+            path,
             log,
             started,
             interval_started: Instant::now(),
         })
     }
 
-    fn write(&mut self, view: &View<'_>) -> std::io::Result<()> {
+    fn write(&mut self, view: &View<'_>) -> Result<(), OutputError> {
         let now = Instant::now();
         let since = self.interval_started.duration_since(self.started);
         write_interval(
@@ -55,7 +64,11 @@ impl HdrLog {
             view.interval,
             since,
             now - self.interval_started,
-        )?;
+        )
+        .map_err(|source| OutputError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
         self.interval_started = now;
         Ok(())
     }

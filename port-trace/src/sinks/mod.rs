@@ -15,12 +15,19 @@ pub mod prometheus;
 pub mod report;
 pub mod summary;
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    path::Path,
+};
+
+use tracing::warn;
 
 use crate::{
+    error::Fatal,
     event::Event,
     exhaustion::warning::Warning,
     pipeline::{Sink, View},
+    sys::output::{OutputError, OutputFile},
     track::Outcome,
 };
 
@@ -51,15 +58,53 @@ impl<W: Write> Sink for Sinks<W> {
         self.console.tick(view)
     }
 
+    /// Every sink has its last look whichever fails: a console gone (EPIPE) must not cost
+    /// the report. The files first, the terminal (the likeliest to fail) last.
     fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
-        if let Some(log) = self.hdr_log.as_mut() {
-            log.finish(view)?;
+        first_error([
+            self.hdr_log.as_mut().map_or(Ok(()), |log| log.finish(view)),
+            self.report
+                .as_mut()
+                .map_or(Ok(()), |report| report.finish(view)),
+            self.console.finish(view),
+        ])
+    }
+}
+
+/// The first of `results`' errors; the others are logged, not lost.
+fn first_error(results: impl IntoIterator<Item = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let mut first = Ok(());
+    for result in results {
+        match (result, &first) {
+            (Err(err), Ok(())) => first = Err(err),
+            (Err(err), Err(_)) => warn!("{err:#}"),
+            (Ok(()), _) => {}
         }
-        self.console.finish(view)?;
-        if let Some(report) = self.report.as_mut() {
-            report.finish(view)?;
+    }
+    first
+}
+
+/// `--report` or `--hdr-log` (`flag`) checked and its temporary file created, before
+/// anything is attached: an output that cannot be written is the operator's to fix first.
+pub fn prepare_output(flag: &str, path: &Path) -> Result<OutputFile, Fatal> {
+    OutputFile::prepare(path)
+        .map_err(|err| Fatal::CannotWrite(format!("cannot write {flag}: {err}")))
+}
+
+impl From<OutputError> for Fatal {
+    fn from(err: OutputError) -> Self {
+        Fatal::CannotWrite(err.to_string())
+    }
+}
+
+/// `err` with the exit code for an output that cannot be written when that is its cause
+/// (a full disk at the finish), else as it was.
+pub fn output_fatal(err: Fatal) -> Fatal {
+    match err {
+        Fatal::Other(err) if err.chain().any(|cause| cause.is::<OutputError>()) => {
+            Fatal::CannotWrite(format!("{err:#}"))
         }
-        Ok(())
+        other => other,
     }
 }
 
@@ -86,6 +131,38 @@ pub fn human_ns(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_error_keeps_the_first_and_runs_all() {
+        assert!(first_error([Ok(()), Ok(())]).is_ok());
+        let err = first_error([
+            Ok(()),
+            Err(anyhow::anyhow!("one")),
+            Err(anyhow::anyhow!("two")),
+        ])
+        .expect_err("an error");
+        assert_eq!(err.to_string(), "one");
+    }
+
+    #[test]
+    fn output_errors_get_their_own_exit_code() {
+        let write = OutputError::Write {
+            path: "/x".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let err = output_fatal(Fatal::Other(anyhow::Error::new(write).context("finishing")));
+        assert_eq!(err.exit_code(), 6);
+        assert!(err.to_string().contains("/x"), "{err}");
+        let other = output_fatal(Fatal::Other(anyhow::anyhow!("something else")));
+        assert_eq!(other.exit_code(), 1);
+        let err = prepare_output("--report", Path::new("/")).expect_err("a directory");
+        assert_eq!(err.exit_code(), 6);
+        assert!(
+            err.to_string()
+                .starts_with("cannot write --report: / names a directory"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn human_units() {

@@ -1,6 +1,6 @@
 //! The JSON report written on exit (`--report FILE`).
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -14,6 +14,7 @@ use crate::{
     pipeline::{Sink, View},
     probes::{Backend, LostCounts, ProbeErrors},
     stats::{DestinationStats, LifetimeSummary, Lifetimes, Stats, Totals},
+    sys::output::OutputFile,
 };
 
 #[derive(Debug, Serialize)]
@@ -161,24 +162,25 @@ impl Report {
             .collect();
         report
     }
-
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let json = serde_json::to_string_pretty(self).context("serializing the report")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("writing the report to {}", path.display()))
-    }
 }
 
 /// `--report FILE`: the report, written when tracing stops.
 pub struct ReportFile {
-    pub path: std::path::PathBuf,
+    /// Prepared before anything was attached; put in place, whole, at the finish.
+    pub output: Option<OutputFile>,
     /// The backend that attached.
     pub backend: Backend,
 }
 
 impl Sink for ReportFile {
     fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
-        Report::from_view(view, self.backend.as_str()).write(&self.path)
+        let Some(mut output) = self.output.take() else {
+            return Ok(());
+        };
+        let report = Report::from_view(view, self.backend.as_str());
+        let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
+        output.write_all((json + "\n").as_bytes())?;
+        Ok(output.commit()?)
     }
 }
 

@@ -1,0 +1,405 @@
+//! Output files (`--report`, `--hdr-log`): checked and created before anything is attached,
+//! written to a temporary file of our own beside the target, and renamed into place.
+//!
+//! port-trace runs as root and is pointed at paths such as /tmp/x.json, where another user
+//! may have planted a symlink to a file of root's, or a file of their own. Opening the target
+//! would write through the one and into the other; `rename()` instead replaces the name with
+//! our new file and follows nothing. The temporary file is created with O_EXCL|O_NOFOLLOW,
+//! so it is ours and new too.
+
+use std::{
+    ffi::{OsStr, OsString},
+    fs::{File, OpenOptions},
+    hash::{BuildHasher as _, Hasher as _},
+    io::{self, Write as _},
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{FileTypeExt as _, OpenOptionsExt as _},
+    },
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+/// Why an output file cannot be written. Each names the file.
+#[derive(Debug, Error)]
+pub enum OutputError {
+    #[error("{} is {what}, not a file", .path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error("{} names a directory, not a file", .path.display())]
+    DirectoryName { path: PathBuf },
+    #[error("cannot look at {}: {source}", .path.display())]
+    Inspect { path: PathBuf, source: io::Error },
+    #[error("cannot create a new file in {} to write {}: {source}", .dir.display(), .path.display())]
+    Create {
+        path: PathBuf,
+        dir: PathBuf,
+        source: io::Error,
+    },
+    #[error("writing {}: {source}", .path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("putting {} in place: {source}", .path.display())]
+    Rename { path: PathBuf, source: io::Error },
+}
+
+/// A target path with our temporary file beside it, ready to be written. Dropped before
+/// `commit` or `publish`, the temporary file is removed and the target left as it was.
+#[derive(Debug)]
+pub struct OutputFile {
+    target: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+}
+
+impl OutputFile {
+    /// Checks `target` and creates the temporary file: a missing directory, one we may not
+    /// write, a read-only or pseudo filesystem (/proc) all fail here, before any work.
+    /// A symlink at `target` is fine (it will be replaced, never followed), and so is a
+    /// regular file; a directory, device, fifo or socket is refused.
+    pub fn prepare(target: &Path) -> Result<Self, OutputError> {
+        let path = || target.to_path_buf();
+        let (dir, name) =
+            split(target).ok_or_else(|| OutputError::DirectoryName { path: path() })?;
+        match std::fs::symlink_metadata(target) {
+            Ok(meta) => {
+                if let Some(what) = refused(meta.file_type()) {
+                    return Err(OutputError::NotAFile { path: path(), what });
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            // ENOTDIR (a file where a directory should be) and the like: say so now.
+            Err(source) => {
+                return Err(OutputError::Inspect {
+                    path: path(),
+                    source,
+                });
+            }
+        }
+        let (temp, file) = create_temp(&dir, &name).map_err(|source| OutputError::Create {
+            path: path(),
+            dir: dir.clone(),
+            source,
+        })?;
+        Ok(Self {
+            target: path(),
+            temp,
+            file: Some(file),
+        })
+    }
+
+    /// The path the output will have.
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+
+    /// Writes `bytes` to the temporary file.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), OutputError> {
+        let file = self.file.as_mut().ok_or_else(|| OutputError::Write {
+            path: self.target.clone(),
+            source: io::Error::other("already closed"),
+        })?;
+        file.write_all(bytes).map_err(|source| OutputError::Write {
+            path: self.target.clone(),
+            source,
+        })
+    }
+
+    /// Puts what was written in place of the target, whole: synced first, so a crash leaves
+    /// the old file or the new one, never half of one.
+    pub fn commit(mut self) -> Result<(), OutputError> {
+        if let Some(file) = self.file.take() {
+            file.sync_all().map_err(|source| OutputError::Write {
+                path: self.target.clone(),
+                source,
+            })?;
+        }
+        self.rename()
+    }
+
+    /// Puts the file in place now and hands back its descriptor, for an output written as
+    /// it goes (readers see it grow).
+    pub fn publish(mut self) -> Result<File, OutputError> {
+        let file = self.file.take().ok_or_else(|| OutputError::Write {
+            path: self.target.clone(),
+            source: io::Error::other("already closed"),
+        })?;
+        self.rename()?;
+        Ok(file)
+    }
+
+    fn rename(&mut self) -> Result<(), OutputError> {
+        std::fs::rename(&self.temp, &self.target).map_err(|source| OutputError::Rename {
+            path: self.target.clone(),
+            source,
+        })?;
+        // In place: nothing left to clean up.
+        self.temp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for OutputFile {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// The directory `target` is in and its file name; None when it names a directory (`/`,
+/// `..`, a trailing slash).
+fn split(target: &Path) -> Option<(PathBuf, OsString)> {
+    if target.as_os_str().as_bytes().ends_with(b"/") {
+        return None;
+    }
+    let name = target.file_name()?.to_os_string();
+    let dir = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Some((dir, name))
+}
+
+/// What a file of this type is, when it cannot be an output; None for a regular file or a
+/// symlink (replaced, not followed).
+fn refused(kind: std::fs::FileType) -> Option<&'static str> {
+    if kind.is_file() || kind.is_symlink() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_fifo() {
+        Some("a fifo")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// A temporary file's name for `name`: hidden, saying whose it is, and unguessable, so no
+/// one can take the names ahead of us (they would be skipped, but 100 of them would stop us).
+fn temp_name(name: &OsStr) -> OsString {
+    // RandomState is seeded from the OS's randomness: 64 unpredictable bits, from std.
+    let random = std::hash::RandomState::new().build_hasher().finish();
+    let mut temp = OsString::from(".");
+    // Within NAME_MAX (255 bytes) with what is added.
+    let bytes = name.as_bytes();
+    temp.push(OsStr::from_bytes(&bytes[..bytes.len().min(200)]));
+    temp.push(format!(".port-trace-{}-{random:016x}", std::process::id()));
+    temp
+}
+
+/// Creates a new file of our own in `dir`, named after `name`.
+fn create_temp(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
+    create_first(dir, (0..100).map(|_| temp_name(name)))
+}
+
+/// Creates the first of `names` in `dir` that is not taken. create_new is O_CREAT|O_EXCL:
+/// never an existing file, never through a symlink planted at the name; std adds O_CLOEXEC.
+fn create_first(
+    dir: &Path,
+    names: impl IntoIterator<Item = OsString>,
+) -> io::Result<(PathBuf, File)> {
+    let mut taken = io::Error::from(io::ErrorKind::AlreadyExists);
+    for name in names {
+        let temp = dir.join(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => taken = err,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt as _, symlink};
+
+    use super::*;
+
+    /// A fresh directory for one test, removed when dropped.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!(
+                "port-trace-output-unit-{name}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).expect("a temp dir");
+            Dir(dir)
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.0)
+                .expect("readable")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn split_finds_the_directory_and_refuses_directory_names() {
+        assert_eq!(
+            split(Path::new("x.json")),
+            Some((PathBuf::from("."), OsString::from("x.json")))
+        );
+        assert_eq!(
+            split(Path::new("/tmp/x.json")),
+            Some((PathBuf::from("/tmp"), OsString::from("x.json")))
+        );
+        assert_eq!(split(Path::new("/")), None);
+        assert_eq!(split(Path::new("/tmp/")), None);
+        assert_eq!(split(Path::new("a/..")), None);
+        assert_eq!(split(Path::new("")), None);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_file() {
+        let dir = Dir::new("refuse");
+        let fifo = dir.0.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: a valid C string; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (path, says) in [
+            (dir.0.clone(), "is a directory"),
+            (PathBuf::from("/dev/null"), "is a character device"),
+            (fifo, "is a fifo"),
+        ] {
+            let err = OutputFile::prepare(&path).expect_err("refused");
+            let text = err.to_string();
+            assert!(text.contains(says), "{text}");
+            assert!(text.contains(&*path.to_string_lossy()), "{text}");
+        }
+        assert_eq!(dir.names(), ["fifo"], "no temporary file left");
+    }
+
+    #[test]
+    fn a_missing_directory_fails_at_prepare() {
+        let dir = Dir::new("missing");
+        let target = dir.0.join("nope/x.json");
+        let err = OutputFile::prepare(&target).expect_err("no directory");
+        assert!(matches!(err, OutputError::Create { .. }), "{err}");
+        assert!(err.to_string().contains("x.json"), "{err}");
+        // A file where a directory should be.
+        std::fs::write(dir.0.join("file"), "").expect("a file");
+        let err = OutputFile::prepare(&dir.0.join("file/x.json")).expect_err("not a dir");
+        assert!(err.to_string().contains("file/x.json"), "{err}");
+    }
+
+    #[test]
+    fn commit_replaces_a_symlink_and_leaves_its_target_alone() {
+        let dir = Dir::new("symlink");
+        let victim = dir.0.join("victim");
+        std::fs::write(&victim, "precious").expect("victim");
+        let target = dir.0.join("out");
+        symlink(&victim, &target).expect("symlink");
+        let mut out = OutputFile::prepare(&target).expect("prepared");
+        // Nothing changes until commit.
+        assert!(
+            std::fs::symlink_metadata(&target)
+                .expect("there")
+                .file_type()
+                .is_symlink()
+        );
+        out.write_all(b"report").expect("written");
+        out.commit().expect("committed");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "precious"
+        );
+        let meta = std::fs::symlink_metadata(&target).expect("there");
+        assert!(meta.file_type().is_file());
+        assert_eq!(std::fs::read_to_string(&target).expect("out"), "report");
+        assert_eq!(dir.names(), ["out", "victim"]);
+    }
+
+    #[test]
+    fn publish_puts_the_file_in_place_and_keeps_writing_to_it() {
+        let dir = Dir::new("publish");
+        let target = dir.0.join("log");
+        std::fs::write(&target, "old").expect("an old file");
+        let before = std::fs::metadata(&target).expect("there").ino();
+        let mut file = OutputFile::prepare(&target)
+            .expect("prepared")
+            .publish()
+            .expect("published");
+        assert_ne!(std::fs::metadata(&target).expect("there").ino(), before);
+        file.write_all(b"line 1\n").expect("written");
+        file.write_all(b"line 2\n").expect("written");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("log"),
+            "line 1\nline 2\n"
+        );
+        assert_eq!(dir.names(), ["log"]);
+    }
+
+    #[test]
+    fn dropped_uncommitted_leaves_the_target_as_it_was() {
+        let dir = Dir::new("drop");
+        let target = dir.0.join("out");
+        std::fs::write(&target, "old").expect("an old file");
+        let mut out = OutputFile::prepare(&target).expect("prepared");
+        out.write_all(b"new").expect("written");
+        assert_eq!(dir.names().len(), 2, "the temporary file is beside it");
+        drop(out);
+        assert_eq!(std::fs::read_to_string(&target).expect("out"), "old");
+        assert_eq!(dir.names(), ["out"]);
+    }
+
+    #[test]
+    fn a_taken_temporary_name_is_skipped_not_followed() {
+        let dir = Dir::new("planted");
+        let victim = dir.0.join("victim");
+        std::fs::write(&victim, "precious").expect("victim");
+        symlink(&victim, dir.0.join("a")).expect("symlink");
+        std::fs::write(dir.0.join("b"), "theirs").expect("a file");
+        let (temp, mut file) =
+            create_first(&dir.0, ["a".into(), "b".into(), "c".into()]).expect("created");
+        assert_eq!(temp, dir.0.join("c"));
+        file.write_all(b"ours").expect("written");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "precious"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join("b")).expect("b"),
+            "theirs"
+        );
+        let err = create_first(&dir.0, ["a".into(), "b".into()]).expect_err("all taken");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn temporary_names_are_hidden_and_differ() {
+        let (one, two) = (
+            temp_name(OsStr::new("x.json")),
+            temp_name(OsStr::new("x.json")),
+        );
+        assert_ne!(one, two);
+        let one = one.to_string_lossy();
+        assert!(one.starts_with(".x.json.port-trace-"), "{one}");
+        let long = "x".repeat(255);
+        assert!(temp_name(OsStr::new(&long)).len() <= 255);
+    }
+}
