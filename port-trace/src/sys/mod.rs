@@ -1,7 +1,8 @@
-//! OS plumbing, no pipeline logic: network namespaces, sock_diag netlink, /proc, clocks. Every
-//! stage may use these; these use no stage.
+//! OS plumbing, no pipeline logic: network namespaces, sock_diag netlink, /proc, clocks,
+//! stdout and stderr. Every stage may use these; these use no stage.
 
 pub mod clock;
 pub mod netns;
 pub mod procfs;
 pub mod sock_diag;
+pub mod stdio;
