@@ -26,6 +26,8 @@ struct Run {
     /// stdout, past the `ready` line (None once the test dropped it).
     stdout: Option<BufReader<ChildStdout>>,
     report: PathBuf,
+    /// The `ready` record.
+    ready: Value,
 }
 
 impl Run {
@@ -54,6 +56,7 @@ impl Run {
             child,
             stdout: Some(stdout),
             report,
+            ready,
         }
     }
 
@@ -141,11 +144,24 @@ fn a_stalled_stdout_reader_neither_blocks_the_trace_nor_its_signals() {
     if skip_unless_root("a_stalled_stdout_reader_neither_blocks_the_trace_nor_its_signals") {
         return;
     }
-    let mut run = Run::start("stalled", Stdio::inherit(), &["--interval", "1h"]);
+    let mut run = Run::start(
+        "stalled",
+        Stdio::inherit(),
+        &["--interval", "1h", "--prometheus", "127.0.0.1:0"],
+    );
     // Nobody reads stdout from here on, but the pipe stays open: a pipe holds 64 KiB, the
     // queue about 4 MiB, and 40,000 ports make some 80,000 lines of ~300 bytes.
     const PORTS: usize = 40_000;
     churn(PORTS);
+    // Scrapes are answered all the same, and show the dropped lines.
+    let exporter = run.ready["prometheus"].as_str().expect("metrics address");
+    let (status, body) = common::http_get(exporter, "/metrics").expect("scrape answered");
+    assert_eq!(status, 200);
+    let dropped = body
+        .lines()
+        .find_map(|l| l.strip_prefix("port_trace_output_lines_dropped_total "))
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(dropped.is_some_and(|n| n > 0.0), "{body}");
     // The daemon is not stuck in write(): it hears SIGTERM and ends, report and all.
     run.signal(libc::SIGTERM);
     let (report, took) = run.expect_clean_exit("SIGTERM with stdout stalled");
