@@ -140,6 +140,20 @@ fn a_broken_stderr_is_ignored_and_the_trace_runs_to_its_end() {
 }
 
 #[test]
+fn a_broken_stderr_does_not_stop_the_logs_or_the_last_summary() {
+    if skip_unless_root("a_broken_stderr_does_not_stop_the_logs_or_the_last_summary") {
+        return;
+    }
+    // -v: the end of stdout's reader is logged (debug), and the last summary, with stdout
+    // gone, goes to stderr: both meet the broken pipe.
+    let mut run = Run::start("stderr-log", Stdio::piped(), &["-v", "--interval", "1h"]);
+    drop(run.child.stderr.take());
+    drop(run.stdout.take());
+    churn(10);
+    run.expect_clean_exit("stderr and stdout closed");
+}
+
+#[test]
 fn a_stalled_stdout_reader_neither_blocks_the_trace_nor_its_signals() {
     if skip_unless_root("a_stalled_stdout_reader_neither_blocks_the_trace_nor_its_signals") {
         return;

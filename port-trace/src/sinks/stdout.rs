@@ -190,10 +190,9 @@ impl Write for QueuedStdout {
         Ok(buf.len())
     }
 
+    /// Hands everything written so far to the writer (or counts it dropped); never waits.
     fn flush(&mut self) -> io::Result<()> {
-        if self.pending.ends_with(b"\n") {
-            self.hand_over();
-        }
+        self.hand_over();
         Ok(())
     }
 }
@@ -297,6 +296,26 @@ mod tests {
     }
 
     #[test]
+    fn a_big_batch_goes_in_chunks_of_whole_lines() {
+        let (queue, chunks) = sync_channel(4);
+        let mut out = QueuedStdout {
+            queue: Some(queue),
+            pending: Vec::new(),
+            queued: 0,
+            dropped: 0,
+            shared: Arc::new(Shared::default()),
+        };
+        // A line longer than a chunk, written in pieces, goes only once it is whole.
+        out.write_all(&[b'x'; CHUNK_BYTES]).expect("never fails");
+        out.write_all(b"y").expect("never fails");
+        assert!(chunks.try_recv().is_err(), "half a line went");
+        out.write_all(b"\n").expect("never fails");
+        let chunk = chunks.try_recv().expect("the whole line");
+        assert_eq!((chunk.bytes.len(), chunk.lines), (CHUNK_BYTES + 2, 1));
+        assert_eq!(out.queued, 1);
+    }
+
+    #[test]
     fn a_full_queue_drops_whole_lines_and_counts_them() {
         let (queue, chunks) = sync_channel(1);
         let mut out = QueuedStdout {
@@ -309,10 +328,7 @@ mod tests {
         writeln!(out, "one").expect("never fails");
         out.flush().expect("never fails");
         // Nobody reads: the queue (one chunk) is full.
-        write!(out, "two\nthree").expect("never fails");
-        out.flush().expect("never fails");
-        assert_eq!(out.dropped_lines(), 0, "a partial line waits for its end");
-        writeln!(out).expect("never fails");
+        write!(out, "two\nthree\n").expect("never fails");
         out.flush().expect("never fails");
         assert_eq!(out.dropped_lines(), 2);
         assert_eq!(out.queued, 1);
