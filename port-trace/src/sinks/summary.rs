@@ -82,7 +82,7 @@ pub fn render(
     if t.output_lines_dropped > 0 {
         let _ = write!(
             out,
-            ", {} output lines dropped (stdout's reader fell behind)",
+            ", {} output lines dropped (not taken by stdout)",
             t.output_lines_dropped
         );
     }
@@ -320,7 +320,7 @@ mod tests {
         stats.set_output_lines_dropped(7);
         let text = render(&stats, 1, 0, &[]);
         assert!(
-            text.contains("0 lost, 7 output lines dropped (stdout's reader fell behind)"),
+            text.contains("0 lost, 7 output lines dropped (not taken by stdout)"),
             "{text}"
         );
     }
