@@ -65,12 +65,10 @@ impl Console<QueuedStdout> {
 /// Where stdout's lines go and whether anyone still reads them.
 pub trait Output: Write {
     /// Whether stdout has no reader left (its writer stopped): the summary goes to stderr.
-    fn stopped(&self) -> bool {
-        false
-    }
+    fn stopped(&self) -> bool;
 
     /// Once, after the last line: whatever it takes to deliver what is queued.
-    fn close(&mut self) {}
+    fn close(&mut self);
 }
 
 impl Output for QueuedStdout {
