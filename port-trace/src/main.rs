@@ -46,6 +46,9 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped: reporting that on stderr as well
+        // would panic when stderr is a broken pipe.
+        .log_internal_errors(false)
         // Colour codes only where a terminal reads them, not into a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
@@ -59,7 +62,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("port-trace: cannot start the runtime: {err}");
+            sys::stdio::say!("port-trace: cannot start the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -74,7 +77,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("port-trace: {err:#}");
+            sys::stdio::say!("port-trace: {err:#}");
             ExitCode::from(err.exit_code())
         }
     }

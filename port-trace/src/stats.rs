@@ -184,6 +184,10 @@ pub struct Totals {
     pub lost: u64,
     /// Releases whose allocation was not seen (lost, or made before port-trace started).
     pub unmatched_release: u64,
+    /// Lines for stdout (event lines, warnings, summaries) that its reader did not take in
+    /// time: dropped rather than waited for. The events themselves were counted; no
+    /// event was lost.
+    pub output_lines_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -323,6 +327,11 @@ impl Stats {
     pub fn set_counters(&mut self, counters: KernelCounters) {
         self.set_lost(counters.lost);
         self.probe_errors = counters.probe_errors;
+    }
+
+    /// Lines dropped on the way to stdout so far (they only grow).
+    pub fn set_output_lines_dropped(&mut self, lines: u64) {
+        self.totals.output_lines_dropped = lines;
     }
 
     pub fn set_lost(&mut self, lost: LostCounts) {

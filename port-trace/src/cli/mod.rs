@@ -40,7 +40,7 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Stop after this long (e.g. 30s, 5m, 1h30m; units ms, s, m, h, d, and M for months);
-    /// default: until Ctrl-C or SIGTERM.
+    /// default: until Ctrl-C, SIGTERM or SIGHUP, or until stdout's reader goes away.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 

@@ -2,7 +2,7 @@
 //! the I/O is: the probes' ring buffers, the clock, the TIME_WAIT watcher's and snapshot's
 //! sock_diag reads, the metrics endpoint; the rules are the pipeline's.
 
-use std::{future::pending, io::Write, net::SocketAddr, time::Instant};
+use std::{future::pending, net::SocketAddr, time::Instant};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -10,8 +10,9 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     net::{TcpListener, TcpStream},
     signal::unix::{Signal, SignalKind, signal},
+    sync::oneshot,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
     cli::Cli,
@@ -28,6 +29,7 @@ use crate::{
         metrics_server,
         prometheus::{self, Metrics},
         report::ReportFile,
+        stdout::{Ended, QueuedStdout},
     },
     sys::clock::{WallClock, monotonic_ns},
     track::{snapshot::Snapshot, time_wait::TimeWaitWatcher},
@@ -43,6 +45,13 @@ pub async fn run(cli: Cli) -> Result<(), Fatal> {
     }
     .await;
     let finished = trace.finish();
+    // A reader that went away ends the trace as wanted (exit 0); a failed write does not.
+    let ran = ran.and_then(|stdout_ended| match stdout_ended {
+        Some(Ended::Failed(err)) => {
+            Err(anyhow::Error::new(err).context("writing to stdout").into())
+        }
+        Some(Ended::ReaderGone) | None => Ok(()),
+    });
     ran.and(finished).map_err(sinks::output_fatal)
 }
 
@@ -52,10 +61,14 @@ struct Trace {
     ring: AsyncFd<RingBuf<MapData>>,
     failures: AsyncFd<RingBuf<MapData>>,
     pipeline: Pipeline,
-    sinks: Sinks<std::io::BufWriter<std::io::StdoutLock<'static>>>,
+    sinks: Sinks<QueuedStdout>,
     exporter: Option<TcpListener>,
     sigint: Signal,
     sigterm: Signal,
+    /// The terminal or ssh session went away: the same orderly end as SIGTERM.
+    sighup: Signal,
+    /// Fires if stdout's writer stops first: its reader gone, or a failed write.
+    stdout_ended: oneshot::Receiver<Ended>,
 }
 
 impl Trace {
@@ -95,6 +108,7 @@ impl Trace {
         // Before `ready`: whoever waits for it may signal us at once.
         let sigint = signal(SignalKind::interrupt())?;
         let sigterm = signal(SignalKind::terminate())?;
+        let sighup = signal(SignalKind::hangup())?;
 
         // Sockets that hold ports already: counted from the first second.
         let snapshot = Snapshot::take(&filter);
@@ -105,8 +119,10 @@ impl Trace {
         unsafe {
             libc::malloc_trim(0);
         }
+        let (console, stdout_ended) =
+            Console::stdout(cli.events, cli.quiet, clock).context("starting the stdout writer")?;
         let sinks = Sinks {
-            console: Console::stdout(cli.events, cli.quiet, clock),
+            console,
             hdr_log,
             metrics: match exporter {
                 Some(_) => Some(
@@ -142,6 +158,8 @@ impl Trace {
             exporter,
             sigint,
             sigterm,
+            sighup,
+            stdout_ended,
         })
     }
 
@@ -163,8 +181,8 @@ impl Trace {
         Ok(self.sinks.console.flush()?)
     }
 
-    /// Until a signal or the deadline.
-    async fn run(&mut self, cli: &Cli) -> Result<(), Fatal> {
+    /// Until a signal, the deadline, or stdout's writer stopping (then, why).
+    async fn run(&mut self, cli: &Cli) -> Result<Option<Ended>, Fatal> {
         let deadline = async {
             match cli.duration {
                 Some(duration) => tokio::time::sleep(duration).await,
@@ -216,10 +234,19 @@ impl Trace {
                 },
                 _ = self.sigint.recv() => break,
                 _ = self.sigterm.recv() => break,
+                _ = self.sighup.recv() => break,
+                ended = &mut self.stdout_ended => {
+                    // No message: the writer thread ended without one (it panicked).
+                    let ended = ended.unwrap_or_else(|_| {
+                        Ended::Failed(std::io::Error::other("the stdout writer stopped"))
+                    });
+                    debug!("stdout's writer stopped ({ended:?}): ending the trace");
+                    return Ok(Some(ended));
+                }
                 _ = &mut deadline => break,
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Both rings, allocations first: a failure comes after the allocations that used the
@@ -252,6 +279,11 @@ impl Trace {
     fn finish(mut self) -> Result<(), Fatal> {
         // A console gone (EPIPE) fails the drain, not the report.
         let drained = self.drain_both();
+        // What stdout's reader has not taken after a moment is dropped, and counted so.
+        self.sinks.console.settle();
+        self.pipeline
+            .stats
+            .set_output_lines_dropped(self.sinks.console.dropped_lines());
         let counters = self.probes.counters()?;
         let finished = self
             .pipeline
@@ -265,11 +297,12 @@ impl Trace {
     }
 }
 
-/// Hands every event waiting in `ring` to the pipeline, then flushes the event lines.
-fn drain<W: Write>(
+/// Hands every event waiting in `ring` to the pipeline, then flushes the event lines (and
+/// counts those stdout's reader did not keep up with).
+fn drain(
     pipeline: &mut Pipeline,
     ring: &mut RingBuf<MapData>,
-    sinks: &mut Sinks<W>,
+    sinks: &mut Sinks<QueuedStdout>,
 ) -> std::io::Result<()> {
     while let Some(item) = ring.next() {
         match decode(&item) {
@@ -277,7 +310,11 @@ fn drain<W: Write>(
             Err(err) => warn!("skipping an undecodable event: {err}"),
         }
     }
-    sinks.console.flush()
+    sinks.console.flush()?;
+    pipeline
+        .stats
+        .set_output_lines_dropped(sinks.console.dropped_lines());
+    Ok(())
 }
 
 /// How often the ring buffer is drained when the kernel has not woken us for a full batch:

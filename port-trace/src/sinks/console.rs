@@ -1,18 +1,25 @@
 //! The terminal: event lines (`--events json|text`) and warnings on stdout, or warnings on
 //! stderr where they stand out among the summaries; the summary every interval and at exit
-//! (on stderr when stdout carries JSON events).
+//! (on stderr when stdout carries JSON events, or has no reader left). stdout goes through
+//! `stdout::QueuedStdout`, so it never blocks the trace; stderr is written ignoring failure.
 
-use std::io::{self, IsTerminal as _, Write};
+use std::{
+    io::{self, IsTerminal as _, Write},
+    time::Duration,
+};
+
+use tokio::sync::oneshot;
 
 use super::{
     events::{EventFormat, EventRecord, WarningRecord},
+    stdout::{Ended, QueuedStdout},
     summary,
 };
 use crate::{
     event::Event,
     exhaustion::warning::Warning,
     pipeline::{Sink, View},
-    sys::clock::WallClock,
+    sys::{clock::WallClock, stdio::say},
     track::Outcome,
 };
 
@@ -29,20 +36,55 @@ pub struct Console<W: Write> {
     last_summary: Option<String>,
 }
 
-impl Console<io::BufWriter<io::StdoutLock<'static>>> {
-    /// On this process's stdout (buffered: flushed after each batch of events).
-    pub fn stdout(format: Option<EventFormat>, quiet: bool, clock: WallClock) -> Self {
-        Self::new(
-            io::BufWriter::new(io::stdout().lock()),
-            format,
-            quiet,
-            clock,
-            io::stderr().is_terminal(),
-        )
+/// How long the end of a trace waits for stdout's reader to take what is queued.
+const STDOUT_GRACE: Duration = Duration::from_secs(1);
+
+impl Console<QueuedStdout> {
+    /// On this process's stdout, through a queue and a writer thread (handed a batch after
+    /// each batch of events). The receiver learns if stdout's writer stops first.
+    pub fn stdout(
+        format: Option<EventFormat>,
+        quiet: bool,
+        clock: WallClock,
+    ) -> io::Result<(Self, oneshot::Receiver<Ended>)> {
+        let (out, ended) = QueuedStdout::start()?;
+        let console = Self::new(out, format, quiet, clock, io::stderr().is_terminal());
+        Ok((console, ended))
+    }
+
+    /// Lines stdout's reader did not take: dropped when the queue was full, or given up
+    /// at the end (see `settle`).
+    pub fn dropped_lines(&self) -> u64 {
+        self.out.dropped_lines()
+    }
+
+    /// At the end of a trace: gives stdout's reader a moment (`STDOUT_GRACE`) to take what
+    /// is queued; what it has not taken by then counts as dropped.
+    pub fn settle(&mut self) {
+        self.out.settle(STDOUT_GRACE);
     }
 }
 
-impl<W: Write> Console<W> {
+/// Where stdout's lines go and whether anyone still reads them.
+pub trait Output: Write {
+    /// Whether stdout has no reader left (its writer stopped): the summary goes to stderr.
+    fn stopped(&self) -> bool;
+
+    /// Once, after the last line: whatever it takes to deliver what is queued.
+    fn close(&mut self);
+}
+
+impl Output for QueuedStdout {
+    fn stopped(&self) -> bool {
+        QueuedStdout::stopped(self)
+    }
+
+    fn close(&mut self) {
+        self.settle(STDOUT_GRACE);
+    }
+}
+
+impl<W: Output> Console<W> {
     fn new(
         out: W,
         format: Option<EventFormat>,
@@ -76,13 +118,13 @@ impl<W: Write> Console<W> {
             )?,
             Some(EventFormat::Text) => writeln!(self.out, "{}", super::events::text_header())?,
             None if self.quiet => {}
-            None => eprintln!(
+            None => say!(
                 "port-trace: tracing with the {} backend; Ctrl-C to stop",
                 ready.backend
             ),
         }
         if let (Some(addr), false) = (ready.prometheus, self.quiet) {
-            eprintln!("port-trace: Prometheus metrics at http://{addr}/metrics");
+            say!("port-trace: Prometheus metrics at http://{addr}/metrics");
         }
         self.out.flush()
     }
@@ -97,9 +139,10 @@ impl<W: Write> Console<W> {
             return Ok(());
         }
         self.last_summary = Some(text.clone());
-        // With JSON (or text) events on stdout, stdout carries nothing else.
-        if self.format.is_some() {
-            eprint!("{text}");
+        // With JSON (or text) events on stdout, stdout carries nothing else; with no reader
+        // left on stdout, stderr may still have one.
+        if self.format.is_some() || self.out.stopped() {
+            crate::sys::stdio::eprint(format_args!("{text}"));
             Ok(())
         } else {
             write!(self.out, "{text}")?;
@@ -108,7 +151,7 @@ impl<W: Write> Console<W> {
     }
 }
 
-impl<W: Write> Sink for Console<W> {
+impl<W: Output> Sink for Console<W> {
     fn event(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
         let Some(format) = self.format else {
             return Ok(());
@@ -127,7 +170,7 @@ impl<W: Write> Sink for Console<W> {
             match self.format {
                 Some(EventFormat::Json) => writeln!(self.out, "{}", record.to_json())?,
                 Some(EventFormat::Text) => writeln!(self.out, "{}", record.to_text(false))?,
-                None => eprintln!("{}", record.to_text(self.colour)),
+                None => say!("{}", record.to_text(self.colour)),
             }
         }
         Ok(())
@@ -139,7 +182,9 @@ impl<W: Write> Sink for Console<W> {
 
     fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
         self.print_summary(view, true)?;
-        Ok(self.out.flush()?)
+        self.out.flush()?;
+        self.out.close();
+        Ok(())
     }
 }
 
@@ -162,6 +207,15 @@ mod tests {
             elapsed_ns,
             interval: NO_INTERVAL.get_or_init(Default::default),
         }
+    }
+
+    /// Lines kept in memory, always read.
+    impl Output for Vec<u8> {
+        fn stopped(&self) -> bool {
+            false
+        }
+
+        fn close(&mut self) {}
     }
 
     fn summaries(out: &[u8]) -> usize {

@@ -2,7 +2,8 @@
 //! (`pipeline::Sink`: event, warnings, tick, finish) and reads the same `pipeline::View`;
 //! `Sinks` fans them out.
 //!
-//! - `console`: event lines (`events`: JSON or text records), warnings, the `summary`.
+//! - `console`: event lines (`events`: JSON or text records), warnings, the `summary`;
+//!   stdout through `stdout`'s queue and writer thread.
 //! - `report`: the JSON report on exit.
 //! - `hdr_log`: HdrHistogram interval logs.
 //! - `prometheus`: metrics, served over HTTP by `metrics_server`.
@@ -13,6 +14,7 @@ pub mod hdr_log;
 pub mod metrics_server;
 pub mod prometheus;
 pub mod report;
+pub mod stdout;
 pub mod summary;
 
 use std::{
@@ -39,7 +41,7 @@ pub struct Sinks<W: Write> {
     pub report: Option<report::ReportFile>,
 }
 
-impl<W: Write> Sink for Sinks<W> {
+impl<W: console::Output> Sink for Sinks<W> {
     fn event(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.event(event, outcome)?;

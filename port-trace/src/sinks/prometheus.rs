@@ -1,5 +1,6 @@
 //! Prometheus metrics (`--prometheus ADDR`): lifetime histograms, allocation/release/failure
-//! counters, occupancy gauges, lost events and build info, in the Prometheus text format.
+//! counters, occupancy gauges, lost events, dropped output lines and build info, in the
+//! Prometheus text format.
 //!
 //! Counters and histograms are fed event by event (`record`); the gauges are set from the
 //! pipeline's state just before each scrape (`set_state`), so a scrape sees the state of
@@ -10,8 +11,8 @@
 use std::collections::{HashMap, HashSet};
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::{
@@ -51,6 +52,9 @@ pub struct Metrics {
     releases: IntCounterVec,
     failures: IntCounterVec,
     lost: IntCounterVec,
+    /// Lines dropped on the way to stdout (not events: those were counted).
+    output_lines_dropped: IntCounter,
+    output_lines_dropped_seen: u64,
     probe_errors: IntCounterVec,
     /// Each program's failed runs at the last scrape.
     probe_errors_seen: HashMap<&'static str, u64>,
@@ -106,6 +110,11 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let output_lines_dropped = IntCounter::new(
+            "port_trace_output_lines_dropped_total",
+            "Lines for stdout (event lines, warnings, summaries) dropped because its reader \
+             did not keep up; the events themselves were counted.",
+        )?;
         let probe_errors = IntCounterVec::new(
             Opts::new(
                 "port_trace_probe_errors_total",
@@ -151,6 +160,7 @@ impl Metrics {
         registry.register(Box::new(releases.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(lost.clone()))?;
+        registry.register(Box::new(output_lines_dropped.clone()))?;
         registry.register(Box::new(probe_errors.clone()))?;
         registry.register(Box::new(scope_used.clone()))?;
         registry.register(Box::new(scope_capacity.clone()))?;
@@ -167,6 +177,8 @@ impl Metrics {
             releases,
             failures,
             lost,
+            output_lines_dropped,
+            output_lines_dropped_seen: 0,
             probe_errors,
             probe_errors_seen: HashMap::new(),
             scope_used,
@@ -272,6 +284,13 @@ impl Metrics {
         self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
+    /// Counts the lines dropped on the way to stdout, `dropped` so far.
+    pub fn set_output_lines_dropped(&mut self, dropped: u64) {
+        self.output_lines_dropped
+            .inc_by(dropped.saturating_sub(self.output_lines_dropped_seen));
+        self.output_lines_dropped_seen = self.output_lines_dropped_seen.max(dropped);
+    }
+
     /// The exposition in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -304,6 +323,7 @@ impl Metrics {
             .map(|(key, usage, _)| (key, usage))
             .collect();
         self.set_state(&scopes, lost, view.held);
+        self.set_output_lines_dropped(view.stats.totals.output_lines_dropped);
         self.render()
     }
 }
@@ -466,6 +486,19 @@ mod tests {
             ),
             Some(0.0)
         );
+    }
+
+    #[test]
+    fn dropped_output_lines_are_a_counter_of_their_own() {
+        let mut metrics = Metrics::new("tracepoint", "0").expect("metrics");
+        let name = "port_trace_output_lines_dropped_total";
+        assert_eq!(sample(&metrics.render(), name), Some(0.0));
+        metrics.set_output_lines_dropped(3);
+        metrics.set_output_lines_dropped(3);
+        metrics.set_output_lines_dropped(10);
+        let text = metrics.render();
+        assert_eq!(sample(&text, name), Some(10.0), "{text}");
+        assert!(!text.contains("port_trace_lost_events_total{reason=\"output"));
     }
 
     #[test]

@@ -88,6 +88,13 @@ pub fn render(
             stats.lost.ring_buffer_full, stats.lost.socket_table_full, stats.lost.failure_ring_full
         );
     }
+    if t.output_lines_dropped > 0 {
+        let _ = write!(
+            out,
+            ", {} output lines dropped (not taken by stdout)",
+            t.output_lines_dropped
+        );
+    }
     if t.fail > 0 {
         let by_error: Vec<String> = stats
             .fails_by_error
@@ -313,6 +320,18 @@ mod tests {
         assert!(last.trim_start().starts_with("1-10m |#"), "{out}");
         assert!(last.ends_with("1  p99.9 max"), "{out}");
         assert_eq!(lines.len(), 1 + 8, "{out}");
+    }
+
+    #[test]
+    fn shows_dropped_output_lines_apart_from_lost_events_and_only_when_any() {
+        let (mut stats, _) = one_connect_held_for(2_000_000);
+        assert!(!render(&stats, 1, 0, &[]).contains("dropped"));
+        stats.set_output_lines_dropped(7);
+        let text = render(&stats, 1, 0, &[]);
+        assert!(
+            text.contains("0 lost, 7 output lines dropped (not taken by stdout)"),
+            "{text}"
+        );
     }
 
     #[test]

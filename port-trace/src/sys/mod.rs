@@ -1,8 +1,9 @@
 //! OS plumbing, no pipeline logic: network namespaces, sock_diag netlink, /proc, clocks,
-//! output files. Every stage may use these; these use no stage.
+//! output files, stdout and stderr. Every stage may use these; these use no stage.
 
 pub mod clock;
 pub mod netns;
 pub mod output;
 pub mod procfs;
 pub mod sock_diag;
+pub mod stdio;
