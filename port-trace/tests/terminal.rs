@@ -68,7 +68,7 @@ fn hostile_process_names_are_escaped_on_the_terminal() {
     // A hostile-named thread, alone in a 4-port namespace, holds every port: an event line
     // each, and warnings that name it as the top holder.
     let worker = thread::spawn(|| {
-        enter_tiny_netns(40_000, 40_003);
+        let netns = enter_tiny_netns(40_000, 40_003);
         name_thread(HOSTILE);
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7000)).expect("listen");
         let held: Vec<TcpStream> = (0..4)
@@ -77,8 +77,9 @@ fn hostile_process_names_are_escaped_on_the_terminal() {
         thread::sleep(Duration::from_millis(300));
         drop(held);
         drop(listener);
+        netns
     });
-    worker.join().expect("the hostile thread ran");
+    let netns = worker.join().expect("the hostile thread ran");
 
     let status = child.wait().expect("port-trace exits");
     assert!(status.success(), "port-trace exited with {status}");
@@ -103,8 +104,11 @@ fn hostile_process_names_are_escaped_on_the_terminal() {
     );
     let warning = out
         .lines()
-        .find(|l| l.starts_with("WARNING") || l.starts_with("CRITICAL"))
-        .unwrap_or_else(|| panic!("a warning:\n{out}"));
+        .find(|l| {
+            (l.starts_with("WARNING") || l.starts_with("CRITICAL"))
+                && l.contains(&format!(" in netns {netns}: "))
+        })
+        .unwrap_or_else(|| panic!("a warning for netns {netns}:\n{out}"));
     assert!(
         warning.contains(&format!("top: {SHOWN}[")),
         "the warning names the holder, escaped: {warning}"
