@@ -67,8 +67,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(cli::Command::Check) => cmd::check::run(),
+        Some(cli::Command::Check) => {
+            sys::stdio::die_on_broken_pipe();
+            cmd::check::run()
+        }
         Some(cli::Command::Explain { port, proto, json }) => {
+            sys::stdio::die_on_broken_pipe();
             cmd::explain::run(port, proto.map(Into::into), json);
             Ok(())
         }

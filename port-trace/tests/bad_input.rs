@@ -110,3 +110,29 @@ fn logs_to_a_file_carry_no_colour_codes() {
         "escape codes in a piped log: {stderr:?}"
     );
 }
+
+/// `port-trace explain N | head -1`: the reader leaves first, and port-trace ends quietly
+/// (SIGPIPE, as any filter does), not with a panic on EPIPE.
+#[test]
+fn explain_and_check_end_quietly_when_their_reader_leaves() {
+    use std::os::unix::process::ExitStatusExt as _;
+    for args in [&["explain", "60068"][..], &["check"]] {
+        let mut child = Command::new(binary())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("port-trace runs");
+        // The reader is gone before the first line is written.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("port-trace exits");
+        assert_no_panic(&output);
+        // check may stop earlier, on a missing privilege (exit 3); when it writes, it dies of
+        // SIGPIPE.
+        assert!(
+            output.status.signal() == Some(libc::SIGPIPE) || output.status.code() == Some(3),
+            "{args:?}: {:?}",
+            output.status
+        );
+    }
+}

@@ -60,3 +60,13 @@ pub fn stdout_hung_up() -> bool {
     let ready = unsafe { libc::poll(&mut fds, 1, 0) };
     ready > 0 && fds.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
+
+/// For the one-shot subcommands (check, explain): a reader that goes away (`| head`) ends
+/// the process quietly, as it does any Unix filter, instead of `println!` panicking on
+/// EPIPE (Rust ignores SIGPIPE). The trace keeps it ignored: it handles EPIPE itself.
+pub fn die_on_broken_pipe() {
+    // SAFETY: restores the default disposition of one signal; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
