@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    net::{TcpListener, TcpStream},
     signal::unix::{Signal, SignalKind, signal},
 };
 use tracing::warn;
@@ -21,13 +20,8 @@ use crate::{
     pipeline::{self, Pipeline},
     probes::{ProbeConfig, Probes},
     sinks::{
-        Sinks,
-        console::Console,
-        events::ReadyRecord,
-        hdr_log::HdrLog,
-        metrics_server,
-        prometheus::{self, Metrics},
-        report::ReportFile,
+        Sinks, console::Console, events::ReadyRecord, hdr_log::HdrLog, metrics_server,
+        prometheus::Metrics, report::ReportFile,
     },
     sys::clock::{WallClock, monotonic_ns},
     track::{snapshot::Snapshot, time_wait::TimeWaitWatcher},
@@ -46,7 +40,7 @@ struct Trace {
     failures: AsyncFd<RingBuf<MapData>>,
     pipeline: Pipeline,
     sinks: Sinks<std::io::BufWriter<std::io::StdoutLock<'static>>>,
-    exporter: Option<TcpListener>,
+    exporter: Option<metrics_server::Exporter>,
     sigint: Signal,
     sigterm: Signal,
 }
@@ -187,11 +181,8 @@ impl Trace {
                     let counters = self.probes.counters()?;
                     self.pipeline.tick(&gone, counters, monotonic_ns(), &mut self.sinks)?;
                 }
-                connection = accept(self.exporter.as_ref()) => match connection {
-                    Ok((stream, _)) => self.scrape(stream)?,
-                    // Out of file descriptors and the like: the next scrape may do better.
-                    Err(err) => warn!("accepting a metrics connection: {err}"),
-                },
+                // Connections are served inside; this wakes when a scraper waits for the page.
+                _ = render_due(self.exporter.as_mut()) => self.scrape()?,
                 _ = self.sigint.recv() => break,
                 _ = self.sigterm.recv() => break,
                 _ = &mut deadline => break,
@@ -207,20 +198,18 @@ impl Trace {
         drain(&mut self.pipeline, self.failures.get_mut(), &mut self.sinks)
     }
 
-    /// Answers one connection to the metrics endpoint.
-    fn scrape(&mut self, stream: TcpStream) -> Result<(), Fatal> {
+    /// Renders the metrics page for the scrapers waiting for it.
+    fn scrape(&mut self) -> Result<(), Fatal> {
         // What the kernel has not woken us for yet counts in this scrape.
         self.drain_both()?;
         let counters = self.probes.counters()?;
         let interval = Default::default();
         let view = self.pipeline.view(monotonic_ns(), &interval);
-        if let Some(metrics) = self.sinks.metrics.as_mut() {
-            let body = metrics.scrape(&view, &counters);
-            tokio::spawn(metrics_server::answer(
-                stream,
-                body,
-                prometheus::CONTENT_TYPE,
-            ));
+        if let (Some(metrics), Some(exporter)) =
+            (self.sinks.metrics.as_mut(), self.exporter.as_mut())
+        {
+            metrics.set_connections_refused(exporter.refused());
+            exporter.answer(metrics.scrape(&view, &counters));
         }
         Ok(())
     }
@@ -269,10 +258,10 @@ fn watch(ring: RingBuf<MapData>) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
         .context("watching a ring buffer")
 }
 
-/// The next connection to the metrics endpoint; never, when there is none.
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
+/// When the metrics page is to be rendered; never, without `--prometheus`.
+async fn render_due(exporter: Option<&mut metrics_server::Exporter>) {
+    match exporter {
+        Some(exporter) => exporter.render_due().await,
         None => pending().await,
     }
 }
