@@ -40,6 +40,46 @@ impl QuietNetns {
     }
 }
 
+impl QuietNetns {
+    /// Fills the metrics page as a busy host would: 20 processes (threads of that many
+    /// names) connect in the namespace, so lifetime histograms have a series for each.
+    fn fill_the_page(&self) {
+        let up = std::process::Command::new("ip")
+            .args(["-n", &self.name, "link", "set", "lo", "up"])
+            .status()
+            .expect("ip (iproute2) runs");
+        assert!(up.success(), "ip -n {} link set lo up", self.name);
+        let threads: Vec<_> = (0..20)
+            .map(|i| {
+                let path = format!("/run/netns/{}", self.name);
+                std::thread::Builder::new()
+                    .name(format!("pt-series-{i}"))
+                    .spawn(move || {
+                        use std::os::fd::AsRawFd as _;
+                        let netns = std::fs::File::open(path).expect("the namespace");
+                        // SAFETY: setns moves only this thread into the namespace.
+                        let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+                        assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+                        for _ in 0..5 {
+                            let listener =
+                                TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listener");
+                            let client = TcpStream::connect(listener.local_addr().expect("addr"))
+                                .expect("connect");
+                            // Reset, not closed: the port is released at once, no TIME_WAIT.
+                            socket2::SockRef::from(&client)
+                                .set_linger(Some(Duration::ZERO))
+                                .expect("SO_LINGER");
+                        }
+                    })
+                    .expect("a thread")
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("the connects were made");
+        }
+    }
+}
+
 impl Drop for QuietNetns {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip")
@@ -207,8 +247,13 @@ fn idle_connections_cost_neither_memory_nor_the_real_scrape() {
     let (tracer, addr) =
         tracer_with_metrics(Stdio::inherit(), &["--netns", &quiet.inode.to_string()]);
     let pid = tracer.pid();
+    quiet.fill_the_page();
     // Rendered once, so what follows is what idle connections add.
-    scrape_within(&addr, Duration::from_secs(10));
+    let page = scrape_within(&addr, Duration::from_secs(10));
+    assert!(
+        page.contains("process=\"pt-series-19\""),
+        "the page has every process's series:\n{page}"
+    );
     sleep(Duration::from_millis(200));
     let rss_before = rss_kib(pid);
     let fds_before = open_fds(pid);
@@ -222,7 +267,9 @@ fn idle_connections_cost_neither_memory_nor_the_real_scrape() {
     let (status, page) = http_get(&addr, "/metrics").expect("a scrape");
     let took = started.elapsed();
     eprintln!(
-        "900 idle connections: RSS +{grown} KiB, {} more fds; a scrape took {took:?}",
+        "900 idle connections ({} KiB page): RSS +{grown} KiB, {} more fds; a scrape took \
+         {took:?}",
+        page.len() / 1024,
         fds.saturating_sub(fds_before)
     );
     assert!(
