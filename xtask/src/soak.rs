@@ -11,7 +11,8 @@
 //! compared: other work on the host moves them between a scrape and `ss`.
 //!
 //! Fails when, after the warm-up (TIME_WAIT's 60 s, so the namespace's TIME_WAIT population
-//! is steady), RSS or fds keep growing past a tolerance, or at the end the scraped use of
+//! is steady), RSS or fds keep growing past a tolerance, or at the end (once the counts
+//! match, or at the latest when TIME_WAIT has drained after the churn) the scraped use of
 //! the long-lived namespace differs from the kernel's, or a deleted namespace still has
 //! ports counted.
 
@@ -32,6 +33,8 @@ use crate::{bench, cmd, run, setup};
 /// the daemon's tables to reach their working size.
 const WARM_UP: Duration = Duration::from_secs(70);
 const CYCLE: Duration = Duration::from_secs(5);
+/// After the churn: TIME_WAIT (60 s), the daemon's TIME_WAIT poll, and slack.
+const DRAIN: Duration = Duration::from_secs(75);
 /// How long each churn runs per cycle, in ms: enough to keep thousands of ports in TIME_WAIT
 /// without exhausting the namespace's range.
 const CHURN_MILLIS: &str = "150";
@@ -149,12 +152,20 @@ fn soak_in(netns: &Netns, duration: Duration) -> Result<()> {
             samples.push(sample);
             thread::sleep(CYCLE.saturating_sub(cycle.elapsed()));
         }
-        // The last allocations' events, then the end state.
-        thread::sleep(Duration::from_secs(2));
-        let last = measure(pid, &addr, netns, range, started, made)?;
-        print_row(&last);
-        samples.push(last);
-        verdict(&samples)
+        // The churn has stopped: what is left in TIME_WAIT expires within DRAIN, and every
+        // count should reach the kernel's by then.
+        println!("churn stopped; until the counts match or TIME_WAIT has drained:");
+        let drained_by = Instant::now() + DRAIN;
+        let end = loop {
+            thread::sleep(CYCLE);
+            let sample = measure(pid, &addr, netns, range, started, made)?;
+            print_row(&sample);
+            let matches = sample.scraped == sample.truth && sample.in_dead_namespaces == 0;
+            if matches || Instant::now() > drained_by {
+                break sample;
+            }
+        };
+        verdict(&samples, &end)
     })();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
@@ -244,7 +255,7 @@ fn print_row(s: &Sample) {
 }
 
 /// What the samples say: growth after the warm-up, drift at the end.
-fn verdict(samples: &[Sample]) -> Result<()> {
+fn verdict(samples: &[Sample], end: &Sample) -> Result<()> {
     let mut failures = Vec::new();
     let steady: Vec<&Sample> = samples
         .iter()
@@ -278,20 +289,18 @@ fn verdict(samples: &[Sample]) -> Result<()> {
             WARM_UP.as_secs() + 6 * CYCLE.as_secs()
         );
     }
-    if let Some(end) = samples.last() {
-        if end.scraped != end.truth {
-            failures.push(format!(
-                "at the end, port-trace counts {:?} ports (tcp, udp) in use in the soak \
-                 namespace, the kernel {:?}",
-                end.scraped, end.truth
-            ));
-        }
-        if end.in_dead_namespaces > 0 {
-            failures.push(format!(
-                "at the end, {} ports are counted in namespaces that no longer exist",
-                end.in_dead_namespaces
-            ));
-        }
+    if end.scraped != end.truth {
+        failures.push(format!(
+            "at the end, port-trace counts {:?} ports (tcp, udp) in use in the soak \
+             namespace, the kernel {:?}",
+            end.scraped, end.truth
+        ));
+    }
+    if end.in_dead_namespaces > 0 {
+        failures.push(format!(
+            "at the end, {} ports are counted in namespaces that no longer exist",
+            end.in_dead_namespaces
+        ));
     }
     if failures.is_empty() {
         println!("soak: flat, and the counts match the kernel's");
