@@ -3,11 +3,12 @@
 //!
 //! Every cycle (5 s): in one long-lived namespace, TCP connects closed normally (TIME_WAIT)
 //! and with RST, UDP connect+send, listeners on bind(0); and two short-lived namespaces
-//! (churn --fresh-netns: TCP with TIME_WAIT, UDP) made and deleted. Sampled each cycle: the
+//! made (`ip netns add`), churned (TCP with TIME_WAIT, UDP) and deleted. Sampled each cycle: the
 //! daemon's RSS and open fds, its `held` gauge, the long-lived namespace's ports in use as
 //! scraped (`port_trace_scope_ports_used`, TCP and UDP) against the kernel's truth (distinct
 //! local ports in the ephemeral range, TIME_WAIT included, from `ss` in that namespace), and
-//! ports still counted in namespaces that no longer exist. The host's own ports are not
+//! ports still counted in the short-lived namespaces deleted so far (the kernel's count there
+//! is 0: deleting a namespace drops its TIME_WAIT sockets). The host's own ports are not
 //! compared: other work on the host moves them between a scrape and `ss`.
 //!
 //! Fails when, after the warm-up (TIME_WAIT's 60 s, so the namespace's TIME_WAIT population
@@ -53,7 +54,7 @@ struct Sample {
     scraped: (u64, u64),
     /// The kernel's, (tcp, udp).
     truth: (u64, u64),
-    /// Ports still counted in namespaces that no longer exist.
+    /// Ports still counted in the short-lived namespaces deleted so far.
     in_dead_namespaces: u64,
     namespaces_made: u64,
 }
@@ -115,11 +116,12 @@ fn soak_in(netns: &Netns, duration: Duration) -> Result<()> {
         );
         println!(
             "{:>6} {:>8} {:>5} {:>7} {:>15} {:>13} {:>9} {:>6}",
-            "t s", "RSS MiB", "fds", "held", "tcp used/truth", "udp used/truth", "dead ns", "netns"
+            "t s", "RSS MiB", "fds", "held", "tcp used/truth", "udp used/truth", "deleted", "netns"
         );
         let started = Instant::now();
         let mut samples = Vec::new();
         let mut made = 0u64;
+        let mut deleted = BTreeSet::new();
         while started.elapsed() < duration {
             let cycle = Instant::now();
             let mut churns = Vec::new();
@@ -131,23 +133,28 @@ fn soak_in(netns: &Netns, duration: Duration) -> Result<()> {
                     CHURN_MILLIS,
                 ])?);
             }
+            let mut short_lived = Vec::new();
             for kind in ["tcp-close", "udp"] {
-                churns.push(
-                    Command::new("target/release/churn")
-                        .args(["--fresh-netns", kind, "--millis", CHURN_MILLIS])
-                        .stdout(Stdio::null())
-                        .spawn()
-                        .context("starting churn")?,
-                );
                 made += 1;
+                let netns = Netns::new(&format!("{}-{made}", netns.name))?;
+                churns.push(netns.exec(&[
+                    "target/release/churn",
+                    kind,
+                    "--millis",
+                    CHURN_MILLIS,
+                ])?);
+                short_lived.push(netns);
             }
             for mut churn in churns {
                 churn.wait()?;
             }
+            // Deleted with their TIME_WAIT sockets: the kernel drops those at once.
+            deleted.extend(short_lived.iter().map(|n| n.inode));
+            drop(short_lived);
             if let Some(status) = tracer.try_wait()? {
                 bail!("port-trace exited during the soak: {status}");
             }
-            let sample = measure(pid, &addr, netns, range, started, made)?;
+            let sample = measure(pid, &addr, netns, range, &deleted, (started, made))?;
             print_row(&sample);
             samples.push(sample);
             thread::sleep(CYCLE.saturating_sub(cycle.elapsed()));
@@ -158,7 +165,7 @@ fn soak_in(netns: &Netns, duration: Duration) -> Result<()> {
         let drained_by = Instant::now() + DRAIN;
         let end = loop {
             thread::sleep(CYCLE);
-            let sample = measure(pid, &addr, netns, range, started, made)?;
+            let sample = measure(pid, &addr, netns, range, &deleted, (started, made))?;
             print_row(&sample);
             let matches = sample.scraped == sample.truth && sample.in_dead_namespaces == 0;
             if matches || Instant::now() > drained_by {
@@ -179,13 +186,14 @@ fn soak_in(netns: &Netns, duration: Duration) -> Result<()> {
     result
 }
 
+/// One sample; `deleted` are the short-lived namespaces deleted so far.
 fn measure(
     pid: u32,
     addr: &str,
     netns: &Netns,
     range: (u16, u16),
-    started: Instant,
-    made: u64,
+    deleted: &BTreeSet<u64>,
+    (started, made): (Instant, u64),
 ) -> Result<Sample> {
     // Truth before and after the scrape: the namespace is quiet now (its churn has ended),
     // but TIME_WAIT sockets expire meanwhile, so the scrape must lie between the two.
@@ -220,10 +228,11 @@ fn measure(
         pick(scraped.0, before.0, after.0),
         pick(scraped.1, before.1, after.1),
     );
+    // An inode may be reused by a namespace made since: only those not alive count.
     let alive = live_namespaces();
     let in_dead_namespaces = namespace_use(&page)
         .into_iter()
-        .filter(|(inode, _)| !alive.contains(inode))
+        .filter(|(inode, _)| deleted.contains(inode) && !alive.contains(inode))
         .map(|(_, used)| used)
         .sum();
     Ok(Sample {
@@ -298,7 +307,7 @@ fn verdict(samples: &[Sample], end: &Sample) -> Result<()> {
     }
     if end.in_dead_namespaces > 0 {
         failures.push(format!(
-            "at the end, {} ports are counted in namespaces that no longer exist",
+            "at the end, {} ports are counted in deleted namespaces",
             end.in_dead_namespaces
         ));
     }
