@@ -205,11 +205,16 @@ impl Trace {
         let counters = self.probes.counters()?;
         let interval = Default::default();
         let view = self.pipeline.view(monotonic_ns(), &interval);
-        if let (Some(metrics), Some(exporter)) =
-            (self.sinks.metrics.as_mut(), self.exporter.as_mut())
-        {
-            metrics.set_connections_refused(exporter.refused());
-            exporter.answer(metrics.scrape(&view, &counters));
+        if let Some(exporter) = self.exporter.as_mut() {
+            // Every waiting scraper gets an answer, or it would be asked for again at once.
+            let page = match self.sinks.metrics.as_mut() {
+                Some(metrics) => {
+                    metrics.set_connections_refused(exporter.refused());
+                    metrics.scrape(&view, &counters)
+                }
+                None => String::new(),
+            };
+            exporter.answer(page);
         }
         Ok(())
     }
