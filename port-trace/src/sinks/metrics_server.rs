@@ -487,6 +487,52 @@ mod tests {
         }
     }
 
+    /// Ten scrapers at once over loopback: every one gets a page, and they cost at most two
+    /// renders (the first may go out before every request is in; the rest share the next).
+    #[tokio::test]
+    async fn concurrent_scrapers_share_renders() {
+        let mut exporter = listen(SocketAddr::from(([127, 0, 0, 1], 0))).expect("listens");
+        let addr = exporter.local_addr().expect("its address");
+        let scrapers: Vec<_> = (0..10)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut stream = TcpStream::connect(addr).await?;
+                    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+                    let mut reply = String::new();
+                    stream.read_to_string(&mut reply).await?;
+                    Ok::<_, std::io::Error>(reply)
+                })
+            })
+            .collect();
+        let replies = async {
+            let mut replies = Vec::new();
+            for scraper in scrapers {
+                replies.push(scraper.await.expect("the task").expect("a reply"));
+            }
+            replies
+        };
+        tokio::pin!(replies);
+        let mut renders = 0;
+        let replies = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                tokio::select! {
+                    replies = &mut replies => break replies,
+                    _ = exporter.render_due() => {
+                        renders += 1;
+                        exporter.answer(format!("render {renders}\n"));
+                    }
+                }
+            }
+        })
+        .await
+        .expect("every scraper is answered");
+        assert!((1..=2).contains(&renders), "{renders} renders");
+        for reply in replies {
+            assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+            assert!(reply.ends_with("render 1\n") || reply.ends_with("render 2\n"));
+        }
+    }
+
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {
         let ms = Duration::from_millis;
