@@ -208,7 +208,8 @@ impl Exporter {
             });
             self.refused += 1;
             match idle {
-                // The oldest idle one makes room: its socket closes when its task is
+                // The oldest one not waiting for its page (still sending its request, or
+                // not taking the answer) makes room: its socket closes when its task is
                 // dropped, on the runtime's next turn.
                 Some(index) => {
                     if let Some(old) = self.connections.remove(index) {
@@ -216,7 +217,10 @@ impl Exporter {
                     }
                 }
                 // Closed at once, so file descriptors cannot pile up.
-                None => return drop(stream),
+                None => {
+                    drop(stream);
+                    return;
+                }
             }
         }
         let awaiting_page = Arc::new(AtomicBool::new(false));
