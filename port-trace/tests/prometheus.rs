@@ -321,6 +321,15 @@ fn the_systemd_unit_verifies() {
     let unit = std::fs::read_to_string(repo_root().join("deploy/port-trace.service"))
         .expect("deploy/port-trace.service");
     assert!(unit.contains("ExecStart=/usr/local/bin/port-trace "));
+    // systemd's default soft limit (1024) is too close to what a busy host needs.
+    let nofile: Option<u64> = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("LimitNOFILE="))
+        .and_then(|value| value.trim().parse().ok());
+    assert!(
+        nofile.is_some_and(|n| n >= 16_384),
+        "the unit sets LimitNOFILE to room for the daemon's fds: {nofile:?}"
+    );
     // As `cargo xtask install` writes it, with ExecStart at a binary that exists.
     let dir = std::env::temp_dir().join(format!("port-trace-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

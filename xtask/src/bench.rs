@@ -149,7 +149,7 @@ fn find_tcplife() -> Result<PathBuf> {
 }
 
 /// tcplife attaches through tracefs; port-trace mounts it itself, tcplife does not.
-fn ensure_tracefs() -> Result<()> {
+pub(crate) fn ensure_tracefs() -> Result<()> {
     if Path::new("/sys/kernel/tracing/events").is_dir()
         || Path::new("/sys/kernel/debug/tracing/events").is_dir()
     {
@@ -561,7 +561,7 @@ fn bpf_programs(pid: u32) -> Vec<BTreeMap<String, u64>> {
 
 /// /proc's CPU times are in these ticks per second.
 /// A `kB` field of /proc/PID/status (VmRSS, VmHWM), 0 if absent.
-fn status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

@@ -5,6 +5,7 @@
 
 mod bench;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -74,6 +75,12 @@ enum Task {
         /// run side by side with this build in the same interleaved rounds.
         #[arg(long, value_name = "BINARY")]
         baseline: Option<PathBuf>,
+        /// Instead of the series: a soak of this many minutes under mixed churn and
+        /// network-namespace churn, with --prometheus; prints RSS, fds and ports in use
+        /// (scraped vs the kernel's) over time and fails on growth or drift. Judging growth
+        /// needs at least 2 minutes (TIME_WAIT's 60 s warm-up first).
+        #[arg(long, value_name = "MINUTES")]
+        soak: Option<f64>,
     },
     /// Set up, build, copy port-trace into PREFIX/bin (default /usr/local) and its systemd
     /// unit (deploy/port-trace.service, started from there) into UNIT_DIR.
@@ -125,11 +132,16 @@ fn run_task(task: Task) -> Result<()> {
         }),
         Task::Install { prefix, unit_dir } => install(&prefix, &unit_dir),
         Task::Bench {
+            soak: Some(minutes),
+            ..
+        } => soak::soak(minutes),
+        Task::Bench {
             rounds,
             millis,
             hold,
             smoke,
             baseline,
+            soak: None,
         } => bench::bench(&if smoke {
             bench::Options::smoke()
         } else {

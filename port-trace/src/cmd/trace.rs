@@ -2,13 +2,12 @@
 //! the I/O is: the probes' ring buffers, the clock, the TIME_WAIT watcher's and snapshot's
 //! sock_diag reads, the metrics endpoint; the rules are the pipeline's.
 
-use std::{future::pending, net::SocketAddr, time::Instant};
+use std::{future::pending, time::Instant};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    net::{TcpListener, TcpStream},
     signal::unix::{Signal, SignalKind, signal},
     sync::oneshot,
 };
@@ -27,7 +26,7 @@ use crate::{
         events::ReadyRecord,
         hdr_log::HdrLog,
         metrics_server,
-        prometheus::{self, Metrics},
+        prometheus::Metrics,
         report::ReportFile,
         stdout::{Ended, QueuedStdout},
     },
@@ -62,7 +61,7 @@ struct Trace {
     failures: AsyncFd<RingBuf<MapData>>,
     pipeline: Pipeline,
     sinks: Sinks<QueuedStdout>,
-    exporter: Option<TcpListener>,
+    exporter: Option<metrics_server::Exporter>,
     sigint: Signal,
     sigterm: Signal,
     /// The terminal or ssh session went away: the same orderly end as SIGTERM.
@@ -227,11 +226,8 @@ impl Trace {
                     let counters = self.probes.counters()?;
                     self.pipeline.tick(&gone, counters, monotonic_ns(), &mut self.sinks)?;
                 }
-                connection = accept(self.exporter.as_ref()) => match connection {
-                    Ok((stream, _)) => self.scrape(stream)?,
-                    // Out of file descriptors and the like: the next scrape may do better.
-                    Err(err) => warn!("accepting a metrics connection: {err}"),
-                },
+                // Connections are served inside; this wakes when a scraper waits for the page.
+                _ = render_due(self.exporter.as_mut()) => self.scrape()?,
                 _ = self.sigint.recv() => break,
                 _ = self.sigterm.recv() => break,
                 _ = self.sighup.recv() => break,
@@ -256,20 +252,23 @@ impl Trace {
         drain(&mut self.pipeline, self.failures.get_mut(), &mut self.sinks)
     }
 
-    /// Answers one connection to the metrics endpoint.
-    fn scrape(&mut self, stream: TcpStream) -> Result<(), Fatal> {
+    /// Renders the metrics page for the scrapers waiting for it.
+    fn scrape(&mut self) -> Result<(), Fatal> {
         // What the kernel has not woken us for yet counts in this scrape.
         self.drain_both()?;
         let counters = self.probes.counters()?;
         let interval = Default::default();
         let view = self.pipeline.view(monotonic_ns(), &interval);
-        if let Some(metrics) = self.sinks.metrics.as_mut() {
-            let body = metrics.scrape(&view, &counters);
-            tokio::spawn(metrics_server::answer(
-                stream,
-                body,
-                prometheus::CONTENT_TYPE,
-            ));
+        if let Some(exporter) = self.exporter.as_mut() {
+            // Every waiting scraper gets an answer, or it would be asked for again at once.
+            let page = match self.sinks.metrics.as_mut() {
+                Some(metrics) => {
+                    metrics.set_connections_refused(exporter.refused());
+                    metrics.scrape(&view, &counters)
+                }
+                None => String::new(),
+            };
+            exporter.answer(page);
         }
         Ok(())
     }
@@ -332,10 +331,10 @@ fn watch(ring: RingBuf<MapData>) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
         .context("watching a ring buffer")
 }
 
-/// The next connection to the metrics endpoint; never, when there is none.
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
+/// When the metrics page is to be rendered; never, without `--prometheus`.
+async fn render_due(exporter: Option<&mut metrics_server::Exporter>) {
+    match exporter {
+        Some(exporter) => exporter.render_due().await,
         None => pending().await,
     }
 }

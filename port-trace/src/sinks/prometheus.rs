@@ -61,6 +61,9 @@ pub struct Metrics {
     scope_used: IntGaugeVec,
     scope_capacity: IntGaugeVec,
     held: IntGauge,
+    connections_refused: IntCounter,
+    /// The metrics server's refused connections at the last scrape.
+    connections_refused_seen: u64,
     /// Processes with a series of their own.
     processes: HashSet<String>,
     /// The kernel's lost counters at the last scrape: the counter grows by the difference.
@@ -145,6 +148,11 @@ impl Metrics {
             "port_trace_ports_held",
             "Ports allocated and not yet released (TIME_WAIT included), as traced.",
         )?;
+        let connections_refused = IntCounter::new(
+            "port_trace_metrics_connections_refused_total",
+            "Connections to this metrics endpoint closed unanswered because too many were \
+             open at once (an idle one closed to make room, or the new one at once).",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "port_trace_build_info",
@@ -165,6 +173,7 @@ impl Metrics {
         registry.register(Box::new(scope_used.clone()))?;
         registry.register(Box::new(scope_capacity.clone()))?;
         registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(build_info))?;
         // Every reason has a series from the start, so `rate()` sees the first loss.
         for reason in ["ring_buffer_full", "socket_table_full", "failure_ring_full"] {
@@ -184,6 +193,8 @@ impl Metrics {
             scope_used,
             scope_capacity,
             held,
+            connections_refused,
+            connections_refused_seen: 0,
             processes: HashSet::new(),
             lost_seen: LostCounts::default(),
         })
@@ -310,6 +321,13 @@ impl Metrics {
                 .inc_by(program.count.saturating_sub(*seen));
             *seen = program.count;
         }
+    }
+
+    /// The metrics server's refused connections: `total` since the start.
+    pub fn set_connections_refused(&mut self, total: u64) {
+        self.connections_refused
+            .inc_by(total.saturating_sub(self.connections_refused_seen));
+        self.connections_refused_seen = total;
     }
 
     /// The exposition as of `view`, gauges included, with the kernel's counters.

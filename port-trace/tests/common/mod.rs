@@ -40,6 +40,11 @@ pub struct Tracer {
 impl Tracer {
     /// Starts port-trace and waits for its `ready` record (every program attached).
     pub fn start(extra_args: &[&str]) -> Tracer {
+        Tracer::start_with_stderr(extra_args, Stdio::inherit())
+    }
+
+    /// `start`, with port-trace's stderr (its log) going to `stderr`.
+    pub fn start_with_stderr(extra_args: &[&str], stderr: Stdio) -> Tracer {
         let report = std::env::temp_dir().join(format!(
             "port-trace-report-{}-{}.json",
             std::process::id(),
@@ -58,7 +63,7 @@ impl Tracer {
             .args(backend_args())
             .args(extra_args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("port-trace starts");
         let stdout = child.stdout.take().expect("stdout is piped");
