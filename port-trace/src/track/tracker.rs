@@ -181,6 +181,11 @@ impl Tracker {
         by_netns
     }
 
+    /// The namespaces with a port parked in TIME_WAIT.
+    pub fn time_wait_namespaces(&self) -> HashSet<u32> {
+        self.time_wait.values().map(|tw| tw.release.netns).collect()
+    }
+
     /// Settles the parked ports `checked` (cookies) against which of them still exist,
     /// asked at `now_ns`. A port whose socket is gone is released: at `now_ns` if it had been
     /// seen in TIME_WAIT, or at its full socket's close if it never was (no TIME_WAIT socket
