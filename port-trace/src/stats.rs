@@ -184,6 +184,9 @@ pub struct Totals {
     pub lost: u64,
     /// Releases whose allocation was not seen (lost, or made before port-trace started).
     pub unmatched_release: u64,
+    /// Ports found free by reconciliation with the kernel's sockets: their release was lost
+    /// (not in `release`, and no lifetime recorded: it is not known).
+    pub reconciled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -261,6 +264,7 @@ impl Stats {
                     .entry(errno_name(event.errno))
                     .or_default() += 1;
             }
+            Outcome::Reconciled => self.totals.reconciled += 1,
             // Still held; counted when its TIME_WAIT socket goes.
             Outcome::EnteredTimeWait => {}
         }
@@ -287,7 +291,8 @@ impl Stats {
             }
             Outcome::UnmatchedRelease => dest.release += 1,
             Outcome::Failed => dest.fail += 1,
-            Outcome::EnteredTimeWait => {}
+            // No lifetime to count in the mean.
+            Outcome::EnteredTimeWait | Outcome::Reconciled => {}
         }
     }
 

@@ -10,8 +10,8 @@
 use std::collections::{HashMap, HashSet};
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::{
@@ -57,6 +57,9 @@ pub struct Metrics {
     scope_used: IntGaugeVec,
     scope_capacity: IntGaugeVec,
     held: IntGauge,
+    /// Ports found free by reconciliation, and the total at the last scrape.
+    reconciled: IntCounter,
+    reconciled_seen: u64,
     /// Processes with a series of their own.
     processes: HashSet<String>,
     /// The kernel's lost counters at the last scrape: the counter grows by the difference.
@@ -136,6 +139,12 @@ impl Metrics {
             "port_trace_ports_held",
             "Ports allocated and not yet released (TIME_WAIT included), as traced.",
         )?;
+        let reconciled = IntCounter::new(
+            "port_trace_reconciled_total",
+            "Ports found free by reconciliation with the kernel's sockets: their release \
+             event was lost, so they are not in port_trace_releases_total and have no \
+             lifetime.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "port_trace_build_info",
@@ -155,6 +164,7 @@ impl Metrics {
         registry.register(Box::new(scope_used.clone()))?;
         registry.register(Box::new(scope_capacity.clone()))?;
         registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(reconciled.clone()))?;
         registry.register(Box::new(build_info))?;
         // Every reason has a series from the start, so `rate()` sees the first loss.
         for reason in ["ring_buffer_full", "socket_table_full", "failure_ring_full"] {
@@ -172,6 +182,8 @@ impl Metrics {
             scope_used,
             scope_capacity,
             held,
+            reconciled,
+            reconciled_seen: 0,
             processes: HashSet::new(),
             lost_seen: LostCounts::default(),
         })
@@ -214,7 +226,8 @@ impl Metrics {
                     .with_label_values(&[proto, kind, errno_name(event.errno), process])
                     .inc();
             }
-            Outcome::EnteredTimeWait => {}
+            // Counted from the totals at each scrape (no event line is made for them).
+            Outcome::EnteredTimeWait | Outcome::Reconciled => {}
         }
     }
 
@@ -304,6 +317,10 @@ impl Metrics {
             .map(|(key, usage, _)| (key, usage))
             .collect();
         self.set_state(&scopes, lost, view.held);
+        let reconciled = view.stats.totals.reconciled;
+        self.reconciled
+            .inc_by(reconciled.saturating_sub(self.reconciled_seen));
+        self.reconciled_seen = reconciled;
         self.render()
     }
 }

@@ -72,6 +72,10 @@ pub fn render(
         t.fail,
         t.lost
     );
+    // Ports whose release was lost, found free in the kernel's sockets.
+    if t.reconciled > 0 {
+        let _ = write!(out, ", {} reconciled", t.reconciled);
+    }
     if t.lost > 0 {
         let _ = write!(
             out,
