@@ -487,7 +487,8 @@ pub mod tests {
             ring_buffer_full: 2,
             socket_table_full: 3,
             failure_ring_full: 1,
+            program_skipped: 4,
         });
-        assert_eq!(stats.totals.lost, 6);
+        assert_eq!(stats.totals.lost, 10);
     }
 }

@@ -10,12 +10,11 @@ use std::{
     io::Read,
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::Command,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use common::{Tracer, skip_unless_root};
+use common::{Tracer, ip, skip_unless_root};
 
 const NAMESPACES: usize = 40;
 
@@ -23,14 +22,6 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| dir.count())
         .unwrap_or(0)
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("ip (iproute2) runs");
-    assert!(status.success(), "ip {args:?}");
 }
 
 /// In namespace `name` (a thread that enters it): one loopback connection closed actively,

@@ -11,12 +11,9 @@
 mod common;
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
-    os::unix::fs::MetadataExt,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -25,58 +22,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, skip_unless_root};
+use common::{NamedNetns, Tracer, skip_unless_root};
 
 const LISTEN_PORT: u16 = 5_000;
 const RANGE: (u16, u16) = (20_000, 60_000);
 
-fn ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("ip (iproute2) runs");
-    assert!(status.success(), "ip {args:?}");
-}
-
-/// Deletes the named namespace when the test ends, however it ends.
-struct NamedNetns(String);
-
-impl Drop for NamedNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
-}
-
-fn enter(name: &str) {
-    let ns = File::open(format!("/run/netns/{name}")).expect("named netns");
-    // SAFETY: setns for this thread only, on a namespace fd we hold.
-    let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-/// The ports of the ephemeral range that sockets in the namespace hold, every state
-/// (TIME_WAIT included), TCP and UDP, as `ss` lists them.
-fn ss_ports(name: &str) -> Vec<u16> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", name, "ss", "-tuanH"])
-        .output()
-        .expect("ss (iproute2) runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let local = line.split_whitespace().nth(4)?;
-            local.rsplit(':').next()?.parse::<u16>().ok()
-        })
-        .filter(|port| (RANGE.0..=RANGE.1).contains(port))
-        .collect()
-}
-
 /// What the kernel says is held: `ss`'s ports, and the bound-only TCP socket (port
 /// `bound`) that older iproute2 cannot list (the kernel lists it to port-trace from 6.9).
-fn truth(name: &str, bound: u16) -> usize {
-    let ports = ss_ports(name);
+fn truth(netns: &NamedNetns, bound: u16) -> usize {
+    let ports = netns.ss_ports(RANGE.0..=RANGE.1);
     ports.len() + usize::from(!ports.contains(&bound))
 }
 
@@ -126,22 +80,12 @@ fn held_ports_return_to_the_kernels_count_after_loss() {
     if skip_unless_root("held_ports_return_to_the_kernels_count_after_loss") {
         return;
     }
-    let name = format!("pt-heal-{}", std::process::id());
-    ip(&["netns", "add", &name]);
-    let _netns = NamedNetns(name.clone());
-    ip(&["-n", &name, "link", "set", "lo", "up"]);
-    ip(&[
-        "netns",
-        "exec",
-        &name,
-        "sysctl",
-        "-q",
-        &format!("net.ipv4.ip_local_port_range={} {}", RANGE.0, RANGE.1),
-    ]);
-    let inode = std::fs::metadata(format!("/run/netns/{name}"))
-        .expect("netns")
-        .ino()
-        .to_string();
+    let netns = Arc::new(NamedNetns::new("heal"));
+    netns.sysctl(&format!(
+        "net.ipv4.ip_local_port_range={} {}",
+        RANGE.0, RANGE.1
+    ));
+    let inode = netns.inode().to_string();
     let tracer = Tracer::start(&[
         "--netns",
         &inode,
@@ -155,9 +99,9 @@ fn held_ports_return_to_the_kernels_count_after_loss() {
     let (kept_tx, kept_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let keeper = {
-        let name = name.clone();
+        let netns = netns.clone();
         thread::spawn(move || {
-            enter(&name);
+            netns.enter();
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, LISTEN_PORT)).expect("listen");
             let addr = listener.local_addr().expect("addr");
             let open: Vec<(TcpStream, TcpStream)> = (0..10)
@@ -200,9 +144,9 @@ fn held_ports_return_to_the_kernels_count_after_loss() {
     let stop = Arc::new(AtomicBool::new(false));
     let (churn_tx, churn_rx) = std::sync::mpsc::channel();
     let acceptor = {
-        let (name, stop) = (name.clone(), stop.clone());
+        let (netns, stop) = (netns.clone(), stop.clone());
         thread::spawn(move || {
-            enter(&name);
+            netns.enter();
             let listener =
                 TcpListener::bind((Ipv4Addr::LOCALHOST, LISTEN_PORT + 1)).expect("listen");
             listener.set_nonblocking(true).expect("nonblocking");
@@ -221,9 +165,9 @@ fn held_ports_return_to_the_kernels_count_after_loss() {
     // Connect + RST close (TCP) and bind + send + close (UDP), as fast as it goes.
     let churners: Vec<_> = (0..3)
         .map(|i| {
-            let (name, stop) = (name.clone(), stop.clone());
+            let (netns, stop) = (netns.clone(), stop.clone());
             thread::spawn(move || {
-                enter(&name);
+                netns.enter();
                 let mut ops = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     if i == 2 {
@@ -250,11 +194,11 @@ fn held_ports_return_to_the_kernels_count_after_loss() {
     // Reconciliation: the period (2 s), two looks 2 s apart, a second's margin.
     let deadline = Instant::now() + Duration::from_secs(12);
     sleep(Duration::from_secs(8));
-    let kernel = truth(&name, bound_port);
+    let kernel = truth(&netns, bound_port);
     while Instant::now() < deadline {
         sleep(Duration::from_millis(500));
     }
-    let kernel_at_end = truth(&name, bound_port);
+    let kernel_at_end = truth(&netns, bound_port);
     let (_, report) = tracer.stop();
     done_tx.send(()).expect("keeper waits");
     keeper.join().expect("keeper");

@@ -236,6 +236,12 @@ impl Trace {
         let at_ns = monotonic_ns();
         let looks = reconcile::look_at(self.pipeline.tracker.namespaces());
         let gone = reconciler.judge(self.pipeline.tracker.tracked(), &looks, at_ns);
+        tracing::debug!(
+            namespaces = looks.len(),
+            gone = gone.len(),
+            lost,
+            "reconciled tracked ports with the kernel's sockets"
+        );
         self.pipeline
             .reconciled(&gone, monotonic_ns(), &mut self.sinks)?;
         self.sinks.console.flush()?;

@@ -105,6 +105,7 @@ impl Metrics {
             Opts::new(
                 "port_trace_lost_events_total",
                 "Events the kernel could not deliver, by reason (ring_buffer_full, \
+                 program_skipped: a program run the kernel skipped for recursion, \
                  socket_table_full, failure_ring_full).",
             ),
             &["reason"],
@@ -167,7 +168,12 @@ impl Metrics {
         registry.register(Box::new(reconciled.clone()))?;
         registry.register(Box::new(build_info))?;
         // Every reason has a series from the start, so `rate()` sees the first loss.
-        for reason in ["ring_buffer_full", "socket_table_full", "failure_ring_full"] {
+        for reason in [
+            "ring_buffer_full",
+            "socket_table_full",
+            "failure_ring_full",
+            "program_skipped",
+        ] {
             lost.with_label_values(&[reason]);
         }
         Ok(Self {
@@ -275,6 +281,11 @@ impl Metrics {
                 "failure_ring_full",
                 lost.failure_ring_full,
                 self.lost_seen.failure_ring_full,
+            ),
+            (
+                "program_skipped",
+                lost.program_skipped,
+                self.lost_seen.program_skipped,
             ),
         ] {
             self.lost

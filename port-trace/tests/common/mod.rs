@@ -248,3 +248,75 @@ pub fn repo_root() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default()
 }
+
+/// A named network namespace (`ip netns add`) with loopback up, deleted when dropped however
+/// the test ends.
+pub struct NamedNetns {
+    pub name: String,
+}
+
+impl NamedNetns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("pt-{tag}-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let netns = Self { name };
+        ip(&["-n", &netns.name, "link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// Sets a sysctl inside it (`net.ipv4.tcp_tw_reuse=1`).
+    pub fn sysctl(&self, setting: &str) {
+        ip(&["netns", "exec", &self.name, "sysctl", "-q", setting]);
+    }
+
+    /// Its inode number, as `--netns` takes it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("named netns")
+            .ino()
+    }
+
+    /// Moves the calling thread into it.
+    pub fn enter(&self) {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("named netns");
+        // SAFETY: setns for this thread only, on a namespace fd we hold.
+        let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+
+    /// The local ports within `range` that its TCP and UDP sockets hold, every state
+    /// (TIME_WAIT included), as `ss` lists them.
+    pub fn ss_ports(&self, range: std::ops::RangeInclusive<u16>) -> Vec<u16> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ss", "-tuanH"])
+            .output()
+            .expect("ss (iproute2) runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let local = line.split_whitespace().nth(4)?;
+                local.rsplit(':').next()?.parse::<u16>().ok()
+            })
+            .filter(|port| range.contains(port))
+            .collect()
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Runs `ip` with `args`, which must succeed.
+pub fn ip(args: &[&str]) {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip (iproute2) runs");
+    assert!(status.success(), "ip {args:?}");
+}
