@@ -22,14 +22,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{NamedNetns, Tracer, skip_unless_root};
+use common::{Netns, Tracer, skip_unless_root};
 
 const LISTEN_PORT: u16 = 5_000;
 const RANGE: (u16, u16) = (20_000, 60_000);
 
 /// What the kernel says is held: `ss`'s ports, and the bound-only TCP socket (port
 /// `bound`) that older iproute2 cannot list (the kernel lists it to port-trace from 6.9).
-fn truth(netns: &NamedNetns, bound: u16) -> usize {
+fn truth(netns: &Netns, bound: u16) -> usize {
     let ports = netns.ss_ports(RANGE.0..=RANGE.1);
     ports.len() + usize::from(!ports.contains(&bound))
 }
@@ -80,11 +80,11 @@ fn held_ports_return_to_the_kernels_count_after_loss() {
     if skip_unless_root("held_ports_return_to_the_kernels_count_after_loss") {
         return;
     }
-    let netns = Arc::new(NamedNetns::new("heal"));
-    netns.sysctl(&format!(
-        "net.ipv4.ip_local_port_range={} {}",
-        RANGE.0, RANGE.1
-    ));
+    let netns = Arc::new(Netns::new());
+    netns.sysctl(
+        "net/ipv4/ip_local_port_range",
+        &format!("{} {}", RANGE.0, RANGE.1),
+    );
     let inode = netns.inode().to_string();
     let tracer = Tracer::start(&[
         "--netns",

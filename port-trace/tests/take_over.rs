@@ -9,7 +9,9 @@
 //! so the other sockets' transitions traced by that softirq are skipped, their CLOSE among
 //! them, and no release is ever sent. The kernel counts those skipped runs
 //! (`recursion_misses`); port-trace now counts them as lost (`program_skipped`), and a loss
-//! makes it reconcile at once, which frees the ports with no socket left.
+//! makes it reconcile at once, which frees the ports with no socket left. (A skipped run can
+//! also be a connect's first state change, and then that connection is never tracked: an
+//! allocation lost and counted, which reconciliation, releasing only, does not add back.)
 
 mod common;
 
@@ -24,22 +26,22 @@ use std::{
     time::Duration,
 };
 
-use common::{NamedNetns, Tracer, skip_unless_root};
+use common::{Netns, Tracer, skip_unless_root};
 
 const RANGE: (u16, u16) = (40_000, 41_999);
 const DESTINATIONS: u16 = 3;
 
 #[test]
-fn take_over_churn_leaves_held_equal_to_the_kernels_count() {
-    if skip_unless_root("take_over_churn_leaves_held_equal_to_the_kernels_count") {
+fn take_over_churn_holds_no_port_without_a_socket() {
+    if skip_unless_root("take_over_churn_holds_no_port_without_a_socket") {
         return;
     }
-    let netns = Arc::new(NamedNetns::new("takeover"));
-    netns.sysctl("net.ipv4.tcp_tw_reuse=1");
-    netns.sysctl(&format!(
-        "net.ipv4.ip_local_port_range={} {}",
-        RANGE.0, RANGE.1
-    ));
+    let netns = Arc::new(Netns::new());
+    netns.sysctl("net/ipv4/tcp_tw_reuse", "1");
+    netns.sysctl(
+        "net/ipv4/ip_local_port_range",
+        &format!("{} {}", RANGE.0, RANGE.1),
+    );
     let tracer = Tracer::start(&["--netns", &netns.inode().to_string()]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -110,12 +112,18 @@ fn take_over_churn_leaves_held_equal_to_the_kernels_count() {
         connections > 10_000,
         "only {connections} connections: too few to see a take-over leak"
     );
-    assert_eq!(
-        report["held_at_exit"].as_u64(),
-        Some(kernel as u64),
-        "held at exit vs the kernel's {kernel} sockets (TIME_WAIT) after {connections} \
+    let held = report["held_at_exit"].as_u64().expect("held_at_exit") as usize;
+    let skipped = report["lost"]["program_skipped"]
+        .as_u64()
+        .expect("program_skipped") as usize;
+    let context = format!(
+        "held at exit {held} vs the kernel's {kernel} sockets (TIME_WAIT) after {connections} \
          connections; lost {}, reconciled {}",
-        report["lost"],
-        report["totals"]["reconciled"]
+        report["lost"], report["totals"]["reconciled"]
     );
+    // No port held without a socket: every lost release was reconciled.
+    assert!(held <= kernel, "{context}");
+    // A skipped run can also be a connect's first state change: that connection was never
+    // tracked (an allocation lost, and counted as such), and reconciliation only releases.
+    assert!(kernel - held <= skipped, "{context}");
 }
