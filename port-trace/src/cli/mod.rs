@@ -306,6 +306,7 @@ mod tests {
         .expect("parses");
         assert_eq!(cli.duration, Some(Duration::from_secs(30)));
         assert_eq!(cli.interval, Duration::from_secs(10));
+        assert_eq!(cli.reconcile_every, Duration::from_secs(30));
         assert_eq!(cli.events, Some(EventFormat::Json));
     }
 
