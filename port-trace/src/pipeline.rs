@@ -134,7 +134,9 @@ impl Pipeline {
         if !event.explicit && self.filter.matches(event) {
             self.stats.record(event, outcome);
             // The port is still held while in TIME_WAIT; its release comes when that ends.
-            if outcome != Outcome::EnteredTimeWait {
+            // A port found free by reconciliation is counted, not an event line: its
+            // release was never seen.
+            if !matches!(outcome, Outcome::EnteredTimeWait | Outcome::Reconciled) {
                 sink.event(event, outcome)?;
             }
         }
@@ -142,6 +144,22 @@ impl Pipeline {
             return Ok(());
         }
         sink.warnings(&warnings)
+    }
+
+    /// Frees the ports reconciliation found with no socket left (`gone`, by cookie) as of
+    /// `now_ns`: their release was lost.
+    pub fn reconciled(
+        &mut self,
+        gone: &[u64],
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) -> io::Result<()> {
+        for &cookie in gone {
+            if let Some(event) = self.tracker.vanished(cookie, now_ns) {
+                self.emit(&event, Outcome::Reconciled, sink)?;
+            }
+        }
+        Ok(())
     }
 
     /// Once an interval: frees the snapshot's sockets that are `gone`, re-checks every
@@ -403,6 +421,26 @@ mod tests {
             .expect("sink");
         assert_eq!(ns_used(&p), 0);
         assert_eq!(out.ticks, 1);
+    }
+
+    #[test]
+    fn a_reconciled_port_is_freed_and_counted_without_an_event_line() {
+        let mut p = pipeline();
+        let mut out = Recorded::default();
+        for i in 0..8 {
+            p.apply(&connect(i, 40000 + i as u16, i), &mut out)
+                .expect("sink");
+        }
+        assert_eq!(ns_used(&p), 8);
+        p.reconciled(&[3, 4, 99], 1_000, &mut out).expect("sink");
+        assert_eq!(ns_used(&p), 6, "their ports are free");
+        assert_eq!(p.tracker.held(), 6);
+        assert_eq!(p.stats.totals.reconciled, 2);
+        assert_eq!(
+            p.stats.totals.release, 0,
+            "not releases: their lifetime is unknown"
+        );
+        assert_eq!(out.events.len(), 8, "the allocations only");
     }
 
     #[test]

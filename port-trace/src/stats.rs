@@ -188,6 +188,9 @@ pub struct Totals {
     /// time: dropped rather than waited for. The events themselves were counted; no
     /// event was lost.
     pub output_lines_dropped: u64,
+    /// Ports found free by reconciliation with the kernel's sockets: their release was lost
+    /// (not in `release`, and no lifetime recorded: it is not known).
+    pub reconciled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -265,6 +268,7 @@ impl Stats {
                     .entry(errno_name(event.errno))
                     .or_default() += 1;
             }
+            Outcome::Reconciled => self.totals.reconciled += 1,
             // Still held; counted when its TIME_WAIT socket goes.
             Outcome::EnteredTimeWait => {}
         }
@@ -291,7 +295,8 @@ impl Stats {
             }
             Outcome::UnmatchedRelease => dest.release += 1,
             Outcome::Failed => dest.fail += 1,
-            Outcome::EnteredTimeWait => {}
+            // No lifetime to count in the mean.
+            Outcome::EnteredTimeWait | Outcome::Reconciled => {}
         }
     }
 
@@ -491,7 +496,8 @@ pub mod tests {
             ring_buffer_full: 2,
             socket_table_full: 3,
             failure_ring_full: 1,
+            program_skipped: 4,
         });
-        assert_eq!(stats.totals.lost, 6);
+        assert_eq!(stats.totals.lost, 10);
     }
 }

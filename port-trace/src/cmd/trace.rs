@@ -19,7 +19,7 @@ use crate::{
     event::decode,
     exhaustion::{Exhaustion, level::Thresholds},
     pipeline::{self, Pipeline},
-    probes::{ProbeConfig, Probes},
+    probes::{Backend, ProbeConfig, Probes},
     sinks::{
         self, Sinks,
         console::Console,
@@ -30,8 +30,15 @@ use crate::{
         report::ReportFile,
         stdout::{Ended, QueuedStdout},
     },
-    sys::clock::{WallClock, monotonic_ns},
-    track::{snapshot::Snapshot, time_wait::TimeWaitWatcher},
+    sys::{
+        clock::{WallClock, monotonic_ns},
+        sock_diag,
+    },
+    track::{
+        reconcile::{self, Matching, Reconciler},
+        snapshot::Snapshot,
+        time_wait::TimeWaitWatcher,
+    },
 };
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
@@ -196,6 +203,15 @@ impl Trace {
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
         let sees_time_wait_end = self.probes.sees_time_wait_end();
+        let mut reconciler = Reconciler::new(
+            Matching {
+                kernel_cookies: self.probes.backend == Backend::Tracepoint,
+                bound_only_listed: sock_diag::lists_bound_only(),
+            },
+            u64::try_from(cli.reconcile_every.as_nanos()).unwrap_or(u64::MAX),
+            monotonic_ns(),
+        );
+        let mut reconcile_ticker = tokio::time::interval(RECONCILE_CHECK);
 
         loop {
             tokio::select! {
@@ -221,6 +237,7 @@ impl Trace {
                     }
                     self.sinks.console.flush()?;
                 }
+                _ = reconcile_ticker.tick() => self.reconcile(&mut reconciler)?,
                 _ = ticker.tick() => {
                     let gone = self.pipeline.snapshot.gone();
                     let counters = self.probes.counters()?;
@@ -250,6 +267,30 @@ impl Trace {
     fn drain_both(&mut self) -> std::io::Result<()> {
         drain(&mut self.pipeline, self.ring.get_mut(), &mut self.sinks)?;
         drain(&mut self.pipeline, self.failures.get_mut(), &mut self.sinks)
+    }
+
+    /// Frees tracked ports with no socket left in the kernel (their release was lost), when
+    /// the reconciler says it is time: its period, or events lost since it last asked.
+    fn reconcile(&mut self, reconciler: &mut Reconciler) -> Result<(), Fatal> {
+        let lost = self.probes.counters()?.lost.total();
+        if !reconciler.due(monotonic_ns(), lost) {
+            return Ok(());
+        }
+        // Releases already delivered settle their ports first, not the dump.
+        self.drain_both()?;
+        let at_ns = monotonic_ns();
+        let looks = reconcile::look_at(self.pipeline.tracker.namespaces());
+        let gone = reconciler.judge(self.pipeline.tracker.tracked(), &looks, at_ns);
+        tracing::debug!(
+            namespaces = looks.len(),
+            gone = gone.len(),
+            lost,
+            "reconciled tracked ports with the kernel's sockets"
+        );
+        self.pipeline
+            .reconciled(&gone, monotonic_ns(), &mut self.sinks)?;
+        self.sinks.console.flush()?;
+        Ok(())
     }
 
     /// Renders the metrics page for the scrapers waiting for it.
@@ -323,6 +364,9 @@ const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50)
 /// How often TIME_WAIT sockets are checked (while any port is in TIME_WAIT): the error on a
 /// TIME_WAIT lifetime is at most this.
 const TIME_WAIT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often the reconciler is asked whether it is time to look (its period, or a loss).
+const RECONCILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn watch(ring: RingBuf<MapData>) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
     // SAFETY: the AsyncFd owns the ring buffer, so the fd stays open as long as it is

@@ -119,7 +119,7 @@ impl fmt::Display for AllocKind {
 }
 
 /// One decoded ring buffer record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Event {
     pub event: EventType,
     /// CLOCK_MONOTONIC nanoseconds, as the kernel stamped it.

@@ -118,6 +118,15 @@ impl Exhaustion {
                     self.levels.update(key, usage);
                 }
             }
+            // Free, found by reconciliation: how long it was held is not known, so the
+            // forecast learns nothing from it.
+            Outcome::Reconciled => {
+                self.occupancy.free(event);
+                for key in Occupancy::scopes_of(event) {
+                    let usage = self.occupancy.usage(&key);
+                    self.levels.update(key, usage);
+                }
+            }
             Outcome::Failed => {
                 self.know(event.netns);
                 // The scope the failed request drew from: its destination for a TCP

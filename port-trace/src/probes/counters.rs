@@ -23,11 +23,19 @@ pub struct LostCounts {
     pub socket_table_full: u64,
     /// The failure ring buffer was full: failed allocations went unreported.
     pub failure_ring_full: u64,
+    /// Program runs the kernel skipped: a tracepoint or kprobe fired inside a program already
+    /// running on that CPU (an interrupt's network processing during `tcp_state`, say), and
+    /// the kernel does not nest tracing programs. The event of that run is missing: a
+    /// release, most often, under loopback churn.
+    pub program_skipped: u64,
 }
 
 impl LostCounts {
     pub fn total(&self) -> u64 {
-        self.ring_buffer_full + self.socket_table_full + self.failure_ring_full
+        self.ring_buffer_full
+            + self.socket_table_full
+            + self.failure_ring_full
+            + self.program_skipped
     }
 }
 

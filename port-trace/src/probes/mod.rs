@@ -8,7 +8,10 @@ pub mod preflight;
 pub mod tracefs;
 mod tracepoint;
 
-use std::fmt;
+use std::{
+    fmt,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::Context as _;
 use aya::{
@@ -21,7 +24,7 @@ use port_trace_common::{KernelFilter, LOST_FAILURE_RING_FULL, LOST_RINGBUF_FULL,
 use serde::Serialize;
 use tracing::{debug, info};
 
-use crate::error::Fatal;
+use crate::{error::Fatal, sys};
 
 /// The eBPF object built by build.rs from port-trace-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-trace"));
@@ -221,7 +224,17 @@ impl Probes {
             ring_buffer_full: sum(LOST_RINGBUF_FULL)?,
             socket_table_full: sum(LOST_TABLE_FULL)?,
             failure_ring_full: sum(LOST_FAILURE_RING_FULL)?,
+            program_skipped: self.recursion_misses(),
         })
+    }
+
+    /// Runs of our programs the kernel skipped for recursion (see `LostCounts`).
+    fn recursion_misses(&self) -> u64 {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .map(|fd| sys::procfs::bpf_recursion_misses(fd.as_fd().as_raw_fd()))
+            .sum()
     }
 
     /// What the kernel side counted: lost events, and the attached programs' failed runs.

@@ -64,6 +64,9 @@ pub struct Metrics {
     connections_refused: IntCounter,
     /// The metrics server's refused connections at the last scrape.
     connections_refused_seen: u64,
+    /// Ports found free by reconciliation, and the total at the last scrape.
+    reconciled: IntCounter,
+    reconciled_seen: u64,
     /// Processes with a series of their own.
     processes: HashSet<String>,
     /// The kernel's lost counters at the last scrape: the counter grows by the difference.
@@ -109,6 +112,7 @@ impl Metrics {
             Opts::new(
                 "port_trace_lost_events_total",
                 "Events the kernel could not deliver, by reason (ring_buffer_full, \
+                 program_skipped: a program run the kernel skipped for recursion, \
                  socket_table_full, failure_ring_full).",
             ),
             &["reason"],
@@ -153,6 +157,12 @@ impl Metrics {
             "Connections to this metrics endpoint closed unanswered because too many were \
              open at once (an idle one closed to make room, or the new one at once).",
         )?;
+        let reconciled = IntCounter::new(
+            "port_trace_reconciled_total",
+            "Ports found free by reconciliation with the kernel's sockets: their release \
+             event was lost, so they are not in port_trace_releases_total and have no \
+             lifetime.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "port_trace_build_info",
@@ -174,9 +184,15 @@ impl Metrics {
         registry.register(Box::new(scope_capacity.clone()))?;
         registry.register(Box::new(held.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(reconciled.clone()))?;
         registry.register(Box::new(build_info))?;
         // Every reason has a series from the start, so `rate()` sees the first loss.
-        for reason in ["ring_buffer_full", "socket_table_full", "failure_ring_full"] {
+        for reason in [
+            "ring_buffer_full",
+            "socket_table_full",
+            "failure_ring_full",
+            "program_skipped",
+        ] {
             lost.with_label_values(&[reason]);
         }
         Ok(Self {
@@ -195,6 +211,8 @@ impl Metrics {
             held,
             connections_refused,
             connections_refused_seen: 0,
+            reconciled,
+            reconciled_seen: 0,
             processes: HashSet::new(),
             lost_seen: LostCounts::default(),
         })
@@ -237,7 +255,8 @@ impl Metrics {
                     .with_label_values(&[proto, kind, errno_name(event.errno), process])
                     .inc();
             }
-            Outcome::EnteredTimeWait => {}
+            // Counted from the totals at each scrape (no event line is made for them).
+            Outcome::EnteredTimeWait | Outcome::Reconciled => {}
         }
     }
 
@@ -285,6 +304,11 @@ impl Metrics {
                 "failure_ring_full",
                 lost.failure_ring_full,
                 self.lost_seen.failure_ring_full,
+            ),
+            (
+                "program_skipped",
+                lost.program_skipped,
+                self.lost_seen.program_skipped,
             ),
         ] {
             self.lost
@@ -342,6 +366,10 @@ impl Metrics {
             .collect();
         self.set_state(&scopes, lost, view.held);
         self.set_output_lines_dropped(view.stats.totals.output_lines_dropped);
+        let reconciled = view.stats.totals.reconciled;
+        self.reconciled
+            .inc_by(reconciled.saturating_sub(self.reconciled_seen));
+        self.reconciled_seen = reconciled;
         self.render()
     }
 }

@@ -87,6 +87,19 @@ pub fn render(
             " (ring buffer full: {}, socket table full: {}, failure ring full: {})",
             stats.lost.ring_buffer_full, stats.lost.socket_table_full, stats.lost.failure_ring_full
         );
+        if stats.lost.program_skipped > 0 {
+            out.insert_str(
+                out.len() - 1,
+                &format!(
+                    ", eBPF program runs skipped: {}",
+                    stats.lost.program_skipped
+                ),
+            );
+        }
+    }
+    // Ports whose release was lost, found free in the kernel's sockets.
+    if t.reconciled > 0 {
+        let _ = write!(out, ", {} reconciled", t.reconciled);
     }
     if t.output_lines_dropped > 0 {
         let _ = write!(
@@ -361,6 +374,23 @@ mod tests {
         );
         assert!(text.contains("1 allocated, 1 released"), "{text}");
         assert!(text.contains("3 lost (ring buffer full: 3"), "{text}");
+        assert!(
+            !text.contains("reconciled") && !text.contains("skipped"),
+            "{text}"
+        );
+        stats.set_lost(crate::probes::LostCounts {
+            program_skipped: 2,
+            ..Default::default()
+        });
+        stats.totals.reconciled = 4;
+        let text = render(&stats, 1_000_000_000, 0, &[]);
+        assert!(
+            text.contains(
+                "2 lost (ring buffer full: 0, socket table full: 0, failure ring full: 0, \
+                 eBPF program runs skipped: 2), 4 reconciled\n"
+            ),
+            "{text}"
+        );
         let process = text
             .lines()
             .find(|l| l.trim_start().starts_with("curl"))

@@ -347,6 +347,41 @@ impl SockDiag {
     }
 }
 
+/// The pseudo-state in which dumps list TCP sockets that are only bound (Linux 6.9+).
+const TCP_BOUND_INACTIVE: u32 = 13;
+
+/// Whether this kernel's dumps list TCP sockets that are bound but neither connected nor
+/// listening (Linux 6.9 on): binds one to a loopback port of our own namespace and dumps
+/// that state alone (before 6.9 it names no socket, so nothing is listed).
+pub fn lists_bound_only() -> bool {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` is a fresh descriptor no one else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_in is valid; the fields set below make it 127.0.0.1:0.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: bind and getsockname with a sockaddr_in of the length given.
+    let bound = unsafe {
+        libc::bind(socket.as_raw_fd(), (&raw const addr).cast(), len) == 0
+            && libc::getsockname(socket.as_raw_fd(), (&raw mut addr).cast(), &mut len) == 0
+    };
+    if !bound {
+        return false;
+    }
+    let port = u16::from_be(addr.sin_port);
+    let Ok(mut diag) = SockDiag::new() else {
+        return false;
+    };
+    diag.dump(libc::IPPROTO_TCP as u8, 1 << TCP_BOUND_INACTIVE)
+        .is_ok_and(|sockets| sockets.iter().any(|s| s.sport == port))
+}
+
 /// One namespace's sockets, as `dump_namespace` found them.
 #[derive(Debug, Default)]
 pub struct NamespaceDump {
@@ -522,6 +557,20 @@ mod tests {
         };
         assert_eq!(got, 0, "SO_COOKIE: {}", io::Error::last_os_error());
         cookie
+    }
+
+    /// This kernel (6.18 here, and CI's) lists bound-only TCP sockets.
+    #[test]
+    fn bound_only_sockets_are_listed_from_linux_6_9() {
+        let release = crate::sys::procfs::kernel_release();
+        let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+        let version = (
+            numbers.next().and_then(|n| n.parse::<u32>().ok()),
+            numbers.next().and_then(|n| n.parse::<u32>().ok()),
+        );
+        if let (Some(major), Some(minor)) = version {
+            assert_eq!(lists_bound_only(), (major, minor) >= (6, 9), "{release}");
+        }
     }
 
     /// The real kernel, unprivileged (our own namespace): a live connection is found by its

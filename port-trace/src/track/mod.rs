@@ -5,7 +5,10 @@
 //! - `time_wait`: the watcher that asks sock_diag whether parked TIME_WAIT sockets still exist
 //!   (tracepoint backend; the kprobe backend sees them die).
 //! - `snapshot`: sockets that held ports before tracing started.
+//! - `reconcile`: which tracked ports the kernel no longer has a socket for (their release
+//!   was lost), and when to look.
 
+pub mod reconcile;
 pub mod snapshot;
 pub mod time_wait;
 pub mod tracker;
@@ -26,5 +29,8 @@ pub enum Outcome {
     EnteredTimeWait,
     /// A release whose allocation was never seen (lost, or before port-trace started).
     UnmatchedRelease,
+    /// A port reconciliation found free: the kernel has no socket for it any more, and its
+    /// release was never seen (lost). How long it was held is not known.
+    Reconciled,
     Failed,
 }

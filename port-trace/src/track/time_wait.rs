@@ -4,7 +4,10 @@
 //! when a TIME_WAIT socket dies, so this is observed, not assumed (a port is held 60 s after an active close, or longer under load,
 //! or not at all after a RST).
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    path::PathBuf,
+};
 
 use foldhash::HashSet;
 
@@ -20,30 +23,69 @@ use crate::{
     },
 };
 
+/// A sock_diag socket in one namespace, and the path it was entered by (None: our own).
+struct Watched {
+    diag: SockDiag,
+    path: Option<PathBuf>,
+}
+
 #[derive(Default)]
 pub struct TimeWaitWatcher {
-    /// One sock_diag socket per namespace, made the first time it is needed.
-    diag: HashMap<u32, SockDiag>,
+    /// One sock_diag socket per namespace with parked ports, made the first time it is
+    /// needed and closed once none is parked there or the namespace is gone: the socket keeps
+    /// its namespace alive in the kernel, so one kept for good would leak a namespace (and an
+    /// fd) per short-lived container.
+    diag: HashMap<u32, Watched>,
 }
 
 impl TimeWaitWatcher {
     fn socket_for(&mut self, inode: u32) -> Option<&mut SockDiag> {
         let slot = match self.diag.entry(inode) {
-            Entry::Occupied(slot) => return Some(slot.into_mut()),
+            Entry::Occupied(slot) => return Some(&mut slot.into_mut().diag),
             Entry::Vacant(slot) => slot,
         };
-        let made = if netns::own() == Some(inode) {
-            SockDiag::new()
+        let (made, path) = if netns::own() == Some(inode) {
+            (SockDiag::new(), None)
         } else {
-            SockDiag::in_netns(&netns::find(inode)?)
+            let path = netns::find(inode)?;
+            (SockDiag::in_netns(&path), Some(path))
         };
         match made {
-            Ok(diag) => Some(slot.insert(diag)),
+            Ok(diag) => Some(&mut slot.insert(Watched { diag, path }).diag),
             Err(err) => {
                 warn!("cannot watch TIME_WAIT sockets in netns {inode}: {err}");
                 None
             }
         }
+    }
+
+    /// Closes the sockets of namespaces that are gone: no process, thread or /run/netns name
+    /// opens them any more (our socket alone keeps such a namespace, and its TIME_WAIT
+    /// sockets, alive). One stat per namespace while the path it was entered by still names
+    /// it; a search of /proc only when that path is gone.
+    /// Returns the namespaces found gone.
+    fn forget_gone_namespaces(&mut self) -> Vec<u32> {
+        let mut gone = Vec::new();
+        self.diag.retain(|&inode, watched| {
+            let Some(path) = &watched.path else {
+                return true;
+            };
+            if netns::inode_of(path) == Some(inode) {
+                return true;
+            }
+            match netns::find(inode) {
+                Some(found) => {
+                    watched.path = Some(found);
+                    true
+                }
+                None => {
+                    debug!("netns {inode} is gone: closing its sock_diag socket");
+                    gone.push(inode);
+                    false
+                }
+            }
+        });
+        gone
     }
 
     /// Releases the ports whose TIME_WAIT socket is gone. Per namespace, whichever costs
@@ -54,12 +96,16 @@ impl TimeWaitWatcher {
     /// parked, two checks each) looks up, and a burst of fresh closes dumps.
     pub fn poll(&mut self, tracker: &mut Tracker) -> Vec<(Event, Outcome)> {
         let now = monotonic_ns();
+        let gone = self.forget_gone_namespaces();
         let mut plans = Vec::new();
         for (inode, parked) in tracker.time_wait_parked(now) {
-            if parked.due.is_empty() {
+            if parked.due.is_empty() && !gone.contains(&inode) {
                 continue;
             }
-            let plan = if parked.due.len() * DUMP_BREAK_EVEN >= parked.all.len() {
+            // A namespace that is gone took its TIME_WAIT sockets with it: all settled now.
+            let plan = if gone.contains(&inode)
+                || parked.due.len() * DUMP_BREAK_EVEN >= parked.all.len()
+            {
                 Plan::Dump(parked.all)
             } else {
                 Plan::Lookup {
@@ -100,6 +146,9 @@ impl TimeWaitWatcher {
             };
             released.extend(tracker.settle_time_wait(checked, &present, now));
         }
+        // No work pending where nothing is parked: close those namespaces' sockets.
+        let parked = tracker.time_wait_namespaces();
+        self.diag.retain(|inode, _| parked.contains(inode));
         released
     }
 }

@@ -61,11 +61,118 @@ impl From<Outcome> for Applied {
     }
 }
 
-/// Sockets whose port is held, by socket cookie. Only the allocation time is kept for open
-/// sockets: every release record carries the allocation's who and where.
+/// An open socket's port: when it was allocated, and who and where (an `Origins` id). Every
+/// release record carries the allocation's who and where; they are kept here only for a
+/// release reconciliation finds (its record was lost), compactly.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    since_ns: u64,
+    origin: u32,
+    port: u16,
+}
+
+/// The who and where of allocations (an allocation event less its time, cookie and port),
+/// shared by the open sockets that have them in common: one process connecting to one
+/// destination over and over keeps one. So an open socket costs 16 bytes more than its
+/// allocation time, not a whole event.
+#[derive(Debug, Default)]
+struct Origins {
+    /// Each origin and how many open sockets have it; None where the slot is free.
+    slots: Vec<Option<(Event, u32)>>,
+    ids: HashMap<Event, u32>,
+    free: Vec<u32>,
+    /// Origins no open socket has: kept a while (the next allocation is likely the same),
+    /// swept when there are many.
+    idle: usize,
+}
+
+/// Idle origins kept before a sweep frees them.
+const IDLE_ORIGINS: usize = 4_096;
+
+impl Origins {
+    fn template(event: &Event) -> Event {
+        let mut template = event.clone();
+        template.event = EventType::Alloc;
+        template.ts_ns = 0;
+        template.cookie = 0;
+        template.port = 0;
+        template.errno = 0;
+        template.time_wait = false;
+        template.time_wait_end = false;
+        template
+    }
+
+    fn intern(&mut self, event: &Event) -> u32 {
+        let template = Self::template(event);
+        if let Some(&id) = self.ids.get(&template)
+            && let Some(Some((_, refs))) = self.slots.get_mut(id as usize)
+        {
+            if *refs == 0 {
+                self.idle -= 1;
+            }
+            *refs += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[id as usize] = Some((template.clone(), 1));
+        self.ids.insert(template, id);
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        if let Some(Some((_, refs))) = self.slots.get_mut(id as usize) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.idle += 1;
+            }
+        }
+        if self.idle > IDLE_ORIGINS {
+            self.sweep();
+        }
+    }
+
+    fn sweep(&mut self) {
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if let Some((template, 0)) = slot {
+                self.ids.remove(template);
+                *slot = None;
+                self.free.push(id as u32);
+            }
+        }
+        self.idle = 0;
+    }
+
+    /// The allocation of `cookie` as the kernel reported it.
+    fn event(&self, open: &Open, cookie: u64) -> Option<Event> {
+        let (template, _) = self.slots.get(open.origin as usize)?.as_ref()?;
+        let mut event = template.clone();
+        event.ts_ns = open.since_ns;
+        event.cookie = cookie;
+        event.port = open.port;
+        Some(event)
+    }
+}
+
+/// A port tracked as held, as reconciliation judges it against the kernel's sockets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackedPort {
+    /// The allocation (open socket) or the release that parked it (TIME_WAIT).
+    pub event: Event,
+    /// When it was allocated (CLOCK_MONOTONIC).
+    pub since_ns: u64,
+}
+
+/// Sockets whose port is held, by socket cookie.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    held: HashMap<u64, u64>,
+    held: HashMap<u64, Open>,
+    origins: Origins,
     time_wait: HashMap<u64, TimeWait>,
     /// The ports in `time_wait` by connection, to see a new connect() take one over.
     time_wait_tuples: HashMap<FourTuple, u64>,
@@ -83,8 +190,16 @@ impl Tracker {
                 } else {
                     None
                 };
-                if self.held.insert(event.cookie, event.ts_ns).is_none() && event.explicit {
-                    self.explicit += 1;
+                let open = Open {
+                    since_ns: event.ts_ns,
+                    origin: self.origins.intern(event),
+                    port: event.port,
+                };
+                match self.held.insert(event.cookie, open) {
+                    // The same socket again (never from the kernel): the newer one counts.
+                    Some(old) => self.origins.release(old.origin),
+                    None if event.explicit => self.explicit += 1,
+                    None => {}
                 }
                 Applied {
                     freed,
@@ -122,11 +237,62 @@ impl Tracker {
     }
 
     fn take_held(&mut self, event: &Event) -> Option<u64> {
-        let since = self.held.remove(&event.cookie);
-        if since.is_some() && event.explicit {
+        let open = self.held.remove(&event.cookie)?;
+        self.origins.release(open.origin);
+        if event.explicit {
             self.explicit -= 1;
         }
-        since
+        Some(open.since_ns)
+    }
+
+    /// Every port tracked as held (open sockets and TIME_WAIT), for reconciliation.
+    pub fn tracked(&self) -> impl Iterator<Item = TrackedPort> + '_ {
+        let open = self.held.iter().filter_map(|(cookie, open)| {
+            Some(TrackedPort {
+                event: self.origins.event(open, *cookie)?,
+                since_ns: open.since_ns,
+            })
+        });
+        let parked = self.time_wait.values().map(|tw| TrackedPort {
+            event: tw.release.clone(),
+            since_ns: tw.allocated_ns,
+        });
+        open.chain(parked)
+    }
+
+    /// The namespaces with a port tracked as held.
+    pub fn namespaces(&self) -> HashSet<u32> {
+        let open = self
+            .held
+            .values()
+            .filter_map(|open| self.origins.slots.get(open.origin as usize)?.as_ref())
+            .map(|(template, _)| template.netns);
+        open.chain(self.time_wait.values().map(|tw| tw.release.netns))
+            .collect()
+    }
+
+    /// Forgets a port whose socket reconciliation found gone from the kernel (its release
+    /// was lost); returns it as a release at `now_ns`, to free in the occupancy model.
+    pub fn vanished(&mut self, cookie: u64, now_ns: u64) -> Option<Event> {
+        let mut event = match self.held.remove(&cookie) {
+            Some(open) => {
+                let event = self.origins.event(&open, cookie);
+                self.origins.release(open.origin);
+                let event = event?;
+                if event.explicit {
+                    self.explicit -= 1;
+                }
+                event
+            }
+            None => {
+                let tw = self.time_wait.remove(&cookie)?;
+                self.forget_tuple(&tw.release);
+                tw.release
+            }
+        };
+        event.event = EventType::Release;
+        event.ts_ns = now_ns;
+        Some(event)
     }
 
     /// A connect() that got the connection of a TIME_WAIT socket (tcp_tw_reuse): the kernel
@@ -179,6 +345,11 @@ impl Tracker {
             }
         }
         by_netns
+    }
+
+    /// The namespaces with a port parked in TIME_WAIT.
+    pub fn time_wait_namespaces(&self) -> HashSet<u32> {
+        self.time_wait.values().map(|tw| tw.release.netns).collect()
     }
 
     /// Settles the parked ports `checked` (cookies) against which of them still exist,
@@ -491,6 +662,84 @@ mod tests {
             Outcome::Released { .. }
         ));
         assert_eq!(tracker.held(), 0);
+    }
+
+    #[test]
+    fn a_vanished_port_is_forgotten_and_given_back_as_its_allocation() {
+        let mut tracker = Tracker::default();
+        let first = alloc();
+        tracker.apply(&first);
+        // The same process to the same destination from another port: one origin for both.
+        let mut raw = raw_connect();
+        raw.cookie = 77;
+        raw.lport = 40_077;
+        raw.ts_ns = 9;
+        let second = decode_raw(&raw).expect("decodes");
+        tracker.apply(&second);
+        assert_eq!(tracker.origins.ids.len(), 1, "shared who and where");
+        let mut tracked: Vec<_> = tracker.tracked().collect();
+        tracked.sort_by_key(|t| t.event.cookie);
+        assert_eq!(tracked[0].event, first);
+        assert_eq!(tracked[1].event, second);
+        assert_eq!(tracked[1].since_ns, 9);
+        assert_eq!(tracker.namespaces(), HashSet::from_iter([first.netns]));
+
+        let gone = tracker.vanished(77, 1_000).expect("tracked");
+        assert_eq!(gone.event, EventType::Release);
+        assert_eq!(
+            (gone.ts_ns, gone.port, gone.pid),
+            (1_000, 40_077, second.pid)
+        );
+        assert_eq!(tracker.held(), 1);
+        assert!(tracker.vanished(77, 1_001).is_none(), "forgotten once");
+        // A release arriving after all is unmatched, and changes nothing.
+        assert_eq!(
+            tracker.apply(&release(77, 2_000, 0)).outcome,
+            Outcome::UnmatchedRelease
+        );
+        assert_eq!(tracker.held(), 1);
+    }
+
+    #[test]
+    fn a_vanished_time_wait_port_frees_its_connection_too() {
+        let mut tracker = Tracker::default();
+        let first = alloc();
+        tracker.apply(&first);
+        tracker.apply(&release(first.cookie, 100, FLAG_TIME_WAIT));
+        assert_eq!(tracker.tracked().count(), 1);
+        assert!(tracker.vanished(first.cookie, 200).is_some());
+        assert_eq!(tracker.held(), 0);
+        assert!(due(&tracker, u64::MAX).is_empty());
+        // A new connection on the same four-tuple takes nothing over.
+        let mut raw = raw_connect();
+        raw.cookie = 5;
+        assert!(
+            tracker
+                .apply(&decode_raw(&raw).expect("decodes"))
+                .freed
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn idle_origins_are_swept() {
+        let mut tracker = Tracker::default();
+        for i in 0..=(IDLE_ORIGINS as u64 + 1) {
+            let mut raw = raw_connect();
+            raw.cookie = i + 1;
+            raw.pid = i as u32; // a new origin each
+            let event = decode_raw(&raw).expect("decodes");
+            tracker.apply(&event);
+            tracker.apply(&release(i + 1, 10, 0));
+        }
+        assert!(tracker.origins.ids.len() <= IDLE_ORIGINS, "swept");
+        assert_eq!(tracker.origins.ids.len(), tracker.origins.idle);
+        // Freed slots are used again.
+        let mut raw = raw_connect();
+        raw.cookie = 1;
+        tracker.apply(&decode_raw(&raw).expect("decodes"));
+        assert!(tracker.origins.slots.len() <= IDLE_ORIGINS + 2);
+        assert_eq!(tracker.tracked().count(), 1);
     }
 
     #[test]

@@ -253,3 +253,95 @@ pub fn repo_root() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default()
 }
+
+/// A network namespace of the test's own, with loopback up: made by a thread that unshares
+/// (no `ip netns`, which busybox in the VM matrix lacks) and stays in it until this is
+/// dropped, since port-trace finds a namespace by the threads in it (or a /run/netns name);
+/// entered by any thread that needs it.
+pub struct Netns {
+    fd: std::fs::File,
+    inode: u64,
+    /// Dropped to let the anchor thread go.
+    _anchor: std::sync::mpsc::Sender<()>,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        let (made_tx, made_rx) = channel();
+        let (anchor, release) = channel::<()>();
+        thread::spawn(move || {
+            // SAFETY: unshare affects only this thread's namespaces.
+            let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(unshared, 0, "unshare: {}", std::io::Error::last_os_error());
+            let status = Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("ip runs");
+            assert!(status.success(), "ip link set lo up");
+            let fd = std::fs::File::open(format!("/proc/self/task/{}/ns/net", gettid()))
+                .expect("our netns");
+            use std::os::unix::fs::MetadataExt;
+            let inode = fd.metadata().expect("netns inode").ino();
+            made_tx.send((fd, inode)).expect("the test waits");
+            // In the namespace until the test lets go.
+            let _ = release.recv();
+        });
+        let (fd, inode) = made_rx.recv().expect("netns made");
+        Self {
+            fd,
+            inode,
+            _anchor: anchor,
+        }
+    }
+
+    /// Its inode number, as `--netns` takes it.
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Moves the calling thread into it.
+    pub fn enter(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns for this thread only, on a namespace fd we hold.
+        let entered = unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+
+    /// Runs `work` in a thread inside it.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    self.enter();
+                    work()
+                })
+                .join()
+                .expect("thread in the netns")
+        })
+    }
+
+    /// Sets a sysctl of its own (`net/ipv4/tcp_tw_reuse`, `1`).
+    pub fn sysctl(&self, path: &str, value: &str) {
+        self.run(|| std::fs::write(format!("/proc/sys/{path}"), value))
+            .unwrap_or_else(|e| panic!("setting {path}: {e}"));
+    }
+
+    /// The local ports within `range` that its TCP and UDP sockets hold, every state
+    /// (TIME_WAIT included), as `ss` lists them.
+    pub fn ss_ports(&self, range: std::ops::RangeInclusive<u16>) -> Vec<u16> {
+        let out = self.run(|| {
+            Command::new("ss")
+                .arg("-tuanH")
+                .output()
+                .expect("ss (iproute2) runs")
+        });
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let local = line.split_whitespace().nth(4)?;
+                local.rsplit(':').next()?.parse::<u16>().ok()
+            })
+            .filter(|port| range.contains(port))
+            .collect()
+    }
+}
