@@ -14,78 +14,31 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, http_get, skip_unless_root};
+use common::{Netns, Tracer, http_get, skip_unless_root};
 
-/// A network namespace where nothing happens, deleted when dropped: a tracer told to trace
-/// only it (`--netns`, filtered in the kernel) does no work for the rest of the host, so its
-/// CPU time and memory are what the metrics endpoint costs.
-struct QuietNetns {
-    name: String,
-    inode: u64,
-}
-
-impl QuietNetns {
-    fn new() -> QuietNetns {
-        use std::os::unix::fs::MetadataExt as _;
-        let name = format!("pt-quiet-{}", std::process::id());
-        let added = std::process::Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip (iproute2) runs");
-        assert!(added.success(), "ip netns add {name}");
-        let inode = std::fs::metadata(format!("/run/netns/{name}"))
-            .expect("the namespace's mount")
-            .ino();
-        QuietNetns { name, inode }
-    }
-}
-
-impl QuietNetns {
-    /// Fills the metrics page as a busy host would: 20 processes (threads of that many
-    /// names) connect in the namespace, so lifetime histograms have a series for each.
-    fn fill_the_page(&self) {
-        let up = std::process::Command::new("ip")
-            .args(["-n", &self.name, "link", "set", "lo", "up"])
-            .status()
-            .expect("ip (iproute2) runs");
-        assert!(up.success(), "ip -n {} link set lo up", self.name);
-        let threads: Vec<_> = (0..20)
-            .map(|i| {
-                let path = format!("/run/netns/{}", self.name);
-                std::thread::Builder::new()
-                    .name(format!("pt-series-{i}"))
-                    .spawn(move || {
-                        use std::os::fd::AsRawFd as _;
-                        let netns = std::fs::File::open(path).expect("the namespace");
-                        // SAFETY: setns moves only this thread into the namespace.
-                        let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-                        assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-                        for _ in 0..5 {
-                            let listener =
-                                TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listener");
-                            let client = TcpStream::connect(listener.local_addr().expect("addr"))
-                                .expect("connect");
-                            // Reset, not closed: the port is released at once, no TIME_WAIT.
-                            socket2::SockRef::from(&client)
-                                .set_linger(Some(Duration::ZERO))
-                                .expect("SO_LINGER");
-                        }
-                    })
-                    .expect("a thread")
-            })
-            .collect();
-        for thread in threads {
-            thread.join().expect("the connects were made");
+/// Fills the metrics page as a busy host would: 20 processes (threads of that many names)
+/// connect in `netns`, so lifetime histograms have a series for each.
+fn fill_the_page(netns: &Netns) {
+    std::thread::scope(|scope| {
+        for i in 0..20 {
+            std::thread::Builder::new()
+                .name(format!("pt-series-{i}"))
+                .spawn_scoped(scope, || {
+                    netns.enter();
+                    for _ in 0..5 {
+                        let listener =
+                            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listener");
+                        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+                            .expect("connect");
+                        // Reset, not closed: the port is released at once, no TIME_WAIT.
+                        socket2::SockRef::from(&client)
+                            .set_linger(Some(Duration::ZERO))
+                            .expect("SO_LINGER");
+                    }
+                })
+                .expect("a thread");
         }
-    }
-}
-
-impl Drop for QuietNetns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
+    });
 }
 
 /// A tracer serving metrics on a loopback port (with `extra` arguments), and that address.
@@ -182,9 +135,14 @@ fn out_of_file_descriptors_backs_off_instead_of_spinning() {
     }
     let log = std::env::temp_dir().join(format!("port-trace-emfile-{}.log", std::process::id()));
     let stderr = std::fs::File::create(&log).expect("log file");
-    let quiet = QuietNetns::new();
-    let (tracer, addr) =
-        tracer_with_metrics(Stdio::from(stderr), &["--netns", &quiet.inode.to_string()]);
+    // A network namespace where nothing happens: a tracer told to trace only it
+    // (`--netns`, filtered in the kernel) does no work for the rest of the host, so its CPU
+    // time and memory are what the metrics endpoint costs.
+    let quiet = Netns::new();
+    let (tracer, addr) = tracer_with_metrics(
+        Stdio::from(stderr),
+        &["--netns", &quiet.inode().to_string()],
+    );
     let pid = tracer.pid();
     scrape_within(&addr, Duration::from_secs(10));
 
@@ -243,11 +201,14 @@ fn idle_connections_cost_neither_memory_nor_the_real_scrape() {
     if skip_unless_root("idle_connections_cost_neither_memory_nor_the_real_scrape") {
         return;
     }
-    let quiet = QuietNetns::new();
+    // A network namespace where nothing happens: a tracer told to trace only it
+    // (`--netns`, filtered in the kernel) does no work for the rest of the host, so its CPU
+    // time and memory are what the metrics endpoint costs.
+    let quiet = Netns::new();
     let (tracer, addr) =
-        tracer_with_metrics(Stdio::inherit(), &["--netns", &quiet.inode.to_string()]);
+        tracer_with_metrics(Stdio::inherit(), &["--netns", &quiet.inode().to_string()]);
     let pid = tracer.pid();
-    quiet.fill_the_page();
+    fill_the_page(&quiet);
     // Rendered once, so what follows is what idle connections add.
     let page = scrape_within(&addr, Duration::from_secs(10));
     assert!(
