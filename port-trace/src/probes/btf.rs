@@ -32,9 +32,10 @@ const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
-/// How deep anonymous structs and unions may nest (Linux's `struct sock` nests 3 deep).
+/// How deep anonymous structs and unions may nest (Linux's nest two or three deep).
 const MAX_NESTING: usize = 32;
-/// How many members one lookup may look at (one in the real kernel looks at about a hundred).
+/// How many members one lookup may look at (the largest struct read, `task_struct`, has a
+/// few hundred).
 const MEMBER_BUDGET: usize = 1 << 16;
 
 #[derive(Debug, Clone)]
