@@ -1,34 +1,10 @@
-//! port-trace: traces every ephemeral port the kernel hands out and how long it is held.
-//!
-//! The daemon is a pipeline, and its modules are its stages, in order (a stage imports only
-//! earlier ones; `tests/layout.rs` holds it to that):
-//!
-//! 1. `probes`: check the machine, load and attach the eBPF programs, hand out the rings.
-//! 2. `event`: the rings' bytes decoded into typed events; the filters.
-//! 3. `track`: per-socket state and lifetimes, TIME_WAIT, the start-up snapshot.
-//! 4. `exhaustion` and `stats`: occupancy, levels, forecasts and warnings; histograms and
-//!    totals.
-//! 5. `pipeline`: the core that runs events through 3-4, without I/O.
-//! 6. `sinks`: terminal, event lines, report, HdrHistogram log, Prometheus.
-//!
-//! Beside them: `sys` (OS plumbing any stage may use: netns, sock_diag, /proc, clocks),
-//! `cmd` (the subcommands: trace, check, explain), `cli` and `error`.
-
-mod cli;
-mod cmd;
-mod error;
-mod event;
-mod exhaustion;
-mod pipeline;
-mod probes;
-mod sinks;
-mod stats;
-mod sys;
-mod track;
+//! The `port-trace` command: parses the command line, sets up logging and runs a subcommand
+//! (the crate's modules are in lib.rs).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use port_trace::{cli, cmd};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {

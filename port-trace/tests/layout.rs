@@ -1,6 +1,7 @@
 //! The daemon's modules are the stages of its pipeline, and data flows one way: a stage
 //! imports earlier stages only, never a later one or a sink. This reads every `crate::` path
-//! in `src/` (test modules aside) and fails on one that runs against the flow.
+//! in `src/` (test modules aside), and main.rs's `port_trace::` paths, and fails on one that
+//! runs against the flow. `lib.rs` is the crate root, not a stage: it only declares them.
 
 use std::{
     collections::BTreeMap,
@@ -21,11 +22,15 @@ const RANKS: &[(&str, u8)] = &[
     ("stats", 4),
     ("pipeline", 5),
     ("sinks", 6),
-    // The edges: the command line, the subcommands, main.
+    // The edges: the command line, the subcommands, main (the binary, which reaches the
+    // library's modules as `port_trace::`).
     ("cli", 7),
     ("cmd", 8),
     ("main", 9),
 ];
+
+/// The crate root: declares the modules above and holds nothing else.
+const ROOT: &str = "lib";
 
 fn rank(module: &str) -> Option<u8> {
     RANKS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
@@ -84,12 +89,26 @@ fn climbs_to_root(depth: usize, source: &str) -> bool {
 /// The top-level modules `source` names through `crate::` (in `use` lines or inline paths),
 /// outside its `#[cfg(test)]` module.
 fn crate_imports(source: &str) -> Vec<String> {
+    paths_under("crate::", source)
+}
+
+/// The top-level modules `source` names through `prefix` (`crate::` inside the library,
+/// `port_trace::` in main.rs), outside its `#[cfg(test)]` module.
+fn paths_under(prefix: &str, source: &str) -> Vec<String> {
     let code = non_test(source);
     let mut found = Vec::new();
     // `use crate::{a::x, b::{y, z}}` names a and b; `crate::a::x` names a.
     let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
+    while let Some(at) = rest.find(prefix) {
+        // `port_trace::` inside `my_port_trace::` is another crate.
+        let inside_a_name = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        rest = &rest[at + prefix.len()..];
+        if inside_a_name {
+            continue;
+        }
         if let Some(group) = rest.strip_prefix('{') {
             let mut depth = 1;
             let mut item_start = true;
@@ -130,6 +149,20 @@ fn crate_imports(source: &str) -> Vec<String> {
     }
     found.retain(|n| !n.is_empty());
     found
+}
+
+/// What in the crate root is not a module declaration (doc comments and blank lines aside).
+fn root_code(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("//"))
+        .filter(|line| {
+            let declaration = line.strip_prefix("pub ").unwrap_or(line);
+            !(declaration.starts_with("mod ") && declaration.ends_with(';'))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// What is wrong with `module` importing `imports`, one line each.
@@ -180,9 +213,25 @@ fn no_stage_imports_a_later_stage_or_a_sink() {
     for file in &files {
         let relative = file.strip_prefix(&src).expect("under src/");
         let source = std::fs::read_to_string(file).expect("readable");
-        let imports = crate_imports(&source);
+        let module = module_of(relative);
+        if module == ROOT {
+            let code = root_code(&source);
+            if !code.is_empty() {
+                wrong.insert(
+                    relative.display().to_string(),
+                    vec![format!(
+                        "the crate root only declares modules; move this into one: {code:?}"
+                    )],
+                );
+            }
+            continue;
+        }
+        let mut imports = crate_imports(&source);
+        if module == "main" {
+            imports.extend(paths_under("port_trace::", &source));
+        }
         checked += imports.len();
-        let mut found = violations(&module_of(relative), &imports);
+        let mut found = violations(&module, &imports);
         if climbs_to_root(depth(relative), &source) {
             found.push("a super:: chain reaches the crate root: name it with crate::".into());
         }
@@ -223,5 +272,17 @@ fn the_check_sees_imports_against_the_flow() {
         crate_imports("use crate::{a::{b, c::{d}}, e};"),
         ["a", "e"],
         "nested groups name only their first segment"
+    );
+    assert_eq!(
+        paths_under(
+            "port_trace::",
+            "use port_trace::{cli, cmd};\nmy_port_trace::x();"
+        ),
+        ["cli", "cmd"]
+    );
+    assert!(root_code("//! doc\n\npub mod a;\nmod b;\n").is_empty());
+    assert_eq!(
+        root_code("pub mod a;\nfn helper() {}\npub use a::X;\n"),
+        ["fn helper() {}", "pub use a::X;"]
     );
 }

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask <setup|build|run|test|install>`.
+//! Project tasks: `cargo xtask <setup|build|run|test|fuzz|bench|install>`.
 //!
 //! Every task that builds first runs `setup`, which installs what the eBPF build needs, so the
 //! README's two commands work on a fresh Debian/Ubuntu machine.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod soak;
 mod vm;
@@ -40,8 +41,19 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, then run the whole test suite: fmt, clippy, unit and kernel integration
-    /// tests here, then the kernel matrix in VMs (vm-test).
+    /// tests here, each fuzz target briefly, then the kernel matrix in VMs (vm-test).
     Test,
+    /// Run the fuzz targets in fuzz/ (installs cargo-fuzz if missing): each for --seconds,
+    /// or one for longer (`cargo xtask fuzz --seconds 3600 btf`). A crash fails with the
+    /// path of the input, saved under fuzz/artifacts/TARGET/.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        target: Option<String>,
+    },
     /// Run the test suite in VMs on Debian's 6.1 and 6.12 kernels, once per backend, and
     /// print a kernel x backend table.
     VmTest {
@@ -121,6 +133,10 @@ fn run_task(task: Task) -> Result<()> {
             run(Command::new(binary).args(args))
         }
         Task::Test => test(),
+        Task::Fuzz { seconds, target } => match target {
+            Some(target) => fuzz::fuzz(&[target.as_str()], seconds),
+            None => fuzz::fuzz(&fuzz::TARGETS, seconds),
+        },
         Task::VmTest {
             backends,
             kernels,
@@ -195,6 +211,8 @@ const TEST_PACKAGES: [&str; 3] = ["iproute2", "util-linux", "prometheus"];
 fn test() -> Result<()> {
     setup::ensure_build_toolchain()?;
     run(cmd("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz crate is a workspace of its own.
+    run(cmd("cargo").args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     run(cmd("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate only builds for the bpf target, so it gets its own lint run.
     run(cmd("cargo")
@@ -223,6 +241,8 @@ fn test() -> Result<()> {
     // Integration tests each start a tracer; one at a time keeps their timings honest on
     // small machines.
     run(tests.args(["test", "--all-targets", "--", "--test-threads=1"]))?;
+    // Every parser of outside bytes, briefly: a crash fails the suite.
+    fuzz::fuzz(&fuzz::TARGETS, fuzz::CI_SECONDS)?;
     if !setup::is_root() {
         eprintln!("xtask: not root: skipping the VM kernel matrix (it installs qemu with apt)");
         return Ok(());

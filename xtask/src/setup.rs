@@ -33,7 +33,7 @@ pub fn ensure_build_toolchain() -> Result<()> {
 /// Nightly builds the eBPF crate (`-Z build-std=core` needs rust-src) and lints it (clippy).
 const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 
-fn ensure_nightly_components() -> Result<()> {
+pub fn ensure_nightly_components() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()

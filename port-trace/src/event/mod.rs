@@ -172,6 +172,10 @@ pub enum DecodeError {
     Short(usize),
     #[error("unknown {field} value {value}")]
     Unknown { field: &'static str, value: u8 },
+    /// The kernel never hands out port 0: such an allocation or release is a corrupt record,
+    /// and tracking it would show a held port that does not exist.
+    #[error("{0} record with port 0")]
+    NoPort(EventType),
 }
 
 fn unknown(field: &'static str, value: u8) -> DecodeError {
@@ -215,6 +219,10 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         KIND_SENDMSG => AllocKind::Sendmsg,
         other => return Err(unknown("kind", other)),
     };
+    // Only a failure has no port: the kernel found none to give.
+    if raw.lport == 0 && event != EventType::Fail {
+        return Err(DecodeError::NoPort(event));
+    }
     Ok(Event {
         event,
         ts_ns: raw.ts_ns,
@@ -319,5 +327,24 @@ pub mod tests {
         let mut raw = raw_connect();
         raw.family = 1;
         assert_eq!(decode_raw(&raw), Err(unknown("family", 1)));
+    }
+
+    /// Found by the ring_record fuzz target: a record of an allocation of port 0 decoded.
+    #[test]
+    fn rejects_an_allocation_or_release_of_port_0() {
+        let mut raw = raw_connect();
+        raw.lport = 0;
+        assert_eq!(decode_raw(&raw), Err(DecodeError::NoPort(EventType::Alloc)));
+        raw.event = EVENT_RELEASE;
+        assert_eq!(
+            decode_raw(&raw),
+            Err(DecodeError::NoPort(EventType::Release))
+        );
+        raw.event = EVENT_TIME_WAIT_END;
+        assert!(decode_raw(&raw).is_err());
+        // A failed allocation has no port to carry.
+        raw.event = EVENT_FAIL;
+        raw.errno = EADDRNOTAVAIL;
+        assert_eq!(decode_raw(&raw).map(|e| e.port), Ok(0));
     }
 }

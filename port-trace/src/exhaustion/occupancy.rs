@@ -348,6 +348,8 @@ mod tests {
     use crate::event::{decode_raw, tests::raw_connect};
 
     const NETNS: u32 = 4026531840;
+    /// A local port where only the destination matters (a destination's scope has none).
+    const ANY_PORT: u16 = 1;
 
     fn tiny() -> PortRange {
         PortRange::parse("40000 40009", "").expect("range")
@@ -395,8 +397,8 @@ mod tests {
         for port in 40000..40008 {
             occ.hold(&connect(port, 80));
         }
-        let a = occ.usage(&dest_key(&connect(0, 443)));
-        let b = occ.usage(&dest_key(&connect(0, 80)));
+        let a = occ.usage(&dest_key(&connect(ANY_PORT, 443)));
+        let b = occ.usage(&dest_key(&connect(ANY_PORT, 80)));
         assert_eq!((a.used, a.capacity), (8, 10));
         assert_eq!((b.used, b.capacity), (8, 10));
         // bind(0) could only use the two ports no socket has.
@@ -416,11 +418,11 @@ mod tests {
         occ.hold(&bind(40009));
         occ.hold(&bind(40008));
         occ.hold(&connect(40000, 443));
-        let usage = occ.usage(&dest_key(&connect(0, 443)));
+        let usage = occ.usage(&dest_key(&connect(ANY_PORT, 443)));
         assert_eq!((usage.used, usage.capacity), (1, 8));
         assert_eq!(occ.usage(&ns_key()).used, 3);
         occ.free(&bind(40009));
-        assert_eq!(occ.usage(&dest_key(&connect(0, 443))).capacity, 9);
+        assert_eq!(occ.usage(&dest_key(&connect(ANY_PORT, 443))).capacity, 9);
     }
 
     #[test]
@@ -528,7 +530,7 @@ mod tests {
             prop_assert_eq!(occ.usage(&ns_key()).used, 0);
             prop_assert!(occ.fullest(10).is_empty());
             for dest in 0..3 {
-                let u = occ.usage(&dest_key(&connect(0, 1000 + dest)));
+                let u = occ.usage(&dest_key(&connect(ANY_PORT, 1000 + dest)));
                 prop_assert_eq!((u.used, u.capacity), (0, 10));
             }
         }
@@ -565,7 +567,7 @@ mod tests {
             let exclusive = distinct(&|e| e.kind != AllocKind::Connect);
             prop_assert_eq!(occ.usage(&ns_key()).used, distinct(&|_| true));
             for dest in 0..3u16 {
-                let u = occ.usage(&dest_key(&connect(0, 1000 + dest)));
+                let u = occ.usage(&dest_key(&connect(ANY_PORT, 1000 + dest)));
                 prop_assert_eq!(u.used, distinct(&|e| e.kind == AllocKind::Connect && e.rport == 1000 + dest));
                 prop_assert_eq!(u.capacity, range.size() - exclusive);
             }
@@ -582,7 +584,7 @@ mod tests {
             for &p in &binds {
                 occ.hold(&bind(p));
             }
-            let u = occ.usage(&dest_key(&connect(0, 443)));
+            let u = occ.usage(&dest_key(&connect(ANY_PORT, 443)));
             prop_assert_eq!(u.capacity as usize, 10 - binds.len());
         }
     }

@@ -32,6 +32,11 @@ const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
+/// How deep anonymous structs and unions may nest (Linux's nest two or three deep).
+const MAX_NESTING: usize = 32;
+/// How many members one lookup may look at (the largest struct read, `task_struct`, has a
+/// few hundred).
+const MEMBER_BUDGET: usize = 1 << 16;
 
 #[derive(Debug, Clone)]
 struct Member {
@@ -165,17 +170,29 @@ impl Btf {
     }
 
     /// Finds `name` among `members`, looking inside anonymous structs and unions the way C
-    /// does; returns its bit offset and type.
-    fn find_member(&self, members: &[Member], name: &str) -> Option<(u32, u32, bool)> {
+    /// does; returns its bit offset and type. `budget` bounds the members looked at and
+    /// `depth` the nesting: C nests a few levels, and corrupt BTF can make a loop (a struct
+    /// inside itself) or a tree of anonymous members that would take forever to walk.
+    fn find_member(
+        &self,
+        members: &[Member],
+        name: &str,
+        depth: usize,
+        budget: &mut usize,
+    ) -> Option<(u32, u32, bool)> {
+        if depth > MAX_NESTING {
+            return None;
+        }
         for member in members {
+            *budget = budget.checked_sub(1)?;
             if member.name == name {
                 return Some((member.bit_offset, member.type_id, member.bitfield));
             }
             if member.name.is_empty()
                 && let Some(inner) = self.composite(member.type_id)
-                && let Some((bits, ty, bitfield)) = self.find_member(inner, name)
+                && let Some((bits, ty, bitfield)) = self.find_member(inner, name, depth + 1, budget)
             {
-                return Some((member.bit_offset + bits, ty, bitfield));
+                return Some((member.bit_offset.checked_add(bits)?, ty, bitfield));
             }
         }
         None
@@ -192,20 +209,22 @@ impl Btf {
         let no_member = || BtfError::NoMember {
             path: path.to_string(),
         };
-        let mut bits = 0;
+        let mut bits = 0u32;
+        let mut budget = MEMBER_BUDGET;
         for part in parts {
             let members = self.composite(type_id).ok_or_else(no_member)?;
-            let (offset, member_type, bitfield) =
-                self.find_member(members, part).ok_or_else(no_member)?;
+            let (offset, member_type, bitfield) = self
+                .find_member(members, part, 0, &mut budget)
+                .ok_or_else(no_member)?;
             if bitfield {
                 return Err(BtfError::Bitfield {
                     path: path.to_string(),
                 });
             }
-            bits += offset;
+            bits = bits.checked_add(offset).ok_or_else(no_member)?;
             type_id = member_type;
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield {
                 path: path.to_string(),
             });
@@ -360,6 +379,63 @@ mod tests {
         let mut data = sample();
         data.truncate(data.len() - 10);
         assert_eq!(Btf::parse(&data).err(), Some(BtfError::Truncated));
+    }
+
+    /// Found by the btf fuzz target: an anonymous member of its own struct's type sent the
+    /// lookup round the loop until the stack overflowed.
+    #[test]
+    fn a_struct_inside_itself_is_no_member() {
+        let mut b = Builder::new();
+        b.int("u32", 4); // 1
+        b.composite(KIND_STRUCT, "sock", 8, &[("", 2, 0), ("x", 1, 32)]); // 2
+        let btf = Btf::parse(&b.build()).expect("parses");
+        assert_eq!(
+            btf.offset_of("sock.x"),
+            Ok(4),
+            "a name before the loop is found"
+        );
+        assert_eq!(
+            btf.offset_of("sock.nope"),
+            Err(BtfError::NoMember {
+                path: "sock.nope".into()
+            })
+        );
+    }
+
+    /// A tree of anonymous members, each level twenty wide and distinct, has 20^depth paths:
+    /// the lookup gives up instead of walking them.
+    #[test]
+    fn a_wide_deep_tree_of_anonymous_members_ends() {
+        let mut b = Builder::new();
+        b.int("u32", 4); // 1
+        let levels = 12;
+        for level in 0..levels {
+            let inner = if level == 0 { 1 } else { 2 + level - 1 };
+            let members: Vec<(&str, u32, u32)> = (0..20).map(|_| ("", inner, 0)).collect();
+            b.composite(KIND_STRUCT, "", 4, &members); // 2 + level
+        }
+        b.composite(KIND_STRUCT, "sock", 4, &[("", 2 + levels - 1, 0)]);
+        let btf = Btf::parse(&b.build()).expect("parses");
+        let started = std::time::Instant::now();
+        assert!(btf.offset_of("sock.nope").is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// Offsets that add up past u32 are an error, not an overflow.
+    #[test]
+    fn offsets_past_u32_are_no_member() {
+        let mut b = Builder::new();
+        b.int("u32", 4); // 1
+        b.composite(KIND_STRUCT, "", 4, &[("x", 1, u32::MAX - 7)]); // 2
+        b.composite(
+            KIND_STRUCT,
+            "sock",
+            4,
+            &[("", 2, 16), ("y", 2, u32::MAX - 7)],
+        ); // 3
+        let btf = Btf::parse(&b.build()).expect("parses");
+        assert!(btf.offset_of("sock.x").is_err());
+        assert!(btf.offset_of("sock.y.x").is_err());
     }
 
     #[test]

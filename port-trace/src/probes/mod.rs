@@ -26,7 +26,8 @@ use tracing::{debug, info};
 
 use crate::{error::Fatal, sys};
 
-/// The eBPF object built by build.rs from port-trace-ebpf.
+/// The eBPF object built by build.rs from port-trace-ebpf (empty in a build with
+/// AYA_BUILD_SKIP, such as the fuzz targets', which load no programs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/port-trace"));
 
 /// The backend asked for (`--backend`).
@@ -159,6 +160,11 @@ impl Probes {
         let aya_btf =
             AyaBtf::parse(&btf_bytes, Endianness::default()).context("loading kernel BTF")?;
 
+        if EBPF_OBJECT.is_empty() {
+            return Err(Fatal::Other(anyhow::anyhow!(
+                "this port-trace was built without its eBPF programs (AYA_BUILD_SKIP)"
+            )));
+        }
         let socket_id_key = random_u64();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))

@@ -162,7 +162,8 @@ pub fn parse_lookups(
         let index = seq.wrapping_sub(first_seq) as usize;
         match kind {
             NLMSG_ERROR if body.len() >= 4 => {
-                let code = -(u32_ne(body, 0) as i32);
+                // A negative errno; whatever else is there must not overflow the negation.
+                let code = (u32_ne(body, 0) as i32).wrapping_neg();
                 if code != libc::ENOENT {
                     present.push(index);
                 }
@@ -202,7 +203,8 @@ pub fn parse(buf: &[u8], into: &mut Vec<DiagSocket>) -> Result<bool, DiagError> 
                 } else {
                     0
                 };
-                return Err(DiagError::Kernel(-code));
+                // A negative errno; whatever else is there must not overflow the negation.
+                return Err(DiagError::Kernel(code.wrapping_neg()));
             }
             _ if body.len() >= MSG_LEN => into.push(DiagSocket {
                 family: body[0],
@@ -540,6 +542,20 @@ mod tests {
         let mut cut = message(SOCK_DIAG_BY_FAMILY, &diag_msg(6, 1, 1));
         cut.truncate(40);
         assert_eq!(parse(&cut, &mut out), Err(DiagError::Truncated));
+    }
+
+    /// Found by the sock_diag fuzz target: an error code of i32::MIN overflowed its negation
+    /// (a panic in a debug build).
+    #[test]
+    fn an_error_code_that_cannot_be_negated_is_still_an_error() {
+        let err = message(NLMSG_ERROR, &i32::MIN.to_ne_bytes());
+        assert_eq!(
+            parse(&err, &mut Vec::new()),
+            Err(DiagError::Kernel(i32::MIN))
+        );
+        let mut present = Vec::new();
+        assert_eq!(parse_lookups(&err, 0, &mut present), Ok(1));
+        assert_eq!(present, [0], "not ENOENT: kept");
     }
 
     fn cookie_of(socket: &impl AsRawFd) -> u64 {
