@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use port_trace::{cli, cmd};
+use port_trace::{cli, cmd, sys::stdio};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -38,17 +38,19 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            sys::stdio::say!("port-trace: cannot start the runtime: {err}");
+            stdio::eprint(format_args!(
+                "port-trace: cannot start the runtime: {err}\n"
+            ));
             return ExitCode::FAILURE;
         }
     };
     let result = match cli.command {
         Some(cli::Command::Check) => {
-            sys::stdio::die_on_broken_pipe();
+            stdio::die_on_broken_pipe();
             cmd::check::run()
         }
         Some(cli::Command::Explain { port, proto, json }) => {
-            sys::stdio::die_on_broken_pipe();
+            stdio::die_on_broken_pipe();
             cmd::explain::run(port, proto.map(Into::into), json);
             Ok(())
         }
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            sys::stdio::say!("port-trace: {err:#}");
+            stdio::eprint(format_args!("port-trace: {err:#}\n"));
             ExitCode::from(err.exit_code())
         }
     }
