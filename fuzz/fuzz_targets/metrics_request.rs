@@ -1,6 +1,6 @@
 //! The metrics endpoint's request: whatever a client of `--prometheus` sends, answered by
-//! `sinks::metrics_server::response`. The one call below is the seam to repoint if the
-//! server's request handling moves.
+//! `sinks::metrics_server`: routed by `Route::of`, answered by `response`. The one call
+//! below is the seam to repoint if the server's request handling moves.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +10,8 @@ const METRICS: &str =
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn answer(request: &[u8]) -> Vec<u8> {
-    port_trace::sinks::metrics_server::response(request, METRICS, CONTENT_TYPE)
+    use port_trace::sinks::metrics_server::{Route, response};
+    response(Route::of(request), METRICS, CONTENT_TYPE)
 }
 
 fuzz_target!(|request: &[u8]| {

@@ -23,9 +23,12 @@ fuzz_target!(|data: &[u8]| {
         assert_ne!(event.port, 0, "a port of 0 in {event:?}");
     }
     assert!(!event.time_wait_end || event.event == EventType::Release);
-    // What the sinks show of it: the name is text, its length the kernel's at most.
-    let comm = event.comm.to_string();
+    // The name is text, its length the kernel's at most; shown to people, it carries no
+    // control character (its `Display` escapes them).
+    let comm = event.comm.as_str();
     assert!(comm.len() <= 16, "{comm:?}");
     assert!(!comm.contains('\0'), "{comm:?}");
+    let shown = event.comm.to_string();
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
     let _ = (event.local(), event.remote());
 });
