@@ -252,3 +252,27 @@ fn sighup_ends_the_trace_with_its_summary_and_report() {
         "the final summary on stderr: {summary}"
     );
 }
+
+#[test]
+fn a_quiet_trace_without_event_lines_outlives_its_stdout() {
+    if skip_unless_root("a_quiet_trace_without_event_lines_outlives_its_stdout") {
+        return;
+    }
+    // The service: `--quiet`, no event lines, stdout a journal stream that may hang up. It
+    // writes nothing there, so stdout going away is no reason to stop.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(binary())
+        .args(["--quiet", "--duration", "3s"])
+        .args(backend_args())
+        .stdout(writer)
+        .output()
+        .expect("port-trace runs");
+    let took = started.elapsed();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "ended after {took:?}, before its --duration, with nothing to write"
+    );
+}

@@ -19,7 +19,7 @@ use crate::{
     event::decode,
     exhaustion::{Exhaustion, level::Thresholds},
     pipeline::{self, Pipeline},
-    probes::{Backend, ProbeConfig, Probes},
+    probes::{Backend, KernelCounters, ProbeConfig, Probes},
     sinks::{
         self, Sinks,
         console::Console,
@@ -203,6 +203,10 @@ impl Trace {
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
         let sees_time_wait_end = self.probes.sees_time_wait_end();
+        // Only a stdout that carries something can end the trace by going away: with
+        // `--quiet` and no event lines (the service), a journal or terminal that hangs up
+        // is nobody's loss, and a restart-on-failure unit would not bring us back.
+        let stdout_used = cli.events.is_some() || !cli.quiet;
         let mut reconciler = Reconciler::new(
             Matching {
                 kernel_cookies: self.probes.backend == Backend::Tracepoint,
@@ -248,7 +252,7 @@ impl Trace {
                 _ = self.sigint.recv() => break,
                 _ = self.sigterm.recv() => break,
                 _ = self.sighup.recv() => break,
-                ended = &mut self.stdout_ended => {
+                ended = &mut self.stdout_ended, if stdout_used => {
                     // No message: the writer thread ended without one (it panicked).
                     let ended = ended.unwrap_or_else(|_| {
                         Ended::Failed(std::io::Error::other("the stdout writer stopped"))
@@ -324,12 +328,23 @@ impl Trace {
         self.pipeline
             .stats
             .set_output_lines_dropped(self.sinks.console.dropped_lines());
-        let counters = self.probes.counters()?;
+        // Counters that cannot be read do not cost the report: it has the last ones read.
+        let (counters, read) = match self.probes.counters() {
+            Ok(counters) => (counters, Ok(())),
+            Err(err) => (
+                KernelCounters {
+                    lost: self.pipeline.stats.lost,
+                    probe_errors: self.pipeline.stats.probe_errors.clone(),
+                },
+                Err(err),
+            ),
+        };
         let finished = self
             .pipeline
             .finish(counters, monotonic_ns(), &mut self.sinks);
         drained?;
         finished?;
+        read?;
         // Dropping the probes detaches every program.
         drop(self.ring);
         drop(self.probes);

@@ -22,8 +22,14 @@ pub fn own() -> Option<u32> {
 /// a named one in /run/netns, or failing that some thread's (a thread can setns() into a namespace its process is not
 /// in, and /proc/PID/ns shows only the main thread's).
 pub fn find(inode: u32) -> Option<PathBuf> {
-    let pids: Vec<PathBuf> = std::fs::read_dir("/proc")
-        .ok()?
+    locate(inode).ok().flatten()
+}
+
+/// `find`, telling "no such namespace" (`Ok(None)`: /proc was searched and nothing opens
+/// it) from "could not look" (out of file descriptors, say). Only the first lets a caller
+/// conclude the namespace is gone and release what it held.
+pub fn locate(inode: u32) -> io::Result<Option<PathBuf>> {
+    let pids: Vec<PathBuf> = std::fs::read_dir("/proc")?
         .filter_map(Result::ok)
         .filter(|e| {
             e.file_name()
@@ -40,7 +46,8 @@ pub fn find(inode: u32) -> Option<PathBuf> {
         .flatten()
         .filter_map(Result::ok)
         .map(|e| e.path());
-    pids.iter()
+    Ok(pids
+        .iter()
         .map(|pid| pid.join("ns/net"))
         .chain(named)
         .find(matches)
@@ -50,7 +57,13 @@ pub fn find(inode: u32) -> Option<PathBuf> {
                 .flat_map(|tasks| tasks.filter_map(Result::ok))
                 .map(|task| task.path().join("ns/net"))
                 .find(matches)
-        })
+        }))
+}
+
+/// Whether namespace `inode` is known to be gone: not ours, and a clean search found
+/// nothing that opens it. A failed search says nothing.
+pub fn is_gone(inode: u32) -> bool {
+    own() != Some(inode) && matches!(locate(inode), Ok(None))
 }
 
 /// Every network namespace in use: those of all threads of all processes, and the named

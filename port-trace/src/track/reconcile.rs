@@ -34,6 +34,10 @@ use crate::{
 pub const MARGIN_NS: u64 = 1_000_000_000;
 /// A port is released when absent from two looks at least this far apart.
 pub const CONFIRM_NS: u64 = 2_000_000_000;
+/// Looks a loss asks for are at least this far apart: under steady loss (the kernel skipping
+/// program runs under loopback churn, say) dumping every namespace every second would take
+/// the time the rings need most.
+pub const LOSS_GAP_NS: u64 = 3_000_000_000;
 
 /// How tracked ports are matched to the kernel's sockets.
 #[derive(Debug, Clone, Copy)]
@@ -130,12 +134,10 @@ pub fn look_at(namespaces: impl IntoIterator<Item = u32>) -> HashMap<u32, Look> 
                         .filter_map(|(number, s)| Some((Proto::from_ipproto(number)?, s)));
                     Look::new(protos, sockets)
                 }
-                // Could not be entered: gone, unless it is still there (then no socket
-                // could be made in it, and nothing is judged).
-                None if netns::own() == Some(netns) || netns::find(netns).is_some() => {
-                    Look::default()
-                }
-                None => Look::gone(),
+                // Could not be entered: gone if a clean search finds nothing that opens it;
+                // otherwise (still there, or the search failed) nothing is judged.
+                None if netns::is_gone(netns) => Look::gone(),
+                None => Look::default(),
             };
             (netns, look)
         })
@@ -150,6 +152,8 @@ pub struct Reconciler {
     next_ns: u64,
     /// The kernel's lost-event total at the last `due`.
     lost_seen: u64,
+    /// When the last look was judged.
+    last_look_ns: Option<u64>,
     /// Cookies absent at a look, and when first found absent.
     suspects: HashMap<u64, u64>,
 }
@@ -162,6 +166,7 @@ impl Reconciler {
             every_ns,
             next_ns: now_ns.saturating_add(every_ns),
             lost_seen: 0,
+            last_look_ns: None,
             suspects: HashMap::default(),
         }
     }
@@ -171,7 +176,10 @@ impl Reconciler {
     pub fn due(&mut self, now_ns: u64, lost: u64) -> bool {
         if lost > self.lost_seen {
             self.lost_seen = lost;
-            self.next_ns = self.next_ns.min(now_ns);
+            let soonest = self
+                .last_look_ns
+                .map_or(now_ns, |last| last.saturating_add(LOSS_GAP_NS));
+            self.next_ns = self.next_ns.min(soonest.max(now_ns));
         }
         now_ns >= self.next_ns
     }
@@ -206,6 +214,7 @@ impl Reconciler {
             }
         }
         self.suspects = suspects;
+        self.last_look_ns = Some(at_ns);
         self.next_ns = if self.suspects.is_empty() {
             at_ns.saturating_add(self.every_ns)
         } else {
@@ -317,7 +326,10 @@ mod tests {
         assert!(r.due(2 * S, 5), "events were lost");
         r.judge(vec![], &looks(vec![]), 2 * S);
         assert!(!r.due(3 * S, 5), "the same loss again is nothing new");
-        assert!(r.due(4 * S, 6));
+        // Steady loss: looks at most every LOSS_GAP_NS, not at every new loss.
+        assert!(!r.due(4 * S, 6), "too soon after the last look");
+        assert!(!r.due(4 * S + S / 2, 7));
+        assert!(r.due(2 * S + LOSS_GAP_NS, 7));
     }
 
     #[test]

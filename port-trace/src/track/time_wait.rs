@@ -73,16 +73,18 @@ impl TimeWaitWatcher {
             if netns::inode_of(path) == Some(inode) {
                 return true;
             }
-            match netns::find(inode) {
-                Some(found) => {
+            match netns::locate(inode) {
+                Ok(Some(found)) => {
                     watched.path = Some(found);
                     true
                 }
-                None => {
+                Ok(None) => {
                     debug!("netns {inode} is gone: closing its sock_diag socket");
                     gone.push(inode);
                     false
                 }
+                // Could not look (out of fds, say): not evidence of anything; next time.
+                Err(_) => true,
             }
         });
         gone
@@ -135,10 +137,13 @@ impl TimeWaitWatcher {
                     }
                 }
                 // No process is left in that namespace, so no socket is either.
-                None => {
+                None if gone.contains(&inode) || netns::is_gone(inode) => {
                     debug!("netns {inode} is gone; its TIME_WAIT sockets with it");
                     HashSet::default()
                 }
+                // Not entered, but not known to be gone (a failed search, no socket could
+                // be made): nothing is settled this time.
+                None => continue,
             };
             let checked = match &plan {
                 Plan::Dump(all) => all,
