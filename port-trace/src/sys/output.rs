@@ -5,16 +5,18 @@
 //! may have planted a symlink to a file of root's, or a file of their own. Opening the target
 //! would write through the one and into the other; `rename()` instead replaces the name with
 //! our new file and follows nothing. The temporary file is created with O_EXCL|O_NOFOLLOW,
-//! so it is ours and new too.
+//! so it is ours and new too. Every step after the first is relative to the directory as it
+//! was opened then (openat, renameat, unlinkat): a directory swapped for a symlink meanwhile
+//! (by whoever may write its parent) cannot send our file anywhere else.
 
 use std::{
-    ffi::{OsStr, OsString},
-    fs::{File, OpenOptions},
+    ffi::{CString, OsStr, OsString},
+    fs::File,
     hash::{BuildHasher as _, Hasher as _},
     io::{self, Write as _},
-    os::unix::{
-        ffi::OsStrExt as _,
-        fs::{FileTypeExt as _, OpenOptionsExt as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
 };
@@ -47,7 +49,11 @@ pub enum OutputError {
 #[derive(Debug)]
 pub struct OutputFile {
     target: PathBuf,
-    temp: PathBuf,
+    /// The target's directory, opened once: every later step is relative to it.
+    dir: OwnedFd,
+    name: CString,
+    /// The temporary file's name in `dir`; None once it is in place.
+    temp: Option<CString>,
     file: Option<File>,
 }
 
@@ -60,9 +66,16 @@ impl OutputFile {
         let path = || target.to_path_buf();
         let (dir, name) =
             split(target).ok_or_else(|| OutputError::DirectoryName { path: path() })?;
-        match std::fs::symlink_metadata(target) {
-            Ok(meta) => {
-                if let Some(what) = refused(meta.file_type()) {
+        let create_error = |source| OutputError::Create {
+            path: path(),
+            dir: dir.clone(),
+            source,
+        };
+        let dir_fd = open_dir(&dir).map_err(create_error)?;
+        let name = c_name(&name).map_err(create_error)?;
+        match kind_at(&dir_fd, &name) {
+            Ok(kind) => {
+                if let Some(what) = refused(kind) {
                     return Err(OutputError::NotAFile { path: path(), what });
                 }
             }
@@ -75,14 +88,12 @@ impl OutputFile {
                 });
             }
         }
-        let (temp, file) = create_temp(&dir, &name).map_err(|source| OutputError::Create {
-            path: path(),
-            dir: dir.clone(),
-            source,
-        })?;
+        let (temp, file) = create_temp(&dir_fd, &name).map_err(create_error)?;
         Ok(Self {
             target: path(),
-            temp,
+            dir: dir_fd,
+            name,
+            temp: Some(temp),
             file: Some(file),
         })
     }
@@ -128,22 +139,74 @@ impl OutputFile {
     }
 
     fn rename(&mut self) -> Result<(), OutputError> {
-        std::fs::rename(&self.temp, &self.target).map_err(|source| OutputError::Rename {
-            path: self.target.clone(),
-            source,
-        })?;
-        // In place: nothing left to clean up.
-        self.temp = PathBuf::new();
+        let Some(temp) = self.temp.as_ref() else {
+            return Ok(());
+        };
+        let dir = self.dir.as_raw_fd();
+        // SAFETY: both names are NUL-terminated and relative to a directory fd we own.
+        let renamed = unsafe { libc::renameat(dir, temp.as_ptr(), dir, self.name.as_ptr()) };
+        if renamed != 0 {
+            return Err(OutputError::Rename {
+                path: self.target.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        // In place: nothing left to clean up. The directory synced too, so the new name
+        // survives a crash (best effort: some filesystems refuse fsync on a directory).
+        self.temp = None;
+        // SAFETY: fsync on a directory fd we own.
+        unsafe { libc::fsync(dir) };
         Ok(())
     }
 }
 
 impl Drop for OutputFile {
     fn drop(&mut self) {
-        if !self.temp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.temp);
+        if let Some(temp) = &self.temp {
+            // SAFETY: a NUL-terminated name relative to a directory fd we own.
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), temp.as_ptr(), 0) };
         }
     }
+}
+
+/// Opens `dir` as a directory (following the operator's path as given, once).
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    let path = c_name(dir.as_os_str())?;
+    // SAFETY: a NUL-terminated path; the fd returned is checked and then owned.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd of our own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn c_name(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// The file type bits (`S_IFMT`) of `name` in `dir`, not following a symlink.
+fn kind_at(dir: &OwnedFd, name: &CString) -> io::Result<libc::mode_t> {
+    // SAFETY: a zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: name is NUL-terminated, dir an fd we own, st a valid out-buffer.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
 }
 
 /// The directory `target` is in and its file name; None when it names a directory (`/`,
@@ -160,23 +223,17 @@ fn split(target: &Path) -> Option<(PathBuf, OsString)> {
     Some((dir, name))
 }
 
-/// What a file of this type is, when it cannot be an output; None for a regular file or a
-/// symlink (replaced, not followed).
-fn refused(kind: std::fs::FileType) -> Option<&'static str> {
-    if kind.is_file() || kind.is_symlink() {
-        None
-    } else if kind.is_dir() {
-        Some("a directory")
-    } else if kind.is_char_device() {
-        Some("a character device")
-    } else if kind.is_block_device() {
-        Some("a block device")
-    } else if kind.is_fifo() {
-        Some("a fifo")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else {
-        Some("not a regular file")
+/// What a file of this type (`S_IFMT` bits) is, when it cannot be an output; None for a
+/// regular file or a symlink (replaced, not followed).
+fn refused(kind: libc::mode_t) -> Option<&'static str> {
+    match kind {
+        libc::S_IFREG | libc::S_IFLNK => None,
+        libc::S_IFDIR => Some("a directory"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFBLK => Some("a block device"),
+        libc::S_IFIFO => Some("a fifo"),
+        libc::S_IFSOCK => Some("a socket"),
+        _ => Some("not a regular file"),
     }
 }
 
@@ -194,30 +251,39 @@ fn temp_name(name: &OsStr) -> OsString {
 }
 
 /// Creates a new file of our own in `dir`, named after `name`.
-fn create_temp(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
+fn create_temp(dir: &OwnedFd, name: &CString) -> io::Result<(CString, File)> {
+    let name = OsStr::from_bytes(name.as_bytes());
     create_first(dir, (0..100).map(|_| temp_name(name)))
 }
 
-/// Creates the first of `names` in `dir` that is not taken. create_new is O_CREAT|O_EXCL:
-/// never an existing file, never through a symlink planted at the name; std adds O_CLOEXEC.
+/// Creates the first of `names` in `dir` that is not taken: O_CREAT|O_EXCL, never an
+/// existing file, never through a symlink planted at the name.
 fn create_first(
-    dir: &Path,
+    dir: &OwnedFd,
     names: impl IntoIterator<Item = OsString>,
-) -> io::Result<(PathBuf, File)> {
+) -> io::Result<(CString, File)> {
     let mut taken = io::Error::from(io::ErrorKind::AlreadyExists);
     for name in names {
-        let temp = dir.join(name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o644)
-            .open(&temp)
-        {
-            Ok(file) => return Ok((temp, file)),
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => taken = err,
-            Err(err) => return Err(err),
+        let temp = c_name(&name)?;
+        // SAFETY: a NUL-terminated name relative to a directory fd we own; the fd returned
+        // is checked and then owned.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                temp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh fd of our own.
+            return Ok((temp, unsafe { File::from_raw_fd(fd) }));
         }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::AlreadyExists {
+            return Err(err);
+        }
+        taken = err;
     }
     Err(taken)
 }
@@ -368,15 +434,39 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_swapped_for_a_symlink_cannot_redirect_the_file() {
+        let dir = Dir::new("swapped");
+        let reports = dir.0.join("reports");
+        let elsewhere = dir.0.join("elsewhere");
+        std::fs::create_dir(&reports).expect("reports");
+        std::fs::create_dir(&elsewhere).expect("elsewhere");
+        let mut out = OutputFile::prepare(&reports.join("x.json")).expect("prepared");
+        // Whoever may write the parent swaps the directory for a symlink to another one.
+        std::fs::rename(&reports, dir.0.join("moved")).expect("moved");
+        symlink(&elsewhere, &reports).expect("symlink");
+        out.write_all(b"report").expect("written");
+        out.commit().expect("committed");
+        assert!(
+            !elsewhere.join("x.json").exists(),
+            "followed the swapped directory"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join("moved/x.json")).expect("in place"),
+            "report"
+        );
+    }
+
+    #[test]
     fn a_taken_temporary_name_is_skipped_not_followed() {
         let dir = Dir::new("planted");
         let victim = dir.0.join("victim");
         std::fs::write(&victim, "precious").expect("victim");
         symlink(&victim, dir.0.join("a")).expect("symlink");
         std::fs::write(dir.0.join("b"), "theirs").expect("a file");
+        let fd = open_dir(&dir.0).expect("the directory");
         let (temp, mut file) =
-            create_first(&dir.0, ["a".into(), "b".into(), "c".into()]).expect("created");
-        assert_eq!(temp, dir.0.join("c"));
+            create_first(&fd, ["a".into(), "b".into(), "c".into()]).expect("created");
+        assert_eq!(temp.as_bytes(), b"c");
         file.write_all(b"ours").expect("written");
         assert_eq!(
             std::fs::read_to_string(&victim).expect("victim"),
@@ -386,7 +476,7 @@ mod tests {
             std::fs::read_to_string(dir.0.join("b")).expect("b"),
             "theirs"
         );
-        let err = create_first(&dir.0, ["a".into(), "b".into()]).expect_err("all taken");
+        let err = create_first(&fd, ["a".into(), "b".into()]).expect_err("all taken");
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
     }
 
