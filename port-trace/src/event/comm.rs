@@ -91,8 +91,18 @@ pub fn printable(text: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
+    // Controls, and the invisible format characters that reorder or hide text: bidi marks,
+    // embeddings, overrides and isolates; zero-width spaces and joiners; line and paragraph
+    // separators; the byte-order mark.
     c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+        )
 }
 
 impl fmt::Debug for Comm {
@@ -148,6 +158,11 @@ mod tests {
             Some(r#""a\u001b]0;pwn\u0007\r\n""#)
         );
         assert!(matches!(printable("nginx"), Cow::Borrowed("nginx")));
+        // Invisible ones too: a zero-width joiner, a line separator, a byte-order mark.
+        assert_eq!(
+            printable("a\u{200d}b\u{2028}\u{feff}"),
+            r"a\u{200d}b\u{2028}\u{feff}"
+        );
     }
 
     #[test]

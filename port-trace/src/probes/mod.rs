@@ -92,6 +92,9 @@ pub struct Probes {
     pub programs: Vec<String>,
     /// Every hook tried, with its result (all Ok when strict).
     pub hooks: Vec<Hook>,
+    /// The most skipped runs read so far: the kernel's count only grows, and a read of
+    /// fdinfo that fails (0) must not make it dip and then count the same runs again.
+    skipped_seen: std::cell::Cell<u64>,
 }
 
 /// One program and where it attaches, and whether loading and attaching it worked.
@@ -196,6 +199,7 @@ impl Probes {
             backend,
             programs: hooks.list.iter().map(|h| h.label.clone()).collect(),
             hooks: hooks.list,
+            skipped_seen: std::cell::Cell::new(0),
         })
     }
 
@@ -236,11 +240,15 @@ impl Probes {
 
     /// Runs of our programs the kernel skipped for recursion (see `LostCounts`).
     fn recursion_misses(&self) -> u64 {
-        self.ebpf
+        let now: u64 = self
+            .ebpf
             .programs()
             .filter_map(|(_, program)| program.fd().ok())
             .map(|fd| sys::procfs::bpf_recursion_misses(fd.as_fd().as_raw_fd()))
-            .sum()
+            .sum();
+        let seen = self.skipped_seen.get().max(now);
+        self.skipped_seen.set(seen);
+        seen
     }
 
     /// What the kernel side counted: lost events, and the attached programs' failed runs.

@@ -84,18 +84,17 @@ pub fn render(
     if t.lost > 0 {
         let _ = write!(
             out,
-            " (ring buffer full: {}, socket table full: {}, failure ring full: {})",
+            " (ring buffer full: {}, socket table full: {}, failure ring full: {}",
             stats.lost.ring_buffer_full, stats.lost.socket_table_full, stats.lost.failure_ring_full
         );
         if stats.lost.program_skipped > 0 {
-            out.insert_str(
-                out.len() - 1,
-                &format!(
-                    ", eBPF program runs skipped: {}",
-                    stats.lost.program_skipped
-                ),
+            let _ = write!(
+                out,
+                ", eBPF program runs skipped: {}",
+                stats.lost.program_skipped
             );
         }
+        out.push(')');
     }
     // Ports whose release was lost, found free in the kernel's sockets.
     if t.reconciled > 0 {

@@ -34,6 +34,18 @@ impl Write for RawStdout {
             return Ok(n as usize);
         }
         let err = io::Error::last_os_error();
+        // A stdout inherited non-blocking (O_NONBLOCK is shared with whoever else has the
+        // pipe): this thread may block, so wait until it takes more, then try again.
+        if err.kind() == io::ErrorKind::WouldBlock {
+            let mut fds = libc::pollfd {
+                fd: libc::STDOUT_FILENO,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; blocks only this writer thread.
+            unsafe { libc::poll(&mut fds, 1, -1) };
+            return Err(io::Error::from(io::ErrorKind::Interrupted));
+        }
         // As `std::io::stdout` does: no stdout at all (started with fd 1 closed) swallows
         // the output rather than failing the trace.
         if err.raw_os_error() == Some(libc::EBADF) {
