@@ -121,9 +121,12 @@ impl QueuedStdout {
         self.dropped
     }
 
-    /// Whether the writer has stopped (the reader is gone, or writing failed).
+    /// Whether stdout takes no more: the writer has stopped (the reader is gone, or writing
+    /// failed), or the end of the trace gave up on a stalled reader (so the last summary
+    /// goes to stderr rather than into a queue about to be discarded).
     pub fn stopped(&self) -> bool {
-        self.shared.progress().stopped
+        let progress = self.shared.progress();
+        progress.stopped || progress.abandoned
     }
 
     /// Hands what is pending to the writer and waits until it has written everything, for
