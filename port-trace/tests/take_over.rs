@@ -42,7 +42,14 @@ fn take_over_churn_holds_no_port_without_a_socket() {
         "net/ipv4/ip_local_port_range",
         &format!("{} {}", RANGE.0, RANGE.1),
     );
-    let tracer = Tracer::start(&["--netns", &netns.inode().to_string()]);
+    // Reconciliation every 2 s, not 30: a leak late in the churn, after the last loss, is
+    // found by the periodic look, and the test need not wait half a minute for it.
+    let tracer = Tracer::start(&[
+        "--netns",
+        &netns.inode().to_string(),
+        "--reconcile-every",
+        "2s",
+    ]);
 
     let stop = Arc::new(AtomicBool::new(false));
     // Servers: accept, read to the client's FIN, close (a passive close: no TIME_WAIT here).
@@ -102,9 +109,9 @@ fn take_over_churn_holds_no_port_without_a_socket() {
     for thread in clients.into_iter().chain(servers) {
         thread.join().expect("churn thread");
     }
-    // The last closes settle, then reconciliation (at once after a loss: a first look and a
-    // confirming one 2 s later).
-    sleep(Duration::from_secs(6));
+    // The last closes settle, then reconciliation (a look within 2 s, a confirming one 2 s
+    // later, for ports at least 1 s old).
+    sleep(Duration::from_secs(7));
     let kernel = netns.ss_ports(RANGE.0..=RANGE.1).len();
     let (_, report) = tracer.stop();
     let connections = connections.load(Ordering::Relaxed);
@@ -127,9 +134,16 @@ fn take_over_churn_holds_no_port_without_a_socket() {
          connections; lost {}, reconciled {}",
         report["lost"], report["totals"]["reconciled"]
     );
-    // No port held without a socket: every lost release was reconciled.
+    eprintln!("{context}");
+    // No port held without a socket: every lost release was reconciled. (The leak this
+    // test found showed as held above the kernel's count: 6008 against 5992.)
     assert!(held <= kernel, "{context}");
-    // A skipped run can also be a connect's first state change: that connection was never
-    // tracked (an allocation lost, and counted as such), and reconciliation only releases.
-    assert!(kernel - held <= skipped, "{context}");
+    // Short of the kernel's count only by what was counted lost: a skipped run can be a
+    // connect's first state change, and a full ring (a daemon behind a fast churn) loses
+    // allocations too; reconciliation only releases, so those stay untracked.
+    let lost_allocations_at_most = skipped
+        + report["lost"]["ring_buffer_full"]
+            .as_u64()
+            .expect("ring_buffer_full") as usize;
+    assert!(kernel - held <= lost_allocations_at_most, "{context}");
 }
