@@ -110,8 +110,9 @@ fn take_over_churn_holds_no_port_without_a_socket() {
         thread.join().expect("churn thread");
     }
     // The last closes settle, then reconciliation (a look within 2 s, a confirming one 2 s
-    // later, for ports at least 1 s old).
-    sleep(Duration::from_secs(7));
+    // later, for ports at least 1 s old): 7 s here, and time to spare for the VM matrix,
+    // where a dump of thousands of TIME_WAIT sockets under emulation takes seconds.
+    sleep(Duration::from_secs(15));
     let kernel = netns.ss_ports(RANGE.0..=RANGE.1).len();
     let (_, report) = tracer.stop();
     let connections = connections.load(Ordering::Relaxed);
