@@ -39,6 +39,12 @@ fn namespaces_that_are_gone_cost_no_file_descriptors() {
         return;
     }
     let tracer = Tracer::start(&[]);
+    if tracer.ready["backend"] == "kprobe" {
+        // The kprobe backend sees a TIME_WAIT socket's end in the kernel (inet_twsk_kill):
+        // no watcher, so no namespace socket to leak.
+        eprintln!("skipped: the kprobe backend has no TIME_WAIT watcher");
+        return;
+    }
     sleep(Duration::from_millis(1_500));
     let baseline = open_fds(tracer.pid());
     // Each with a thread in it (how the watcher finds a namespace) until it is dropped.
