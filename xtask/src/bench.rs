@@ -108,13 +108,8 @@ struct Run {
 
 const TCPLIFE: &str = "/usr/sbin/tcplife";
 
-pub fn bench(options: &Options) -> Result<()> {
-    if !setup::is_root() {
-        bail!("the benchmark loads eBPF programs: run it as root");
-    }
-    setup::ensure_build_toolchain()?;
-    setup::ensure_apt_packages(&["libbpf-tools"])?;
-    let tcplife = find_tcplife()?;
+/// The release builds the bench and the soak run: port-trace and the churn workloads.
+pub fn build_release() -> Result<()> {
     run(cmd("cargo").args([
         "build",
         "--release",
@@ -122,7 +117,17 @@ pub fn bench(options: &Options) -> Result<()> {
         "port-trace",
         "--package",
         "port-trace-bench",
-    ]))?;
+    ]))
+}
+
+pub fn bench(options: &Options) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    setup::ensure_build_toolchain()?;
+    setup::ensure_apt_packages(&["libbpf-tools"])?;
+    let tcplife = find_tcplife()?;
+    build_release()?;
     ensure_tracefs()?;
     let stats_were = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
     let result = series(options, &tcplife);

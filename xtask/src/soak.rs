@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bench, cmd, run, setup};
+use crate::{bench, run, setup};
 
 /// Time for the soak namespace's TIME_WAIT population to become steady (60 s in Linux) and
 /// the daemon's tables to reach their working size.
@@ -64,14 +64,7 @@ pub fn soak(minutes: f64) -> Result<()> {
         bail!("the soak loads eBPF programs and makes namespaces: run it as root");
     }
     setup::ensure_build_toolchain()?;
-    run(cmd("cargo").args([
-        "build",
-        "--release",
-        "--package",
-        "port-trace",
-        "--package",
-        "port-trace-bench",
-    ]))?;
+    bench::build_release()?;
     bench::ensure_tracefs()?;
     let netns = Netns::new(&format!("pt-soak-{}", std::process::id()))?;
     let result = soak_in(&netns, Duration::from_secs_f64(minutes.max(0.1) * 60.0));
@@ -125,24 +118,17 @@ fn soak_in(netns: &Netns, duration: Duration) -> Result<()> {
         while started.elapsed() < duration {
             let cycle = Instant::now();
             let mut churns = Vec::new();
+            let churn = |netns: &Netns, kind: &str| {
+                netns.exec(&["target/release/churn", kind, "--millis", CHURN_MILLIS])
+            };
             for kind in ["tcp-close", "tcp-rst", "udp"] {
-                churns.push(netns.exec(&[
-                    "target/release/churn",
-                    kind,
-                    "--millis",
-                    CHURN_MILLIS,
-                ])?);
+                churns.push(churn(netns, kind)?);
             }
             let mut short_lived = Vec::new();
             for kind in ["tcp-close", "udp"] {
                 made += 1;
                 let netns = Netns::new(&format!("{}-{made}", netns.name))?;
-                churns.push(netns.exec(&[
-                    "target/release/churn",
-                    kind,
-                    "--millis",
-                    CHURN_MILLIS,
-                ])?);
+                churns.push(churn(&netns, kind)?);
                 short_lived.push(netns);
             }
             for mut churn in churns {
