@@ -10,6 +10,9 @@ pub struct PortEvent {
     pub ts_ns: u64,
     /// Socket cookie: the socket's one identity across every hook and sock_diag.
     pub cookie: u64,
+    /// cgroup v2 id of the task that allocated the port (`bpf_get_current_cgroup_id()`);
+    /// 0 where there is no such task.
+    pub cgroup: u64,
     /// Thread-group id (the pid users know) of the process that caused the allocation.
     pub pid: u32,
     /// Inode number of the socket's network namespace.
@@ -40,6 +43,7 @@ impl PortEvent {
     pub const ZERO: Self = Self {
         ts_ns: 0,
         cookie: 0,
+        cgroup: 0,
         pid: 0,
         netns: 0,
         comm: [0; 16],
@@ -251,7 +255,7 @@ mod tests {
         // The field sizes add up to the struct size: nothing is left for the compiler to pad.
         assert_eq!(
             size_of::<PortEvent>(),
-            8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 1 + 3
+            8 + 8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 1 + 3
         );
         assert_eq!(size_of::<PortEvent>() % 8, 0);
         assert_eq!(size_of::<KernelOffsets>(), 14 * 4);

@@ -167,6 +167,7 @@ unsafe fn write_blank(e: *mut PortEvent, kind: u8, proto: u8) {
     unsafe {
         write_volatile(addr_of_mut!((*e).ts_ns), 0);
         write_volatile(addr_of_mut!((*e).cookie), 0);
+        write_volatile(addr_of_mut!((*e).cgroup), 0);
         write_volatile(addr_of_mut!((*e).pid), 0);
         write_volatile(addr_of_mut!((*e).netns), 0);
         zero16(addr_of_mut!((*e).comm));

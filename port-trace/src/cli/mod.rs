@@ -92,7 +92,7 @@ pub struct Cli {
 
     /// Size of the kernel-to-daemon ring buffer in KiB (a power of two). Events that do not
     /// fit are counted as lost ("ring buffer full"). It is kernel memory taken at start,
-    /// KIB and no more (an event takes 96 bytes with its header: the default holds ~43,000).
+    /// KIB and no more (an event takes 104 bytes with its header: the default holds ~40,000).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 

@@ -3,10 +3,12 @@
 
 pub mod comm;
 pub mod filter;
+pub mod workload;
 
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
 use port_trace_common::{
@@ -17,7 +19,10 @@ use port_trace_common::{
 use serde::Serialize;
 use thiserror::Error;
 
-use self::comm::Comm;
+use self::{
+    comm::Comm,
+    workload::{CgroupId, Workload},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,6 +132,10 @@ pub struct Event {
     pub cookie: u64,
     pub pid: u32,
     pub comm: Comm,
+    /// The cgroup of the task that allocated the port.
+    pub cgroup: CgroupId,
+    /// Who that cgroup belongs to: filled in by the `workload` stage, None until then.
+    pub workload: Option<Arc<Workload>>,
     pub netns: u32,
     pub proto: Proto,
     pub family: Family,
@@ -229,6 +238,8 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         cookie: raw.cookie,
         pid: raw.pid,
         comm: Comm::new(&raw.comm),
+        cgroup: CgroupId(raw.cgroup),
+        workload: None,
         netns: raw.netns,
         proto,
         family,

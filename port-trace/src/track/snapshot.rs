@@ -9,7 +9,9 @@ use std::{collections::HashSet, net::IpAddr};
 use port_trace_common::TCP_LISTEN;
 
 use crate::{
-    event::{AllocKind, Event, EventType, Family, Proto, comm::Comm, filter::Filter},
+    event::{
+        AllocKind, Event, EventType, Family, Proto, comm::Comm, filter::Filter, workload::CgroupId,
+    },
     sys::{
         netns,
         procfs::socket_owners,
@@ -36,6 +38,8 @@ pub fn as_event(
         cookie: socket.cookie,
         pid,
         comm,
+        cgroup: CgroupId::UNKNOWN,
+        workload: None,
         netns,
         proto,
         family: if matches!(socket.src, IpAddr::V6(_)) {
