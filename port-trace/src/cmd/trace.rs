@@ -32,7 +32,7 @@ use crate::{
     },
     sys::{
         clock::{WallClock, monotonic_ns},
-        sock_diag,
+        netns, sock_diag,
     },
     track::{
         reconcile::{self, Matching, Reconciler},
@@ -153,7 +153,7 @@ impl Trace {
                 started_ns,
             },
             snapshot,
-            Exhaustion::new(thresholds),
+            Exhaustion::new(thresholds).with_host_netns(netns::host()),
         );
         Ok(Self {
             probes,

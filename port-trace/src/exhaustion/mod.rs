@@ -8,6 +8,7 @@
 //! - `level`: ok / warn / critical per scope, with hysteresis.
 //! - `forecast`: time to exhaustion by Little's law.
 //! - `warning`: what this stage hands the sinks.
+//! - `workloads`: who the holders are, and who owns each namespace.
 
 pub mod forecast;
 pub mod level;
@@ -15,6 +16,9 @@ pub mod occupancy;
 pub mod range;
 pub mod scope;
 pub mod warning;
+pub mod workloads;
+
+use std::sync::Arc;
 
 use self::{
     forecast::Forecast,
@@ -22,9 +26,13 @@ use self::{
     occupancy::Occupancy,
     range::PortRange,
     scope::{ScopeKey, Usage},
-    warning::{Reason, Warning},
+    warning::{Reason, Top, Warning},
+    workloads::Workloads,
 };
-use crate::{event::Event, track::Outcome};
+use crate::{
+    event::{Event, workload::Workload},
+    track::Outcome,
+};
 
 /// How many holders a warning names.
 const TOP: usize = 5;
@@ -33,6 +41,7 @@ pub struct Exhaustion {
     occupancy: Occupancy,
     levels: Levels,
     forecast: Forecast,
+    workloads: Workloads,
     /// Where a namespace's range comes from: the running system, or a fixed one in tests.
     read_range: fn(u32) -> Option<PortRange>,
 }
@@ -51,8 +60,21 @@ impl Exhaustion {
             occupancy: Occupancy::default(),
             levels: Levels::new(thresholds),
             forecast: Forecast::default(),
+            workloads: Workloads::default(),
             read_range,
         }
+    }
+
+    /// Tells which namespace is the host's: shared by host-network containers, it is owned
+    /// by none of them.
+    pub fn with_host_netns(mut self, host_netns: Option<u32>) -> Self {
+        self.workloads = Workloads::new(host_netns);
+        self
+    }
+
+    /// The pod or container that alone allocates in a namespace, to name it by.
+    pub fn owner(&self, netns: u32) -> Option<Arc<Workload>> {
+        self.workloads.owner(netns)
     }
 
     fn warning(&self, key: &ScopeKey, level: Level, reason: Reason, now_ns: u64) -> Warning {
@@ -63,7 +85,17 @@ impl Exhaustion {
             scope: *key,
             usage,
             forecast_s: self.forecast.seconds_left(key, usage, now_ns),
-            top: self.occupancy.top_holders(key, TOP),
+            top: self
+                .occupancy
+                .top_holders(key, TOP)
+                .into_iter()
+                .map(|(holder, ports)| Top {
+                    holder,
+                    ports,
+                    workload: self.workloads.of_cgroup(holder.cgroup),
+                })
+                .collect(),
+            owner: self.workloads.owner(key.netns),
         }
     }
 
@@ -87,6 +119,7 @@ impl Exhaustion {
     /// A socket that held its port before tracing started (the snapshot).
     pub fn hold_existing(&mut self, event: &Event) {
         self.know(event.netns);
+        self.workloads.learn(event);
         self.occupancy.hold(event);
     }
 
@@ -101,6 +134,7 @@ impl Exhaustion {
         match outcome {
             Outcome::Allocated => {
                 self.know(event.netns);
+                self.workloads.learn(event);
                 self.occupancy.hold(event);
                 for key in Occupancy::scopes_of(event) {
                     self.forecast.allocated(key, event.ts_ns);
@@ -212,8 +246,8 @@ mod tests {
         let warn = &raised[1].1;
         assert_eq!((warn.usage.used, warn.usage.capacity), (8, 10));
         assert_eq!(warn.scope.destination().map(|d| d.rport), Some(443));
-        assert_eq!(warn.top[0].0.comm, "curl");
-        assert_eq!(warn.top[0].1, 8);
+        assert_eq!(warn.top[0].holder.comm, "curl");
+        assert_eq!(warn.top[0].ports, 8);
         // 10 allocations a second, nothing released: 2 ports left is about 2 s... at the
         // decayed rate, a little more.
         let left = warn.forecast_s.expect("filling");

@@ -208,10 +208,7 @@ impl Occupancy {
 
     /// A port is held from now on (an alloc, or a socket found at start-up).
     pub fn hold(&mut self, event: &Event) {
-        let holder = Holder {
-            pid: event.pid,
-            comm: event.comm,
-        };
+        let holder = Holder::of(event);
         let ns = self.namespaces.entry(event.netns).or_default();
         let range = &ns.range;
         let space = match event.proto {
@@ -223,10 +220,7 @@ impl Occupancy {
 
     /// The port is free again (after TIME_WAIT, where there was one).
     pub fn free(&mut self, event: &Event) {
-        let holder = Holder {
-            pid: event.pid,
-            comm: event.comm,
-        };
+        let holder = Holder::of(event);
         let Some(ns) = self.namespaces.get_mut(&event.netns) else {
             return;
         };

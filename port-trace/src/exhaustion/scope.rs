@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::event::{Proto, comm::Comm};
+use crate::event::{Event, Proto, comm::Comm, workload::CgroupId};
 
 /// Where a connect() goes: the 3 of the 4-tuple that are not the port being chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -85,6 +85,18 @@ impl ScopeKey {
 pub struct Holder {
     pub pid: u32,
     pub comm: Comm,
+    /// Its cgroup, which names the workload (see `Exhaustion::workload`).
+    pub cgroup: CgroupId,
+}
+
+impl Holder {
+    pub fn of(event: &Event) -> Self {
+        Self {
+            pid: event.pid,
+            comm: event.comm,
+            cgroup: event.cgroup,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

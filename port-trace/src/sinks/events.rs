@@ -1,13 +1,18 @@
 //! Event lines: `--events json` (one object per line, the contract other tools parse) and
 //! `--events text` (aligned, for people).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
 use super::human_ns;
 use crate::{
-    event::{AllocKind, Event, EventType, Family, Proto, comm::Comm, errno_name},
+    event::{
+        AllocKind, Event, EventType, Family, Proto,
+        comm::Comm,
+        errno_name,
+        workload::{CgroupId, Container, Pod, Workload},
+    },
     exhaustion::{
         level::Level,
         scope::ScopeKind,
@@ -162,6 +167,9 @@ pub struct WarningRecord {
     pub ratio: f64,
     /// Seconds to exhaustion at the current pace; null when the scope is not filling.
     pub forecast_s: Option<f64>,
+    /// The pod or container whose namespace it is, where one owns it alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<WorkloadFields>,
     pub top: Vec<TopHolder>,
 }
 
@@ -169,7 +177,56 @@ pub struct WarningRecord {
 pub struct TopHolder {
     pub pid: u32,
     pub comm: Comm,
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
     pub count: u32,
+}
+
+/// A workload in a record: its cgroup (the path, or the id where the path was not found),
+/// and its container and pod where it is in one. The fields are the README's contract.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<Box<str>>,
+    /// For the text form.
+    #[serde(skip)]
+    pub display: String,
+}
+
+/// A cgroup as records name it: by path where it was found, else by id.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum CgroupName {
+    Path(Box<str>),
+    Id(u64),
+}
+
+impl WorkloadFields {
+    pub fn new(cgroup: CgroupId, workload: Option<&Arc<Workload>>) -> Self {
+        let path = workload.and_then(|w| w.cgroup.clone());
+        Self {
+            cgroup: match path {
+                Some(path) => Some(CgroupName::Path(path)),
+                None if cgroup.is_known() => Some(CgroupName::Id(cgroup.0)),
+                None => None,
+            },
+            container: workload.and_then(|w| w.container.clone()),
+            pod: workload.and_then(|w| w.pod.clone()),
+            service: workload.and_then(|w| w.service.clone()),
+            display: workload.map(|w| w.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// An owner: no cgroup of its own, just the pod or container.
+    fn owner(workload: &Arc<Workload>) -> Self {
+        Self::new(CgroupId::UNKNOWN, Some(workload))
+    }
 }
 
 impl From<&Warning> for WarningRecord {
@@ -191,13 +248,15 @@ impl From<&Warning> for WarningRecord {
             capacity: usage.capacity,
             ratio: (usage.ratio() * 1000.0).round() / 1000.0,
             forecast_s: warning.forecast_s.map(|s| (s * 10.0).round() / 10.0),
+            owner: warning.owner.as_ref().map(WorkloadFields::owner),
             top: warning
                 .top
                 .iter()
-                .map(|(h, count)| TopHolder {
-                    pid: h.pid,
-                    comm: h.comm,
-                    count: *count,
+                .map(|top| TopHolder {
+                    pid: top.holder.pid,
+                    comm: top.holder.comm,
+                    workload: WorkloadFields::new(top.holder.cgroup, top.workload.as_ref()),
+                    count: top.ports,
                 })
                 .collect(),
         }
@@ -228,10 +287,19 @@ impl WarningRecord {
         let top: Vec<String> = self
             .top
             .iter()
-            .map(|t| format!("{}[{}] {}", t.comm, t.pid, t.count))
+            .map(|t| match t.workload.display.as_str() {
+                "" => format!("{}[{}] {}", t.comm, t.pid, t.count),
+                who => format!("{}[{}] in {who} {}", t.comm, t.pid, t.count),
+            })
             .collect();
+        let owner = self
+            .owner
+            .as_ref()
+            .map(|owner| format!(" ({})", owner.display))
+            .unwrap_or_default();
         format!(
-            "{level} {} ports {scope} in netns {}: {}/{} used ({:.0}%){forecast}{}; top: {}",
+            "{level} {} ports {scope} in netns {}{owner}: {}/{} used ({:.0}%){forecast}{}; \
+             top: {}",
             self.proto,
             self.netns,
             self.used,
@@ -324,7 +392,23 @@ mod tests {
 
     #[test]
     fn warning_json_has_the_scope_usage_and_a_null_forecast() {
-        use crate::exhaustion::scope::{Destination, Holder, Scope, ScopeKey, Usage};
+        use crate::{
+            event::workload::Runtime,
+            exhaustion::{
+                scope::{Destination, Holder, Scope, ScopeKey, Usage},
+                warning::Top,
+            },
+        };
+        let id = "3f2a9c1b7d0e".repeat(5) + "abcd";
+        let web = Workload {
+            cgroup: Some(format!("/docker/{id}").into()),
+            container: Some(Container {
+                id: id.as_str().into(),
+                name: Some("web".into()),
+                runtime: Runtime::Docker,
+            }),
+            ..Workload::default()
+        };
         let warning = Warning {
             level: Level::Critical,
             reason: Reason::Failure,
@@ -342,13 +426,19 @@ mod tests {
                 capacity: 10,
             },
             forecast_s: None,
-            top: vec![(
-                Holder {
+            top: vec![Top {
+                holder: Holder {
                     pid: 7,
                     comm: "curl".into(),
+                    cgroup: CgroupId(99),
                 },
-                10,
-            )],
+                ports: 10,
+                workload: Some(Arc::new(web.clone())),
+            }],
+            owner: Some(Arc::new(Workload {
+                container: web.container.clone(),
+                ..Workload::default()
+            })),
         };
         let record = WarningRecord::from(&warning);
         let json: serde_json::Value = serde_json::from_str(&record.to_json()).expect("json");
@@ -359,17 +449,26 @@ mod tests {
         assert_eq!(json["used"], 10);
         assert_eq!(json["rport"], 443);
         assert_eq!(json["top"][0]["comm"], "curl");
+        assert_eq!(json["top"][0]["cgroup"], format!("/docker/{id}"));
+        assert_eq!(json["top"][0]["container"]["name"], "web");
+        assert_eq!(json["top"][0]["container"]["id"], id);
+        assert_eq!(json["top"][0]["container"]["runtime"], "docker");
+        assert_eq!(json["owner"]["container"]["name"], "web");
+        assert!(json["owner"].get("cgroup").is_none());
         assert!(
             json.get("forecast_s").is_some(),
             "null, not absent, when unknown"
         );
         let text = record.to_text(false);
         assert!(
-            text.starts_with("CRITICAL tcp ports to 10.1.2.3:443 in netns 7: 10/10"),
+            text.starts_with(
+                "CRITICAL tcp ports to 10.1.2.3:443 in netns 7 (container web (3f2a9c1b7d0e)): \
+                 10/10"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("an allocation failed; top: curl[7] 10"),
+            text.contains("an allocation failed; top: curl[7] in container web (3f2a9c1b7d0e) 10"),
             "{text}"
         );
     }

@@ -13,6 +13,11 @@ pub fn inode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
 }
 
+/// The host's network namespace: init's (with the host's /proc, as in the DaemonSet).
+pub fn host() -> Option<u32> {
+    inode_of(Path::new("/proc/1/ns/net"))
+}
+
 /// Our own network namespace's inode.
 pub fn own() -> Option<u32> {
     inode_of(Path::new("/proc/self/ns/net"))
