@@ -1,17 +1,20 @@
-//! Stats: totals and allocation-lifetime histograms, overall and per protocol, kind and
-//! process.
+//! Stats: totals and allocation-lifetime histograms, overall and per protocol, kind,
+//! process and workload.
 
 // foldhash, not SipHash: these maps are touched for every event, and SipHash was a
 // third of the daemon's time. Keys come from the kernel, not from the network.
 use foldhash::HashMap;
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
     event::comm::Comm,
-    event::{AllocKind, Event, Proto, errno_name},
+    event::{
+        AllocKind, Event, Proto, errno_name,
+        workload::{CgroupId, Workload},
+    },
     track::Outcome,
 };
 // The kernel's counters are the probes' to read; the stats keep the last reading.
@@ -175,6 +178,20 @@ impl DestinationStats {
 /// millions, and memory must stay bounded).
 pub const MAX_DESTINATIONS: usize = 10_000;
 
+/// What one workload (one cgroup: a container, a pod's container, a service) did.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadStats {
+    /// Who it is, where the `workload` stage found out.
+    pub workload: Option<Arc<Workload>>,
+    pub alloc: u64,
+    pub fail: u64,
+    pub lifetimes: Lifetimes,
+}
+
+/// Workloads tracked one by one; beyond this they are summed as one. A histogram is ~50 KiB,
+/// so this bounds the memory at ~13 MiB on a node that churns through containers.
+pub const MAX_WORKLOADS: usize = 256;
+
 /// Event counts. `lost` is what the kernel could not deliver (see `LostCounts`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -211,6 +228,9 @@ pub struct Stats {
     /// Per destination of connect(): up to `MAX_DESTINATIONS`, then `other_destinations`.
     pub by_destination: HashMap<SocketAddr, DestinationStats>,
     pub other_destinations: DestinationStats,
+    /// Per cgroup: up to `MAX_WORKLOADS`, then `other_workloads`.
+    pub by_workload: HashMap<CgroupId, WorkloadStats>,
+    pub other_workloads: WorkloadStats,
     /// Lifetimes since the last `take_interval`, for HdrHistogram interval logs: all, and
     /// per protocol.
     interval: BTreeMap<Option<Proto>, Histogram<u64>>,
@@ -229,6 +249,7 @@ impl Stats {
 
     pub fn record(&mut self, event: &Event, outcome: Outcome) {
         self.record_destination(event, outcome);
+        self.record_workload(event, outcome);
         match outcome {
             Outcome::Allocated => {
                 self.totals.alloc += 1;
@@ -272,6 +293,55 @@ impl Stats {
             // Still held; counted when its TIME_WAIT socket goes.
             Outcome::EnteredTimeWait => {}
         }
+    }
+
+    /// Counts the event against its workload.
+    fn record_workload(&mut self, event: &Event, outcome: Outcome) {
+        if !matches!(
+            outcome,
+            Outcome::Allocated | Outcome::Released { .. } | Outcome::Failed
+        ) {
+            return;
+        }
+        let full = self.by_workload.len() >= MAX_WORKLOADS;
+        let group = match self.by_workload.get_mut(&event.cgroup) {
+            Some(group) => group,
+            None if full => &mut self.other_workloads,
+            None => self
+                .by_workload
+                .entry(event.cgroup)
+                .or_insert_with(|| WorkloadStats {
+                    workload: event.workload.clone(),
+                    ..WorkloadStats::default()
+                }),
+        };
+        // A cgroup first seen before it was named gets its name from a later event.
+        if group.workload.is_none() && event.workload.is_some() {
+            group.workload = event.workload.clone();
+        }
+        match outcome {
+            Outcome::Allocated => group.alloc += 1,
+            Outcome::Released { lifetime_ns, .. } => group.lifetimes.record(lifetime_ns),
+            Outcome::Failed => group.fail += 1,
+            _ => {}
+        }
+    }
+
+    /// The workloads with the most allocations and failures, most first.
+    pub fn top_workloads(&self, n: usize) -> Vec<(CgroupId, &WorkloadStats)> {
+        let mut all: Vec<_> = self.by_workload.iter().map(|(id, w)| (*id, w)).collect();
+        all.sort_by(|a, b| {
+            (b.1.alloc + b.1.fail)
+                .cmp(&(a.1.alloc + a.1.fail))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        all.truncate(n);
+        all
+    }
+
+    /// Whether any event named a workload: else there is nothing to show per workload.
+    pub fn has_workloads(&self) -> bool {
+        self.by_workload.values().any(|w| w.workload.is_some())
     }
 
     /// Counts the event against its destination, for connect()s (TCP, or UDP's).
@@ -363,6 +433,42 @@ pub mod tests {
             },
         );
         (stats, event)
+    }
+
+    #[test]
+    fn workloads_are_counted_bounded_and_named_when_known() {
+        use crate::event::workload::fixtures::in_container;
+        let mut stats = Stats::new(false);
+        let mut event = decode_raw(&raw_connect()).expect("decodes");
+        // First seen before it was named: the name comes with a later event.
+        event.cgroup = CgroupId(5);
+        stats.record(&event, Outcome::Allocated);
+        in_container(&mut event, 5, "web");
+        stats.record(
+            &event,
+            Outcome::Released {
+                lifetime_ns: 9,
+                time_wait_ns: None,
+            },
+        );
+        stats.record(&event, Outcome::Failed);
+        let web = &stats.by_workload[&CgroupId(5)];
+        assert_eq!(
+            (web.alloc, web.fail, web.lifetimes.summary().count),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            web.workload.as_ref().map(|w| w.container_label()),
+            Some("web")
+        );
+        assert!(stats.has_workloads());
+        for cgroup in 100..100 + MAX_WORKLOADS as u64 + 10 {
+            in_container(&mut event, cgroup, "many");
+            stats.record(&event, Outcome::Allocated);
+        }
+        assert_eq!(stats.by_workload.len(), MAX_WORKLOADS);
+        assert_eq!(stats.other_workloads.alloc, 11);
+        assert_eq!(stats.top_workloads(1)[0].0, CgroupId(5));
     }
 
     #[test]

@@ -161,6 +161,34 @@ impl fmt::Display for Workload {
     }
 }
 
+/// Workloads for other stages' tests.
+#[cfg(test)]
+pub mod fixtures {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A Docker container's workload.
+    pub fn docker(name: Option<&str>, id: &str) -> Workload {
+        Workload {
+            cgroup: Some(format!("/docker/{id}").into()),
+            container: Some(Container {
+                id: id.into(),
+                name: name.map(Into::into),
+                runtime: Runtime::Docker,
+            }),
+            ..Workload::default()
+        }
+    }
+
+    /// Names `event` as allocated by a process in container `name`, cgroup `cgroup`.
+    pub fn in_container(event: &mut crate::event::Event, cgroup: u64, name: &str) {
+        let id = format!("{cgroup:064x}");
+        event.cgroup = CgroupId(cgroup);
+        event.workload = Some(Arc::new(docker(Some(name), &id)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,15 +196,7 @@ mod tests {
     const ID: &str = "3f2a9c1b7d0e5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b";
 
     fn docker(name: Option<&str>) -> Workload {
-        Workload {
-            cgroup: Some(format!("/docker/{ID}").into()),
-            container: Some(Container {
-                id: ID.into(),
-                name: name.map(Into::into),
-                runtime: Runtime::Docker,
-            }),
-            ..Workload::default()
-        }
+        fixtures::docker(name, ID)
     }
 
     #[test]

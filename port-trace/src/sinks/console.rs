@@ -134,7 +134,8 @@ impl<W: Output> Console<W> {
             return Ok(());
         }
         let scopes = view.exhaustion.fullest(summary::FULLEST_SCOPES);
-        let text = summary::render(view.stats, view.elapsed_ns, view.held, &scopes);
+        let owner = |netns| view.exhaustion.owner(netns);
+        let text = summary::render(view.stats, view.elapsed_ns, view.held, &scopes, &owner);
         if last && self.last_summary.as_ref() == Some(&text) {
             return Ok(());
         }

@@ -1,17 +1,18 @@
 //! The human summary printed every `--interval` and on exit.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
 use super::human_ns;
-use crate::event::comm::Comm;
+use crate::event::{comm::Comm, workload::Workload};
 use crate::{
     exhaustion::level::Level,
     exhaustion::scope::{ScopeKey, Usage},
     stats::{DISTRIBUTION_EDGES_NS, LifetimeSummary, Lifetimes, Stats},
 };
 
-/// How many processes and destinations the summary lists.
+/// How many processes, workloads and destinations the summary lists.
 const TOP_PROCESSES: usize = 5;
+const TOP_WORKLOADS: usize = 5;
 const TOP_DESTINATIONS: usize = 5;
 /// Width of the distribution bars.
 const DISTRIBUTION_WIDTH: usize = 30;
@@ -30,11 +31,13 @@ fn bar(usage: &Usage) -> String {
     format!("[{}{}]", "#".repeat(filled), "-".repeat(BAR_WIDTH - filled))
 }
 
-fn scope_name(key: &ScopeKey) -> String {
+/// `tcp netns 4026532181 (pod shop/api) to 10.0.0.5:443`.
+fn scope_name(key: &ScopeKey, owner: Option<&Workload>) -> String {
+    let owner = owner.map(|o| format!(" ({o})")).unwrap_or_default();
     match key.destination() {
-        None => format!("{} netns {}", key.proto, key.netns),
+        None => format!("{} netns {}{owner}", key.proto, key.netns),
         Some(d) => format!(
-            "{} netns {} to {}",
+            "{} netns {}{owner} to {}",
             key.proto,
             key.netns,
             std::net::SocketAddr::new(d.raddr, d.rport)
@@ -65,11 +68,13 @@ fn row(out: &mut String, label: &str, s: &LifetimeSummary) {
     );
 }
 
+/// `owner` names the workload that owns a namespace, where one does.
 pub fn render(
     stats: &Stats,
     elapsed_ns: u64,
     held: usize,
     scopes: &[(ScopeKey, Usage, Level)],
+    owner: &dyn Fn(u32) -> Option<Arc<Workload>>,
 ) -> String {
     let t = &stats.totals;
     let mut out = format!(
@@ -141,7 +146,7 @@ pub fn render(
             let _ = writeln!(
                 out,
                 "  {:<44} {} {:>6}/{:<6} {:>4.0}%{mark}",
-                scope_name(key),
+                scope_name(key, owner(key.netns).as_deref()),
                 bar(usage),
                 usage.used,
                 usage.capacity,
@@ -167,6 +172,7 @@ pub fn render(
     }
     distribution(&mut out, &all);
     top_processes(&mut out, stats);
+    top_workloads(&mut out, stats);
     top_destinations(&mut out, stats);
     out
 }
@@ -264,6 +270,45 @@ fn top_processes(out: &mut String, stats: &Stats) {
     }
 }
 
+/// Containers, pods and services, where the `workload` stage named any.
+fn top_workloads(out: &mut String, stats: &Stats) {
+    if !stats.has_workloads() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<44} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "top workloads", "allocated", "failed", "released", "p50", "p99", "max"
+    );
+    let other = &stats.other_workloads;
+    let rows = stats
+        .top_workloads(TOP_WORKLOADS)
+        .into_iter()
+        .map(|(cgroup, w)| {
+            let name = match w.workload.as_deref() {
+                Some(workload) if !workload.to_string().is_empty() => workload.to_string(),
+                _ if cgroup.is_known() => format!("cgroup id {cgroup}"),
+                _ => "(cgroup unknown)".to_string(),
+            };
+            (name, w)
+        })
+        .chain((other.alloc + other.fail > 0).then(|| ("(others)".to_string(), other)));
+    for (name, w) in rows {
+        let s = w.lifetimes.summary();
+        let _ = writeln!(
+            out,
+            "  {:<44} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            name,
+            w.alloc,
+            w.fail,
+            s.count,
+            lifetime(&s, s.p50),
+            lifetime(&s, s.p99),
+            lifetime(&s, s.max)
+        );
+    }
+}
+
 fn top_destinations(out: &mut String, stats: &Stats) {
     let top = stats.top_destinations(TOP_DESTINATIONS);
     if top.is_empty() {
@@ -337,13 +382,53 @@ mod tests {
     #[test]
     fn shows_dropped_output_lines_apart_from_lost_events_and_only_when_any() {
         let (mut stats, _) = one_connect_held_for(2_000_000);
-        assert!(!render(&stats, 1, 0, &[]).contains("dropped"));
+        assert!(!render(&stats, 1, 0, &[], &|_| None).contains("dropped"));
         stats.set_output_lines_dropped(7);
-        let text = render(&stats, 1, 0, &[]);
+        let text = render(&stats, 1, 0, &[], &|_| None);
         assert!(
             text.contains("0 lost, 7 output lines dropped (not taken by stdout)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn names_workloads_and_namespace_owners_where_known() {
+        use crate::{
+            event::workload::fixtures::in_container, stats::tests::one_connect_held_for,
+            track::Outcome,
+        };
+        let (mut stats, mut event) = one_connect_held_for(2_000_000);
+        // Nothing named yet: no workload table, no owner.
+        let key = ScopeKey {
+            netns: 7,
+            proto: crate::event::Proto::Tcp,
+            scope: crate::exhaustion::scope::Scope::Namespace,
+        };
+        let usage = Usage {
+            used: 9,
+            capacity: 10,
+        };
+        let scopes = [(key, usage, Level::Warn)];
+        let text = render(&stats, 1, 0, &scopes, &|_| None);
+        assert!(!text.contains("top workloads"), "{text}");
+        in_container(&mut event, 42, "web");
+        stats.record(&event, Outcome::Allocated);
+        stats.record(&event, Outcome::Allocated);
+        let owner = event.workload.clone();
+        let text = render(&stats, 1, 0, &scopes, &|netns| {
+            (netns == 7).then(|| owner.clone()).flatten()
+        });
+        assert!(
+            text.contains("tcp netns 7 (container web (000000000000))"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("container web") && !l.contains("netns"))
+            .expect("the container in the top workloads");
+        // Two allocations named; the first (unnamed cgroup) is its own row.
+        assert_eq!(row.split_whitespace().nth(3), Some("2"), "{row}");
+        assert!(text.contains("(cgroup unknown)"), "{text}");
     }
 
     #[test]
@@ -362,7 +447,13 @@ mod tests {
             used: 9,
             capacity: 10,
         };
-        let text = render(&stats, 1_000_000_000, 0, &[(key, usage, Level::Warn)]);
+        let text = render(
+            &stats,
+            1_000_000_000,
+            0,
+            &[(key, usage, Level::Warn)],
+            &|_| None,
+        );
         assert!(
             text.contains("tcp netns 7") && text.contains("[##################--]"),
             "{text}"
@@ -382,7 +473,7 @@ mod tests {
             ..Default::default()
         });
         stats.totals.reconciled = 4;
-        let text = render(&stats, 1_000_000_000, 0, &[]);
+        let text = render(&stats, 1_000_000_000, 0, &[], &|_| None);
         assert!(
             text.contains(
                 "2 lost (ring buffer full: 0, socket table full: 0, failure ring full: 0, \
@@ -420,7 +511,7 @@ mod tests {
         // A process that allocated and released nothing yet, with a hostile name.
         event.comm = Comm::new(b"\x1b]0;x\x07\r\nFAKE");
         stats.record(&event, crate::track::Outcome::Allocated);
-        let text = render(&stats, 1, 1, &[]);
+        let text = render(&stats, 1, 1, &[], &|_| None);
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
         let process = text
             .lines()
@@ -437,7 +528,7 @@ mod tests {
     fn failed_program_runs_show_only_when_there_are_some() {
         use crate::probes::{Backend, ProbeErrors, counters::ProgramErrors};
         let (mut stats, _) = one_connect_held_for(1_000);
-        assert!(!render(&stats, 1, 0, &[]).contains("failed eBPF"));
+        assert!(!render(&stats, 1, 0, &[], &|_| None).contains("failed eBPF"));
         stats.probe_errors = ProbeErrors {
             programs: vec![ProgramErrors {
                 program: "tcp_state",
@@ -445,7 +536,7 @@ mod tests {
                 count: 2,
             }],
         };
-        let text = render(&stats, 1, 0, &[]);
+        let text = render(&stats, 1, 0, &[], &|_| None);
         assert!(
             text.contains("\n  failed eBPF program runs: 2 (tcp_state: 2)\n"),
             "{text}"
