@@ -5,10 +5,14 @@
 //! Counters and histograms are fed event by event (`record`); the gauges are set from the
 //! pipeline's state just before each scrape (`set_state`), so a scrape sees the state of
 //! that moment. Label values are bounded: protocols, kinds and errnos are small fixed sets,
-//! processes are capped at `PROCESS_SERIES` (later ones are "other"), and only the fullest
-//! `DESTINATION_SERIES` destination scopes get gauges.
+//! processes are capped at `PROCESS_SERIES` and workloads (`container`, `pod`, `namespace`)
+//! at `WORKLOAD_SERIES` (later ones are "other"), and only the fullest `DESTINATION_SERIES`
+//! destination scopes get gauges.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -16,7 +20,10 @@ use prometheus::{
 };
 
 use crate::{
-    event::{Event, errno_name},
+    event::{
+        Event, errno_name,
+        workload::{CgroupId, Workload},
+    },
     exhaustion::scope::{ScopeKey, Usage},
     pipeline::{Sink, View},
     probes::{KernelCounters, LostCounts, ProbeErrors},
@@ -27,10 +34,22 @@ use crate::{
 /// Processes (by name) with series of their own. The first ones to allocate keep their
 /// series for the whole run, so every series only grows; the rest share "other".
 pub const PROCESS_SERIES: usize = 20;
+/// Workloads (container, pod, namespace) with series of their own, as for processes.
+/// Processes in no container or pod have empty labels and do not count.
+pub const WORKLOAD_SERIES: usize = 50;
 /// Destination scopes with gauges of their own: the fullest ones at scrape time.
 pub const DESTINATION_SERIES: usize = 50;
 /// The label value of the processes beyond `PROCESS_SERIES`.
 pub const OTHER_PROCESS: &str = "other";
+
+/// A scope, its usage, and the workload that owns its namespace.
+pub type ScopeState = (ScopeKey, Usage, Option<Arc<Workload>>);
+
+/// Cgroups whose series are remembered before the memory starts afresh.
+const MAX_CGROUPS: usize = 4_096;
+
+/// The labels of the per-event series: what, who, and where they run.
+const WORKLOAD_LABELS: [&str; 6] = ["proto", "kind", "process", "container", "pod", "namespace"];
 
 /// Lifetime buckets in seconds: 1, 2.5 and 5 per decade from 1 µs to 10 000 s (~2.8 h), so
 /// `histogram_quantile` is within a factor 2.5 anywhere from a loopback RST to a leak.
@@ -69,6 +88,10 @@ pub struct Metrics {
     reconciled_seen: u64,
     /// Processes with a series of their own.
     processes: HashSet<String>,
+    /// Workloads (container, pod, namespace labels) with series of their own.
+    workloads: HashSet<[Box<str>; 3]>,
+    /// Per cgroup, whether its workload has series of its own: one lookup per event.
+    own_series: HashMap<CgroupId, bool>,
     /// The kernel's lost counters at the last scrape: the counter grows by the difference.
     lost_seen: LostCounts,
 }
@@ -80,17 +103,19 @@ impl Metrics {
             HistogramOpts::new(
                 "port_trace_port_lifetime_seconds",
                 "How long ephemeral ports were held, from allocation to release (TIME_WAIT \
-                 included), by protocol, allocation kind and process.",
+                 included), by protocol, allocation kind, process and workload.",
             )
             .buckets(lifetime_buckets()),
-            &["proto", "kind", "process"],
+            &WORKLOAD_LABELS,
         )?;
         let allocations = IntCounterVec::new(
             Opts::new(
                 "port_trace_allocations_total",
-                "Ephemeral ports the kernel handed out.",
+                "Ephemeral ports the kernel handed out, by protocol, allocation kind, process \
+                 and workload (container, pod and its Kubernetes namespace; empty outside \
+                 them).",
             ),
-            &["proto", "kind", "process"],
+            &WORKLOAD_LABELS,
         )?;
         let releases = IntCounterVec::new(
             Opts::new(
@@ -106,7 +131,15 @@ impl Metrics {
                  for the destination; EADDRINUSE: no free port for bind/listen; EAGAIN: no \
                  free port for UDP).",
             ),
-            &["proto", "kind", "errno", "process"],
+            &[
+                "proto",
+                "kind",
+                "errno",
+                "process",
+                "container",
+                "pod",
+                "namespace",
+            ],
         )?;
         let lost = IntCounterVec::new(
             Opts::new(
@@ -130,13 +163,22 @@ impl Metrics {
             ),
             &["program"],
         )?;
-        let scope_labels = ["netns", "proto", "scope", "destination"];
+        let scope_labels = [
+            "netns",
+            "proto",
+            "scope",
+            "destination",
+            "container",
+            "pod",
+            "namespace",
+        ];
         let scope_used = IntGaugeVec::new(
             Opts::new(
                 "port_trace_scope_ports_used",
                 "Ports in use in a scope: a namespace's ephemeral range (scope=\"namespace\", \
                  what bind(0), listen and UDP draw from) or the ports for one TCP destination \
-                 (scope=\"destination\").",
+                 (scope=\"destination\"). container, pod and namespace name the workload \
+                 that owns the network namespace, where one does.",
             ),
             &scope_labels,
         )?;
@@ -214,6 +256,8 @@ impl Metrics {
             reconciled,
             reconciled_seen: 0,
             processes: HashSet::new(),
+            workloads: HashSet::new(),
+            own_series: HashMap::new(),
             lost_seen: LostCounts::default(),
         })
     }
@@ -230,6 +274,34 @@ impl Metrics {
         }
     }
 
+    /// The container, pod and namespace labels of `event`'s workload: its own while there
+    /// is room, else "other"; empty outside containers and pods.
+    fn workload<'a>(&mut self, event: &'a Event) -> [&'a str; 3] {
+        let labels = event.workload.as_deref().map_or(["", "", ""], |w| {
+            [w.container_label(), w.pod_label(), w.namespace_label()]
+        });
+        if labels == ["", "", ""] {
+            return labels;
+        }
+        let own = match self.own_series.get(&event.cgroup) {
+            Some(&own) => own,
+            None => {
+                let key = labels.map(Into::into);
+                let own = self.workloads.contains(&key) || self.workloads.len() < WORKLOAD_SERIES;
+                if own {
+                    self.workloads.insert(key);
+                }
+                // Containers come and go: forget the cgroups, keep which labels have series.
+                if self.own_series.len() >= MAX_CGROUPS {
+                    self.own_series.clear();
+                }
+                self.own_series.insert(event.cgroup, own);
+                own
+            }
+        };
+        if own { labels } else { [OTHER_PROCESS; 3] }
+    }
+
     /// Counts one event that the filters let through.
     pub fn record(&mut self, event: &Event, outcome: Outcome) {
         let proto = event.proto.as_str();
@@ -237,22 +309,33 @@ impl Metrics {
         match outcome {
             Outcome::Allocated => {
                 let process = self.process(&event.comm);
+                let [container, pod, namespace] = self.workload(event);
                 self.allocations
-                    .with_label_values(&[proto, kind, process])
+                    .with_label_values(&[proto, kind, process, container, pod, namespace])
                     .inc();
             }
             Outcome::Released { lifetime_ns, .. } => {
                 let process = self.process(&event.comm);
+                let [container, pod, namespace] = self.workload(event);
                 self.lifetime
-                    .with_label_values(&[proto, kind, process])
+                    .with_label_values(&[proto, kind, process, container, pod, namespace])
                     .observe(lifetime_ns as f64 / 1e9);
                 self.releases.with_label_values(&[proto, kind]).inc();
             }
             Outcome::UnmatchedRelease => self.releases.with_label_values(&[proto, kind]).inc(),
             Outcome::Failed => {
                 let process = self.process(&event.comm);
+                let [container, pod, namespace] = self.workload(event);
                 self.failures
-                    .with_label_values(&[proto, kind, errno_name(event.errno), process])
+                    .with_label_values(&[
+                        proto,
+                        kind,
+                        errno_name(event.errno),
+                        process,
+                        container,
+                        pod,
+                        namespace,
+                    ])
                     .inc();
             }
             // Counted from the totals at each scrape (no event line is made for them).
@@ -262,12 +345,14 @@ impl Metrics {
 
     /// Sets the gauges from the pipeline's state: every namespace scope and the fullest
     /// destinations (`scopes`, fullest first), the kernel's lost counters, ports held.
-    pub fn set_state(&mut self, scopes: &[(ScopeKey, Usage)], lost: LostCounts, held: usize) {
+    /// Each scope comes with the pod or container that owns its namespace, where one does:
+    /// its gauges carry that workload's labels.
+    pub fn set_state(&mut self, scopes: &[ScopeState], lost: LostCounts, held: usize) {
         // Scopes that emptied must disappear, not freeze at their last value.
         self.scope_used.reset();
         self.scope_capacity.reset();
         let mut destinations = 0;
-        for (key, usage) in scopes {
+        for (key, usage, owner) in scopes {
             let destination = match key.destination() {
                 Some(d) if destinations < DESTINATION_SERIES => {
                     destinations += 1;
@@ -276,11 +361,16 @@ impl Metrics {
                 Some(_) => continue,
                 None => String::new(),
             };
+            let owner = owner.as_deref();
+            let netns = key.netns.to_string();
             let labels = [
-                &key.netns.to_string(),
+                netns.as_str(),
                 key.proto.as_str(),
                 key.kind().as_str(),
                 destination.as_str(),
+                owner.map_or("", Workload::container_label),
+                owner.map_or("", Workload::pod_label),
+                owner.map_or("", Workload::namespace_label),
             ];
             self.scope_used
                 .with_label_values(&labels)
@@ -358,11 +448,11 @@ impl Metrics {
     pub fn scrape(&mut self, view: &View<'_>, counters: &KernelCounters) -> String {
         self.set_probe_errors(&counters.probe_errors);
         let lost = counters.lost;
-        let scopes: Vec<(ScopeKey, Usage)> = view
+        let scopes: Vec<ScopeState> = view
             .exhaustion
             .fullest(usize::MAX)
             .into_iter()
-            .map(|(key, usage, _)| (key, usage))
+            .map(|(key, usage, _)| (key, usage, view.exhaustion.owner(key.netns)))
             .collect();
         self.set_state(&scopes, lost, view.held);
         self.set_output_lines_dropped(view.stats.totals.output_lines_dropped);
@@ -425,7 +515,8 @@ mod tests {
             },
         );
         let text = metrics.render();
-        let labels = r#"kind="connect",process="curl",proto="tcp""#;
+        let labels =
+            r#"container="",kind="connect",namespace="",pod="",process="curl",proto="tcp""#;
         assert_eq!(
             sample(&text, &format!("port_trace_allocations_total{{{labels}}}")),
             Some(1.0),
@@ -434,9 +525,7 @@ mod tests {
         let bucket = |le: &str| {
             sample(
                 &text,
-                &format!(
-                    "port_trace_port_lifetime_seconds_bucket{{kind=\"connect\",process=\"curl\",proto=\"tcp\",le=\"{le}\"}}"
-                ),
+                &format!("port_trace_port_lifetime_seconds_bucket{{{labels},le=\"{le}\"}}"),
             )
         };
         assert_eq!(bucket("0.0025"), Some(0.0), "{text}");
@@ -457,7 +546,7 @@ mod tests {
         }
         let text = metrics.render();
         let other = format!(
-            "port_trace_failures_total{{errno=\"EADDRNOTAVAIL\",kind=\"connect\",process=\"{OTHER_PROCESS}\",proto=\"tcp\"}}"
+            "port_trace_failures_total{{container=\"\",errno=\"EADDRNOTAVAIL\",kind=\"connect\",namespace=\"\",pod=\"\",process=\"{OTHER_PROCESS}\",proto=\"tcp\"}}"
         );
         assert_eq!(sample(&text, &other), Some(5.0), "{text}");
         let series = text
@@ -465,6 +554,44 @@ mod tests {
             .filter(|l| l.starts_with("port_trace_failures_total{"))
             .count();
         assert_eq!(series, PROCESS_SERIES + 1, "{text}");
+    }
+
+    #[test]
+    fn workloads_label_series_and_are_bounded() {
+        use crate::event::workload::{Pod, fixtures::in_container};
+        let mut metrics = Metrics::new("tracepoint", "0").expect("metrics");
+        let mut event = connect();
+        // A pod's container: all three labels.
+        in_container(&mut event, 1, "api");
+        if let Some(workload) = event.workload.as_mut().map(std::sync::Arc::make_mut) {
+            workload.pod = Some(Pod {
+                namespace: Some("shop".into()),
+                name: Some("api-7d9f".into()),
+                uid: "u1".into(),
+            });
+        }
+        metrics.record(&event, Outcome::Allocated);
+        let text = metrics.render();
+        let pod = r#"port_trace_allocations_total{container="api",kind="connect",namespace="shop",pod="api-7d9f",process="curl",proto="tcp"}"#;
+        assert_eq!(sample(&text, pod), Some(1.0), "{text}");
+        // More containers than series: the rest share "other"; a known one keeps its own
+        // even from a new cgroup (a restarted container keeps its name).
+        for cgroup in 2..2 + WORKLOAD_SERIES as u64 + 3 {
+            in_container(&mut event, cgroup, &format!("c{cgroup}"));
+            metrics.record(&event, Outcome::Allocated);
+        }
+        in_container(&mut event, 999, "c2");
+        metrics.record(&event, Outcome::Allocated);
+        let text = metrics.render();
+        let other = r#"port_trace_allocations_total{container="other",kind="connect",namespace="other",pod="other",process="curl",proto="tcp"}"#;
+        assert_eq!(sample(&text, other), Some(4.0), "{text}");
+        let c2 = r#"port_trace_allocations_total{container="c2",kind="connect",namespace="",pod="",process="curl",proto="tcp"}"#;
+        assert_eq!(sample(&text, c2), Some(2.0), "{text}");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("port_trace_allocations_total{"))
+            .count();
+        assert_eq!(series, WORKLOAD_SERIES + 1, "{text}");
     }
 
     #[test]
@@ -491,12 +618,20 @@ mod tests {
             ring_buffer_full: 4,
             ..Default::default()
         };
-        metrics.set_state(&[(destination, usage(9)), (namespace, usage(3))], lost, 12);
+        let web = Arc::new(crate::event::workload::fixtures::docker(Some("web"), "ab"));
+        metrics.set_state(
+            &[
+                (destination, usage(9), None),
+                (namespace, usage(3), Some(web)),
+            ],
+            lost,
+            12,
+        );
         let text = metrics.render();
         assert_eq!(
             sample(
                 &text,
-                r#"port_trace_scope_ports_used{destination="10.0.0.1:443",netns="4026531840",proto="tcp",scope="destination"}"#
+                r#"port_trace_scope_ports_used{container="",destination="10.0.0.1:443",namespace="",netns="4026531840",pod="",proto="tcp",scope="destination"}"#
             ),
             Some(9.0),
             "{text}"
@@ -504,7 +639,7 @@ mod tests {
         assert_eq!(
             sample(
                 &text,
-                r#"port_trace_scope_ports_capacity{destination="",netns="4026531840",proto="tcp",scope="namespace"}"#
+                r#"port_trace_scope_ports_capacity{container="web",destination="",namespace="",netns="4026531840",pod="",proto="tcp",scope="namespace"}"#
             ),
             Some(28_232.0),
             "{text}"
@@ -515,7 +650,7 @@ mod tests {
             ring_buffer_full: 5,
             ..Default::default()
         };
-        metrics.set_state(&[(namespace, usage(1))], lost, 1);
+        metrics.set_state(&[(namespace, usage(1), None)], lost, 1);
         let text = metrics.render();
         assert!(!text.contains("10.0.0.1:443"), "{text}");
         assert_eq!(

@@ -13,6 +13,7 @@ use crate::{
     },
     pipeline::{Sink, View},
     probes::{Backend, LostCounts, ProbeErrors},
+    sinks::events::WorkloadFields,
     stats::{DestinationStats, LifetimeSummary, Lifetimes, Stats, Totals},
     sys::output::OutputFile,
 };
@@ -37,7 +38,23 @@ pub struct Report {
     pub top_destinations: Vec<DestinationRecord>,
     /// The fullest scopes when tracing stopped.
     pub scopes: Vec<ScopeRecord>,
+    /// Per workload (cgroup), the most allocations and failures first: who it is, its
+    /// counts and lifetimes.
+    pub workloads: Vec<WorkloadRecord>,
 }
+
+/// One workload's allocations, failures and lifetimes in the report.
+#[derive(Debug, Serialize)]
+pub struct WorkloadRecord {
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
+    pub alloc: u64,
+    pub fail: u64,
+    pub lifetime_ns: LifetimeSummary,
+}
+
+/// How many workloads the report lists (the stats keep `stats::MAX_WORKLOADS`).
+const REPORT_WORKLOADS: usize = 100;
 
 /// The programs' failed runs in the report.
 #[derive(Debug, Serialize)]
@@ -69,6 +86,9 @@ pub struct ScopeRecord {
     pub used: u32,
     pub capacity: u32,
     pub level: Level,
+    /// The pod or container that owns the namespace, where one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<WorkloadFields>,
 }
 
 impl From<&(ScopeKey, Usage, Level)> for ScopeRecord {
@@ -83,6 +103,7 @@ impl From<&(ScopeKey, Usage, Level)> for ScopeRecord {
             used: usage.used,
             capacity: usage.capacity,
             level: *level,
+            owner: None,
         }
     }
 }
@@ -128,6 +149,16 @@ impl Report {
             fail_by_error: stats.fails_by_error.clone(),
             alloc_by_process: stats.allocs_by_process.clone(),
             scopes: Vec::new(),
+            workloads: stats
+                .top_workloads(REPORT_WORKLOADS)
+                .into_iter()
+                .map(|(cgroup, w)| WorkloadRecord {
+                    workload: WorkloadFields::new(cgroup, w.workload.as_ref()),
+                    alloc: w.alloc,
+                    fail: w.fail,
+                    lifetime_ns: w.lifetimes.summary(),
+                })
+                .collect(),
             top_destinations: stats
                 .top_destinations(REPORT_DESTINATIONS)
                 .into_iter()
@@ -158,7 +189,13 @@ impl Report {
             .exhaustion
             .fullest(REPORT_SCOPES)
             .iter()
-            .map(Into::into)
+            .map(|scope| ScopeRecord {
+                owner: view
+                    .exhaustion
+                    .owner(scope.0.netns)
+                    .map(|owner| WorkloadFields::new(Default::default(), Some(&owner))),
+                ..scope.into()
+            })
             .collect();
         report
     }
@@ -206,5 +243,29 @@ mod tests {
         assert_eq!(destination["destination"], "10.1.2.3:443");
         assert_eq!(destination["alloc"], 1);
         assert_eq!(destination["mean_lifetime_ns"], 1_000);
+        // The event named no workload: its cgroup is unknown, and so listed bare.
+        assert_eq!(value["workloads"][0]["alloc"], 1);
+        assert!(value["workloads"][0].get("container").is_none());
+    }
+
+    #[test]
+    fn workloads_are_named_with_their_counts_and_lifetimes() {
+        use crate::{event::workload::fixtures::in_container, track::Outcome};
+        let (mut stats, mut event) = one_connect_held_for(1_000);
+        in_container(&mut event, 42, "web");
+        stats.record(&event, Outcome::Allocated);
+        stats.record(&event, Outcome::Allocated);
+        stats.record(&event, Outcome::Failed);
+        let value = serde_json::to_value(Report::new(&stats, "tracepoint", 5, 0)).expect("json");
+        let web = &value["workloads"][0];
+        assert_eq!(web["container"]["name"], "web");
+        assert_eq!(web["container"]["runtime"], "docker");
+        assert_eq!(web["cgroup"], format!("/docker/{:064x}", 42));
+        assert_eq!(
+            (web["alloc"].as_u64(), web["fail"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(web["lifetime_ns"]["count"], 0);
+        assert_eq!(value["workloads"][1]["lifetime_ns"]["max"], 1_000);
     }
 }
