@@ -13,7 +13,10 @@ mod duration;
 use self::duration::parse_duration;
 pub use crate::sinks::events::EventFormat;
 use crate::{
-    event::{Family, Proto, filter::Filter},
+    event::{
+        Family, Proto,
+        filter::{Filter, PodName},
+    },
     probes::BackendChoice,
 };
 
@@ -120,6 +123,22 @@ pub struct Cli {
     #[arg(long, value_name = "FAMILY")]
     pub family: Option<FamilyArg>,
 
+    /// Report only what this container allocates: its name (`docker ps`), its id, or an id
+    /// prefix of 4 or more characters (repeat for more). Like --pid, it narrows the report,
+    /// not occupancy: a container on the host network fills the host's range.
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Vec<String>,
+
+    /// Report only what this Kubernetes pod allocates, as NAMESPACE/NAME (repeat for more).
+    /// Names come from the node's /var/log/pods (see --host-root).
+    #[arg(long, value_name = "NS/NAME")]
+    pub pod: Vec<PodName>,
+
+    /// Report only what processes in this cgroup v2 path or below allocate (repeat for
+    /// more): `/system.slice/nginx.service`, or `/kubepods` for every pod.
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Vec<String>,
+
     /// Warn when a scope (a namespace's range, or the ports for one destination) is this
     /// full, in percent of its capacity.
     #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
@@ -216,11 +235,24 @@ impl Cli {
                 FamilyArg::Ipv4 => Family::Ipv4,
                 FamilyArg::Ipv6 => Family::Ipv6,
             }),
+            containers: self.container.clone(),
+            pods: self.pod.clone(),
+            cgroups: self.cgroup.clone(),
         }
     }
 }
 
 /// A task name as the kernel keeps it (`TASK_COMM_LEN` 16, with its NUL).
+fn parse_cgroup(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!(
+            "`{text}`: a cgroup is a path from the cgroup v2 root, starting with / (as \
+             /proc/PID/cgroup shows it after `0::`)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
 fn parse_comm(text: &str) -> Result<String, String> {
     if text.is_empty() || text.len() > 15 {
         return Err(format!(
@@ -392,10 +424,30 @@ mod tests {
             &["port-trace", "--ring-buffer-kib", "1000"],
             &["port-trace", "--warn-at", "0"],
             &["port-trace", "--critical-at", "101%"],
+            &["port-trace", "--pod", "api-7d9f"],
+            &["port-trace", "--cgroup", "docker"],
         ] {
             let err = Cli::try_parse_from(args).expect_err("rejected");
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn workload_filters_parse() {
+        let cli = Cli::try_parse_from([
+            "port-trace",
+            "--container",
+            "web",
+            "--pod",
+            "shop/api-7d9f",
+            "--cgroup",
+            "/kubepods",
+        ])
+        .expect("valid");
+        let filter = cli.filter();
+        assert_eq!(filter.containers, ["web"]);
+        assert_eq!(filter.pods[0].namespace, "shop");
+        assert_eq!(filter.cgroups, ["/kubepods"]);
     }
 
     #[test]
