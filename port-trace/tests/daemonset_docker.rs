@@ -28,6 +28,36 @@ use serde_json::Value;
 
 const IMAGE: &str = "port-trace-test/port-trace:dev";
 
+/// Capability numbers (linux/capability.h) of the names a spec may add.
+const CAPABILITIES: [(&str, u32); 8] = [
+    ("DAC_READ_SEARCH", 2),
+    ("NET_ADMIN", 12),
+    ("SYS_PTRACE", 19),
+    ("SYS_ADMIN", 21),
+    ("SYS_RESOURCE", 24),
+    ("PERFMON", 38),
+    ("BPF", 39),
+    ("CHECKPOINT_RESTORE", 40),
+];
+
+fn capability_bit(name: &str) -> u64 {
+    let (_, bit) = CAPABILITIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("capability {name}: add its number here"));
+    1 << bit
+}
+
+/// `pid`'s effective capabilities, from /proc/PID/status.
+fn effective_capabilities(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("CapEff")
+}
+
 /// The DaemonSet's pod and container, as far as running it goes.
 struct Spec {
     host_pid: bool,
@@ -165,6 +195,8 @@ struct Deployed {
     /// Empty directories standing in for host paths this host lacks (no kubelet here:
     /// /var/log/pods): Docker would otherwise create them on the host.
     stand_ins: PathBuf,
+    /// The capabilities passed to Docker (the spec's, less those the engine does not know).
+    cap_added: Vec<String>,
 }
 
 impl Deployed {
@@ -195,9 +227,11 @@ impl Deployed {
         for cap in &spec.drop {
             options.extend(["--cap-drop".into(), cap.clone()]);
         }
+        let mut cap_added = Vec::new();
         for cap in &spec.add {
             if docker.knows_capability(cap) {
                 options.extend(["--cap-add".into(), cap.clone()]);
+                cap_added.push(cap.clone());
             } else {
                 // Debian's Docker 20.10 predates CAP_BPF and CAP_PERFMON. The kernel grants
                 // what they allow (bpf_capable(), perfmon_capable()) to CAP_SYS_ADMIN as well,
@@ -274,7 +308,16 @@ impl Deployed {
             container,
             spec,
             stand_ins,
+            cap_added,
         }
+    }
+
+    /// The capability set it was started with, as a CapEff mask.
+    fn given_capabilities(&self) -> u64 {
+        assert_eq!(self.spec.drop, ["ALL"], "only drop-all specs are run here");
+        self.cap_added
+            .iter()
+            .fold(0, |mask, c| mask | capability_bit(c))
     }
 
     fn addr(&self) -> String {
@@ -411,6 +454,14 @@ fn the_daemonset_runs_under_docker_and_traces_other_containers() {
     let deployed = Deployed::start(&docker, &["--events", "json"], &[]);
     let took = deployed.wait_healthy();
     eprintln!("healthy after {took:?}");
+    // Exactly the capabilities it was given: the kernel's view of the running process.
+    let effective = effective_capabilities(deployed.container.pid());
+    let given = deployed.given_capabilities();
+    assert_eq!(
+        effective, given,
+        "CapEff {effective:#x}, given {given:#x} ({:?})",
+        deployed.spec.add
+    );
     let (status, page) = http_get(&deployed.addr(), "/metrics").expect("a scrape");
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("port_trace_build_info{"), "{page}");
