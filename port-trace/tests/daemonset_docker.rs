@@ -3,7 +3,8 @@
 //! with exactly what deploy/kubernetes/daemonset.yaml gives its container (its args, the
 //! capabilities it adds after dropping all, its read-only host mounts, host PID and network
 //! namespaces, a read-only root, its memory and CPU limits), must answer its probe and trace
-//! a TCP connect made inside another container in a network namespace of its own, staying
+//! a TCP connect made inside another container in a network namespace of its own (and read
+//! that namespace's own ephemeral range, which takes setns through the host's /proc), staying
 //! well inside its memory limit and ending with 0 on SIGTERM; without one of its
 //! capabilities it must refuse to start.
 //!
@@ -438,11 +439,26 @@ impl Drop for Deployed {
     }
 }
 
-/// A TCP connect inside `peer` (in its own network namespace): a listener on 7000 and a
-/// client to it, whose port is ephemeral.
-fn connect_inside(peer: &Container) {
-    peer.exec("nc -l -p 7000 >/dev/null & sleep 0.3; echo x | nc -w 1 127.0.0.1 7000")
-        .unwrap_or_else(|e| panic!("the connect in {}: {e}", peer.name));
+/// The peer's ephemeral range: ten ports, its own (a network namespace's sysctl).
+const PEER_RANGE: (u16, u16) = (40000, 40009);
+
+/// A busybox container in a network namespace of its own with a 10-port range, holding one
+/// TCP connection to its own listener on 7000 (the client's port is ephemeral).
+fn peer_holding_a_connection(docker: &Docker) -> Container {
+    let range = format!(
+        "net.ipv4.ip_local_port_range={} {}",
+        PEER_RANGE.0, PEER_RANGE.1
+    );
+    docker.run(
+        &format!("port-trace-test-peer-{}", std::process::id()),
+        &["--network", "none", "--sysctl", &range],
+        docker.busybox_image(),
+        &[
+            "sh",
+            "-c",
+            "sleep 600 | nc -l -p 7000 >/dev/null & sleep 0.5; sleep 600 | nc 127.0.0.1 7000",
+        ],
+    )
 }
 
 #[test]
@@ -466,10 +482,7 @@ fn the_daemonset_runs_under_docker_and_traces_other_containers() {
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("port_trace_build_info{"), "{page}");
 
-    let peer = docker.run_isolated(
-        &format!("port-trace-test-peer-{}", std::process::id()),
-        "sleep 600",
-    );
+    let peer = peer_holding_a_connection(&docker);
     let netns = peer.netns();
     assert_ne!(
         Some(netns),
@@ -478,7 +491,6 @@ fn the_daemonset_runs_under_docker_and_traces_other_containers() {
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m)),
         "--network none gives the peer a namespace of its own"
     );
-    connect_inside(&peer);
     let alloc = deployed.wait_for("the peer's connect", |r| {
         r["type"] == "alloc"
             && r["kind"] == "connect"
@@ -488,6 +500,32 @@ fn the_daemonset_runs_under_docker_and_traces_other_containers() {
     eprintln!("traced: {alloc}");
     assert_eq!(alloc["comm"], "nc", "{alloc}");
     assert_eq!(alloc["laddr"], "127.0.0.1", "{alloc}");
+    let port = alloc["port"].as_u64().expect("a port");
+    assert!(
+        (u64::from(PEER_RANGE.0)..=u64::from(PEER_RANGE.1)).contains(&port),
+        "{alloc}"
+    );
+    // The peer's range was read inside its namespace (setns through /proc/PID/ns/net: host
+    // PID namespace, CAP_SYS_ADMIN, CAP_SYS_PTRACE): its scope holds 1 of 10 ports.
+    let scope = format!("{{destination=\"\",netns=\"{netns}\",proto=\"tcp\",scope=\"namespace\"}}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, page) = http_get(&deployed.addr(), "/metrics").expect("a scrape");
+        let capacity = page.contains(&format!("port_trace_scope_ports_capacity{scope} 10\n"));
+        let used = page.contains(&format!("port_trace_scope_ports_used{scope} 1\n"));
+        if capacity && used {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 1-of-10 scope for the peer's namespace: {}",
+            page.lines()
+                .filter(|l| l.contains(&netns.to_string()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        sleep(Duration::from_millis(500));
+    }
 
     // Sized right: well inside its limit, the eBPF maps included (a request is what it
     // uses at rest: ~33 MiB on a quiet host, more while this busy host's other tests churn,
