@@ -250,8 +250,7 @@ fn test() -> Result<()> {
         // The exporter's test scrapes with Debian's Prometheus; with it installed, a missing
         // one is a failure, not a skip. The same for Docker (the container tests) and
         // kubernetes-validate (the manifests' test).
-        setup::ensure_apt_packages(&TEST_PACKAGES)?;
-        setup::ensure_apt_packages(&peers::DOCKER_PACKAGES)?;
+        setup::ensure_apt_packages(&[&TEST_PACKAGES[..], &peers::DOCKER_PACKAGES[..]].concat())?;
         let validate = peers::ensure_kubernetes_validate()?;
         dockerd = peers::Dockerd::ensure()?;
         tests
