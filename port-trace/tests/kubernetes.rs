@@ -441,3 +441,27 @@ fn the_daemonset_asks_for_least_privilege_on_every_node() {
         }
     }
 }
+
+/// The image's default arguments (deploy/Containerfile's CMD) are the DaemonSet's, spelled
+/// out there: `docker run port-trace` and the pod run the same thing.
+#[test]
+fn the_image_defaults_are_the_daemonsets_args() {
+    let containerfile =
+        std::fs::read_to_string(repo_root().join("deploy/Containerfile")).expect("Containerfile");
+    let instruction = |name: &str| -> Vec<String> {
+        let line = containerfile
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in the Containerfile"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{name} is not exec form: {e}"))
+    };
+    assert_eq!(instruction("ENTRYPOINT"), ["/usr/bin/port-trace"]);
+    let daemonset = manifest("daemonset.yaml");
+    let args: Vec<String> = daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string").to_string())
+        .collect();
+    assert_eq!(instruction("CMD"), args);
+}
