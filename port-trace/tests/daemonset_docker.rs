@@ -456,7 +456,10 @@ fn peer_holding_a_connection(docker: &Docker) -> Container {
         &[
             "sh",
             "-c",
-            "sleep 600 | nc -l -p 7000 >/dev/null & sleep 0.5; sleep 600 | nc 127.0.0.1 7000",
+            // The client once the listener is up; both hold their ends (stdin never ends).
+            "sleep 600 | nc -l -p 7000 >/dev/null & \
+             until netstat -ltn | grep -q ':7000 '; do sleep 0.1; done; \
+             sleep 600 | nc 127.0.0.1 7000",
         ],
     )
 }
