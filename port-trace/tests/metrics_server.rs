@@ -1,7 +1,8 @@
 //! The metrics endpoint under abuse, against the real binary and real sockets: idle
 //! connections cost neither memory nor file descriptors, running out of file descriptors
 //! does not spin, concurrent scrapers all get the page, and the page is rendered after the
-//! request is read (so it is of that moment).
+//! request is read (so it is of that moment); `/healthz` answers while the trace loop runs
+//! and not while it is stopped.
 
 mod common;
 
@@ -323,5 +324,53 @@ fn the_page_is_rendered_after_the_request_is_read() {
                 && l.contains("kind=\"connect\"")),
         "the connect made before the request is in the page:\n{reply}"
     );
+    tracer.stop();
+}
+
+/// `GET path` with a read timeout of `within`: the status and body, or the error (a timeout
+/// when nobody answers).
+fn get_within(addr: &str, path: &str, within: Duration) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(within))?;
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+#[test]
+fn healthz_answers_while_the_trace_loop_runs_and_only_then() {
+    if skip_unless_root("healthz_answers_while_the_trace_loop_runs_and_only_then") {
+        return;
+    }
+    let (tracer, addr) = tracer_with_metrics(Stdio::inherit(), &[]);
+    let (status, body) =
+        get_within(&addr, "/healthz", Duration::from_secs(10)).expect("/healthz answers");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // A stopped loop (SIGSTOP: what a hang looks like from outside) answers no probe: the
+    // connection waits in the kernel's backlog and the probe times out.
+    let pid = tracer.pid() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stalled = get_within(&addr, "/healthz", Duration::from_secs(2));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(
+        stalled.is_err(),
+        "a stopped tracer answered the probe: {stalled:?}"
+    );
+    let (status, _) =
+        get_within(&addr, "/healthz", Duration::from_secs(10)).expect("answers again");
+    assert_eq!(status, 200);
     tracer.stop();
 }

@@ -5,6 +5,9 @@
 
 mod bench;
 mod fuzz;
+mod image;
+mod peers;
+mod rootfs;
 mod setup;
 mod soak;
 mod vm;
@@ -94,6 +97,14 @@ enum Task {
         #[arg(long, value_name = "MINUTES")]
         soak: Option<f64>,
     },
+    /// Set up, build, and make port-trace's container image offline (FROM scratch:
+    /// deploy/Containerfile over the binary and the libraries it loads), with the running
+    /// Docker engine or one started for the build.
+    Image {
+        /// The image's name and tag (deploy/kubernetes/daemonset.yaml runs port-trace:latest).
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
     /// Set up, build, copy port-trace into PREFIX/bin (default /usr/local) and its systemd
     /// unit (deploy/port-trace.service, started from there) into UNIT_DIR.
     Install {
@@ -147,6 +158,7 @@ fn run_task(task: Task) -> Result<()> {
             only: only.as_deref(),
         }),
         Task::Install { prefix, unit_dir } => install(&prefix, &unit_dir),
+        Task::Image { tag } => image::image(&tag),
         Task::Bench {
             soak: Some(minutes),
             ..
@@ -232,15 +244,28 @@ fn test() -> Result<()> {
         );
     }
     let mut tests = cmd("cargo");
+    // Stopped (if we started it) when the tests are done, passed or not.
+    let mut dockerd = None;
     if setup::is_root() {
         // The exporter's test scrapes with Debian's Prometheus; with it installed, a missing
-        // one is a failure, not a skip.
-        setup::ensure_apt_packages(&TEST_PACKAGES)?;
-        tests.env("PORT_TRACE_REQUIRE_PROMETHEUS", "1");
+        // one is a failure, not a skip. The same for Docker (the container tests) and
+        // kubernetes-validate (the manifests' test).
+        setup::ensure_apt_packages(&[&TEST_PACKAGES[..], &peers::DOCKER_PACKAGES[..]].concat())?;
+        let validate = peers::ensure_kubernetes_validate()?;
+        dockerd = peers::Dockerd::ensure()?;
+        tests
+            .env("PORT_TRACE_REQUIRE_PROMETHEUS", "1")
+            .env("PORT_TRACE_REQUIRE_DOCKER", "1")
+            .env("PORT_TRACE_REQUIRE_KUBE_VALIDATE", "1")
+            .env(
+                "PORT_TRACE_KUBERNETES_VALIDATE",
+                env::current_dir()?.join(validate),
+            );
     }
     // Integration tests each start a tracer; one at a time keeps their timings honest on
     // small machines.
     run(tests.args(["test", "--all-targets", "--", "--test-threads=1"]))?;
+    drop(dockerd);
     // Every parser of outside bytes, briefly: a crash fails the suite.
     fuzz::fuzz(&fuzz::TARGETS, fuzz::CI_SECONDS)?;
     if !setup::is_root() {

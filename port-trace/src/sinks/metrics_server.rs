@@ -1,5 +1,5 @@
 //! The HTTP endpoint Prometheus scrapes (`--prometheus ADDR`): `GET /metrics`, one request
-//! per connection.
+//! per connection, and `GET /healthz` for liveness and readiness probes.
 //!
 //! A task per connection reads the request (bounded in size and time), so a slow client
 //! never holds up the event loop. Only a request for the metrics asks the loop for the page
@@ -10,6 +10,11 @@
 //! is not waiting for the page makes room, or the new one is closed at once, so idle
 //! connections can hold neither memory nor file descriptors. Failing accepts (out of file
 //! descriptors) back off instead of spinning, with a rate-limited warning.
+//!
+//! `/healthz` answers "ok" from the connection's task without asking for a page: cheap,
+//! and still a proof of life, since connections are accepted only by the trace loop (in
+//! `render_due`, on a single-threaded runtime): a loop that is stuck or gone accepts
+//! nothing, and the probe times out.
 
 use std::{
     collections::VecDeque,
@@ -298,6 +303,10 @@ pub enum Route {
     Index {
         head: bool,
     },
+    /// `GET` or `HEAD /healthz`: "ok" while the trace loop accepts connections.
+    Health {
+        head: bool,
+    },
     NotFound {
         head: bool,
     },
@@ -317,6 +326,7 @@ impl Route {
         match (method, path) {
             ("GET" | "HEAD", "/metrics") => Route::Metrics { head },
             ("GET" | "HEAD", "/") => Route::Index { head },
+            ("GET" | "HEAD", "/healthz") => Route::Health { head },
             ("GET" | "HEAD", _) => Route::NotFound { head },
             ("", _) => Route::BadRequest,
             _ => Route::MethodNotAllowed,
@@ -325,7 +335,7 @@ impl Route {
 }
 
 /// The HTTP/1.1 answer for `route`: `metrics` (the page) for `/metrics`, a pointer to them
-/// at `/`, and the right error for anything else.
+/// at `/`, "ok" at `/healthz`, and the right error for anything else.
 pub fn response(route: Route, metrics: &str, content_type: &str) -> Vec<u8> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let (status, content_type, body, head) = match route {
@@ -336,6 +346,7 @@ pub fn response(route: Route, metrics: &str, content_type: &str) -> Vec<u8> {
             "port-trace: Prometheus metrics are at /metrics\n",
             head,
         ),
+        Route::Health { head } => ("200 OK", TEXT, "ok\n", head),
         Route::NotFound { head } => ("404 Not Found", TEXT, "not found\n", head),
         Route::BadRequest => ("400 Bad Request", TEXT, "bad request\n", false),
         Route::MethodNotAllowed => ("405 Method Not Allowed", TEXT, "only GET\n", false),
@@ -468,6 +479,54 @@ mod tests {
         assert_eq!(Route::of(request), Route::Metrics { head: true });
         let (status, body) = status_and_body(&answer(request, "a 1\n", ""));
         assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", ""));
+    }
+
+    #[test]
+    fn healthz_is_ok_without_the_page() {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: kube-probe/1.33\r\n\r\n";
+        assert_eq!(Route::of(request), Route::Health { head: false });
+        let (status, body) = status_and_body(&answer(request, "secret", ""));
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", "ok\n")
+        );
+        let request = b"HEAD /healthz HTTP/1.1\r\n\r\n";
+        assert_eq!(Route::of(request), Route::Health { head: true });
+        let (status, body) = status_and_body(&answer(request, "secret", ""));
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", ""));
+        // Only that path: a prefix or a longer one is not the probe.
+        for other in [
+            &b"GET /health HTTP/1.1\r\n\r\n"[..],
+            b"GET /healthz/x HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(Route::of(other), Route::NotFound { head: false });
+        }
+    }
+
+    /// The probe is answered while the loop serves connections, and asks it for no render.
+    #[tokio::test]
+    async fn healthz_needs_no_render() {
+        let mut exporter = listen(SocketAddr::from(([127, 0, 0, 1], 0))).expect("listens");
+        let addr = exporter.local_addr().expect("its address");
+        let probe = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await?;
+            Ok::<_, std::io::Error>(reply)
+        });
+        let reply = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::select! {
+                reply = probe => reply,
+                _ = exporter.render_due() => panic!("the probe asked for a render"),
+            }
+        })
+        .await
+        .expect("the probe is answered")
+        .expect("the task")
+        .expect("a reply");
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nok\n"), "{reply}");
     }
 
     #[test]

@@ -345,3 +345,220 @@ impl Netns {
             .collect()
     }
 }
+
+/// Set by `cargo xtask test` where it installed and started Docker: then a missing engine
+/// fails the container tests instead of skipping them.
+pub const REQUIRE_DOCKER: &str = "PORT_TRACE_REQUIRE_DOCKER";
+/// The image the container tests run their peers in: busybox-static's one binary.
+pub const BUSYBOX_IMAGE: &str = "port-trace-test/busybox";
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A Docker engine for the container tests (Debian's docker.io: `cargo xtask test` installs
+/// and starts it). None, with the reason printed, where there is none to use, unless
+/// PORT_TRACE_REQUIRE_DOCKER is set: then that is a failure.
+pub fn docker(test: &str) -> Option<Docker> {
+    // SAFETY: geteuid has no preconditions.
+    let why = if unsafe { libc::geteuid() } != 0 {
+        "needs root (Docker's socket, eBPF)".to_string()
+    } else {
+        match docker_cmd(&["version", "--format", "{{.Server.Version}}"]) {
+            Ok(version) => {
+                return Some(Docker {
+                    version: version.trim().to_string(),
+                });
+            }
+            Err(err) => format!(
+                "no Docker engine answers ({err}); `cargo xtask test` installs docker.io and \
+                 starts `dockerd --iptables=false --bridge=none`"
+            ),
+        }
+    };
+    if std::env::var_os(REQUIRE_DOCKER).is_some() {
+        panic!("{test}: {why}, and {REQUIRE_DOCKER} is set");
+    }
+    eprintln!("skipped {test}: {why}");
+    None
+}
+
+/// Runs `docker ARGS`: its stdout, or an error with its stderr.
+pub fn docker_cmd(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A reachable Docker engine.
+pub struct Docker {
+    /// The engine's version, for messages.
+    pub version: String,
+}
+
+impl Docker {
+    /// BUSYBOX_IMAGE, built once from busybox-static's binary (FROM scratch, every applet
+    /// linked in /bin): nothing is pulled. Panics if busybox is missing or not static, as
+    /// `cargo xtask test` installs busybox-static with docker.io.
+    pub fn busybox_image(&self) -> &'static str {
+        static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        BUILT.get_or_init(|| {
+            if docker_cmd(&["image", "inspect", "--format", "{{.Id}}", BUSYBOX_IMAGE]).is_ok() {
+                return;
+            }
+            let context =
+                std::env::temp_dir().join(format!("port-trace-busybox-{}", std::process::id()));
+            let bin = context.join("rootfs/bin");
+            std::fs::create_dir_all(&bin).expect("image context");
+            std::fs::copy(BUSYBOX, bin.join("busybox"))
+                .unwrap_or_else(|e| panic!("{BUSYBOX} (busybox-static): {e}"));
+            let list = Command::new(BUSYBOX)
+                .arg("--list")
+                .output()
+                .expect("busybox --list");
+            for applet in String::from_utf8_lossy(&list.stdout).lines() {
+                if applet != "busybox" {
+                    let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+                }
+            }
+            std::fs::write(
+                context.join("Containerfile"),
+                "FROM scratch\nCOPY rootfs/ /\nCMD [\"/bin/sh\"]\n",
+            )
+            .expect("Containerfile");
+            let context_arg = context.to_string_lossy().into_owned();
+            let containerfile = context.join("Containerfile");
+            let built = docker_cmd(&[
+                "build",
+                "--quiet",
+                "--tag",
+                BUSYBOX_IMAGE,
+                "--file",
+                &containerfile.to_string_lossy(),
+                &context_arg,
+            ]);
+            let _ = std::fs::remove_dir_all(&context);
+            built.expect("the busybox image builds");
+            // A dynamically linked busybox would build and then fail to start.
+            docker_cmd(&["run", "--rm", "--network", "none", BUSYBOX_IMAGE, "true"])
+                .expect("the busybox image runs (is /bin/busybox busybox-static's?)");
+        });
+        BUSYBOX_IMAGE
+    }
+
+    /// Starts container `name` (any old one of that name removed first) from `image` with
+    /// `docker run -d OPTIONS IMAGE ARGS`; removed when dropped.
+    pub fn run(&self, name: &str, options: &[&str], image: &str, args: &[&str]) -> Container {
+        let _ = docker_cmd(&["rm", "--force", name]);
+        let mut command = vec!["run", "--detach", "--name", name];
+        command.extend_from_slice(options);
+        command.push(image);
+        command.extend_from_slice(args);
+        let id = docker_cmd(&command)
+            .unwrap_or_else(|e| panic!("starting container {name}: {e}"))
+            .trim()
+            .to_string();
+        Container {
+            name: name.to_string(),
+            id,
+        }
+    }
+
+    /// A busybox container `name` in a network namespace of its own (`--network none`: only
+    /// loopback), running `command` with sh.
+    pub fn run_isolated(&self, name: &str, command: &str) -> Container {
+        let image = self.busybox_image();
+        self.run(name, &["--network", "none"], image, &["sh", "-c", command])
+    }
+
+    /// Whether this engine knows capability `cap` (Debian's 20.10 predates CAP_BPF and
+    /// CAP_PERFMON and refuses them by name).
+    pub fn knows_capability(&self, cap: &str) -> bool {
+        let image = self.busybox_image();
+        let name = format!("port-trace-test-cap-{}", std::process::id());
+        let created = docker_cmd(&[
+            "create",
+            "--name",
+            &name,
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            cap,
+            image,
+            "true",
+        ]);
+        let _ = docker_cmd(&["rm", "--force", &name]);
+        match created {
+            Ok(_) => true,
+            Err(err) if err.contains("unknown capability") => false,
+            Err(err) => panic!("docker create with --cap-add {cap}: {err}"),
+        }
+    }
+}
+
+/// A container the test started; removed (`docker rm --force`) when dropped.
+pub struct Container {
+    pub name: String,
+    pub id: String,
+}
+
+impl Container {
+    /// `docker inspect --format FORMAT`, trimmed.
+    pub fn inspect(&self, format: &str) -> String {
+        docker_cmd(&["inspect", "--format", format, &self.id])
+            .unwrap_or_else(|e| panic!("inspecting {}: {e}", self.name))
+            .trim()
+            .to_string()
+    }
+
+    pub fn running(&self) -> bool {
+        self.inspect("{{.State.Running}}") == "true"
+    }
+
+    /// Its first process's pid on the host.
+    pub fn pid(&self) -> u32 {
+        let pid = self.inspect("{{.State.Pid}}");
+        pid.parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .unwrap_or_else(|| panic!("{} has no process (pid {pid:?}): not running", self.name))
+    }
+
+    /// Its network namespace's inode, as port-trace's records name it.
+    pub fn netns(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{}/ns/net", self.pid()))
+            .expect("/proc/PID/ns/net of the container's process")
+            .ino()
+    }
+
+    /// `docker exec` of `command` with sh: its stdout, or the error.
+    pub fn exec(&self, command: &str) -> Result<String, String> {
+        docker_cmd(&["exec", &self.id, "sh", "-c", command])
+    }
+
+    /// What it wrote so far: (stdout, stderr), kept apart by the json-file log driver.
+    pub fn logs(&self) -> (String, String) {
+        let out = Command::new("docker")
+            .args(["logs", &self.id])
+            .output()
+            .expect("docker logs runs");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker_cmd(&["rm", "--force", &self.id]);
+    }
+}
