@@ -108,10 +108,22 @@ impl Exhaustion {
             .collect()
     }
 
-    /// A namespace seen for the first time gets its range read.
+    /// A namespace seen for the first time gets its range read. One that cannot be read
+    /// (entering it needs CAP_SYS_ADMIN and, for /proc, CAP_SYS_PTRACE) is modelled with
+    /// Linux's default range until a refresh reads it, and the log says so: a container's
+    /// range often differs from the host's, so its warnings may be off until then.
     fn know(&mut self, netns: u32) {
         if !self.occupancy.has_namespace(netns) {
-            let range = (self.read_range)(netns).unwrap_or_default();
+            let range = (self.read_range)(netns).unwrap_or_else(|| {
+                let assumed = PortRange::default();
+                tracing::warn!(
+                    "could not read the ephemeral port range of netns {netns}: assuming \
+                     Linux's default {}-{} there until it can be read",
+                    assumed.low,
+                    assumed.high
+                );
+                assumed
+            });
             self.occupancy.set_range(netns, range);
         }
     }
