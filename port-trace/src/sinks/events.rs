@@ -1,13 +1,18 @@
 //! Event lines: `--events json` (one object per line, the contract other tools parse) and
 //! `--events text` (aligned, for people).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
 use super::human_ns;
 use crate::{
-    event::{AllocKind, Event, EventType, Family, Proto, comm::Comm, errno_name},
+    event::{
+        AllocKind, Event, EventType, Family, Proto,
+        comm::Comm,
+        errno_name,
+        workload::{CgroupId, Workload},
+    },
     exhaustion::{
         level::Level,
         scope::ScopeKind,
@@ -54,6 +59,47 @@ pub struct EventRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
     pub cookie: u64,
+    /// `cgroup`, `container`, `pod`: who allocated, where known.
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
+}
+
+/// The workload fields of a record: `cgroup` (its path, or its id where the path is not
+/// known), `container` {id, name, runtime} and `pod` {namespace, name, uid} when known.
+/// Nothing when the kernel named no cgroup.
+#[derive(Debug, Default)]
+pub struct WorkloadFields {
+    pub cgroup: CgroupId,
+    pub workload: Option<Arc<Workload>>,
+}
+
+impl WorkloadFields {
+    pub fn of(event: &Event) -> Self {
+        Self {
+            cgroup: event.cgroup,
+            workload: event.workload.clone(),
+        }
+    }
+}
+
+impl Serialize for WorkloadFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        let workload = self.workload.as_deref();
+        match workload.and_then(|w| w.cgroup.as_deref()) {
+            Some(path) => map.serialize_entry("cgroup", path)?,
+            None if self.cgroup.is_known() => map.serialize_entry("cgroup", &self.cgroup)?,
+            None => {}
+        }
+        if let Some(container) = workload.and_then(|w| w.container.as_ref()) {
+            map.serialize_entry("container", container)?;
+        }
+        if let Some(pod) = workload.and_then(|w| w.pod.as_ref()) {
+            map.serialize_entry("pod", pod)?;
+        }
+        map.end()
+    }
 }
 
 impl EventRecord {
@@ -86,6 +132,7 @@ impl EventRecord {
             errno: failed.then_some(event.errno),
             error: failed.then(|| errno_name(event.errno)),
             cookie: event.cookie,
+            workload: WorkloadFields::of(event),
         }
     }
 
@@ -283,6 +330,48 @@ mod tests {
         assert_eq!(value["rport"], 443);
         assert_eq!(value["comm"], "curl");
         assert!(value.get("lifetime_ns").is_none());
+    }
+
+    #[test]
+    fn json_names_the_workload_where_known() {
+        use crate::event::workload::{Container, Pod, Runtime};
+        let mut event = decode_raw(&raw_connect()).expect("decodes");
+        let json = |event: &Event| -> serde_json::Value {
+            let line = EventRecord::new(event, Outcome::Allocated, WallClock::with_offset(0));
+            serde_json::from_str(&line.to_json()).expect("JSON")
+        };
+        let none = json(&event);
+        assert!(
+            none.get("cgroup").is_none() && none.get("container").is_none(),
+            "cgroup 0: the kernel named none"
+        );
+        event.cgroup = CgroupId(4242);
+        assert_eq!(json(&event)["cgroup"], 4242, "known by id only");
+        event.workload = Some(Arc::new(Workload {
+            cgroup: Some("/kubepods/burstable/pod0f6c/3f2a".into()),
+            container: Some(Container {
+                id: "3f2a".into(),
+                name: Some("server".into()),
+                runtime: Runtime::Containerd,
+            }),
+            pod: Some(Pod {
+                namespace: Some("shop".into()),
+                name: Some("api-7d9f".into()),
+                uid: "0f6c".into(),
+            }),
+            service: None,
+        }));
+        let value = json(&event);
+        assert_eq!(value["cgroup"], "/kubepods/burstable/pod0f6c/3f2a");
+        assert_eq!(
+            value["container"],
+            serde_json::json!({"id": "3f2a", "name": "server", "runtime": "containerd"})
+        );
+        assert_eq!(
+            value["pod"],
+            serde_json::json!({"namespace": "shop", "name": "api-7d9f", "uid": "0f6c"})
+        );
+        assert_eq!(value["port"], 40001, "the rest is as it was");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::{
         procfs::socket_owners,
         sock_diag::{self, DiagSocket},
     },
+    workload::Resolver,
 };
 
 /// A socket from a dump, as the occupancy model takes it: an event that allocated the port.
@@ -84,8 +85,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Takes the snapshot of what `filter` traces.
-    pub fn take(filter: &Filter) -> Self {
+    /// Takes the snapshot of what `filter` traces, each socket named by its owner's
+    /// workload.
+    pub fn take(filter: &Filter, workloads: &mut Resolver) -> Self {
         let owners = socket_owners();
         let mut events = Vec::new();
         for netns in netns::all() {
@@ -93,7 +95,9 @@ impl Snapshot {
                 if !filter.traces(netns, proto) {
                     continue;
                 }
-                events.push(as_event(&socket, proto, netns, owners.get(&socket.inode)));
+                let mut event = as_event(&socket, proto, netns, owners.get(&socket.inode));
+                workloads.attribute_by_pid(&mut event);
+                events.push(event);
             }
         }
         Self::from_events(events)

@@ -1,0 +1,430 @@
+//! The cgroup v2 hierarchy: where it is mounted, and which directory a cgroup id names.
+//!
+//! A cgroup v2 id (what `bpf_get_current_cgroup_id()` returns) is the kernfs node id of the
+//! cgroup's directory, which on 64-bit kernels is also its inode number. kernfs allocates
+//! the low 32 bits cyclically and bumps the high 32 on each wrap (fs/kernfs/dir.c,
+//! `__kernfs_new_node`), so an id is never reused within a boot: a name found for an id
+//! stays right after the cgroup is gone.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
+    path::{Path, PathBuf},
+};
+
+/// kernfs's file handle type (`FILEID_KERNFS` in include/linux/exportfs.h): 8 bytes, the
+/// node id.
+const FILEID_KERNFS: i32 = 0xfe;
+
+/// How many directories the fallback walk reads before it gives up on an id (a busy
+/// Kubernetes node has a few thousand cgroups).
+const WALK_LIMIT: usize = 50_000;
+
+/// A mounted cgroup v2 hierarchy.
+#[derive(Debug)]
+pub struct CgroupRoot {
+    /// Where it is mounted here (`/sys/fs/cgroup`, `/sys/fs/cgroup/unified`, or under a host
+    /// root).
+    mount: PathBuf,
+    /// The cgroup path the mount shows at its top (`/` unless a cgroup namespace or a bind
+    /// mount shows only part of the tree): prefixed to what is found under `mount`.
+    base: String,
+    /// The mount, open, for open_by_handle_at; None if it could not be opened.
+    dir: Option<File>,
+    /// open_by_handle_at was refused (no CAP_DAC_READ_SEARCH, or a kernel without kernfs
+    /// handles): the walk is used from then on.
+    handles_refused: std::cell::Cell<bool>,
+}
+
+/// What became of a lookup of a cgroup id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its path in the v2 hierarchy (`/docker/<id>`).
+    Found(String),
+    /// The kernel says no such cgroup exists (any more).
+    Gone,
+    /// It could not be looked up now (out of file descriptors, the walk's bound reached).
+    Unknown,
+}
+
+impl CgroupRoot {
+    /// The cgroup v2 hierarchy as seen under `host_root` (`/` normally; the host's `/`
+    /// mounted into a container otherwise). None without cgroup v2.
+    pub fn find(host_root: &Path) -> Option<Self> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (mount, base) = choose_mount(&parse_mountinfo(&mountinfo), host_root)
+            .or_else(|| conventional_mount(host_root).map(|m| (m, "/".to_string())))?;
+        Some(Self::at(mount, base))
+    }
+
+    /// The hierarchy mounted at `mount`, which shows cgroup `base` at its top.
+    pub fn at(mount: PathBuf, base: String) -> Self {
+        let dir = File::open(&mount).ok();
+        Self {
+            mount,
+            base,
+            dir,
+            handles_refused: std::cell::Cell::new(false),
+        }
+    }
+
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// The cgroup path of a directory under the mount, or None if it is not under it.
+    fn cgroup_path(&self, dir: &Path) -> Option<String> {
+        let relative = dir.strip_prefix(&self.mount).ok()?;
+        let relative = relative.to_str()?;
+        Some(join_cgroup(&self.base, relative))
+    }
+
+    /// The directory of cgroup `path` (as /proc/PID/cgroup names it) under the mount.
+    pub fn dir_of(&self, path: &str) -> Option<PathBuf> {
+        let below = path.strip_prefix(self.base.trim_end_matches('/'))?;
+        if !(below.is_empty() || below.starts_with('/')) || below.contains("/../") {
+            return None;
+        }
+        Some(self.mount.join(below.trim_start_matches('/')))
+    }
+
+    /// The id of cgroup `path`: its directory's inode number.
+    pub fn id_of(&self, path: &str) -> Option<u64> {
+        std::fs::metadata(self.dir_of(path)?).ok().map(|m| m.ino())
+    }
+
+    /// The path of cgroup `id`: by kernfs file handle (one open and one readlink), or where
+    /// that is refused, by walking the hierarchy comparing inode numbers.
+    pub fn path_of(&self, id: u64) -> Lookup {
+        if !self.handles_refused.get()
+            && let Some(dir) = &self.dir
+        {
+            match open_by_id(dir, id) {
+                Ok(fd) => return self.path_of_fd(&fd),
+                // kernfs answers ESTALE for an id it has no (active) node for.
+                Err(err) if err.raw_os_error() == Some(libc::ESTALE) => return Lookup::Gone,
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                    ) =>
+                {
+                    tracing::debug!(
+                        "open_by_handle_at on {} refused ({err}): finding cgroups by walking",
+                        self.mount.display()
+                    );
+                    self.handles_refused.set(true);
+                }
+                Err(err) => {
+                    tracing::debug!("cgroup {id}: open_by_handle_at failed: {err}");
+                    return Lookup::Unknown;
+                }
+            }
+        }
+        self.walk_for(id)
+    }
+
+    fn path_of_fd(&self, fd: &OwnedFd) -> Lookup {
+        let link = match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+            Ok(link) => link,
+            Err(_) => return Lookup::Unknown,
+        };
+        // Removed between the open and the readlink.
+        if link.as_os_str().as_bytes().ends_with(b" (deleted)") {
+            return Lookup::Gone;
+        }
+        self.cgroup_path(&link)
+            .map_or(Lookup::Unknown, Lookup::Found)
+    }
+
+    /// Breadth-first over the hierarchy for the directory whose inode is `id`, reading at
+    /// most `WALK_LIMIT` directories.
+    fn walk_for(&self, id: u64) -> Lookup {
+        let mut queue = std::collections::VecDeque::from([self.mount.clone()]);
+        let mut read = 0;
+        while let Some(dir) = queue.pop_front() {
+            if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+                return self
+                    .cgroup_path(&dir)
+                    .map_or(Lookup::Unknown, Lookup::Found);
+            }
+            read += 1;
+            if read > WALK_LIMIT {
+                return Lookup::Unknown;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            queue.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        // The whole tree was read: no such cgroup now.
+        Lookup::Gone
+    }
+}
+
+/// `base` + `relative`, as a cgroup path (`/`-rooted, no trailing slash).
+fn join_cgroup(base: &str, relative: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if relative.is_empty() {
+        if base.is_empty() {
+            "/".into()
+        } else {
+            base.into()
+        }
+    } else {
+        format!("{base}/{relative}")
+    }
+}
+
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    id: [u8; 8],
+}
+
+/// Opens the cgroup directory whose kernfs node id is `id`, on the hierarchy `mount` is open
+/// on.
+fn open_by_id(mount: &File, id: u64) -> io::Result<OwnedFd> {
+    let handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id: id.to_ne_bytes(),
+    };
+    // SAFETY: a file handle laid out as the kernel's struct file_handle with 8 bytes of
+    // f_handle, valid for the call; the fd returned is ours to own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &handle as *const KernfsHandle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A cgroup2 mount from /proc/self/mountinfo: (mount point, root within the hierarchy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mount {
+    point: PathBuf,
+    root: String,
+}
+
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            // id parent major:minor root point options [optional...] - fstype source opts
+            let (before, after) = line.split_once(" - ")?;
+            if after.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let fields: Vec<&str> = before.split_whitespace().collect();
+            Some(Mount {
+                root: unescape(fields.get(3)?),
+                point: PathBuf::from(unescape(fields.get(4)?)),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(digits) = bytes.get(i + 1..i + 4)
+            && let Some(code) = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount to use: one under `host_root` if there is one (the host's hierarchy mounted into
+/// our container), else any; of those, the one showing the most of the tree.
+fn choose_mount(mounts: &[Mount], host_root: &Path) -> Option<(PathBuf, String)> {
+    let under_host = |m: &&Mount| host_root != Path::new("/") && m.point.starts_with(host_root);
+    let pick = |candidates: Vec<&Mount>| {
+        candidates
+            .into_iter()
+            .min_by_key(|m| (m.root.len(), m.point.components().count()))
+            .map(|m| (m.point.clone(), m.root.clone()))
+    };
+    let hosts: Vec<&Mount> = mounts.iter().filter(under_host).collect();
+    if !hosts.is_empty() {
+        return pick(hosts);
+    }
+    pick(mounts.iter().collect())
+}
+
+/// Where cgroup2 is mounted by convention under `host_root`: unified, or hybrid.
+fn conventional_mount(host_root: &Path) -> Option<PathBuf> {
+    ["sys/fs/cgroup", "sys/fs/cgroup/unified"]
+        .iter()
+        .map(|p| host_root.join(p))
+        .find(|p| p.join("cgroup.controllers").exists() || p.join("cgroup.procs").exists())
+}
+
+/// The handle kernfs gives for `path`, as (type, id): for tests and diagnostics.
+pub fn handle_of(path: &Path) -> io::Result<(i32, u64)> {
+    #[repr(C)]
+    struct Buffer {
+        handle_bytes: u32,
+        handle_type: i32,
+        f_handle: [u8; 128],
+    }
+    let mut buffer = Buffer {
+        handle_bytes: 128,
+        handle_type: 0,
+        f_handle: [0; 128],
+    };
+    let name = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: a buffer as large as it says, a NUL-terminated path, an int for the mount id.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            &mut buffer as *mut Buffer,
+            &mut mount_id as *mut libc::c_int,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&buffer.f_handle[..8]);
+    Ok((buffer.handle_type, u64::from_ne_bytes(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_the_v2_mount_in_hybrid_and_unified_layouts() {
+        let mounts = parse_mountinfo(HYBRID);
+        assert_eq!(
+            choose_mount(&mounts, Path::new("/")),
+            Some((PathBuf::from("/sys/fs/cgroup/unified"), "/".into()))
+        );
+        let unified =
+            "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            choose_mount(&parse_mountinfo(unified), Path::new("/")),
+            Some((PathBuf::from("/sys/fs/cgroup"), "/".into()))
+        );
+        assert_eq!(choose_mount(&parse_mountinfo(""), Path::new("/")), None);
+    }
+
+    #[test]
+    fn prefers_the_hosts_hierarchy_under_a_host_root() {
+        // Inside a container: its own namespaced cgroup2, and the host's under /host.
+        let text = "\
+700 600 0:26 /kubepods/pod1/abc /sys/fs/cgroup ro - cgroup2 cgroup2 rw
+701 600 0:26 / /host/sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw
+";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(
+            choose_mount(&mounts, Path::new("/host")),
+            Some((PathBuf::from("/host/sys/fs/cgroup"), "/".into()))
+        );
+        // A namespaced mount shows its root: paths under it are prefixed with it.
+        let root = CgroupRoot::at("/sys/fs/cgroup".into(), "/kubepods/pod1/abc".into());
+        assert_eq!(
+            root.cgroup_path(Path::new("/sys/fs/cgroup/sub")).as_deref(),
+            Some("/kubepods/pod1/abc/sub")
+        );
+        assert_eq!(
+            root.dir_of("/kubepods/pod1/abc/sub"),
+            Some(PathBuf::from("/sys/fs/cgroup/sub"))
+        );
+        assert_eq!(root.dir_of("/kubepods/pod1/abcd"), None);
+    }
+
+    #[test]
+    fn unescapes_mount_points() {
+        assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/odd\04"), r"/odd\04");
+    }
+
+    #[test]
+    fn the_root_is_slash() {
+        let root = CgroupRoot::at("/x".into(), "/".into());
+        assert_eq!(root.cgroup_path(Path::new("/x")).as_deref(), Some("/"));
+        assert_eq!(
+            root.cgroup_path(Path::new("/x/a/b")).as_deref(),
+            Some("/a/b")
+        );
+        assert_eq!(root.cgroup_path(Path::new("/y")), None);
+        assert_eq!(root.dir_of("/"), Some(PathBuf::from("/x/")));
+    }
+
+    /// A real cgroup: its id is its inode, its kernfs handle carries that id, and both the
+    /// handle and the walk find its path; once removed it is gone, by both.
+    #[test]
+    fn resolves_a_real_cgroup_by_handle_and_by_walk() {
+        let Some(root) = CgroupRoot::find(Path::new("/")) else {
+            eprintln!("skipped: no cgroup v2 hierarchy here");
+            return;
+        };
+        let name = format!("port-trace-unit-{}", std::process::id());
+        let dir = root.mount().join(&name);
+        if let Err(err) = std::fs::create_dir(&dir) {
+            eprintln!("skipped: cannot make a cgroup ({err})");
+            return;
+        }
+        let id = std::fs::metadata(&dir).expect("stat").ino();
+        let path = format!("/{name}");
+        assert_eq!(root.id_of(&path), Some(id));
+        if let Ok((kind, handle_id)) = handle_of(&dir) {
+            assert_eq!((kind, handle_id), (FILEID_KERNFS, id), "kernfs handle");
+        }
+        assert_eq!(root.path_of(id), Lookup::Found(path.clone()));
+        eprintln!(
+            "cgroup {id} found by {}",
+            if root.handles_refused.get() {
+                "walking (handles refused)"
+            } else {
+                "its kernfs handle"
+            }
+        );
+        assert_eq!(root.walk_for(id), Lookup::Found(path));
+        std::fs::remove_dir(&dir).expect("rmdir");
+        assert_eq!(root.path_of(id), Lookup::Gone);
+        assert_eq!(root.walk_for(id), Lookup::Gone);
+    }
+}
