@@ -7,12 +7,7 @@ use serde::Serialize;
 
 use super::human_ns;
 use crate::{
-    event::{
-        AllocKind, Event, EventType, Family, Proto,
-        comm::Comm,
-        errno_name,
-        workload::{CgroupId, Workload},
-    },
+    event::{AllocKind, Event, EventType, Family, Proto, comm::Comm, errno_name},
     exhaustion::{
         level::Level,
         scope::ScopeKind,
@@ -69,8 +64,8 @@ pub struct EventRecord {
 /// Nothing when the kernel named no cgroup.
 #[derive(Debug, Default)]
 pub struct WorkloadFields {
-    pub cgroup: CgroupId,
-    pub workload: Option<Arc<Workload>>,
+    pub cgroup: crate::event::workload::CgroupId,
+    pub workload: Option<Arc<crate::event::workload::Workload>>,
 }
 
 impl WorkloadFields {
@@ -334,7 +329,7 @@ mod tests {
 
     #[test]
     fn json_names_the_workload_where_known() {
-        use crate::event::workload::{Container, Pod, Runtime};
+        use crate::event::workload::{CgroupId, Container, Pod, Runtime, Workload};
         let mut event = decode_raw(&raw_connect()).expect("decodes");
         let json = |event: &Event| -> serde_json::Value {
             let line = EventRecord::new(event, Outcome::Allocated, WallClock::with_offset(0));
