@@ -89,6 +89,8 @@ impl Snapshot {
     /// workload.
     pub fn take(filter: &Filter, workloads: &mut Resolver) -> Self {
         let owners = socket_owners();
+        // A process holds many sockets: its cgroup is read once.
+        let mut by_pid = std::collections::HashMap::new();
         let mut events = Vec::new();
         for netns in netns::all() {
             for (proto, socket) in dump(netns) {
@@ -96,7 +98,14 @@ impl Snapshot {
                     continue;
                 }
                 let mut event = as_event(&socket, proto, netns, owners.get(&socket.inode));
-                workloads.attribute_by_pid(&mut event);
+                if event.pid != 0
+                    && let Some((cgroup, workload)) = by_pid
+                        .entry(event.pid)
+                        .or_insert_with(|| workloads.for_pid(event.pid))
+                {
+                    event.cgroup = *cgroup;
+                    event.workload = Some(workload.clone());
+                }
                 events.push(event);
             }
         }
@@ -217,5 +226,28 @@ mod tests {
             .and_then(|(_, s)| owners.get(&s.inode))
             .expect("our socket has an owner");
         assert_eq!(ours.0, std::process::id());
+    }
+
+    /// The snapshot names each socket's workload by its owner's cgroup.
+    #[test]
+    fn names_the_workload_of_a_socket_of_ours() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let Some(own) = netns::own() else { return };
+        let mut workloads = Resolver::new(std::path::Path::new("/"));
+        let snapshot = Snapshot::take(&Filter::default(), &mut workloads);
+        let ours = snapshot
+            .events()
+            .find(|e| e.netns == own && e.port == port && e.pid == std::process::id())
+            .expect("our listener, owned by us");
+        let Some(path) = crate::sys::procfs::cgroup_of(std::process::id()) else {
+            eprintln!("skipped: no cgroup v2 line in /proc/self/cgroup");
+            return;
+        };
+        assert!(ours.cgroup.is_known(), "{ours:?}");
+        assert_eq!(
+            ours.workload.as_ref().and_then(|w| w.cgroup.as_deref()),
+            Some(path.as_str())
+        );
     }
 }

@@ -50,7 +50,6 @@ const DOCKER_BACKOFF: Duration = Duration::from_secs(30);
 const NETNS_NEGATIVE: Duration = Duration::from_secs(10);
 
 /// What the cache keeps for an id.
-#[derive(Clone)]
 struct Entry {
     /// None: the cgroup was gone (or unreadable) when looked up.
     workload: Option<Arc<Workload>>,
@@ -244,6 +243,12 @@ impl Resolver {
 
     /// The workload of cgroup `id`; None if it is gone or cannot be read.
     pub fn workload(&mut self, id: CgroupId) -> Option<Arc<Workload>> {
+        // The hot path, every event of a cgroup seen lately: one lookup, one Arc clone.
+        if let Some(entry) = self.cache.young.get(&id)
+            && entry.retry.is_none()
+        {
+            return entry.workload.clone();
+        }
         if let Some(entry) = self.cache.get(id) {
             match entry.retry {
                 None => return entry.workload.clone(),
@@ -315,17 +320,6 @@ impl Resolver {
         let (workload, complete) = self.name(&path);
         self.remember(id, Some(workload.clone()), complete, RETRIES);
         Some((id, workload))
-    }
-
-    /// Sets `event`'s cgroup and workload from its pid, where the kernel gave none.
-    pub fn attribute_by_pid(&mut self, event: &mut Event) {
-        if event.pid != 0
-            && !event.cgroup.is_known()
-            && let Some((id, workload)) = self.for_pid(event.pid)
-        {
-            event.cgroup = id;
-            event.workload = Some(workload);
-        }
     }
 
     /// The workload that owns network namespace `inode` (a process in it, by its cgroup);
