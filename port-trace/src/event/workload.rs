@@ -88,3 +88,85 @@ pub struct Workload {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<Box<str>>,
 }
+
+impl Container {
+    /// The id as `docker ps` shows it: its first 12 digits.
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+}
+
+/// Short, for lines people read: `pod shop/api-7d9f`, `container web (3f2a9c1b7d0e)`,
+/// `service nginx.service`, else `cgroup /user.slice/...`.
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(pod) = &self.pod {
+            return match (&pod.namespace, &pod.name) {
+                (Some(namespace), Some(name)) => write!(f, "pod {namespace}/{name}"),
+                _ => write!(f, "pod {}", pod.uid),
+            };
+        }
+        if let Some(container) = &self.container {
+            return match &container.name {
+                Some(name) => write!(f, "container {name} ({})", container.short_id()),
+                None => write!(f, "container {}", container.short_id()),
+            };
+        }
+        match (&self.service, &self.cgroup) {
+            (Some(service), _) => write!(f, "service {service}"),
+            (None, Some(cgroup)) => write!(f, "cgroup {cgroup}"),
+            (None, None) => f.write_str("unknown"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_for_people() {
+        let container = Container {
+            id: "3f2a9c1b7d0e44b5a1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4".into(),
+            name: Some("web".into()),
+            runtime: Runtime::Docker,
+        };
+        let mut workload = Workload {
+            cgroup: Some("/docker/3f2a".into()),
+            container: Some(container.clone()),
+            ..Workload::default()
+        };
+        assert_eq!(workload.to_string(), "container web (3f2a9c1b7d0e)");
+        workload.container = Some(Container {
+            name: None,
+            ..container
+        });
+        assert_eq!(workload.to_string(), "container 3f2a9c1b7d0e");
+        workload.pod = Some(Pod {
+            namespace: Some("shop".into()),
+            name: Some("api-7d9f".into()),
+            uid: "0f6c".into(),
+        });
+        assert_eq!(workload.to_string(), "pod shop/api-7d9f");
+        workload.pod = Some(Pod {
+            namespace: None,
+            name: None,
+            uid: "0f6c".into(),
+        });
+        assert_eq!(workload.to_string(), "pod 0f6c");
+        let service = Workload {
+            cgroup: Some("/system.slice/nginx.service".into()),
+            service: Some("nginx.service".into()),
+            ..Workload::default()
+        };
+        assert_eq!(service.to_string(), "service nginx.service");
+        let other = Workload {
+            cgroup: Some("/user.slice/user-1000.slice/session-3.scope".into()),
+            ..Workload::default()
+        };
+        assert_eq!(
+            other.to_string(),
+            "cgroup /user.slice/user-1000.slice/session-3.scope"
+        );
+    }
+}
