@@ -7,6 +7,7 @@
 //! stays right after the cgroup is gone.
 
 use std::{
+    collections::HashMap,
     ffi::CString,
     fs::File,
     io,
@@ -21,9 +22,12 @@ use std::{
 /// node id.
 const FILEID_KERNFS: i32 = 0xfe;
 
-/// How many directories the fallback walk reads before it gives up on an id (a busy
-/// Kubernetes node has a few thousand cgroups).
+/// How many directories the fallback walk reads at most (a busy Kubernetes node has a few
+/// thousand cgroups): its index holds as many paths.
 const WALK_LIMIT: usize = 50_000;
+
+/// How often the fallback walk may read the whole tree again, for an id it has not seen.
+const WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A mounted cgroup v2 hierarchy.
 #[derive(Debug)]
@@ -39,6 +43,8 @@ pub struct CgroupRoot {
     /// open_by_handle_at was refused (no CAP_DAC_READ_SEARCH, or a kernel without kernfs
     /// handles): the walk is used from then on.
     handles_refused: std::cell::Cell<bool>,
+    /// What the fallback walk found last.
+    walked: std::cell::RefCell<Walked>,
 }
 
 /// What became of a lookup of a cgroup id.
@@ -70,6 +76,7 @@ impl CgroupRoot {
             base,
             dir,
             handles_refused: std::cell::Cell::new(false),
+            walked: std::cell::RefCell::default(),
         }
     }
 
@@ -142,20 +149,40 @@ impl CgroupRoot {
             .map_or(Lookup::Unknown, Lookup::Found)
     }
 
-    /// Breadth-first over the hierarchy for the directory whose inode is `id`, reading at
-    /// most `WALK_LIMIT` directories.
+    /// The path of `id` from a walk of the hierarchy: the last walk's index, or a new walk
+    /// when that is over a second old.
     fn walk_for(&self, id: u64) -> Lookup {
+        let mut walked = self.walked.borrow_mut();
+        if let Some(answer) = walked.answer(id) {
+            return answer;
+        }
+        if walked.at.is_some_and(|at| at.elapsed() < WALK_EVERY) {
+            return Lookup::Unknown;
+        }
+        let (paths, complete) = self.walk();
+        let previous_max = walked.complete_max;
+        *walked = Walked {
+            complete_max: complete.then(|| paths.keys().copied().max().unwrap_or(0)),
+            trusted_max: if complete { previous_max } else { None },
+            paths,
+            at: Some(std::time::Instant::now()),
+        };
+        walked.answer(id).unwrap_or(Lookup::Unknown)
+    }
+
+    /// Every cgroup's id and path, breadth-first, reading at most `WALK_LIMIT` directories;
+    /// whether that was all of them.
+    fn walk(&self) -> (HashMap<u64, String>, bool) {
+        let mut paths = HashMap::new();
         let mut queue = std::collections::VecDeque::from([self.mount.clone()]);
-        let mut read = 0;
         while let Some(dir) = queue.pop_front() {
-            if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-                return self
-                    .cgroup_path(&dir)
-                    .map_or(Lookup::Unknown, Lookup::Found);
+            if paths.len() >= WALK_LIMIT {
+                return (paths, false);
             }
-            read += 1;
-            if read > WALK_LIMIT {
-                return Lookup::Unknown;
+            if let Ok(meta) = std::fs::metadata(&dir)
+                && let Some(path) = self.cgroup_path(&dir)
+            {
+                paths.insert(meta.ino(), path);
             }
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -167,8 +194,34 @@ impl CgroupRoot {
                     .map(|e| e.path()),
             );
         }
-        // The whole tree was read: no such cgroup now.
-        Lookup::Gone
+        (paths, true)
+    }
+}
+
+/// What the last walk of the hierarchy found.
+#[derive(Debug, Default)]
+struct Walked {
+    /// Every cgroup's id and path. An id's path stays right after its cgroup is removed.
+    paths: HashMap<u64, String>,
+    /// The highest id this walk saw, if it read the whole tree.
+    complete_max: Option<u64>,
+    /// The highest id the walk before saw, if both read the whole tree. Ids are handed out
+    /// in increasing order, so a cgroup with an id up to it existed before this walk began,
+    /// and this walk would have seen it, had it not been removed. (Not this walk's own
+    /// highest: a cgroup made during the walk, where it had already read, is missed while a
+    /// newer one is seen.)
+    trusted_max: Option<u64>,
+    at: Option<std::time::Instant>,
+}
+
+impl Walked {
+    fn answer(&self, id: u64) -> Option<Lookup> {
+        if let Some(path) = self.paths.get(&id) {
+            return Some(Lookup::Found(path.clone()));
+        }
+        self.trusted_max
+            .is_some_and(|max| id <= max)
+            .then_some(Lookup::Gone)
     }
 }
 
@@ -422,9 +475,33 @@ mod tests {
                 "its kernfs handle"
             }
         );
-        assert_eq!(root.walk_for(id), Lookup::Found(path));
+        // What a miss costs (printed, not asserted: the machine is shared).
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            assert_eq!(root.path_of(id), Lookup::Found(path.clone()));
+        }
+        eprintln!("cgroup path by id: {:?} a lookup", started.elapsed() / 1000);
+        // Where handles are refused (no CAP_DAC_READ_SEARCH), path_of walks.
+        let walking = CgroupRoot::at(root.mount().to_path_buf(), "/".into());
+        walking.handles_refused.set(true);
+        assert_eq!(walking.path_of(id), Lookup::Found(path.clone()));
         std::fs::remove_dir(&dir).expect("rmdir");
         assert_eq!(root.path_of(id), Lookup::Gone);
-        assert_eq!(root.walk_for(id), Lookup::Gone);
+        assert_eq!(
+            walking.path_of(id),
+            Lookup::Found(path.clone()),
+            "what an id was stays its name"
+        );
+        std::fs::create_dir(&dir).expect("mkdir again");
+        let new_id = std::fs::metadata(&dir).expect("stat").ino();
+        assert_ne!(new_id, id, "a new cgroup at the same path has a new id");
+        // A fresh walk: the first cannot yet tell gone from not yet seen, the second can.
+        let fresh = CgroupRoot::at(root.mount().to_path_buf(), "/".into());
+        fresh.handles_refused.set(true);
+        assert_eq!(fresh.path_of(new_id), Lookup::Found(path.clone()));
+        assert_eq!(fresh.path_of(id), Lookup::Unknown, "one walk is not proof");
+        fresh.walked.borrow_mut().at = None; // as if a second had passed
+        assert_eq!(fresh.path_of(id), Lookup::Gone, "never the new one's name");
+        std::fs::remove_dir(&dir).expect("rmdir");
     }
 }
