@@ -45,6 +45,10 @@ pub struct CgroupRoot {
     handles_refused: std::cell::Cell<bool>,
     /// What the fallback walk found last.
     walked: std::cell::RefCell<Walked>,
+    /// The path of our own cgroup namespace's root, where it could be found: in a container
+    /// with a cgroup namespace of its own, /proc/PID/cgroup names cgroups relative to it
+    /// (`/../../system.slice/nginx.service`).
+    namespace_root: Option<String>,
 }
 
 /// What became of a lookup of a cgroup id.
@@ -63,9 +67,41 @@ impl CgroupRoot {
     /// mounted into a container otherwise). None without cgroup v2.
     pub fn find(host_root: &Path) -> Option<Self> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let (mount, base) = choose_mount(&parse_mountinfo(&mountinfo), host_root)
+        let mounts = parse_mountinfo(&mountinfo);
+        let (mount, base) = choose_mount(&mounts, host_root)
             .or_else(|| conventional_mount(host_root).map(|m| (m, "/".to_string())))?;
-        Some(Self::at(mount, base))
+        // A mount outside our cgroup namespace shows its root as `/..`-something: the host's
+        // whole tree bind-mounted into our container, most likely.
+        let mut root = Self::at(mount, above_namespace(&base).1.to_string());
+        // Our namespace's own mount (root `/` as we see it), if we have one beside the
+        // host's: its directory's id, looked up in the host's tree, is where we are.
+        root.namespace_root = mounts
+            .iter()
+            .filter(|m| m.root == "/" && m.point != root.mount)
+            .filter_map(|m| std::fs::metadata(&m.point).ok())
+            .find_map(|meta| match root.path_of(meta.ino()) {
+                Lookup::Found(path) if path != "/" => Some(path),
+                _ => None,
+            });
+        Some(root)
+    }
+
+    /// The path of cgroup `path` from the hierarchy's root, for a path /proc/PID/cgroup
+    /// gave relative to our cgroup namespace (`/sub`, `/../../system.slice/x.service`).
+    pub fn full_path(&self, path: &str) -> String {
+        let (ups, rest) = above_namespace(path);
+        // Without our namespace's root (none of our own, or not found), the best guess: the
+        // two meet at the top.
+        let Some(namespace_root) = &self.namespace_root else {
+            return rest.to_string();
+        };
+        let mut parts: Vec<&str> = namespace_root
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        parts.truncate(parts.len().saturating_sub(ups));
+        parts.extend(rest.split('/').filter(|p| !p.is_empty()));
+        format!("/{}", parts.join("/"))
     }
 
     /// The hierarchy mounted at `mount`, which shows cgroup `base` at its top.
@@ -77,6 +113,7 @@ impl CgroupRoot {
             dir,
             handles_refused: std::cell::Cell::new(false),
             walked: std::cell::RefCell::default(),
+            namespace_root: None,
         }
     }
 
@@ -223,6 +260,21 @@ impl Walked {
             .is_some_and(|max| id <= max)
             .then_some(Lookup::Gone)
     }
+}
+
+/// How many `..` a cgroup path starts with (a cgroup outside our cgroup namespace), and the
+/// path after them (`/`-rooted).
+fn above_namespace(path: &str) -> (usize, &str) {
+    let mut rest = path;
+    let mut ups = 0;
+    while let Some(after) = rest.strip_prefix("/..") {
+        if !(after.is_empty() || after.starts_with('/')) {
+            break;
+        }
+        ups += 1;
+        rest = after;
+    }
+    (ups, if rest.is_empty() { "/" } else { rest })
 }
 
 /// `base` + `relative`, as a cgroup path (`/`-rooted, no trailing slash).
@@ -432,6 +484,44 @@ mod tests {
         assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape(r"/odd\04"), r"/odd\04");
+    }
+
+    #[test]
+    fn paths_from_inside_a_cgroup_namespace() {
+        assert_eq!(above_namespace("/docker/x"), (0, "/docker/x"));
+        assert_eq!(
+            above_namespace("/../../system.slice/a.service"),
+            (2, "/system.slice/a.service")
+        );
+        assert_eq!(above_namespace("/../.."), (2, "/"));
+        assert_eq!(above_namespace("/..x/y"), (0, "/..x/y"));
+        let mut root = CgroupRoot::at("/host/sys/fs/cgroup".into(), "/".into());
+        assert_eq!(
+            root.full_path("/../../system.slice/a.service"),
+            "/system.slice/a.service"
+        );
+        // We run in /kubepods/burstable/podA/ctr1: a neighbour pod is three up, then down.
+        root.namespace_root = Some("/kubepods/burstable/podA/ctr1".into());
+        assert_eq!(
+            root.full_path("/../../podB/ctr2"),
+            "/kubepods/burstable/podB/ctr2"
+        );
+        assert_eq!(
+            root.full_path("/../../../../system.slice/a.service"),
+            "/system.slice/a.service"
+        );
+        assert_eq!(
+            root.full_path("/"),
+            "/kubepods/burstable/podA/ctr1",
+            "our own namespace's root"
+        );
+        assert_eq!(root.full_path("/sub"), "/kubepods/burstable/podA/ctr1/sub");
+        root.namespace_root = None;
+        assert_eq!(
+            root.full_path("/docker/x"),
+            "/docker/x",
+            "no namespace of our own"
+        );
     }
 
     #[test]

@@ -309,8 +309,9 @@ impl Resolver {
     }
 
     fn for_proc_dir(&mut self, dir: &Path) -> Option<(CgroupId, Arc<Workload>)> {
-        let path = procfs::cgroup_in(dir)?;
-        let id = CgroupId(self.cgroups.as_ref()?.id_of(&path)?);
+        let root = self.cgroups.as_ref()?;
+        let path = root.full_path(&procfs::cgroup_in(dir)?);
+        let id = CgroupId(root.id_of(&path)?);
         if let Some(entry) = self.cache.get(id)
             && entry.retry.is_none()
             && let Some(workload) = &entry.workload
