@@ -228,14 +228,34 @@ impl Trace {
                 // allocations that used the range up, and so do the warnings they raise.
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.context("waiting on the ring buffer")?;
-                    drain(&mut self.pipeline, &mut self.workloads, guard.get_inner_mut(), &mut self.sinks)?;
+                    drain(
+                        &mut self.pipeline,
+                        &mut self.workloads,
+                        guard.get_inner_mut(),
+                        &mut self.sinks,
+                    )?;
                     guard.clear_ready();
-                    drain(&mut self.pipeline, &mut self.workloads, self.failures.get_mut(), &mut self.sinks)?;
+                    drain(
+                        &mut self.pipeline,
+                        &mut self.workloads,
+                        self.failures.get_mut(),
+                        &mut self.sinks,
+                    )?;
                 }
                 guard = self.failures.readable_mut() => {
-                    drain(&mut self.pipeline, &mut self.workloads, self.ring.get_mut(), &mut self.sinks)?;
+                    drain(
+                        &mut self.pipeline,
+                        &mut self.workloads,
+                        self.ring.get_mut(),
+                        &mut self.sinks,
+                    )?;
                     let mut guard = guard.context("waiting on the failure ring buffer")?;
-                    drain(&mut self.pipeline, &mut self.workloads, guard.get_inner_mut(), &mut self.sinks)?;
+                    drain(
+                        &mut self.pipeline,
+                        &mut self.workloads,
+                        guard.get_inner_mut(),
+                        &mut self.sinks,
+                    )?;
                     guard.clear_ready();
                 }
                 // The kernel wakes us only for a batch (or a failure); the rest is drained here.
