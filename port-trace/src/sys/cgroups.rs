@@ -106,6 +106,8 @@ impl CgroupRoot {
 
     /// The hierarchy mounted at `mount`, which shows cgroup `base` at its top.
     pub fn at(mount: PathBuf, base: String) -> Self {
+        // As the kernel spells it, so that what readlink gives starts with it.
+        let mount = std::fs::canonicalize(&mount).unwrap_or(mount);
         let dir = File::open(&mount).ok();
         Self {
             mount,
