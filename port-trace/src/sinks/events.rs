@@ -328,48 +328,6 @@ mod tests {
     }
 
     #[test]
-    fn json_names_the_workload_where_known() {
-        use crate::event::workload::{CgroupId, Container, Pod, Runtime, Workload};
-        let mut event = decode_raw(&raw_connect()).expect("decodes");
-        let json = |event: &Event| -> serde_json::Value {
-            let line = EventRecord::new(event, Outcome::Allocated, WallClock::with_offset(0));
-            serde_json::from_str(&line.to_json()).expect("JSON")
-        };
-        let none = json(&event);
-        assert!(
-            none.get("cgroup").is_none() && none.get("container").is_none(),
-            "cgroup 0: the kernel named none"
-        );
-        event.cgroup = CgroupId(4242);
-        assert_eq!(json(&event)["cgroup"], 4242, "known by id only");
-        event.workload = Some(Arc::new(Workload {
-            cgroup: Some("/kubepods/burstable/pod0f6c/3f2a".into()),
-            container: Some(Container {
-                id: "3f2a".into(),
-                name: Some("server".into()),
-                runtime: Runtime::Containerd,
-            }),
-            pod: Some(Pod {
-                namespace: Some("shop".into()),
-                name: Some("api-7d9f".into()),
-                uid: "0f6c".into(),
-            }),
-            service: None,
-        }));
-        let value = json(&event);
-        assert_eq!(value["cgroup"], "/kubepods/burstable/pod0f6c/3f2a");
-        assert_eq!(
-            value["container"],
-            serde_json::json!({"id": "3f2a", "name": "server", "runtime": "containerd"})
-        );
-        assert_eq!(
-            value["pod"],
-            serde_json::json!({"namespace": "shop", "name": "api-7d9f", "uid": "0f6c"})
-        );
-        assert_eq!(value["port"], 40001, "the rest is as it was");
-    }
-
-    #[test]
     fn release_json_has_the_lifetime_and_bind_has_no_destination() {
         let mut raw = raw_connect();
         raw.event = EVENT_RELEASE;
@@ -456,5 +414,47 @@ mod tests {
             text.contains("an allocation failed; top: curl[7] 10"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn json_names_the_workload_where_known() {
+        use crate::event::workload::{CgroupId, Container, Pod, Runtime, Workload};
+        let mut event = decode_raw(&raw_connect()).expect("decodes");
+        let json = |event: &Event| -> serde_json::Value {
+            let line = EventRecord::new(event, Outcome::Allocated, WallClock::with_offset(0));
+            serde_json::from_str(&line.to_json()).expect("JSON")
+        };
+        let none = json(&event);
+        assert!(
+            none.get("cgroup").is_none() && none.get("container").is_none(),
+            "cgroup 0: the kernel named none"
+        );
+        event.cgroup = CgroupId(4242);
+        assert_eq!(json(&event)["cgroup"], 4242, "known by id only");
+        event.workload = Some(Arc::new(Workload {
+            cgroup: Some("/kubepods/burstable/pod0f6c/3f2a".into()),
+            container: Some(Container {
+                id: "3f2a".into(),
+                name: Some("server".into()),
+                runtime: Runtime::Containerd,
+            }),
+            pod: Some(Pod {
+                namespace: Some("shop".into()),
+                name: Some("api-7d9f".into()),
+                uid: "0f6c".into(),
+            }),
+            service: None,
+        }));
+        let value = json(&event);
+        assert_eq!(value["cgroup"], "/kubepods/burstable/pod0f6c/3f2a");
+        assert_eq!(
+            value["container"],
+            serde_json::json!({"id": "3f2a", "name": "server", "runtime": "containerd"})
+        );
+        assert_eq!(
+            value["pod"],
+            serde_json::json!({"namespace": "shop", "name": "api-7d9f", "uid": "0f6c"})
+        );
+        assert_eq!(value["port"], 40001, "the rest is as it was");
     }
 }
