@@ -148,12 +148,25 @@ impl NodeNames {
             pod.namespace = Some(names.namespace.as_str().into());
             pod.name = Some(names.name.as_str().into());
         }
+        let cgroup = workload.cgroup.as_deref().unwrap_or_default();
         if let Some(container) = workload.container.as_mut() {
-            if let Some(names) = self.logs.containers.get(&*container.id) {
-                container.name = Some(names.container.as_str().into());
-            } else if container.runtime == Runtime::Docker {
-                container.name = self.docker_name(&container.id);
+            // A bare id under a pod is containerd's by the naming, but may be Docker's (the
+            // kubelet through cri-dockerd): where Docker runs, it knows its own.
+            let bare = container.runtime == Runtime::Containerd
+                && cgroup.rsplit('/').any(|part| part == &*container.id);
+            let docker = if container.runtime == Runtime::Docker || bare {
+                self.docker_name(&container.id)
+            } else {
+                None
+            };
+            if docker.is_some() {
+                container.runtime = Runtime::Docker;
             }
+            // The kubelet's name for it (`server`), else Docker's (`k8s_server_api-7d9f_...`).
+            container.name = match self.logs.containers.get(&*container.id) {
+                Some(names) => Some(names.container.as_str().into()),
+                None => docker,
+            };
         }
         let pod_named = workload.pod.as_ref().is_none_or(|p| p.name.is_some());
         // A pod's sandbox (pause) container has no log, so no name: the pod names it.
@@ -599,6 +612,60 @@ mod tests {
         );
         assert_eq!(owner.pod.as_ref().map(|p| &*p.uid), Some(UID));
         assert_eq!(resolver.netns_owner(own.expect("own")), None, "the host's");
+        std::fs::remove_dir_all(&host).ok();
+    }
+
+    /// A bare id under a pod that Docker knows is Docker's, named by the kubelet's logs;
+    /// one Docker does not know stays containerd's.
+    #[test]
+    fn docker_tells_its_own_containers_under_a_pod() {
+        use std::{
+            io::{Read as _, Write as _},
+            os::unix::net::UnixListener,
+        };
+        let host = temp_root("dockerd");
+        fixture(&host);
+        std::fs::create_dir_all(host.join("var/run")).expect("mkdir");
+        let listener = UnixListener::bind(host.join("var/run/docker.sock")).expect("bind");
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut conn, _) = listener.accept().expect("accept");
+                let mut request = [0u8; 512];
+                let n = conn.read(&mut request).expect("read");
+                let request = String::from_utf8_lossy(&request[..n]).to_string();
+                let answer = if request.contains(ID) {
+                    "HTTP/1.0 200 OK\r\n\r\n{\"Name\":\"/k8s_server_api-7d9f_shop_0\"}"
+                } else {
+                    "HTTP/1.0 404 Not Found\r\n\r\n{}"
+                };
+                conn.write_all(answer.as_bytes()).expect("write");
+            }
+        });
+        let mut resolver = Resolver::with(None, &host);
+        let (docker, complete) = resolver.name(&format!("/kubepods/pod{UID}/{ID}"));
+        let container = docker.container.as_ref().expect("a container");
+        assert_eq!(container.runtime, Runtime::Docker);
+        assert_eq!(
+            container.name.as_deref(),
+            Some("server"),
+            "the kubelet's name"
+        );
+        assert!(complete);
+        let other = "ab".repeat(32);
+        let (containerd, _) = resolver.name(&format!("/kubepods/pod{UID}/{other}"));
+        let container = containerd.container.as_ref().expect("a container");
+        assert_eq!(container.runtime, Runtime::Containerd);
+        assert_eq!(container.name, None);
+        // Named by its scope, containerd's for sure: Docker is not asked.
+        let (scoped, _) = resolver.name(&format!(
+            "/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{ID}.scope",
+            UID.replace('-', "_")
+        ));
+        assert_eq!(
+            scoped.container.as_ref().map(|c| c.runtime),
+            Some(Runtime::Containerd)
+        );
+        server.join().expect("server");
         std::fs::remove_dir_all(&host).ok();
     }
 
