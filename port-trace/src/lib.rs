@@ -5,13 +5,16 @@
 //!
 //! 1. `probes`: check the machine, load and attach the eBPF programs, hand out the rings.
 //! 2. `event`: the rings' bytes decoded into typed events; the filters.
-//! 3. `track`: per-socket state and lifetimes, TIME_WAIT, the start-up snapshot.
-//! 4. `exhaustion` and `stats`: occupancy, levels, forecasts and warnings; histograms and
+//! 3. `workload`: each event's cgroup named (container, Kubernetes pod, systemd service),
+//!    and each network namespace's owner.
+//! 4. `track`: per-socket state and lifetimes, TIME_WAIT, the start-up snapshot.
+//! 5. `exhaustion` and `stats`: occupancy, levels, forecasts and warnings; histograms and
 //!    totals.
-//! 5. `pipeline`: the core that runs events through 3-4, without I/O.
-//! 6. `sinks`: terminal, event lines, report, HdrHistogram log, Prometheus.
+//! 6. `pipeline`: the core that runs events through 4-5, without I/O.
+//! 7. `sinks`: terminal, event lines, report, HdrHistogram log, Prometheus.
 //!
-//! Beside them: `sys` (OS plumbing any stage may use: netns, sock_diag, /proc, clocks),
+//! Beside them: `sys` (OS plumbing any stage may use: netns, sock_diag, /proc, cgroups,
+//! clocks),
 //! `cmd` (the subcommands: trace, check, explain), `cli` and `error`.
 
 pub mod cli;
@@ -25,3 +28,4 @@ pub mod sinks;
 mod stats;
 pub mod sys;
 mod track;
+pub mod workload;

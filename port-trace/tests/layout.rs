@@ -17,16 +17,17 @@ const RANKS: &[(&str, u8)] = &[
     // The stages, in order.
     ("probes", 1),
     ("event", 2),
-    ("track", 3),
-    ("exhaustion", 4),
-    ("stats", 4),
-    ("pipeline", 5),
-    ("sinks", 6),
+    ("workload", 3),
+    ("track", 4),
+    ("exhaustion", 5),
+    ("stats", 5),
+    ("pipeline", 6),
+    ("sinks", 7),
     // The edges: the command line, the subcommands, main (the binary, which reaches the
     // library's modules as `port_trace::`).
-    ("cli", 7),
-    ("cmd", 8),
-    ("main", 9),
+    ("cli", 8),
+    ("cmd", 9),
+    ("main", 10),
 ];
 
 /// The crate root: declares the modules above and holds nothing else.

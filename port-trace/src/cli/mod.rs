@@ -156,6 +156,16 @@ pub struct Cli {
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     pub backend: BackendChoice,
 
+    /// Where the host's `/` is: `/` when port-trace runs on the host; the mount point of
+    /// the host's `/` (e.g. /host) when it runs in a container, such as the Kubernetes
+    /// DaemonSet's. Events name their workload from what is under it: the cgroup v2
+    /// hierarchy (sys/fs/cgroup, or sys/fs/cgroup/unified beside v1), pod and container
+    /// names from var/log/pods and var/log/containers, and Docker container names from
+    /// var/run/docker.sock where Docker runs. Any of these may be missing: the names it
+    /// gives are then missing too.
+    #[arg(long, value_name = "PATH", default_value = "/", value_parser = parse_host_root)]
+    pub host_root: PathBuf,
+
     /// No summaries and no start-up line: only events (--events), warnings and the report.
     #[arg(short, long)]
     pub quiet: bool,
@@ -242,7 +252,15 @@ impl Cli {
     }
 }
 
-/// A task name as the kernel keeps it (`TASK_COMM_LEN` 16, with its NUL).
+/// An existing directory: a mistyped host root would silently name no workload.
+fn parse_host_root(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path.is_dir() {
+        return Err(format!("`{text}` is not a directory"));
+    }
+    Ok(path)
+}
+
 fn parse_cgroup(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err(format!(
@@ -253,6 +271,7 @@ fn parse_cgroup(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// A task name as the kernel keeps it (`TASK_COMM_LEN` 16, with its NUL).
 fn parse_comm(text: &str) -> Result<String, String> {
     if text.is_empty() || text.len() > 15 {
         return Err(format!(
@@ -426,6 +445,8 @@ mod tests {
             &["port-trace", "--critical-at", "101%"],
             &["port-trace", "--pod", "api-7d9f"],
             &["port-trace", "--cgroup", "docker"],
+            &["port-trace", "--host-root", "/nonexistent/host"],
+            &["port-trace", "--host-root", "/etc/hostname"],
         ] {
             let err = Cli::try_parse_from(args).expect_err("rejected");
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -470,5 +491,6 @@ mod tests {
         assert_eq!(equal.validate(), Ok(()));
         let defaults = Cli::try_parse_from(["port-trace"]).expect("parses");
         assert_eq!(defaults.validate(), Ok(()));
+        assert_eq!(defaults.host_root, PathBuf::from("/"));
     }
 }

@@ -39,6 +39,7 @@ use crate::{
         snapshot::Snapshot,
         time_wait::TimeWaitWatcher,
     },
+    workload::Resolver,
 };
 
 pub async fn run(cli: Cli) -> Result<(), Fatal> {
@@ -67,6 +68,8 @@ struct Trace {
     ring: AsyncFd<RingBuf<MapData>>,
     failures: AsyncFd<RingBuf<MapData>>,
     pipeline: Pipeline,
+    /// Names each event's workload before the pipeline sees it.
+    workloads: Resolver,
     sinks: Sinks<QueuedStdout>,
     exporter: Option<metrics_server::Exporter>,
     sigint: Signal,
@@ -117,7 +120,8 @@ impl Trace {
         let sighup = signal(SignalKind::hangup())?;
 
         // Sockets that hold ports already: counted from the first second.
-        let snapshot = Snapshot::take(&filter);
+        let mut workloads = Resolver::new(&cli.host_root);
+        let snapshot = Snapshot::take(&filter, &mut workloads);
         // Start-up parsed megabytes of kernel BTF and dumped every socket: give that memory
         // back, so what the daemon holds from here on is what it keeps.
         #[cfg(target_env = "gnu")]
@@ -160,6 +164,7 @@ impl Trace {
             ring,
             failures,
             pipeline,
+            workloads,
             sinks,
             exporter,
             sigint,
@@ -223,14 +228,34 @@ impl Trace {
                 // allocations that used the range up, and so do the warnings they raise.
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.context("waiting on the ring buffer")?;
-                    drain(&mut self.pipeline, guard.get_inner_mut(), &mut self.sinks)?;
+                    drain(
+                        &mut self.pipeline,
+                        &mut self.workloads,
+                        guard.get_inner_mut(),
+                        &mut self.sinks,
+                    )?;
                     guard.clear_ready();
-                    drain(&mut self.pipeline, self.failures.get_mut(), &mut self.sinks)?;
+                    drain(
+                        &mut self.pipeline,
+                        &mut self.workloads,
+                        self.failures.get_mut(),
+                        &mut self.sinks,
+                    )?;
                 }
                 guard = self.failures.readable_mut() => {
-                    drain(&mut self.pipeline, self.ring.get_mut(), &mut self.sinks)?;
+                    drain(
+                        &mut self.pipeline,
+                        &mut self.workloads,
+                        self.ring.get_mut(),
+                        &mut self.sinks,
+                    )?;
                     let mut guard = guard.context("waiting on the failure ring buffer")?;
-                    drain(&mut self.pipeline, guard.get_inner_mut(), &mut self.sinks)?;
+                    drain(
+                        &mut self.pipeline,
+                        &mut self.workloads,
+                        guard.get_inner_mut(),
+                        &mut self.sinks,
+                    )?;
                     guard.clear_ready();
                 }
                 // The kernel wakes us only for a batch (or a failure); the rest is drained here.
@@ -269,8 +294,18 @@ impl Trace {
     /// Both rings, allocations first: a failure comes after the allocations that used the
     /// range up.
     fn drain_both(&mut self) -> std::io::Result<()> {
-        drain(&mut self.pipeline, self.ring.get_mut(), &mut self.sinks)?;
-        drain(&mut self.pipeline, self.failures.get_mut(), &mut self.sinks)
+        drain(
+            &mut self.pipeline,
+            &mut self.workloads,
+            self.ring.get_mut(),
+            &mut self.sinks,
+        )?;
+        drain(
+            &mut self.pipeline,
+            &mut self.workloads,
+            self.failures.get_mut(),
+            &mut self.sinks,
+        )
     }
 
     /// Frees tracked ports with no socket left in the kernel (their release was lost), when
@@ -352,16 +387,20 @@ impl Trace {
     }
 }
 
-/// Hands every event waiting in `ring` to the pipeline, then flushes the event lines (and
-/// counts those stdout's reader did not keep up with).
+/// Hands every event waiting in `ring` to the pipeline, named by its workload, then flushes
+/// the event lines (and counts those stdout's reader did not keep up with).
 fn drain(
     pipeline: &mut Pipeline,
+    workloads: &mut Resolver,
     ring: &mut RingBuf<MapData>,
     sinks: &mut Sinks<QueuedStdout>,
 ) -> std::io::Result<()> {
     while let Some(item) = ring.next() {
         match decode(&item) {
-            Ok(event) => pipeline.apply(&event, sinks)?,
+            Ok(mut event) => {
+                workloads.attribute(&mut event);
+                pipeline.apply(&event, sinks)?
+            }
             Err(err) => warn!("skipping an undecodable event: {err}"),
         }
     }

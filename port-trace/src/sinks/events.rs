@@ -11,7 +11,7 @@ use crate::{
         AllocKind, Event, EventType, Family, Proto,
         comm::Comm,
         errno_name,
-        workload::{CgroupId, Container, Pod, Workload},
+        workload::{CgroupId, Workload},
     },
     exhaustion::{
         level::Level,
@@ -59,6 +59,67 @@ pub struct EventRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
     pub cookie: u64,
+    /// `cgroup`, `container`, `pod`: who allocated, where known.
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
+}
+
+/// The workload fields of a record: `cgroup` (its path, or its id where the path is not
+/// known), `container` {id, name, runtime} and `pod` {namespace, name, uid} when known.
+/// Nothing when the kernel named no cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadFields {
+    pub cgroup: CgroupId,
+    pub workload: Option<Arc<Workload>>,
+}
+
+impl WorkloadFields {
+    pub fn of(event: &Event) -> Self {
+        Self::new(event.cgroup, event.workload.as_ref())
+    }
+
+    pub fn new(cgroup: CgroupId, workload: Option<&Arc<Workload>>) -> Self {
+        Self {
+            cgroup,
+            workload: workload.cloned(),
+        }
+    }
+
+    /// An owner: no cgroup of its own, just the pod or container.
+    fn owner(workload: &Arc<Workload>) -> Self {
+        Self::new(CgroupId::UNKNOWN, Some(workload))
+    }
+
+    /// For people: `container web (3f2a9c1b7d0e)`; empty where nothing is known.
+    pub fn display(&self) -> String {
+        self.workload
+            .as_deref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+}
+
+impl Serialize for WorkloadFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        let workload = self.workload.as_deref();
+        match workload.and_then(|w| w.cgroup.as_deref()) {
+            Some(path) => map.serialize_entry("cgroup", path)?,
+            None if self.cgroup.is_known() => map.serialize_entry("cgroup", &self.cgroup)?,
+            None => {}
+        }
+        if let Some(container) = workload.and_then(|w| w.container.as_ref()) {
+            map.serialize_entry("container", container)?;
+        }
+        if let Some(pod) = workload.and_then(|w| w.pod.as_ref()) {
+            map.serialize_entry("pod", pod)?;
+        }
+        if let Some(service) = workload.and_then(|w| w.service.as_ref()) {
+            map.serialize_entry("service", service)?;
+        }
+        map.end()
+    }
 }
 
 impl EventRecord {
@@ -91,6 +152,7 @@ impl EventRecord {
             errno: failed.then_some(event.errno),
             error: failed.then(|| errno_name(event.errno)),
             cookie: event.cookie,
+            workload: WorkloadFields::of(event),
         }
     }
 
@@ -182,53 +244,6 @@ pub struct TopHolder {
     pub count: u32,
 }
 
-/// A workload in a record: its cgroup (the path, or the id where the path was not found),
-/// and its container and pod where it is in one. The fields are the README's contract.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkloadFields {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<CgroupName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<Container>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<Pod>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<Box<str>>,
-    /// For the text form.
-    #[serde(skip)]
-    pub display: String,
-}
-
-/// A cgroup as records name it: by path where it was found, else by id.
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum CgroupName {
-    Path(Box<str>),
-    Id(u64),
-}
-
-impl WorkloadFields {
-    pub fn new(cgroup: CgroupId, workload: Option<&Arc<Workload>>) -> Self {
-        let path = workload.and_then(|w| w.cgroup.clone());
-        Self {
-            cgroup: match path {
-                Some(path) => Some(CgroupName::Path(path)),
-                None if cgroup.is_known() => Some(CgroupName::Id(cgroup.0)),
-                None => None,
-            },
-            container: workload.and_then(|w| w.container.clone()),
-            pod: workload.and_then(|w| w.pod.clone()),
-            service: workload.and_then(|w| w.service.clone()),
-            display: workload.map(|w| w.to_string()).unwrap_or_default(),
-        }
-    }
-
-    /// An owner: no cgroup of its own, just the pod or container.
-    fn owner(workload: &Arc<Workload>) -> Self {
-        Self::new(CgroupId::UNKNOWN, Some(workload))
-    }
-}
-
 impl From<&Warning> for WarningRecord {
     fn from(warning: &Warning) -> Self {
         let key = &warning.scope;
@@ -287,7 +302,7 @@ impl WarningRecord {
         let top: Vec<String> = self
             .top
             .iter()
-            .map(|t| match t.workload.display.as_str() {
+            .map(|t| match t.workload.display().as_str() {
                 "" => format!("{}[{}] {}", t.comm, t.pid, t.count),
                 who => format!("{}[{}] in {who} {}", t.comm, t.pid, t.count),
             })
@@ -295,7 +310,7 @@ impl WarningRecord {
         let owner = self
             .owner
             .as_ref()
-            .map(|owner| format!(" ({})", owner.display))
+            .map(|owner| format!(" ({})", owner.display()))
             .unwrap_or_default();
         format!(
             "{level} {} ports {scope} in netns {}{owner}: {}/{} used ({:.0}%){forecast}{}; \
@@ -393,7 +408,7 @@ mod tests {
     #[test]
     fn warning_json_has_the_scope_usage_and_a_null_forecast() {
         use crate::{
-            event::workload::Runtime,
+            event::workload::{Container, Runtime},
             exhaustion::{
                 scope::{Destination, Holder, Scope, ScopeKey, Usage},
                 warning::Top,
@@ -471,5 +486,47 @@ mod tests {
             text.contains("an allocation failed; top: curl[7] in container web (3f2a9c1b7d0e) 10"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn json_names_the_workload_where_known() {
+        use crate::event::workload::{CgroupId, Container, Pod, Runtime, Workload};
+        let mut event = decode_raw(&raw_connect()).expect("decodes");
+        let json = |event: &Event| -> serde_json::Value {
+            let line = EventRecord::new(event, Outcome::Allocated, WallClock::with_offset(0));
+            serde_json::from_str(&line.to_json()).expect("JSON")
+        };
+        let none = json(&event);
+        assert!(
+            none.get("cgroup").is_none() && none.get("container").is_none(),
+            "cgroup 0: the kernel named none"
+        );
+        event.cgroup = CgroupId(4242);
+        assert_eq!(json(&event)["cgroup"], 4242, "known by id only");
+        event.workload = Some(Arc::new(Workload {
+            cgroup: Some("/kubepods/burstable/pod0f6c/3f2a".into()),
+            container: Some(Container {
+                id: "3f2a".into(),
+                name: Some("server".into()),
+                runtime: Runtime::Containerd,
+            }),
+            pod: Some(Pod {
+                namespace: Some("shop".into()),
+                name: Some("api-7d9f".into()),
+                uid: "0f6c".into(),
+            }),
+            service: None,
+        }));
+        let value = json(&event);
+        assert_eq!(value["cgroup"], "/kubepods/burstable/pod0f6c/3f2a");
+        assert_eq!(
+            value["container"],
+            serde_json::json!({"id": "3f2a", "name": "server", "runtime": "containerd"})
+        );
+        assert_eq!(
+            value["pod"],
+            serde_json::json!({"namespace": "shop", "name": "api-7d9f", "uid": "0f6c"})
+        );
+        assert_eq!(value["port"], 40001, "the rest is as it was");
     }
 }

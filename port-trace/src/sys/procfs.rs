@@ -1,6 +1,6 @@
-//! /proc: which process holds which socket; the kernel's release.
+//! /proc: which process holds which socket, which cgroup a process is in; the kernel's release.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 
 /// Socket inode -> (pid, comm) for every process, from /proc/PID/fd links `socket:[N]`.
 pub fn socket_owners() -> HashMap<u32, (u32, String)> {
@@ -31,6 +31,26 @@ pub fn socket_owners() -> HashMap<u32, (u32, String)> {
         }
     }
     owners
+}
+
+/// The cgroup v2 path of process `pid` (`/docker/<id>`), from /proc/PID/cgroup.
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    cgroup_in(Path::new(&format!("/proc/{pid}")))
+}
+
+/// The cgroup v2 path of the process or thread whose /proc directory is `dir`
+/// (`/proc/PID` or `/proc/PID/task/TID`).
+pub fn cgroup_in(dir: &Path) -> Option<String> {
+    v2_cgroup(&std::fs::read_to_string(dir.join("cgroup")).ok()?)
+}
+
+/// The `0::PATH` line of a /proc/PID/cgroup text (the v2 hierarchy's; v1 controllers have
+/// their own lines in a hybrid layout).
+fn v2_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim_end().to_string())
+        .filter(|path| path.starts_with('/'))
 }
 
 /// Runs of BPF program `fd` the kernel skipped because a program was already running on that
@@ -66,6 +86,15 @@ mod tests {
             "pos:\t0\nprog_type:\t26\nrun_cnt:\t0\nrecursion_misses:\t108\nverified_insns:\t90\n";
         assert_eq!(recursion_misses(fdinfo), 108);
         assert_eq!(recursion_misses("prog_type:\t26\n"), 0, "older kernels");
+    }
+
+    #[test]
+    fn reads_the_v2_line_of_a_cgroup_file() {
+        let hybrid = "9:name=systemd:/\n4:memory:/process_api/2b4d\n0::/docker/3f2a\n";
+        assert_eq!(v2_cgroup(hybrid).as_deref(), Some("/docker/3f2a"));
+        assert_eq!(v2_cgroup("0::/\n").as_deref(), Some("/"));
+        assert_eq!(v2_cgroup("4:memory:/x\n"), None, "v1 only");
+        assert!(cgroup_of(std::process::id()).is_some_and(|p| p.starts_with('/')));
     }
 
     #[test]

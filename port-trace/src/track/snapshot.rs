@@ -17,6 +17,7 @@ use crate::{
         procfs::socket_owners,
         sock_diag::{self, DiagSocket},
     },
+    workload::Resolver,
 };
 
 /// A socket from a dump, as the occupancy model takes it: an event that allocated the port.
@@ -84,16 +85,28 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Takes the snapshot of what `filter` traces.
-    pub fn take(filter: &Filter) -> Self {
+    /// Takes the snapshot of what `filter` traces, each socket named by its owner's
+    /// workload.
+    pub fn take(filter: &Filter, workloads: &mut Resolver) -> Self {
         let owners = socket_owners();
+        // A process holds many sockets: its cgroup is read once.
+        let mut by_pid = std::collections::HashMap::new();
         let mut events = Vec::new();
         for netns in netns::all() {
             for (proto, socket) in dump(netns) {
                 if !filter.traces(netns, proto) {
                     continue;
                 }
-                events.push(as_event(&socket, proto, netns, owners.get(&socket.inode)));
+                let mut event = as_event(&socket, proto, netns, owners.get(&socket.inode));
+                if event.pid != 0
+                    && let Some((cgroup, workload)) = by_pid
+                        .entry(event.pid)
+                        .or_insert_with(|| workloads.for_pid(event.pid))
+                {
+                    event.cgroup = *cgroup;
+                    event.workload = Some(workload.clone());
+                }
+                events.push(event);
             }
         }
         Self::from_events(events)
@@ -213,5 +226,28 @@ mod tests {
             .and_then(|(_, s)| owners.get(&s.inode))
             .expect("our socket has an owner");
         assert_eq!(ours.0, std::process::id());
+    }
+
+    /// The snapshot names each socket's workload by its owner's cgroup.
+    #[test]
+    fn names_the_workload_of_a_socket_of_ours() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let Some(own) = netns::own() else { return };
+        let mut workloads = Resolver::new(std::path::Path::new("/"));
+        let snapshot = Snapshot::take(&Filter::default(), &mut workloads);
+        let ours = snapshot
+            .events()
+            .find(|e| e.netns == own && e.port == port && e.pid == std::process::id())
+            .expect("our listener, owned by us");
+        let Some(path) = crate::sys::procfs::cgroup_of(std::process::id()) else {
+            eprintln!("skipped: no cgroup v2 line in /proc/self/cgroup");
+            return;
+        };
+        assert!(ours.cgroup.is_known(), "{ours:?}");
+        assert_eq!(
+            ours.workload.as_ref().and_then(|w| w.cgroup.as_deref()),
+            Some(path.as_str())
+        );
     }
 }
