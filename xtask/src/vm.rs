@@ -125,9 +125,10 @@ pub fn print_table(outcomes: &[Outcome]) {
 /// that is found it runs here.
 ///
 /// `kubernetes` checks deploy/'s manifests (the source tree again, and a Python tool), and
-/// `daemonset_docker` needs a Docker engine, which the VM guests do not have: both run here,
-/// where `cargo xtask test` installs and starts what they need.
-const HOST_ONLY_TESTS: [&str; 8] = [
+/// `daemonset_docker` and `containers` need a Docker engine, which the VM guests do not
+/// have: they run here, where `cargo xtask test` installs and starts what they need. The
+/// attribution that needs no Docker (`cgroup_id`, `workload`: real cgroups) runs in the VMs.
+const HOST_ONLY_TESTS: [&str; 9] = [
     "layout",
     "outputs",
     "console_io",
@@ -136,6 +137,7 @@ const HOST_ONLY_TESTS: [&str; 8] = [
     "take_over",
     "kubernetes",
     "daemonset_docker",
+    "containers",
 ];
 
 /// Builds the test binaries (and port-trace, which the integration tests run) and returns

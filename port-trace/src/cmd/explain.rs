@@ -1,8 +1,8 @@
 //! `port-trace explain PORT`: the questions people ask about one port, answered for this
 //! host. Which IANA range it is in and whether IANA assigned it; whether this host would hand
 //! it out as an ephemeral port (in each namespace whose range differs); and who holds it now
-//! (`ss -tanup 'sport = :PORT'` and `lsof -i :PORT` in one). No eBPF; without root it says
-//! what it could not see.
+//! (`ss -tanup 'sport = :PORT'` and `lsof -i :PORT` in one), with the container or pod it
+//! runs in. No eBPF; without root it says what it could not see.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -10,9 +10,11 @@ use serde::Serialize;
 
 use super::registry::{self, Assignment, IanaRange};
 use crate::{
-    event::{Proto, comm::printable},
+    event::{Proto, comm::printable, workload::Workload},
     exhaustion::range::PortRange,
+    sinks::events::WorkloadFields,
     sys::{netns, procfs, sock_diag},
+    workload::Resolver,
 };
 
 #[derive(Debug, Serialize)]
@@ -51,6 +53,10 @@ pub struct HeldBy {
     pub rport: u16,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The owner's cgroup, container and pod; for a socket with no process (TIME-WAIT),
+    /// the pod or container whose namespace it is.
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
 }
 
 fn state_name(proto: Proto, state: u8) -> &'static str {
@@ -142,6 +148,7 @@ pub fn explain(port: u16, proto: Option<Proto>) -> Explanation {
     ephemeral.sort_by_key(|e| !e.host);
 
     let owners = procfs::socket_owners();
+    let mut resolver = Resolver::new(std::path::Path::new("/"));
     let mut holders = Vec::new();
     let mut blind = 0;
     for &ns in &namespaces {
@@ -161,6 +168,14 @@ pub fn explain(port: u16, proto: Option<Proto>) -> Explanation {
                 continue;
             };
             let owner = owners.get(&s.inode);
+            let workload = match owner {
+                Some(&(pid, _)) => resolver
+                    .for_pid(pid)
+                    .map(|(id, w)| WorkloadFields::new(id, Some(&w))),
+                None => resolver
+                    .netns_owner(ns)
+                    .map(|w| WorkloadFields::new(Default::default(), Some(&w))),
+            };
             holders.push(HeldBy {
                 netns: ns,
                 proto: p,
@@ -170,6 +185,7 @@ pub fn explain(port: u16, proto: Option<Proto>) -> Explanation {
                 rport: s.dport,
                 pid: owner.map(|o| o.0),
                 comm: owner.map(|o| o.1.clone()),
+                workload: workload.unwrap_or_default(),
             });
         }
     }
@@ -258,6 +274,12 @@ pub fn render(e: &Explanation) -> String {
         let who = match (&h.comm, h.pid) {
             (Some(comm), Some(pid)) => format!("{}[{pid}]", printable(comm)),
             _ => "?".to_string(),
+        };
+        // Only what names a workload: a bare cgroup path says little here.
+        let named = h.workload.workload.as_deref().filter(|w| w.is_named());
+        let who = match named.map(Workload::to_string) {
+            Some(workload) => format!("{who} in {workload}"),
+            None => who,
         };
         let _ = writeln!(
             out,
