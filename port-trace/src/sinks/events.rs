@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use super::human_ns;
 use crate::{
-    event::{AllocKind, Event, EventType, Family, Proto, comm::Comm, errno_name},
+    event::{
+        AllocKind, Event, EventType, Family, Proto, comm::Comm, errno_name, workload::CgroupId,
+    },
     exhaustion::{
         level::Level,
         scope::ScopeKind,
@@ -39,6 +41,8 @@ pub struct EventRecord {
     pub pid: u32,
     pub comm: Comm,
     pub netns: u32,
+    /// The allocating task's cgroup v2 id (the inode of its cgroup directory); 0 unknown.
+    pub cgroup_id: CgroupId,
     pub laddr: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raddr: Option<IpAddr>,
@@ -72,6 +76,7 @@ impl EventRecord {
             pid: event.pid,
             comm: event.comm,
             netns: event.netns,
+            cgroup_id: event.cgroup,
             laddr: event.laddr,
             raddr: has_peer.then_some(event.raddr),
             rport: has_peer.then_some(event.rport),
