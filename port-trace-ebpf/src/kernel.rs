@@ -122,8 +122,16 @@ pub fn sock_event(sk: *const u8, off: &KernelOffsets, proto: u8, kind: u8) -> Po
     event
 }
 
-/// An event naming the current process; the caller fills the socket's part, and `track`
-/// the time when it reports the event.
+/// An event naming the current process and its cgroup; the caller fills the socket's part,
+/// and `track` the time when it reports the event.
+///
+/// Every event that reaches the ring buffers starts here, in a program that runs in the
+/// allocating task's own syscall (kprobes on the bind/connect/get_port paths, tp_btf
+/// `inet_sock_set_state` for CLOSE->SYN_SENT/LISTEN, the cgroup bind/connect/sendmsg hooks),
+/// so the task's cgroup v2 id is the socket owner's. Programs that run elsewhere (sock_ops,
+/// the CLOSE transitions in softirq, TIME_WAIT's timer) report the entry `track` kept, id
+/// included. One helper call: `bpf_get_current_cgroup_id` exists for kprobes and tracing
+/// programs since 4.18 and for cgroup sock_addr programs since 5.7.
 #[inline(always)]
 pub fn current_event(kind: u8, proto: u8) -> PortEvent {
     let mut event = MaybeUninit::<PortEvent>::uninit();
@@ -132,6 +140,7 @@ pub fn current_event(kind: u8, proto: u8) -> PortEvent {
     unsafe {
         write_blank(e, kind, proto);
         addr_of_mut!((*e).pid).write((bpf_get_current_pid_tgid() >> 32) as u32);
+        addr_of_mut!((*e).cgroup).write(generated::bpf_get_current_cgroup_id());
         // Fills all 16 bytes (NUL-padded) when it succeeds; the zeros stay when it fails.
         let _ = generated::bpf_get_current_comm(addr_of_mut!((*e).comm).cast(), 16);
         event.assume_init()

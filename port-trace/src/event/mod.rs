@@ -300,6 +300,21 @@ pub mod tests {
         assert_eq!(event.kind, AllocKind::Connect);
     }
 
+    /// The cgroup id sits between the cookie and the pid; a 64-bit id (ids above 2^32 exist
+    /// on long-lived hosts) must come through whole, and its neighbours untouched.
+    #[test]
+    fn decodes_the_whole_cgroup_id() {
+        let mut raw = raw_connect();
+        raw.cgroup = 0x0001_0000_0000_0042;
+        let event = decode(&bytes(&raw)).expect("decodes");
+        assert_eq!(event.cgroup, CgroupId(0x0001_0000_0000_0042));
+        assert_eq!((event.cookie, event.pid), (42, 7));
+        assert!(
+            event.workload.is_none(),
+            "the workload stage fills it, not decode"
+        );
+    }
+
     #[test]
     fn decodes_ipv6_addresses_and_a_full_comm() {
         let mut raw = raw_connect();

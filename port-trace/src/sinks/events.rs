@@ -44,6 +44,8 @@ pub struct EventRecord {
     pub pid: u32,
     pub comm: Comm,
     pub netns: u32,
+    /// The allocating task's cgroup v2 id (the inode of its cgroup directory); 0 unknown.
+    pub cgroup_id: CgroupId,
     pub laddr: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raddr: Option<IpAddr>,
@@ -138,6 +140,7 @@ impl EventRecord {
             pid: event.pid,
             comm: event.comm,
             netns: event.netns,
+            cgroup_id: event.cgroup,
             laddr: event.laddr,
             raddr: has_peer.then_some(event.raddr),
             rport: has_peer.then_some(event.rport),
@@ -365,7 +368,19 @@ mod tests {
         assert_eq!(value["raddr"], "10.1.2.3");
         assert_eq!(value["rport"], 443);
         assert_eq!(value["comm"], "curl");
+        assert_eq!(value["cgroup_id"], 0, "unknown is 0, not left out");
         assert!(value.get("lifetime_ns").is_none());
+    }
+
+    #[test]
+    fn json_names_the_cgroup_id() {
+        let mut raw = raw_connect();
+        raw.cgroup = 1 << 40;
+        let event = decode_raw(&raw).expect("decodes");
+        let json =
+            EventRecord::new(&event, Outcome::Allocated, WallClock::with_offset(0)).to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(value["cgroup_id"].as_u64(), Some(1 << 40), "{json}");
     }
 
     #[test]
