@@ -502,6 +502,12 @@ fn the_daemonset_runs_under_docker_and_traces_other_containers() {
     });
     eprintln!("traced: {alloc}");
     assert_eq!(alloc["comm"], "nc", "{alloc}");
+    // Attributed from inside the DaemonSet's container: the peer's cgroup read through the
+    // read-only /sys/fs/cgroup mount names its container. (No Docker socket is mounted, as
+    // on a Kubernetes node: the id and runtime, not Docker's name.)
+    assert_eq!(alloc["container"]["id"], peer.id.as_str(), "{alloc}");
+    assert_eq!(alloc["container"]["runtime"], "docker", "{alloc}");
+    let short_id = &peer.id[..12];
     assert_eq!(alloc["laddr"], "127.0.0.1", "{alloc}");
     let port = alloc["port"].as_u64().expect("a port");
     assert!(
@@ -510,7 +516,9 @@ fn the_daemonset_runs_under_docker_and_traces_other_containers() {
     );
     // The peer's range was read inside its namespace (setns through /proc/PID/ns/net: host
     // PID namespace, CAP_SYS_ADMIN, CAP_SYS_PTRACE): its scope holds 1 of 10 ports.
-    let scope = format!("{{destination=\"\",netns=\"{netns}\",proto=\"tcp\",scope=\"namespace\"}}");
+    let scope = format!(
+        "{{container=\"{short_id}\",destination=\"\",namespace=\"\",netns=\"{netns}\",pod=\"\",proto=\"tcp\",scope=\"namespace\"}}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, page) = http_get(&deployed.addr(), "/metrics").expect("a scrape");
