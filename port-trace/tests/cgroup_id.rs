@@ -1,7 +1,8 @@
 //! Every allocation and release names the cgroup v2 id of the socket's owner: a process
 //! moved into a fresh cgroup before it allocates anything gets a TCP connect, a TCP and a UDP
-//! bind(0), and a UDP sendto() autobind, IPv4 and IPv6, and each of their records carries the
-//! inode number of that cgroup's directory.
+//! bind(0), and a UDP sendto() autobind, IPv4 and IPv6, then a bind(0) that finds no port,
+//! and each of their records (alloc, release, fail) carries the inode number of that
+//! cgroup's directory.
 
 mod common;
 
@@ -138,10 +139,12 @@ fn allocations_and_releases_carry_the_owners_cgroup_id() {
     // around them have other shapes.
     let mut helper_pid = None;
     let mut expected = Vec::new();
+    let mut failures = 0;
     for line in stdout.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["sockets", pid] => helper_pid = pid.parse::<u64>().ok(),
+            ["failed", "udp", "bind", "ipv4"] => failures += 1,
             [proto @ ("tcp" | "udp"), kind, family, port] => expected.push((
                 proto.to_string(),
                 kind.to_string(),
@@ -153,6 +156,7 @@ fn allocations_and_releases_carry_the_owners_cgroup_id() {
     }
     let helper_pid = helper_pid.unwrap_or_else(|| panic!("helper printed its pid: {stdout}"));
     assert_eq!(expected.len(), 8, "helper's sockets: {stdout}");
+    assert_eq!(failures, 1, "helper's failed bind(0): {stdout}");
     // Releases of closed sockets are immediate; give the daemon time to drain (longer
     // under emulation in the VM matrix).
     sleep(Duration::from_millis(500));
@@ -198,7 +202,13 @@ fn allocations_and_releases_carry_the_owners_cgroup_id() {
             releases[0]
         );
     }
-    // Nothing the helper did is named by another cgroup.
+    let fails: Vec<&&Value> = helpers
+        .iter()
+        .filter(|e| e["type"] == "fail" && e["proto"] == "udp" && e["kind"] == "bind")
+        .collect();
+    assert_eq!(fails.len(), 1, "the exhausted bind(0): {fails:?}");
+    assert_eq!(fails[0]["error"], "EADDRINUSE", "{}", fails[0]);
+    // Nothing the helper did is named by another cgroup (the failure included).
     for record in &helpers {
         if ["alloc", "release", "fail"].contains(&record["type"].as_str().unwrap_or_default()) {
             assert_eq!(record["cgroup_id"].as_u64(), Some(id), "{record}");
@@ -267,5 +277,24 @@ fn helper_allocates_in_its_cgroup() {
         drop(sender);
         drop(sink);
     }
+
+    // A failure: in a namespace of this thread's own with a two-port range, UDP bind(0)
+    // until the range is exhausted (EADDRINUSE).
+    common::enter_tiny_netns(40000, 40001);
+    let mut held = Vec::new();
+    let refused = loop {
+        match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))) {
+            Ok(socket) => held.push(socket),
+            Err(err) => break err,
+        }
+        assert!(
+            held.len() <= 2,
+            "a two-port range gave {} ports",
+            held.len()
+        );
+    };
+    assert_eq!(refused.raw_os_error(), Some(libc::EADDRINUSE), "{refused}");
+    writeln!(out, "failed udp bind ipv4").expect("stdout");
+    drop(held);
     out.flush().expect("stdout");
 }
