@@ -89,10 +89,14 @@ impl Exhaustion {
                 .occupancy
                 .top_holders(key, TOP)
                 .into_iter()
-                .map(|(holder, ports)| Top {
-                    holder,
-                    ports,
-                    workload: self.workloads.of_cgroup(holder.cgroup),
+                .map(|(holder, ports)| {
+                    let (cgroup, workload) = self.workloads.of_pid(holder.pid);
+                    Top {
+                        holder,
+                        ports,
+                        cgroup,
+                        workload,
+                    }
                 })
                 .collect(),
             owner: self.workloads.owner(key.netns),

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::event::{Event, Proto, comm::Comm, workload::CgroupId};
+use crate::event::{Event, Proto, comm::Comm};
 
 /// Where a connect() goes: the 3 of the 4-tuple that are not the port being chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -80,13 +80,13 @@ impl ScopeKey {
     }
 }
 
-/// One holder of ports, for "who is using them".
+/// One holder of ports, for "who is using them". Kept once per held port (and scope), so
+/// small: its cgroup and workload are looked up by pid when a warning names it
+/// (`workloads::Workloads`), not stored here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Holder {
     pub pid: u32,
     pub comm: Comm,
-    /// Its cgroup, which names the workload (see `Exhaustion::workload`).
-    pub cgroup: CgroupId,
 }
 
 impl Holder {
@@ -94,7 +94,6 @@ impl Holder {
         Self {
             pid: event.pid,
             comm: event.comm,
-            cgroup: event.cgroup,
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{
     level::Level,
     scope::{Holder, ScopeKey, Usage},
 };
-use crate::event::workload::Workload;
+use crate::event::workload::{CgroupId, Workload};
 
 /// Why a warning was raised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +41,8 @@ pub struct Top {
     pub holder: Holder,
     /// Distinct ports it holds in the scope.
     pub ports: u32,
+    /// Its cgroup (as last seen allocating).
+    pub cgroup: CgroupId,
     /// The workload its cgroup belongs to, where that was found.
     pub workload: Option<Arc<Workload>>,
 }

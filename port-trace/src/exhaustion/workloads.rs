@@ -1,5 +1,5 @@
-//! Who the holders are: the workload of each cgroup seen holding ports, and the one
-//! workload (pod or container) that owns a network namespace alone. Learnt from the events,
+//! Who the holders are: the cgroup of each process seen holding ports and that cgroup's
+//! workload, and the one workload (pod or container) that owns a network namespace alone. Learnt from the events,
 //! which the `workload` stage has named already, so naming a warning's holders or a
 //! namespace needs no lookup of its own.
 
@@ -28,8 +28,10 @@ enum Owner {
 #[derive(Debug, Default)]
 pub struct Workloads {
     by_cgroup: HashMap<CgroupId, Arc<Workload>>,
-    /// The namespace-cgroup pairs already learnt from.
-    seen: HashSet<(u32, CgroupId)>,
+    /// Each process's cgroup, as last seen allocating: the holders name their workload by it.
+    by_pid: HashMap<u32, CgroupId>,
+    /// The namespace-cgroup-process triples already learnt from.
+    seen: HashSet<(u32, CgroupId, u32)>,
     owners: HashMap<u32, Owner>,
     /// The host's namespace: shared by every host-network container, owned by none.
     host_netns: Option<u32>,
@@ -43,20 +45,23 @@ impl Workloads {
         }
     }
 
-    /// Learns from a port being held: one set lookup unless the cgroup is new to the
-    /// namespace.
+    /// Learns from a port being held: one set lookup unless the process or its cgroup is
+    /// new to the namespace.
     pub fn learn(&mut self, event: &Event) {
         let Some(workload) = &event.workload else {
             return;
         };
-        if self.seen.contains(&(event.netns, event.cgroup)) {
+        let key = (event.netns, event.cgroup, event.pid);
+        if self.seen.contains(&key) {
             return;
         }
         if self.seen.len() >= MAX_REMEMBERED {
             self.seen.clear();
             self.by_cgroup.clear();
+            self.by_pid.clear();
         }
-        self.seen.insert((event.netns, event.cgroup));
+        self.seen.insert(key);
+        self.by_pid.insert(event.pid, event.cgroup);
         self.by_cgroup
             .entry(event.cgroup)
             .or_insert_with(|| Arc::clone(workload));
@@ -77,9 +82,10 @@ impl Workloads {
         }
     }
 
-    /// The workload of a cgroup seen holding ports.
-    pub fn of_cgroup(&self, cgroup: CgroupId) -> Option<Arc<Workload>> {
-        self.by_cgroup.get(&cgroup).cloned()
+    /// The cgroup of a process seen holding ports, and its workload.
+    pub fn of_pid(&self, pid: u32) -> (CgroupId, Option<Arc<Workload>>) {
+        let cgroup = self.by_pid.get(&pid).copied().unwrap_or_default();
+        (cgroup, self.by_cgroup.get(&cgroup).cloned())
     }
 
     /// The pod or container that alone allocates in a namespace.
@@ -148,8 +154,9 @@ mod tests {
         workloads.learn(&event(7, 70, Some(Arc::clone(&web))));
         let owner = workloads.owner(7).expect("owned");
         assert_eq!(owner.to_string(), "container web (aa)");
-        assert_eq!(workloads.of_cgroup(CgroupId(70)), Some(web));
-        assert_eq!(workloads.of_cgroup(CgroupId(71)), None);
+        // The events' pid (raw_connect's 7) names its cgroup and workload.
+        assert_eq!(workloads.of_pid(7), (CgroupId(70), Some(web)));
+        assert_eq!(workloads.of_pid(8), (CgroupId::UNKNOWN, None));
     }
 
     #[test]

@@ -273,7 +273,7 @@ impl From<&Warning> for WarningRecord {
                 .map(|top| TopHolder {
                     pid: top.holder.pid,
                     comm: top.holder.comm,
-                    workload: WorkloadFields::new(top.holder.cgroup, top.workload.as_ref()),
+                    workload: WorkloadFields::new(top.cgroup, top.workload.as_ref()),
                     count: top.ports,
                 })
                 .collect(),
@@ -460,9 +460,9 @@ mod tests {
                 holder: Holder {
                     pid: 7,
                     comm: "curl".into(),
-                    cgroup: CgroupId(99),
                 },
                 ports: 10,
+                cgroup: CgroupId(99),
                 workload: Some(Arc::new(web.clone())),
             }],
             owner: Some(Arc::new(Workload {
