@@ -52,7 +52,7 @@ fn client_ports(container: &Container) -> Vec<u16> {
         .collect()
 }
 
-fn alloc_in<'a>(events: &'a [Value], netns: u64) -> Vec<&'a Value> {
+fn alloc_in(events: &[Value], netns: u64) -> Vec<&Value> {
     events
         .iter()
         .filter(|e| e["type"] == "alloc" && e["netns"].as_u64() == Some(netns))
