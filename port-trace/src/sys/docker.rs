@@ -76,7 +76,7 @@ fn name_in(body: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use std::os::unix::net::UnixListener;
 
     use super::*;
@@ -91,28 +91,39 @@ mod tests {
         assert_eq!(name_in(b"{}"), None);
     }
 
+    /// A fake daemon on a real unix socket at `path`: it answers `requests` requests, naming
+    /// the container whose id the request has (`known`: (id, name)), 404 for any other.
+    pub fn fake_daemon(
+        path: &Path,
+        requests: usize,
+        known: (&'static str, &'static str),
+    ) -> std::thread::JoinHandle<()> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind");
+        std::thread::spawn(move || {
+            for _ in 0..requests {
+                let (mut conn, _) = listener.accept().expect("accept");
+                let mut request = [0u8; 512];
+                let n = conn.read(&mut request).expect("read");
+                let request = String::from_utf8_lossy(&request[..n]).to_string();
+                let wanted = format!("GET /containers/{}/json HTTP/1.0", known.0);
+                let answer = if request.starts_with(&wanted) {
+                    format!("HTTP/1.0 200 OK\r\n\r\n{{\"Name\":\"/{}\"}}", known.1)
+                } else {
+                    "HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"No such container\"}".into()
+                };
+                conn.write_all(answer.as_bytes()).expect("write");
+            }
+        })
+    }
+
     /// A fake daemon on a real unix socket: a known container, an unknown one, and no daemon.
     #[test]
     fn asks_a_daemon_on_its_socket() {
         let dir = std::env::temp_dir().join(format!("port-trace-docker-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("docker.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).expect("bind");
-        let server = std::thread::spawn(move || {
-            for _ in 0..2 {
-                let (mut conn, _) = listener.accept().expect("accept");
-                let mut request = [0u8; 512];
-                let n = conn.read(&mut request).expect("read");
-                let request = String::from_utf8_lossy(&request[..n]).to_string();
-                let answer = if request.starts_with("GET /containers/abc/json HTTP/1.0") {
-                    "HTTP/1.0 200 OK\r\n\r\n{\"Name\":\"/web\"}"
-                } else {
-                    "HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"No such container\"}"
-                };
-                conn.write_all(answer.as_bytes()).expect("write");
-            }
-        });
+        let server = fake_daemon(&path, 2, ("abc", "web"));
         assert_eq!(container_name(&path, "abc").ok().as_deref(), Some("web"));
         assert!(matches!(
             container_name(&path, "def"),

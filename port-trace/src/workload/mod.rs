@@ -619,28 +619,14 @@ mod tests {
     /// one Docker does not know stays containerd's.
     #[test]
     fn docker_tells_its_own_containers_under_a_pod() {
-        use std::{
-            io::{Read as _, Write as _},
-            os::unix::net::UnixListener,
-        };
         let host = temp_root("dockerd");
         fixture(&host);
         std::fs::create_dir_all(host.join("var/run")).expect("mkdir");
-        let listener = UnixListener::bind(host.join("var/run/docker.sock")).expect("bind");
-        let server = std::thread::spawn(move || {
-            for _ in 0..2 {
-                let (mut conn, _) = listener.accept().expect("accept");
-                let mut request = [0u8; 512];
-                let n = conn.read(&mut request).expect("read");
-                let request = String::from_utf8_lossy(&request[..n]).to_string();
-                let answer = if request.contains(ID) {
-                    "HTTP/1.0 200 OK\r\n\r\n{\"Name\":\"/k8s_server_api-7d9f_shop_0\"}"
-                } else {
-                    "HTTP/1.0 404 Not Found\r\n\r\n{}"
-                };
-                conn.write_all(answer.as_bytes()).expect("write");
-            }
-        });
+        let server = crate::sys::docker::tests::fake_daemon(
+            &host.join("var/run/docker.sock"),
+            2,
+            (ID, "k8s_server_api-7d9f_shop_0"),
+        );
         let mut resolver = Resolver::with(None, &host);
         let (docker, complete) = resolver.name(&format!("/kubepods/pod{UID}/{ID}"));
         let container = docker.container.as_ref().expect("a container");
