@@ -8,7 +8,9 @@ use serde::Serialize;
 
 /// A cgroup v2 id, as `bpf_get_current_cgroup_id()` gives it: the inode number of the
 /// cgroup's directory in the v2 hierarchy. 0 where the kernel could not tell.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct CgroupId(pub u64);
 
