@@ -44,6 +44,12 @@ pub trait Sink {
         Ok(())
     }
 
+    /// A TCP socket closed actively: its port is held on in TIME_WAIT (its release comes
+    /// when that ends). A capture records it for replay.
+    fn time_wait(&mut self, _event: &Event) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Once an interval (`--interval`).
     fn tick(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
         Ok(())
@@ -166,8 +172,10 @@ impl Pipeline {
             // The port is still held while in TIME_WAIT; its release comes when that ends.
             // A port found free by reconciliation is counted, not an event line: its
             // release was never seen.
-            if !matches!(outcome, Outcome::EnteredTimeWait | Outcome::Reconciled) {
-                sink.event(event, outcome)?;
+            match outcome {
+                Outcome::EnteredTimeWait => sink.time_wait(event)?,
+                Outcome::Reconciled => {}
+                _ => sink.event(event, outcome)?,
             }
         }
         if warnings.is_empty() {

@@ -4,14 +4,15 @@
 //!
 //! Replay works in the capture's Unix-epoch nanoseconds throughout: lifetimes are
 //! differences, the same in either clock. Namespace ranges come from the capture's `range`
-//! records, the start-up snapshot from its `existing` records. A port's time in TIME_WAIT is
-//! in the release line that ends it (`time_wait_ns`): replay parks the port at
-//! `ts_ns - time_wait_ns` and frees it at `ts_ns`, so the port is held as long as it was
-//! live and lifetimes come out the same. A port still in TIME_WAIT at the end has no release
-//! line and stays held, as it did live.
+//! records, the start-up snapshot from its `existing` records. A `time_wait` record parks
+//! a port in TIME_WAIT as the live tracker did, and the release line with `time_wait_ns`
+//! frees it; so a port still in TIME_WAIT at the end is held in TIME_WAIT, as it was live. A
+//! capture without `time_wait` records (an older port-trace's) still gives the same held
+//! counts and lifetimes: the release line's `time_wait_ns` says when the socket closed, and
+//! replay parks the port then and frees it at once.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     io::{self, BufRead, BufReader, IsTerminal as _, Write as _},
     path::Path,
@@ -85,6 +86,8 @@ struct Replay {
     last_ns: u64,
     /// The `end` record's elapsed time, where the capture has one.
     elapsed_ns: Option<u64>,
+    /// Sockets the capture's `time_wait` records parked (netns, cookie), until released.
+    parked: HashSet<(u32, u64)>,
     /// Records of types replay does not know, by type.
     unknown: BTreeMap<String, u64>,
 }
@@ -128,6 +131,7 @@ impl Replay {
             first_ns: 0,
             last_ns: 0,
             elapsed_ns: None,
+            parked: HashSet::new(),
             unknown: BTreeMap::new(),
         })
     }
@@ -194,6 +198,15 @@ impl Replay {
             }
             Record::Existing(event) if self.pipeline.is_none() => self.existing.push(event),
             Record::Existing(_) => *self.unknown.entry("existing (late)".into()).or_default() += 1,
+            Record::TimeWait(event) => {
+                self.pipeline(event.ts_ns);
+                self.tick_until(event.ts_ns)?;
+                self.last_ns = self.last_ns.max(event.ts_ns);
+                self.parked.insert((event.netns, event.cookie));
+                if let Some(pipeline) = self.pipeline.as_mut() {
+                    pipeline.apply(&event, &mut self.sinks)?;
+                }
+            }
             Record::Event {
                 event,
                 lifetime_ns,
@@ -223,7 +236,16 @@ impl Replay {
             return Ok(());
         };
         match (event.event, lifetime_ns, time_wait_ns) {
-            // Ended TIME_WAIT: parked when the socket closed, freed now.
+            // Ended TIME_WAIT, parked by the capture's `time_wait` record: freed now.
+            (EventType::Release, Some(_), Some(_))
+                if self.parked.remove(&(event.netns, event.cookie)) =>
+            {
+                let mut ended = event;
+                ended.time_wait_end = true;
+                pipeline.apply(&ended, &mut self.sinks)?;
+            }
+            // Ended TIME_WAIT, in a capture without `time_wait` records: parked when the
+            // socket closed (`ts_ns - time_wait_ns`), freed now.
             (EventType::Release, Some(_), Some(time_wait_ns)) => {
                 let mut closed = event.clone();
                 closed.ts_ns = event.ts_ns.saturating_sub(time_wait_ns);
@@ -304,5 +326,120 @@ impl Sink for NoSummary<'_> {
 
     fn tick(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replay() -> Replay {
+        let args = AnalyzeArgs {
+            file: "-".into(),
+            report: None,
+            metrics: false,
+            warn_at: 80.0,
+            critical_at: 95.0,
+            interval: std::time::Duration::from_secs(10),
+        };
+        Replay::new(&args).expect("replay")
+    }
+
+    fn take(replay: &mut Replay, lines: &[String]) {
+        for line in lines {
+            replay
+                .take(decode_line(line).expect("decodes"))
+                .expect("replays");
+        }
+    }
+
+    fn line(kind: &str, ts: u64, extra: &str) -> String {
+        format!(
+            r#"{{"type":"{kind}","ts_ns":{ts},"proto":"tcp","family":"ipv4","port":40001,"kind":"connect","pid":7,"comm":"curl","netns":9,"laddr":"127.0.0.1","raddr":"10.0.0.1","rport":80,"cookie":5{extra}}}"#
+        )
+    }
+
+    /// The namespace scope's (used, capacity).
+    fn namespace(r: &Replay) -> (u32, u32) {
+        let p = r.pipeline.as_ref().expect("a pipeline");
+        p.exhaustion
+            .fullest(usize::MAX)
+            .iter()
+            .find(|(key, _, _)| key.kind() == crate::exhaustion::scope::ScopeKind::Namespace)
+            .map_or((0, 0), |(_, usage, _)| (usage.used, usage.capacity))
+    }
+
+    const RANGE: &str = r#"{"type":"range","netns":9,"low":40000,"high":40009,"reserved":[]}"#;
+
+    #[test]
+    fn a_time_wait_record_parks_the_port_until_its_release() {
+        let mut r = replay();
+        take(
+            &mut r,
+            &[
+                RANGE.into(),
+                line("alloc", 1_000, ""),
+                line("time_wait", 2_000, ""),
+            ],
+        );
+        assert_eq!(namespace(&r), (1, 10), "the capture's range");
+        let p = r.pipeline.as_ref().expect("a pipeline");
+        assert_eq!(p.tracker.held(), 1, "held in TIME_WAIT");
+        assert!(p.tracker.time_wait_namespaces().contains(&9));
+        let release = line(
+            "release",
+            5_000,
+            r#","lifetime_ns":4000,"time_wait_ns":3000"#,
+        );
+        take(&mut r, &[release]);
+        let p = r.pipeline.as_ref().expect("a pipeline");
+        assert_eq!(p.tracker.held(), 0);
+        assert_eq!(
+            (p.stats.totals.release, p.stats.totals.unmatched_release),
+            (1, 0),
+            "one release, matched"
+        );
+    }
+
+    #[test]
+    fn without_time_wait_records_the_release_still_matches() {
+        let mut r = replay();
+        let release = line(
+            "release",
+            5_000,
+            r#","lifetime_ns":4000,"time_wait_ns":3000"#,
+        );
+        take(&mut r, &[RANGE.into(), line("alloc", 1_000, ""), release]);
+        let p = r.pipeline.as_ref().expect("a pipeline");
+        assert_eq!(p.tracker.held(), 0);
+        assert_eq!(
+            (p.stats.totals.release, p.stats.totals.unmatched_release),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn unknown_records_are_counted_and_existing_ones_held() {
+        let mut r = replay();
+        let existing = line("existing", 0, "")
+            .replace("40001", "40002")
+            .replace(r#""cookie":5"#, r#""cookie":6"#);
+        take(
+            &mut r,
+            &[
+                RANGE.into(),
+                existing,
+                r#"{"type":"finding","kind":"x"}"#.into(),
+                r#"{"type":"warning"}"#.into(),
+                line("alloc", 1_000, ""),
+            ],
+        );
+        assert_eq!(r.unknown.get("finding"), Some(&1));
+        assert_eq!(r.unknown.len(), 1, "warnings are recomputed, not unknown");
+        assert_eq!(
+            namespace(&r),
+            (2, 10),
+            "the snapshot's socket and the new one"
+        );
     }
 }

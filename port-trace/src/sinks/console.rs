@@ -205,11 +205,16 @@ impl<W: Output> Sink for Console<W> {
         if self.format != Some(EventFormat::Json) {
             return Ok(());
         }
-        writeln!(
-            self.out,
-            "{}",
-            ExistingRecord::new(event, self.clock).to_json()
-        )
+        let record = ExistingRecord::new(event, self.clock).to_json();
+        writeln!(self.out, "{record}")
+    }
+
+    fn time_wait(&mut self, event: &Event) -> io::Result<()> {
+        if self.format != Some(EventFormat::Json) {
+            return Ok(());
+        }
+        let record = ExistingRecord::time_wait(event, self.clock).to_json();
+        writeln!(self.out, "{record}")
     }
 
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {

@@ -46,7 +46,8 @@ pub struct EventRecord {
     pub workload: WorkloadFields,
 }
 
-/// `{"type":"existing",...}`: a socket of the start-up snapshot, for replay.
+/// `{"type":"existing",...}`: a socket of the start-up snapshot; `{"type":"time_wait",...}`:
+/// a TCP socket closed actively, its port held on in TIME_WAIT. For replay.
 #[derive(Debug, Serialize)]
 pub struct ExistingRecord {
     #[serde(rename = "type")]
@@ -63,6 +64,14 @@ impl ExistingRecord {
             record: "existing",
             line: line_of(event, None, clock),
             workload: WorkloadFields::of(event),
+        }
+    }
+
+    /// `ts_ns` is when the socket closed.
+    pub fn time_wait(event: &Event, clock: WallClock) -> Self {
+        Self {
+            record: "time_wait",
+            ..Self::new(event, clock)
         }
     }
 

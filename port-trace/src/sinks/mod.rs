@@ -61,6 +61,10 @@ impl<W: console::Output> Sink for Sinks<W> {
         self.console.existing(event)
     }
 
+    fn time_wait(&mut self, event: &Event) -> io::Result<()> {
+        self.console.time_wait(event)
+    }
+
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
         if let Some(log) = self.hdr_log.as_mut() {
             log.tick(view)?;
