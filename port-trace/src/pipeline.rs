@@ -44,6 +44,11 @@ pub trait Sink {
         Ok(())
     }
 
+    /// A socket of the start-up snapshot is gone (found at a tick).
+    fn existing_gone(&mut self, _event: &Event) -> io::Result<()> {
+        Ok(())
+    }
+
     /// A TCP socket closed actively: its port is held on in TIME_WAIT (its release comes
     /// when that ends). A capture records it for replay.
     fn time_wait(&mut self, _event: &Event) -> io::Result<()> {
@@ -211,6 +216,7 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         for event in gone {
             self.exhaustion.free_existing(event);
+            sink.existing_gone(event)?;
         }
         self.check_ranges(now_ns, sink)?;
         self.stats.set_counters(counters);

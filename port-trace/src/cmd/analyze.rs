@@ -198,6 +198,17 @@ impl Replay {
             }
             Record::Existing(event) if self.pipeline.is_none() => self.existing.push(event),
             Record::Existing(_) => *self.unknown.entry("existing (late)".into()).or_default() += 1,
+            Record::ExistingGone(event) => match self.pipeline.as_mut() {
+                // Freed as the live tick freed it.
+                Some(pipeline) => {
+                    if let Some(copy) = pipeline.snapshot.take_over(event.netns, event.cookie) {
+                        pipeline.exhaustion.free_existing(&copy);
+                    }
+                }
+                None => self
+                    .existing
+                    .retain(|e| (e.netns, e.cookie) != (event.netns, event.cookie)),
+            },
             Record::TimeWait(event) => {
                 self.pipeline(event.ts_ns);
                 self.tick_until(event.ts_ns)?;
@@ -441,5 +452,10 @@ mod tests {
             (2, 10),
             "the snapshot's socket and the new one"
         );
+        let gone = line("existing_gone", 0, "")
+            .replace("40001", "40002")
+            .replace(r#""cookie":5"#, r#""cookie":6"#);
+        take(&mut r, &[gone]);
+        assert_eq!(namespace(&r), (1, 10), "the snapshot's socket is gone");
     }
 }

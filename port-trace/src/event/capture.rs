@@ -85,6 +85,8 @@ pub enum Record {
     },
     /// `existing`: a socket of the start-up snapshot.
     Existing(Event),
+    /// `existing_gone`: that socket is gone (found at a tick).
+    ExistingGone(Event),
     /// `time_wait`: a TCP socket closed actively, its port held on in TIME_WAIT; as the
     /// release event that parks it (`time_wait` set).
     TimeWait(Event),
@@ -185,7 +187,7 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
             let range = RangeLine::deserialize(&value).map_err(field)?;
             Ok(Record::Range(range))
         }
-        "existing" | "time_wait" | "alloc" | "release" | "fail" => {
+        "existing" | "existing_gone" | "time_wait" | "alloc" | "release" | "fail" => {
             let line = EventLine::deserialize(&value).map_err(field)?;
             // As the ring's decoder: the kernel never hands out port 0.
             if line.port == 0 && event_type != Some(EventType::Fail) {
@@ -197,6 +199,9 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
                     lifetime_ns: line.lifetime_ns,
                     time_wait_ns: line.time_wait_ns,
                 },
+                None if kind == "existing_gone" => {
+                    Record::ExistingGone(line.to_event(EventType::Alloc))
+                }
                 None if kind == "time_wait" => {
                     let mut event = line.to_event(EventType::Release);
                     event.time_wait = true;

@@ -217,6 +217,17 @@ impl<W: Output> Sink for Console<W> {
         writeln!(self.out, "{record}")
     }
 
+    fn existing_gone(&mut self, event: &Event) -> io::Result<()> {
+        if self.format != Some(EventFormat::Json) {
+            return Ok(());
+        }
+        let record = ExistingRecord {
+            record: "existing_gone",
+            ..ExistingRecord::new(event, self.clock)
+        };
+        writeln!(self.out, "{}", record.to_json())
+    }
+
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
         Ok(self.print_summary(view, false)?)
     }

@@ -46,8 +46,9 @@ pub struct EventRecord {
     pub workload: WorkloadFields,
 }
 
-/// `{"type":"existing",...}`: a socket of the start-up snapshot; `{"type":"time_wait",...}`:
-/// a TCP socket closed actively, its port held on in TIME_WAIT. For replay.
+/// `{"type":"existing",...}`: a socket of the start-up snapshot (`existing_gone` when it is
+/// gone); `{"type":"time_wait",...}`: a TCP socket closed actively, its port held on in
+/// TIME_WAIT. For replay.
 #[derive(Debug, Serialize)]
 pub struct ExistingRecord {
     #[serde(rename = "type")]

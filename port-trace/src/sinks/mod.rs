@@ -65,6 +65,10 @@ impl<W: console::Output> Sink for Sinks<W> {
         self.console.time_wait(event)
     }
 
+    fn existing_gone(&mut self, event: &Event) -> io::Result<()> {
+        self.console.existing_gone(event)
+    }
+
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
         if let Some(log) = self.hdr_log.as_mut() {
             log.tick(view)?;
