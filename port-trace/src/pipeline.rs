@@ -49,9 +49,10 @@ pub trait Sink {
         Ok(())
     }
 
-    /// A TCP socket closed actively: its port is held on in TIME_WAIT (its release comes
-    /// when that ends). A capture records it for replay.
-    fn time_wait(&mut self, _event: &Event) -> io::Result<()> {
+    /// What changes the ports held but is no event line: a TCP socket closed actively (its
+    /// port held on in TIME_WAIT until its release), a port reconciliation found free, and
+    /// a port asked for by number (any outcome). A capture records them for replay.
+    fn held(&mut self, _event: &Event, _outcome: Outcome) -> io::Result<()> {
         Ok(())
     }
 
@@ -171,16 +172,19 @@ impl Pipeline {
         }
         let warnings = self.exhaustion.observe(event, outcome);
         self.new_ranges(sink)?;
-        // A port asked for by number counts in occupancy only: it is no allocation.
-        if !event.explicit && self.filter.matches(event) {
-            self.stats.record(event, outcome);
-            // The port is still held while in TIME_WAIT; its release comes when that ends.
-            // A port found free by reconciliation is counted, not an event line: its
-            // release was never seen.
-            match outcome {
-                Outcome::EnteredTimeWait => sink.time_wait(event)?,
-                Outcome::Reconciled => {}
-                _ => sink.event(event, outcome)?,
+        if self.filter.matches(event) {
+            // A port asked for by number counts in occupancy only: it is no allocation.
+            if event.explicit {
+                sink.held(event, outcome)?;
+            } else {
+                self.stats.record(event, outcome);
+                // The port is still held while in TIME_WAIT; its release comes when that
+                // ends. A port found free by reconciliation is counted, not an event line:
+                // its release was never seen.
+                match outcome {
+                    Outcome::EnteredTimeWait | Outcome::Reconciled => sink.held(event, outcome)?,
+                    _ => sink.event(event, outcome)?,
+                }
             }
         }
         if warnings.is_empty() {

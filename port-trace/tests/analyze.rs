@@ -29,7 +29,9 @@ fn temp(name: &str) -> PathBuf {
 /// (TIME_WAIT; after a second `tcp_tw_reuse` takes some over: releases with
 /// `time_wait_ns`), UDP sends, open connections at the end and connects that find the range
 /// full. Returns what must stay alive until the trace stops.
-fn workload() -> Vec<TcpStream> {
+fn workload() -> (Vec<TcpStream>, TcpListener) {
+    // A port asked for by number, inside the range: occupancy counts it, no allocation.
+    let explicit = TcpListener::bind((Ipv4Addr::LOCALHOST, RANGE.1)).expect("explicit bind");
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5_000)).expect("listener");
     let target = listener.local_addr().expect("addr");
     let mut accepted = Vec::new();
@@ -75,7 +77,7 @@ fn workload() -> Vec<TcpStream> {
         }
     }
     open.extend(accepted);
-    open
+    (open, explicit)
 }
 
 fn analyze(args: &[&str], stdin: Option<&Path>) -> std::process::Output {
@@ -126,6 +128,12 @@ fn a_capture_replays_to_the_live_runs_report() {
         "the capture records the namespace's range"
     );
     assert!(kinds("end") == 1, "and how long the trace ran");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "explicit_alloc" && r["port"] == RANGE.1),
+        "the port asked for by number: {records:?}"
+    );
     assert!(
         kinds("time_wait") >= 6,
         "and every active close's TIME_WAIT: {records:?}"

@@ -218,6 +218,14 @@ impl Replay {
                     pipeline.apply(&event, &mut self.sinks)?;
                 }
             }
+            Record::Reconciled(event) => {
+                self.pipeline(event.ts_ns);
+                self.tick_until(event.ts_ns)?;
+                self.last_ns = self.last_ns.max(event.ts_ns);
+                if let Some(pipeline) = self.pipeline.as_mut() {
+                    pipeline.reconciled(&[event.cookie], event.ts_ns, &mut self.sinks)?;
+                }
+            }
             Record::Event {
                 event,
                 lifetime_ns,

@@ -87,6 +87,8 @@ pub enum Record {
     Existing(Event),
     /// `existing_gone`: that socket is gone (found at a tick).
     ExistingGone(Event),
+    /// `reconciled`: a port found free, its release lost; as the release.
+    Reconciled(Event),
     /// `time_wait`: a TCP socket closed actively, its port held on in TIME_WAIT; as the
     /// release event that parks it (`time_wait` set).
     TimeWait(Event),
@@ -160,13 +162,19 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
         record: kind.clone(),
         source,
     };
-    let event_type = match kind.as_str() {
+    // A port asked for by number: the same records, marked (replay counts it in occupancy
+    // only, as the live trace did).
+    let (explicit, base) = match kind.strip_prefix("explicit_") {
+        Some(base) => (true, base),
+        None => (false, kind.as_str()),
+    };
+    let event_type = match base {
         "alloc" => Some(EventType::Alloc),
         "release" => Some(EventType::Release),
         "fail" => Some(EventType::Fail),
         _ => None,
     };
-    match kind.as_str() {
+    match base {
         "ready" => Ok(Record::Ready {
             backend: value
                 .get("backend")
@@ -187,27 +195,30 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
             let range = RangeLine::deserialize(&value).map_err(field)?;
             Ok(Record::Range(range))
         }
-        "existing" | "existing_gone" | "time_wait" | "alloc" | "release" | "fail" => {
+        "existing" | "existing_gone" | "time_wait" | "reconciled" | "alloc" | "release"
+        | "fail" => {
             let line = EventLine::deserialize(&value).map_err(field)?;
             // As the ring's decoder: the kernel never hands out port 0.
-            if line.port == 0 && event_type != Some(EventType::Fail) {
+            if line.port == 0 && base != "fail" {
                 return Err(CaptureError::NoPort(kind));
             }
-            Ok(match event_type {
-                Some(event_type) => Record::Event {
-                    event: line.to_event(event_type),
+            let event = |event_type| Event {
+                explicit,
+                ..line.to_event(event_type)
+            };
+            Ok(match (event_type, base) {
+                (Some(event_type), _) => Record::Event {
+                    event: event(event_type),
                     lifetime_ns: line.lifetime_ns,
                     time_wait_ns: line.time_wait_ns,
                 },
-                None if kind == "existing_gone" => {
-                    Record::ExistingGone(line.to_event(EventType::Alloc))
-                }
-                None if kind == "time_wait" => {
-                    let mut event = line.to_event(EventType::Release);
-                    event.time_wait = true;
-                    Record::TimeWait(event)
-                }
-                None => Record::Existing(line.to_event(EventType::Alloc)),
+                (None, "existing_gone") => Record::ExistingGone(event(EventType::Alloc)),
+                (None, "reconciled") => Record::Reconciled(event(EventType::Release)),
+                (None, "time_wait") => Record::TimeWait(Event {
+                    time_wait: true,
+                    ..event(EventType::Release)
+                }),
+                _ => Record::Existing(event(EventType::Alloc)),
             })
         }
         _ => Ok(Record::Skipped(kind)),

@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    events::{EventFormat, EventRecord, ExistingRecord, WarningRecord},
+    events::{EventFormat, EventRecord, ExistingRecord, HeldRecord, WarningRecord},
     stdout::{Ended, QueuedStdout},
     summary,
 };
@@ -209,11 +209,11 @@ impl<W: Output> Sink for Console<W> {
         writeln!(self.out, "{record}")
     }
 
-    fn time_wait(&mut self, event: &Event) -> io::Result<()> {
+    fn held(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
         if self.format != Some(EventFormat::Json) {
             return Ok(());
         }
-        let record = ExistingRecord::time_wait(event, self.clock).to_json();
+        let record = HeldRecord::new(event, outcome, self.clock).to_json();
         writeln!(self.out, "{record}")
     }
 

@@ -47,8 +47,7 @@ pub struct EventRecord {
 }
 
 /// `{"type":"existing",...}`: a socket of the start-up snapshot (`existing_gone` when it is
-/// gone); `{"type":"time_wait",...}`: a TCP socket closed actively, its port held on in
-/// TIME_WAIT. For replay.
+/// gone). For replay.
 #[derive(Debug, Serialize)]
 pub struct ExistingRecord {
     #[serde(rename = "type")]
@@ -68,11 +67,39 @@ impl ExistingRecord {
         }
     }
 
-    /// `ts_ns` is when the socket closed.
-    pub fn time_wait(event: &Event, clock: WallClock) -> Self {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What changes the ports held but is no event line, for replay: `time_wait` (a TCP socket
+/// closed actively; its port is held until its release line), `reconciled` (a port found
+/// free, its release lost), and a port asked for by number: `explicit_alloc`,
+/// `explicit_release`, `explicit_time_wait`.
+#[derive(Debug, Serialize)]
+pub struct HeldRecord {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    #[serde(flatten)]
+    pub line: EventLine,
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
+}
+
+impl HeldRecord {
+    pub fn new(event: &Event, outcome: Outcome, clock: WallClock) -> Self {
+        let record = match (event.explicit, outcome) {
+            (false, Outcome::Reconciled) => "reconciled",
+            (false, _) => "time_wait",
+            (true, Outcome::Allocated) => "explicit_alloc",
+            (true, Outcome::EnteredTimeWait) => "explicit_time_wait",
+            (true, Outcome::Failed) => "explicit_fail",
+            (true, _) => "explicit_release",
+        };
         Self {
-            record: "time_wait",
-            ..Self::new(event, clock)
+            record,
+            line: line_of(event, Some(outcome), clock),
+            workload: WorkloadFields::of(event),
         }
     }
 
@@ -450,6 +477,26 @@ mod tests {
             (back.port, back.cookie, back.raddr),
             (alloc.port, alloc.cookie, alloc.raddr)
         );
+        // What is held but no event line: the same fields, its own type.
+        let mut explicit = alloc.clone();
+        explicit.explicit = true;
+        for (event, outcome, kind) in [
+            (&release, Outcome::EnteredTimeWait, "time_wait"),
+            (&release, Outcome::Reconciled, "reconciled"),
+            (&explicit, Outcome::Allocated, "explicit_alloc"),
+        ] {
+            let line = HeldRecord::new(event, outcome, clock).to_json();
+            assert!(
+                line.starts_with(&format!(r#"{{"type":"{kind}","#)),
+                "{line}"
+            );
+            let back = match decode_line(&line) {
+                Ok(Record::TimeWait(back) | Record::Reconciled(back)) => back,
+                Ok(Record::Event { event, .. }) => event,
+                other => panic!("{line}: {other:?}"),
+            };
+            assert_eq!((back.cookie, back.explicit), (event.cookie, event.explicit));
+        }
     }
 
     #[test]

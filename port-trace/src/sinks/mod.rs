@@ -61,8 +61,8 @@ impl<W: console::Output> Sink for Sinks<W> {
         self.console.existing(event)
     }
 
-    fn time_wait(&mut self, event: &Event) -> io::Result<()> {
-        self.console.time_wait(event)
+    fn held(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
+        self.console.held(event, outcome)
     }
 
     fn existing_gone(&mut self, event: &Event) -> io::Result<()> {
