@@ -2,12 +2,19 @@
 //! The field names are the event contract (README); `sinks::events` writes an event line
 //! through the same `EventLine`, so what is written is what is read.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{AllocKind, Event, EventType, Family, Proto, comm::Comm, workload::CgroupId};
+use super::{
+    AllocKind, Event, EventType, Family, Proto,
+    comm::Comm,
+    workload::{CgroupId, Container, Pod, Workload},
+};
 
 /// The fields an event line (`alloc`, `release`, `fail`) and an `existing` line share, as
 /// written and as read back. Times are Unix-epoch nanoseconds.
@@ -37,6 +44,36 @@ pub struct EventLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<u32>,
     pub cookie: u64,
+}
+
+/// The workload fields of a line, as `sinks::events::WorkloadFields` writes them: `cgroup`
+/// is the path, or the id (a number) where the path was not known.
+#[derive(Debug, Default, Deserialize)]
+struct WorkloadLine {
+    #[serde(default)]
+    cgroup: Option<serde_json::Value>,
+    #[serde(default)]
+    container: Option<Container>,
+    #[serde(default)]
+    pod: Option<Pod>,
+    #[serde(default)]
+    service: Option<Box<str>>,
+}
+
+impl WorkloadLine {
+    fn workload(self) -> Option<Arc<Workload>> {
+        let workload = Workload {
+            cgroup: self
+                .cgroup
+                .as_ref()
+                .and_then(serde_json::Value::as_str)
+                .map(Into::into),
+            container: self.container,
+            pod: self.pod,
+            service: self.service,
+        };
+        (workload != Workload::default()).then(|| Arc::new(workload))
+    }
 }
 
 /// `{"type":"range",...}`: a namespace's ephemeral range when first seen and whenever it
@@ -198,12 +235,14 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
         "existing" | "existing_gone" | "time_wait" | "reconciled" | "alloc" | "release"
         | "fail" => {
             let line = EventLine::deserialize(&value).map_err(field)?;
+            let workload = WorkloadLine::deserialize(&value).map_err(field)?.workload();
             // As the ring's decoder: the kernel never hands out port 0.
             if line.port == 0 && base != "fail" {
                 return Err(CaptureError::NoPort(kind));
             }
             let event = |event_type| Event {
                 explicit,
+                workload: workload.clone(),
                 ..line.to_event(event_type)
             };
             Ok(match (event_type, base) {
@@ -244,6 +283,8 @@ mod tests {
         assert_eq!(event.raddr, IpAddr::from([10, 1, 2, 3]));
         assert_eq!(event.rport, 443);
         assert_eq!(event.cookie, 9);
+        let workload = event.workload.expect("a workload");
+        assert_eq!(workload.cgroup.as_deref(), Some("/a"));
     }
 
     #[test]
