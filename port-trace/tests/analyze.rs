@@ -183,15 +183,27 @@ fn a_capture_replays_to_the_live_runs_report() {
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(!summary.is_empty(), "the summary on stdout");
 
-    // The same capture on stdin; the metrics text.
-    let out = analyze(&["-", "--metrics"], Some(&capture));
+    // The same capture on stdin, with a record of a type from the future; the metrics text.
+    let future = temp("future.jsonl");
+    let mut text = std::fs::read_to_string(&capture).expect("capture");
+    text.push_str("{\"type\":\"finding\",\"kind\":\"new\"}\n");
+    std::fs::write(&future, text).expect("write");
+    let out = analyze(&["-", "--metrics"], Some(&future));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("skipped records of types this version does not replay: 1 finding"),
+        "{stderr}"
     );
     let metrics = String::from_utf8_lossy(&out.stdout);
-    assert!(metrics.contains("port_trace_"), "{metrics}");
+    assert!(
+        metrics.contains("port_trace_allocations_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("fullest ephemeral ranges"),
+        "no summary: {metrics}"
+    );
 
     // A line cut short: exit 2, naming it.
     let text = std::fs::read_to_string(&capture).expect("capture");
@@ -204,7 +216,7 @@ fn a_capture_replays_to_the_live_runs_report() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("line 3:"), "{stderr}");
-    for path in [capture, replayed, cut] {
+    for path in [capture, replayed, cut, future] {
         let _ = std::fs::remove_file(path);
     }
 }
