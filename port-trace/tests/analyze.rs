@@ -162,6 +162,7 @@ fn a_capture_replays_to_the_live_runs_report() {
     assert!(out.status.success(), "analyze: {stderr}");
     let replay = read_json(&replayed);
     for field in [
+        "backend",
         "totals",
         "held_at_exit",
         "lifetime_ns",
