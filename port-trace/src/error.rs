@@ -8,6 +8,9 @@ use thiserror::Error;
 /// written (checked before anything is attached; also when writing it fails later).
 #[derive(Debug, Error)]
 pub enum Fatal {
+    /// Bad input: a capture `analyze` cannot read (exit 2, as a bad command line).
+    #[error("{0}")]
+    BadInput(String),
     #[error("{0}")]
     NotPermitted(String),
     #[error("{0}")]
@@ -24,6 +27,7 @@ impl Fatal {
     pub fn exit_code(&self) -> u8 {
         match self {
             Fatal::Other(_) => 1,
+            Fatal::BadInput(_) => 2,
             Fatal::NotPermitted(_) => 3,
             Fatal::Unsupported(_) => 4,
             Fatal::CannotServe(_) => 5,

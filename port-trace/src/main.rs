@@ -54,6 +54,10 @@ fn main() -> ExitCode {
             cmd::explain::run(port, proto.map(Into::into), json);
             Ok(())
         }
+        Some(cli::Command::Analyze(args)) => {
+            stdio::die_on_broken_pipe();
+            cmd::analyze::run(&args)
+        }
         None => runtime.block_on(cmd::trace::run(cli)),
     };
     match result {

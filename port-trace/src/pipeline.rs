@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 
 use crate::{
     event::{Event, Proto, filter::Filter},
-    exhaustion::{Exhaustion, warning::Warning},
+    exhaustion::{Exhaustion, range::PortRange, warning::Warning},
     probes::KernelCounters,
     stats::Stats,
     track::{Outcome, Tracker, snapshot::Snapshot},
@@ -31,6 +31,28 @@ pub trait Sink {
 
     /// Warnings raised by the last event or check.
     fn warnings(&mut self, _warnings: &[Warning]) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A namespace's range, first seen or changed (a capture records it for replay).
+    fn range(&mut self, _netns: u32, _range: &PortRange) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A socket of the start-up snapshot (a capture records it for replay).
+    fn existing(&mut self, _event: &Event) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A socket of the start-up snapshot is gone (found at a tick).
+    fn existing_gone(&mut self, _event: &Event) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// What changes the ports held but is no event line: a TCP socket closed actively (its
+    /// port held on in TIME_WAIT until its release), a port reconciliation found free, and
+    /// a port asked for by number (any outcome). A capture records them for replay.
+    fn held(&mut self, _event: &Event, _outcome: Outcome) -> io::Result<()> {
         Ok(())
     }
 
@@ -96,10 +118,29 @@ impl Pipeline {
         pipeline
     }
 
+    /// Once, before the first event: hands the sinks the start-up snapshot's sockets and
+    /// the ranges known so far, then checks every range.
+    pub fn begin(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
+        self.new_ranges(sink)?;
+        for event in self.snapshot.events() {
+            sink.existing(event)?;
+        }
+        self.check_ranges(now_ns, sink)
+    }
+
     /// Checks every scope against its range (read anew) and raises what is over a line.
     pub fn check_ranges(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
         let warnings = self.exhaustion.refresh(now_ns);
+        self.new_ranges(sink)?;
         sink.warnings(&warnings)
+    }
+
+    /// Ranges first seen or changed, before the events and warnings that follow from them.
+    fn new_ranges(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        for (netns, range) in self.exhaustion.take_new_ranges() {
+            sink.range(netns, &range)?;
+        }
+        Ok(())
     }
 
     /// Takes one event from the kernel.
@@ -130,14 +171,20 @@ impl Pipeline {
             return Ok(());
         }
         let warnings = self.exhaustion.observe(event, outcome);
-        // A port asked for by number counts in occupancy only: it is no allocation.
-        if !event.explicit && self.filter.matches(event) {
-            self.stats.record(event, outcome);
-            // The port is still held while in TIME_WAIT; its release comes when that ends.
-            // A port found free by reconciliation is counted, not an event line: its
-            // release was never seen.
-            if !matches!(outcome, Outcome::EnteredTimeWait | Outcome::Reconciled) {
-                sink.event(event, outcome)?;
+        self.new_ranges(sink)?;
+        if self.filter.matches(event) {
+            // A port asked for by number counts in occupancy only: it is no allocation.
+            if event.explicit {
+                sink.held(event, outcome)?;
+            } else {
+                self.stats.record(event, outcome);
+                // The port is still held while in TIME_WAIT; its release comes when that
+                // ends. A port found free by reconciliation is counted, not an event line:
+                // its release was never seen.
+                match outcome {
+                    Outcome::EnteredTimeWait | Outcome::Reconciled => sink.held(event, outcome)?,
+                    _ => sink.event(event, outcome)?,
+                }
             }
         }
         if warnings.is_empty() {
@@ -173,6 +220,7 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         for event in gone {
             self.exhaustion.free_existing(event);
+            sink.existing_gone(event)?;
         }
         self.check_ranges(now_ns, sink)?;
         self.stats.set_counters(counters);

@@ -198,6 +198,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a capture made with `--events json` (`port-trace --events json > capture.jsonl`)
+    /// through the same pipeline, and print what a live trace prints at its end: the
+    /// summary, or the report or Prometheus metrics. For post-mortems on a capture copied
+    /// from the host: needs no eBPF and no root. Exits 2 on a line it cannot read, naming
+    /// it; record types it does not know (a newer port-trace's) are skipped and counted.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// The capture: a file of JSON lines, or `-` for stdin.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Also write the JSON report to FILE, as `--report` does at the end of a trace.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Print the Prometheus metrics text (as scraped at the end) instead of the summary.
+    #[arg(long)]
+    pub metrics: bool,
+
+    /// Warn when a scope is this full, in percent: give the live trace's --warn-at to
+    /// get its warnings.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
+    pub warn_at: f64,
+
+    /// The critical level, in percent: the live trace's --critical-at.
+    #[arg(long, value_name = "PERCENT", default_value_t = 95.0, value_parser = parse_percent)]
+    pub critical_at: f64,
+
+    /// The summary interval the live trace ran with (its --interval): ranges are
+    /// re-checked at the same boundaries.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -187,8 +187,7 @@ impl Trace {
             version: env!("CARGO_PKG_VERSION"),
             prometheus,
         })?;
-        self.pipeline
-            .check_ranges(monotonic_ns(), &mut self.sinks)?;
+        self.pipeline.begin(monotonic_ns(), &mut self.sinks)?;
         Ok(self.sinks.console.flush()?)
     }
 

@@ -4,7 +4,7 @@
 
 use std::{borrow::Cow, fmt, fmt::Write as _, ops::Deref};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// At most 16 bytes of UTF-8. Ordered as its text is (the zero padding sorts first).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +120,13 @@ impl PartialEq<&str> for Comm {
 impl Serialize for Comm {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Comm::from(text.as_ref()))
     }
 }
 

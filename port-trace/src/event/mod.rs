@@ -1,6 +1,7 @@
 //! Events: the ring buffer's bytes decoded into typed events, and the domain types they carry.
 //! `comm` holds a task's name; `filter` decides which events are traced and reported.
 
+pub mod capture;
 pub mod comm;
 pub mod filter;
 pub mod workload;
@@ -16,7 +17,7 @@ use port_trace_common::{
     EVENT_TIME_WAIT_END, FLAG_EXPLICIT, FLAG_TIME_WAIT, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND,
     KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use self::{
@@ -24,7 +25,7 @@ use self::{
     workload::{CgroupId, Workload},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
     Alloc,
@@ -32,14 +33,14 @@ pub enum EventType {
     Fail,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,
@@ -47,7 +48,7 @@ pub enum Family {
 }
 
 /// How the kernel came to choose the port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AllocKind {
     /// connect() on a socket with no port.

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 /// A cgroup v2 id, as `bpf_get_current_cgroup_id()` gives it: the inode number of the
 /// cgroup's directory in the v2 hierarchy. 0 where the kernel could not tell.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct CgroupId(pub u64);
 
@@ -27,7 +29,9 @@ impl fmt::Display for CgroupId {
 }
 
 /// The container runtime that made a container, as its cgroup's name tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Docker,
@@ -56,7 +60,7 @@ impl fmt::Display for Runtime {
 
 /// A container, named by its runtime's id (64 hex digits) and, where the runtime tells it,
 /// its name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct Container {
     pub id: Box<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,7 +70,7 @@ pub struct Container {
 
 /// A Kubernetes pod: its uid from the cgroup path; namespace and name from the node's
 /// `/var/log/pods`, where it could be read.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct Pod {
     pub namespace: Option<Box<str>>,
     pub name: Option<Box<str>>,

@@ -42,26 +42,34 @@ pub struct Exhaustion {
     levels: Levels,
     forecast: Forecast,
     workloads: Workloads,
-    /// Where a namespace's range comes from: the running system, or a fixed one in tests.
-    read_range: fn(u32) -> Option<PortRange>,
+    /// Where a namespace's range comes from: the running system, a capture's (replay), or
+    /// a fixed one in tests.
+    read_range: RangeReader,
+    /// Ranges set since `take_new_ranges` last looked: first seen, or changed.
+    new_ranges: Vec<(u32, PortRange)>,
 }
+
+/// Reads namespace `inode`'s range; None when it cannot be read.
+pub type RangeReader = Box<dyn Fn(u32) -> Option<PortRange> + Send + Sync>;
 
 impl Exhaustion {
     pub fn new(thresholds: Thresholds) -> Self {
         Self::with_range_reader(thresholds, PortRange::of_netns)
     }
 
-    /// With namespace ranges from `read_range` instead of the running system (tests).
+    /// With namespace ranges from `read_range` instead of the running system (tests, and
+    /// replay from a capture).
     pub fn with_range_reader(
         thresholds: Thresholds,
-        read_range: fn(u32) -> Option<PortRange>,
+        read_range: impl Fn(u32) -> Option<PortRange> + Send + Sync + 'static,
     ) -> Self {
         Self {
             occupancy: Occupancy::default(),
             levels: Levels::new(thresholds),
             forecast: Forecast::default(),
             workloads: Workloads::default(),
-            read_range,
+            read_range: Box::new(read_range),
+            new_ranges: Vec::new(),
         }
     }
 
@@ -128,8 +136,15 @@ impl Exhaustion {
                 );
                 assumed
             });
+            self.new_ranges.push((netns, range.clone()));
             self.occupancy.set_range(netns, range);
         }
+    }
+
+    /// The ranges set since the last call (a namespace first seen, or its range changed),
+    /// for a capture to record.
+    pub fn take_new_ranges(&mut self) -> Vec<(u32, PortRange)> {
+        std::mem::take(&mut self.new_ranges)
     }
 
     /// A socket that held its port before tracing started (the snapshot).
@@ -196,7 +211,10 @@ impl Exhaustion {
     pub fn refresh(&mut self, now_ns: u64) -> Vec<Warning> {
         let namespaces: Vec<u32> = self.occupancy.namespaces().collect();
         for netns in namespaces {
-            if let Some(range) = (self.read_range)(netns) {
+            if let Some(range) = (self.read_range)(netns)
+                && self.occupancy.range(netns) != Some(&range)
+            {
+                self.new_ranges.push((netns, range.clone()));
                 self.occupancy.set_range(netns, range);
             }
         }
@@ -226,7 +244,7 @@ mod tests {
             warn: 0.8,
             critical: 0.95,
         });
-        e.read_range = tiny;
+        e.read_range = Box::new(tiny);
         e
     }
 
@@ -334,7 +352,7 @@ mod tests {
         fn five(_: u32) -> Option<PortRange> {
             PortRange::parse("40000 40005", "")
         }
-        e.read_range = five;
+        e.read_range = Box::new(five);
         let raised = e.refresh(0);
         assert_eq!(raised.len(), 2, "namespace and destination are 5 of 6 now");
     }

@@ -11,13 +11,13 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    events::{EventFormat, EventRecord, WarningRecord},
+    events::{EventFormat, EventRecord, ExistingRecord, HeldRecord, WarningRecord},
     stdout::{Ended, QueuedStdout},
     summary,
 };
 use crate::{
-    event::Event,
-    exhaustion::warning::Warning,
+    event::{Event, capture::RangeLine},
+    exhaustion::{range::PortRange, warning::Warning},
     pipeline::{Sink, View},
     sys::{clock::WallClock, stdio::say},
     track::Outcome,
@@ -84,8 +84,19 @@ impl Output for QueuedStdout {
     }
 }
 
+/// Plain stdout, for `analyze`: nothing to wait for.
+impl Output for io::Stdout {
+    fn stopped(&self) -> bool {
+        false
+    }
+
+    fn close(&mut self) {
+        let _ = self.flush();
+    }
+}
+
 impl<W: Output> Console<W> {
-    fn new(
+    pub fn new(
         out: W,
         format: Option<EventFormat>,
         quiet: bool,
@@ -177,11 +188,60 @@ impl<W: Output> Sink for Console<W> {
         Ok(())
     }
 
+    /// JSON events only: what a capture needs for replay (`analyze`).
+    fn range(&mut self, netns: u32, range: &PortRange) -> io::Result<()> {
+        if self.format != Some(EventFormat::Json) {
+            return Ok(());
+        }
+        let line = RangeLine::new(netns, range.low, range.high, range.reserved.clone());
+        writeln!(
+            self.out,
+            "{}",
+            serde_json::to_string(&line).unwrap_or_default()
+        )
+    }
+
+    fn existing(&mut self, event: &Event) -> io::Result<()> {
+        if self.format != Some(EventFormat::Json) {
+            return Ok(());
+        }
+        let record = ExistingRecord::new(event, self.clock).to_json();
+        writeln!(self.out, "{record}")
+    }
+
+    fn held(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
+        if self.format != Some(EventFormat::Json) {
+            return Ok(());
+        }
+        let record = HeldRecord::new(event, outcome, self.clock).to_json();
+        writeln!(self.out, "{record}")
+    }
+
+    fn existing_gone(&mut self, event: &Event) -> io::Result<()> {
+        if self.format != Some(EventFormat::Json) {
+            return Ok(());
+        }
+        let record = ExistingRecord {
+            record: "existing_gone",
+            ..ExistingRecord::new(event, self.clock)
+        };
+        writeln!(self.out, "{}", record.to_json())
+    }
+
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
         Ok(self.print_summary(view, false)?)
     }
 
     fn finish(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        if self.format == Some(EventFormat::Json) {
+            // The capture's last line: how long the trace ran, for replay's rates.
+            let end = serde_json::json!({
+                "type": "end",
+                "ts_ns": self.clock.to_epoch_ns(crate::sys::clock::monotonic_ns()),
+                "elapsed_ns": view.elapsed_ns,
+            });
+            writeln!(self.out, "{end}")?;
+        }
         self.print_summary(view, true)?;
         self.out.flush()?;
         self.out.close();

@@ -9,6 +9,7 @@ use super::human_ns;
 use crate::{
     event::{
         AllocKind, Event, EventType, Family, Proto,
+        capture::EventLine,
         comm::Comm,
         errno_name,
         workload::{CgroupId, Workload},
@@ -30,40 +31,113 @@ pub enum EventFormat {
     Text,
 }
 
-/// One JSON line. Field names and meanings are the daemon's contract (README).
+/// One JSON line. Field names and meanings are the daemon's contract (README); the fields
+/// are `capture::EventLine`'s, which `analyze` reads back.
 #[derive(Debug, Serialize)]
 pub struct EventRecord {
     #[serde(rename = "type")]
     pub event: EventType,
-    /// Unix-epoch nanoseconds.
-    pub ts_ns: u64,
-    pub proto: Proto,
-    pub family: Family,
-    pub port: u16,
-    pub kind: AllocKind,
-    pub pid: u32,
-    pub comm: Comm,
-    pub netns: u32,
-    /// The allocating task's cgroup v2 id (the inode of its cgroup directory); 0 unknown.
-    pub cgroup_id: CgroupId,
-    pub laddr: IpAddr,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub raddr: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rport: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lifetime_ns: Option<u64>,
-    /// Of `lifetime_ns`, the time in TIME_WAIT (TCP active closes only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub time_wait_ns: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errno: Option<u32>,
+    #[serde(flatten)]
+    pub line: EventLine,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
-    pub cookie: u64,
     /// `cgroup`, `container`, `pod`: who allocated, where known.
     #[serde(flatten)]
     pub workload: WorkloadFields,
+}
+
+/// `{"type":"existing",...}`: a socket of the start-up snapshot (`existing_gone` when it is
+/// gone). For replay.
+#[derive(Debug, Serialize)]
+pub struct ExistingRecord {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    #[serde(flatten)]
+    pub line: EventLine,
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
+}
+
+impl ExistingRecord {
+    pub fn new(event: &Event, clock: WallClock) -> Self {
+        Self {
+            record: "existing",
+            line: line_of(event, None, clock),
+            workload: WorkloadFields::of(event),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What changes the ports held but is no event line, for replay: `time_wait` (a TCP socket
+/// closed actively; its port is held until its release line), `reconciled` (a port found
+/// free, its release lost), and a port asked for by number: `explicit_alloc`,
+/// `explicit_release`, `explicit_time_wait`.
+#[derive(Debug, Serialize)]
+pub struct HeldRecord {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    #[serde(flatten)]
+    pub line: EventLine,
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
+}
+
+impl HeldRecord {
+    pub fn new(event: &Event, outcome: Outcome, clock: WallClock) -> Self {
+        let record = match (event.explicit, outcome) {
+            (false, Outcome::Reconciled) => "reconciled",
+            (false, _) => "time_wait",
+            (true, Outcome::Allocated) => "explicit_alloc",
+            (true, Outcome::EnteredTimeWait) => "explicit_time_wait",
+            (true, Outcome::Failed) => "explicit_fail",
+            (true, _) => "explicit_release",
+        };
+        Self {
+            record,
+            line: line_of(event, Some(outcome), clock),
+            workload: WorkloadFields::of(event),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// An event's line fields; `outcome` gives a release its lifetime.
+fn line_of(event: &Event, outcome: Option<Outcome>, clock: WallClock) -> EventLine {
+    // Only a connect() has a destination of its own: an unconnected UDP socket may send
+    // anywhere after the send that bound it.
+    let has_peer = event.kind == AllocKind::Connect;
+    let failed = event.event == EventType::Fail;
+    EventLine {
+        ts_ns: clock.to_epoch_ns(event.ts_ns),
+        proto: event.proto,
+        family: event.family,
+        port: event.port,
+        kind: event.kind,
+        pid: event.pid,
+        comm: event.comm,
+        netns: event.netns,
+        cgroup_id: event.cgroup,
+        laddr: event.laddr,
+        raddr: has_peer.then_some(event.raddr),
+        rport: has_peer.then_some(event.rport),
+        lifetime_ns: match outcome {
+            Some(Outcome::Released { lifetime_ns, .. }) => Some(lifetime_ns),
+            _ => None,
+        },
+        time_wait_ns: match outcome {
+            Some(Outcome::Released { time_wait_ns, .. }) => time_wait_ns,
+            _ => None,
+        },
+        errno: failed.then_some(event.errno),
+        cookie: event.cookie,
+    }
 }
 
 /// The workload fields of a record: `cgroup` (its path, or its id where the path is not
@@ -126,35 +200,11 @@ impl Serialize for WorkloadFields {
 
 impl EventRecord {
     pub fn new(event: &Event, outcome: Outcome, clock: WallClock) -> Self {
-        // Only a connect() has a destination of its own: an unconnected UDP socket may send
-        // anywhere after the send that bound it.
-        let has_peer = event.kind == AllocKind::Connect;
         let failed = event.event == EventType::Fail;
         Self {
             event: event.event,
-            ts_ns: clock.to_epoch_ns(event.ts_ns),
-            proto: event.proto,
-            family: event.family,
-            port: event.port,
-            kind: event.kind,
-            pid: event.pid,
-            comm: event.comm,
-            netns: event.netns,
-            cgroup_id: event.cgroup,
-            laddr: event.laddr,
-            raddr: has_peer.then_some(event.raddr),
-            rport: has_peer.then_some(event.rport),
-            lifetime_ns: match outcome {
-                Outcome::Released { lifetime_ns, .. } => Some(lifetime_ns),
-                _ => None,
-            },
-            time_wait_ns: match outcome {
-                Outcome::Released { time_wait_ns, .. } => time_wait_ns,
-                _ => None,
-            },
-            errno: failed.then_some(event.errno),
+            line: line_of(event, Some(outcome), clock),
             error: failed.then(|| errno_name(event.errno)),
-            cookie: event.cookie,
             workload: WorkloadFields::of(event),
         }
     }
@@ -165,11 +215,12 @@ impl EventRecord {
     }
 
     pub fn to_text(&self) -> String {
-        let peer = match (self.raddr, self.rport) {
+        let line = &self.line;
+        let peer = match (line.raddr, line.rport) {
             (Some(addr), Some(port)) => format!("-> {}", socket_addr(addr, port)),
             _ => String::new(),
         };
-        let lifetime = match (self.lifetime_ns, self.time_wait_ns, self.error) {
+        let lifetime = match (line.lifetime_ns, line.time_wait_ns, self.error) {
             (Some(ns), Some(tw), _) if tw > 0 => {
                 format!("held {} ({} TIME_WAIT)", human_ns(ns), human_ns(tw))
             }
@@ -180,16 +231,16 @@ impl EventRecord {
         format!(
             "{:<7} {:<3} {:<4} {:<7} {:>7} {:<16} {:<30} {:<30} {}",
             self.event.to_string(),
-            self.proto.to_string(),
-            if self.family == Family::Ipv4 {
+            line.proto.to_string(),
+            if line.family == Family::Ipv4 {
                 "v4"
             } else {
                 "v6"
             },
-            self.kind.to_string(),
-            self.pid,
-            self.comm,
-            socket_addr(self.laddr, self.port),
+            line.kind.to_string(),
+            line.pid,
+            line.comm,
+            socket_addr(line.laddr, line.port),
             peer,
             lifetime
         )
@@ -370,6 +421,82 @@ mod tests {
         assert_eq!(value["comm"], "curl");
         assert_eq!(value["cgroup_id"], 0, "unknown is 0, not left out");
         assert!(value.get("lifetime_ns").is_none());
+    }
+
+    /// What an event line writes, `analyze` reads back as the same event (times in epoch
+    /// ns); so does an `existing` line.
+    #[test]
+    fn event_lines_round_trip_through_the_capture_decoder() {
+        use crate::event::capture::{Record, decode_line};
+        let mut raw = raw_connect();
+        raw.cgroup = 77;
+        let alloc = decode_raw(&raw).expect("decodes");
+        let clock = WallClock::with_offset(1_000_000);
+        let mut release = alloc.clone();
+        release.event = EventType::Release;
+        release.ts_ns += 500;
+        let mut fail = alloc.clone();
+        fail.event = EventType::Fail;
+        fail.errno = 99;
+        let released = Outcome::Released {
+            lifetime_ns: 500,
+            time_wait_ns: Some(200),
+        };
+        for (event, outcome) in [
+            (&alloc, Outcome::Allocated),
+            (&release, released),
+            (&fail, Outcome::Failed),
+        ] {
+            let line = EventRecord::new(event, outcome, clock).to_json();
+            let Ok(Record::Event {
+                event: back,
+                lifetime_ns,
+                time_wait_ns,
+            }) = decode_line(&line)
+            else {
+                panic!("{line} decodes as an event");
+            };
+            let mut expected = event.clone();
+            expected.ts_ns += 1_000_000;
+            assert_eq!(back, expected, "{line}");
+            let (lifetime, time_wait) = match outcome {
+                Outcome::Released {
+                    lifetime_ns,
+                    time_wait_ns,
+                } => (Some(lifetime_ns), time_wait_ns),
+                _ => (None, None),
+            };
+            assert_eq!((lifetime_ns, time_wait_ns), (lifetime, time_wait));
+        }
+        let existing = ExistingRecord::new(&alloc, clock).to_json();
+        assert!(existing.starts_with(r#"{"type":"existing","#), "{existing}");
+        let Ok(Record::Existing(back)) = decode_line(&existing) else {
+            panic!("{existing} decodes");
+        };
+        assert_eq!(
+            (back.port, back.cookie, back.raddr),
+            (alloc.port, alloc.cookie, alloc.raddr)
+        );
+        // What is held but no event line: the same fields, its own type.
+        let mut explicit = alloc.clone();
+        explicit.explicit = true;
+        for (event, outcome, kind) in [
+            (&release, Outcome::EnteredTimeWait, "time_wait"),
+            (&release, Outcome::Reconciled, "reconciled"),
+            (&explicit, Outcome::Allocated, "explicit_alloc"),
+        ] {
+            let line = HeldRecord::new(event, outcome, clock).to_json();
+            assert!(
+                line.starts_with(&format!(r#"{{"type":"{kind}","#)),
+                "{line}"
+            );
+            let back = match decode_line(&line) {
+                Ok(Record::TimeWait(back) | Record::Reconciled(back)) => back,
+                Ok(Record::Event { event, .. }) => event,
+                other => panic!("{line}: {other:?}"),
+            };
+            assert_eq!((back.cookie, back.explicit), (event.cookie, event.explicit));
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tracing::warn;
 use crate::{
     error::Fatal,
     event::Event,
-    exhaustion::warning::Warning,
+    exhaustion::{range::PortRange, warning::Warning},
     pipeline::{Sink, View},
     sys::output::{OutputError, OutputFile},
     track::Outcome,
@@ -51,6 +51,22 @@ impl<W: console::Output> Sink for Sinks<W> {
 
     fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
         self.console.warnings(warnings)
+    }
+
+    fn range(&mut self, netns: u32, range: &PortRange) -> io::Result<()> {
+        self.console.range(netns, range)
+    }
+
+    fn existing(&mut self, event: &Event) -> io::Result<()> {
+        self.console.existing(event)
+    }
+
+    fn held(&mut self, event: &Event, outcome: Outcome) -> io::Result<()> {
+        self.console.held(event, outcome)
+    }
+
+    fn existing_gone(&mut self, event: &Event) -> io::Result<()> {
+        self.console.existing_gone(event)
     }
 
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
