@@ -114,7 +114,20 @@ fn take_over_churn_holds_no_port_without_a_socket() {
     // where a dump of thousands of TIME_WAIT sockets under emulation takes seconds.
     sleep(Duration::from_secs(15));
     let kernel = netns.ss_ports(RANGE.0..=RANGE.1).len();
-    let (_, report) = tracer.stop();
+    let kernel_connections = netns.run(|| {
+        std::process::Command::new("ss")
+            .arg("-tanH")
+            .output()
+            .expect("ss runs")
+    });
+    let (events, report) = tracer.stop();
+    eprintln!(
+        "{}",
+        differences(
+            &String::from_utf8_lossy(&kernel_connections.stdout),
+            &events
+        )
+    );
     let connections = connections.load(Ordering::Relaxed);
     // Here (2 cores, native) the churn makes 20,000+ connections, enough to see the leak
     // (about 1 in 13,000); under emulation (the VM matrix) it makes fewer, and the check
@@ -147,4 +160,60 @@ fn take_over_churn_holds_no_port_without_a_socket() {
             .as_u64()
             .expect("ring_buffer_full") as usize;
     assert!(kernel - held <= lost_allocations_at_most, "{context}");
+}
+
+/// Where the daemon's events and the kernel's sockets disagree, connection by connection
+/// (local port, remote port): a failure's evidence.
+fn differences(ss: &str, events: &[serde_json::Value]) -> String {
+    use std::collections::BTreeMap;
+    let mut kernel: BTreeMap<(u16, u16), String> = BTreeMap::new();
+    for line in ss.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let port = |i: usize| words.get(i)?.rsplit(':').next()?.parse::<u16>().ok();
+        if let (Some(state), Some(local), Some(remote)) = (words.first(), port(3), port(4))
+            && (RANGE.0..=RANGE.1).contains(&local)
+        {
+            kernel.insert((local, remote), state.to_string());
+        }
+    }
+    let mut history: BTreeMap<(u16, u16), Vec<String>> = BTreeMap::new();
+    for e in events {
+        let (Some(port), Some(rport)) = (e["port"].as_u64(), e["rport"].as_u64()) else {
+            continue;
+        };
+        let mut what = format!("{}#{}", e["type"].as_str().unwrap_or("?"), e["cookie"]);
+        if let Some(tw) = e["time_wait_ns"].as_u64() {
+            what.push_str(&format!("(tw {}ms)", tw / 1_000_000));
+        }
+        history
+            .entry((port as u16, rport as u16))
+            .or_default()
+            .push(what);
+    }
+    let open = |h: &Vec<String>| h.last().is_some_and(|w| w.starts_with("alloc"));
+    let (mut untracked, mut released, mut stale) = (Vec::new(), Vec::new(), Vec::new());
+    for (tuple, state) in &kernel {
+        match history.get(tuple) {
+            None => untracked.push(format!("{tuple:?} {state}")),
+            Some(h) if !open(h) => released.push(format!("{tuple:?} {state}: {}", h.join(" "))),
+            Some(_) => {}
+        }
+    }
+    for (tuple, h) in &history {
+        if open(h) && !kernel.contains_key(tuple) {
+            stale.push(format!("{tuple:?}: {}", h.join(" ")));
+        }
+    }
+    let show = |v: &Vec<String>| v.iter().take(6).cloned().collect::<Vec<_>>().join("; ");
+    format!(
+        "kernel sockets never allocated in events: {} [{}]\n\
+         kernel sockets whose events end released: {} [{}]\n\
+         connections open in events with no socket: {} [{}]",
+        untracked.len(),
+        show(&untracked),
+        released.len(),
+        show(&released),
+        stale.len(),
+        show(&stale)
+    )
 }
