@@ -12,6 +12,17 @@
 //! makes it reconcile at once, which frees the ports with no socket left. (A skipped run can
 //! also be a connect's first state change, and then that connection is never tracked: an
 //! allocation lost and counted, which reconciliation, releasing only, does not add back.)
+//!
+//! The kprobe backend loses the same nested runs, at the kprobe itself and uncounted on
+//! 6.1 (in the VM matrix, ~2% of closes): a socket's hashdance and put_port both unseen.
+//! Two things then went wrong. Its entry in the programs' table (keyed by the socket's
+//! address) outlived it, and the next socket at that address, an accepted one closing,
+//! released the stale entry's port while its TIME_WAIT socket still held it (held below the
+//! kernel's count; the entry must now name the socket's own ports). And reconciliation,
+//! which on that backend matches by connection, found every stale port "present": under
+//! this churn every connection of the range is in use again at once, by the newer socket
+//! that took it over (held above the kernel's count, "reconciled 0"; an older claim on a
+//! connection is now stale).
 
 mod common;
 
@@ -116,16 +127,20 @@ fn take_over_churn_holds_no_port_without_a_socket() {
     let kernel = netns.ss_ports(RANGE.0..=RANGE.1).len();
     let kernel_connections = netns.run(|| {
         std::process::Command::new("ss")
-            .arg("-tanH")
+            .arg("-tanoH")
             .output()
             .expect("ss runs")
     });
+    let ss_at_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let (events, report) = tracer.stop();
     eprintln!(
         "{}",
         differences(
             &String::from_utf8_lossy(&kernel_connections.stdout),
-            &events
+            &events,
+            ss_at_ns
         )
     );
     let connections = connections.load(Ordering::Relaxed);
@@ -145,8 +160,8 @@ fn take_over_churn_holds_no_port_without_a_socket() {
         .expect("program_skipped") as usize;
     let context = format!(
         "held at exit {held} vs the kernel's {kernel} sockets (TIME_WAIT) after {connections} \
-         connections; lost {}, reconciled {}",
-        report["lost"], report["totals"]["reconciled"]
+         connections; lost {}, totals {}",
+        report["lost"], report["totals"]
     );
     eprintln!("{context}");
     // No port held without a socket: every lost release was reconciled. (The leak this
@@ -164,7 +179,7 @@ fn take_over_churn_holds_no_port_without_a_socket() {
 
 /// Where the daemon's events and the kernel's sockets disagree, connection by connection
 /// (local port, remote port): a failure's evidence.
-fn differences(ss: &str, events: &[serde_json::Value]) -> String {
+fn differences(ss: &str, events: &[serde_json::Value], ss_at_ns: u64) -> String {
     use std::collections::BTreeMap;
     let mut kernel: BTreeMap<(u16, u16), String> = BTreeMap::new();
     for line in ss.lines() {
@@ -173,7 +188,15 @@ fn differences(ss: &str, events: &[serde_json::Value]) -> String {
         if let (Some(state), Some(local), Some(remote)) = (words.first(), port(3), port(4))
             && (RANGE.0..=RANGE.1).contains(&local)
         {
-            kernel.insert((local, remote), state.to_string());
+            // TIME_WAIT's timer (`timer:(timewait,52sec,0)`): when it began, before `ss`.
+            let began = line
+                .split("timewait,")
+                .nth(1)
+                .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|left| format!(" began -{}s", 60u64.saturating_sub(left)))
+                .unwrap_or_default();
+            kernel.insert((local, remote), format!("{state}{began}"));
         }
     }
     let mut history: BTreeMap<(u16, u16), Vec<String>> = BTreeMap::new();
@@ -181,7 +204,17 @@ fn differences(ss: &str, events: &[serde_json::Value]) -> String {
         let (Some(port), Some(rport)) = (e["port"].as_u64(), e["rport"].as_u64()) else {
             continue;
         };
-        let mut what = format!("{}#{}", e["type"].as_str().unwrap_or("?"), e["cookie"]);
+        let ago = ss_at_ns.saturating_sub(e["ts_ns"].as_u64().unwrap_or(0)) / 100_000_000;
+        let mut what = format!(
+            "{}#{}@-{}.{}s",
+            e["type"].as_str().unwrap_or("?"),
+            e["cookie"].as_u64().unwrap_or(0) % 10_000,
+            ago / 10,
+            ago % 10
+        );
+        if e["type"] == "release" && e["lifetime_ns"].is_null() {
+            what.push_str("(unmatched)");
+        }
         if let Some(tw) = e["time_wait_ns"].as_u64() {
             what.push_str(&format!("(tw {}ms)", tw / 1_000_000));
         }

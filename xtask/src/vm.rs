@@ -117,12 +117,6 @@ pub fn print_table(outcomes: &[Outcome]) {
 /// them: `layout` reads the source tree (which the VM lacks); the others test the daemon's
 /// own userspace (output files, stdout and stderr, the metrics server, escaping on the
 /// terminal) and cost the matrix minutes under emulation for nothing it could find.
-///
-/// `take_over` is here for another reason, an open defect (issue 12): under emulation,
-/// take-over churn left ports held above the kernel's count (kprobe: 13 on 6.1 and 251 on
-/// 6.12, with no skipped run; tracepoint: 2 on 6.12) that reconciliation did not free
-/// within 15 s (reconciled 0), where this host's kernel heals to the exact count. Until
-/// that is found it runs here.
 const HOST_ONLY_TESTS: [&str; 5] = [
     "layout",
     "outputs",
