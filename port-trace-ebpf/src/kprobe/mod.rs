@@ -24,7 +24,7 @@ mod tcp;
 mod udp;
 
 use aya_ebpf::programs::ProbeContext;
-use port_trace_common::{EAGAIN, FLAG_EXPLICIT, IPPROTO_TCP, KIND_SENDMSG};
+use port_trace_common::{EAGAIN, FLAG_EXPLICIT, IPPROTO_TCP, KIND_CONNECT, KIND_SENDMSG};
 
 use crate::{
     errors::{NO_ARG, Outcome},
@@ -101,8 +101,9 @@ pub(super) fn autobind(ctx: &ProbeContext, kind: u8) -> Outcome {
 /// so a socket's hashdance and put_port can both go unseen. The next socket at that address
 /// is then a stranger with our entry (an accepted socket, which we never track, closing);
 /// ending the entry for it released a port a TIME_WAIT socket still held. So the entry must
-/// name the socket's own port (and, for TCP, its peer's); a stale one is dropped unreported,
-/// and reconciliation settles the port it names.
+/// name the socket's own port (and, for a TCP connect, its peer's: a bound socket may
+/// connect after its entry was made); a stale one is dropped unreported, and reconciliation
+/// settles the port it names.
 #[inline(always)]
 pub(super) fn entry_of(sk: *const u8, id: u64) -> Option<*mut track::SockEntry> {
     let entry = track::lookup(id)?;
@@ -115,7 +116,8 @@ pub(super) fn entry_of(sk: *const u8, id: u64) -> Option<*mut track::SockEntry> 
     let off = kernel::offsets();
     let lport = kernel::sk_num(sk, &off);
     let rport = u16::from_be(unsafe { kernel::read::<u16>(sk, off.sk_dport) }.unwrap_or(0));
-    if lport == event.lport && (event.proto != IPPROTO_TCP || rport == event.rport) {
+    let peer_known = event.proto == IPPROTO_TCP && event.kind == KIND_CONNECT;
+    if lport == event.lport && (!peer_known || rport == event.rport) {
         return Some(entry);
     }
     track::forget(id);
