@@ -211,6 +211,8 @@ pub struct KernelOffsets {
     pub syscall_exit_ret: u32,
     /// `struct socket`: `sk`.
     pub socket_sk: u32,
+    /// `struct sock`: `__sk_common.skc_state` (u8, `TCP_*`).
+    pub sk_state: u32,
 }
 
 /// Which sockets the programs track at all, written by the daemon before load (`--netns`,

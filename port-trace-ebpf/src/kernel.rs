@@ -31,6 +31,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     nsproxy_net_ns: 0,
     syscall_exit_ret: 0,
     socket_sk: 0,
+    sk_state: 0,
 };
 
 /// Random per run, from the daemon: the kprobe backend names a socket `sk ^ SOCKET_ID_KEY`,

@@ -12,6 +12,18 @@
 //! makes it reconcile at once, which frees the ports with no socket left. (A skipped run can
 //! also be a connect's first state change, and then that connection is never tracked: an
 //! allocation lost and counted, which reconciliation, releasing only, does not add back.)
+//!
+//! The kprobe backend loses the same nested runs, at the kprobe itself, where
+//! `recursion_misses` does not count them (in the VM matrix, 1-2% of closes, with 0 counted):
+//! a socket's hashdance and put_port both unseen.
+//! Two things then went wrong. Its entry in the programs' table (keyed by the socket's
+//! address) outlived it, and the next socket at that address, an accepted one closing,
+//! released the stale entry's port while its TIME_WAIT socket still held it (held below the
+//! kernel's count; the entry must now name the socket's own ports). And reconciliation,
+//! which on that backend matches by connection, found every stale port "present": under
+//! this churn every connection of the range is in use again at once, by the newer socket
+//! that took it over (held above the kernel's count, "reconciled 0"; an older claim on a
+//! connection is now stale).
 
 mod common;
 
@@ -114,7 +126,24 @@ fn take_over_churn_holds_no_port_without_a_socket() {
     // where a dump of thousands of TIME_WAIT sockets under emulation takes seconds.
     sleep(Duration::from_secs(15));
     let kernel = netns.ss_ports(RANGE.0..=RANGE.1).len();
-    let (_, report) = tracer.stop();
+    let kernel_connections = netns.run(|| {
+        std::process::Command::new("ss")
+            .arg("-tanoH")
+            .output()
+            .expect("ss runs")
+    });
+    let ss_at_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let (events, report) = tracer.stop();
+    eprintln!(
+        "{}",
+        differences(
+            &String::from_utf8_lossy(&kernel_connections.stdout),
+            &events,
+            ss_at_ns
+        )
+    );
     let connections = connections.load(Ordering::Relaxed);
     // Here (2 cores, native) the churn makes 20,000+ connections, enough to see the leak
     // (about 1 in 13,000); under emulation (the VM matrix) it makes fewer, and the check
@@ -132,8 +161,8 @@ fn take_over_churn_holds_no_port_without_a_socket() {
         .expect("program_skipped") as usize;
     let context = format!(
         "held at exit {held} vs the kernel's {kernel} sockets (TIME_WAIT) after {connections} \
-         connections; lost {}, reconciled {}",
-        report["lost"], report["totals"]["reconciled"]
+         connections; lost {}, totals {}",
+        report["lost"], report["totals"]
     );
     eprintln!("{context}");
     // No port held without a socket: every lost release was reconciled. (The leak this
@@ -147,4 +176,78 @@ fn take_over_churn_holds_no_port_without_a_socket() {
             .as_u64()
             .expect("ring_buffer_full") as usize;
     assert!(kernel - held <= lost_allocations_at_most, "{context}");
+}
+
+/// Where the daemon's events and the kernel's sockets disagree, connection by connection
+/// (local port, remote port): a failure's evidence.
+fn differences(ss: &str, events: &[serde_json::Value], ss_at_ns: u64) -> String {
+    use std::collections::BTreeMap;
+    let mut kernel: BTreeMap<(u16, u16), String> = BTreeMap::new();
+    for line in ss.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let port = |i: usize| words.get(i)?.rsplit(':').next()?.parse::<u16>().ok();
+        if let (Some(state), Some(local), Some(remote)) = (words.first(), port(3), port(4))
+            && (RANGE.0..=RANGE.1).contains(&local)
+        {
+            // TIME_WAIT's timer (`timer:(timewait,52sec,0)`): when it began, before `ss`.
+            let began = line
+                .split("timewait,")
+                .nth(1)
+                .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|left| format!(" began -{}s", 60u64.saturating_sub(left)))
+                .unwrap_or_default();
+            kernel.insert((local, remote), format!("{state}{began}"));
+        }
+    }
+    let mut history: BTreeMap<(u16, u16), Vec<String>> = BTreeMap::new();
+    for e in events {
+        let (Some(port), Some(rport)) = (e["port"].as_u64(), e["rport"].as_u64()) else {
+            continue;
+        };
+        let ago = ss_at_ns.saturating_sub(e["ts_ns"].as_u64().unwrap_or(0)) / 100_000_000;
+        let mut what = format!(
+            "{}#{}@-{}.{}s",
+            e["type"].as_str().unwrap_or("?"),
+            e["cookie"].as_u64().unwrap_or(0) % 10_000,
+            ago / 10,
+            ago % 10
+        );
+        if e["type"] == "release" && e["lifetime_ns"].is_null() {
+            what.push_str("(unmatched)");
+        }
+        if let Some(tw) = e["time_wait_ns"].as_u64() {
+            what.push_str(&format!("(tw {}ms)", tw / 1_000_000));
+        }
+        history
+            .entry((port as u16, rport as u16))
+            .or_default()
+            .push(what);
+    }
+    let open = |h: &Vec<String>| h.last().is_some_and(|w| w.starts_with("alloc"));
+    let (mut untracked, mut released, mut stale) = (Vec::new(), Vec::new(), Vec::new());
+    for (tuple, state) in &kernel {
+        match history.get(tuple) {
+            None => untracked.push(format!("{tuple:?} {state}")),
+            Some(h) if !open(h) => released.push(format!("{tuple:?} {state}: {}", h.join(" "))),
+            Some(_) => {}
+        }
+    }
+    for (tuple, h) in &history {
+        if open(h) && !kernel.contains_key(tuple) {
+            stale.push(format!("{tuple:?}: {}", h.join(" ")));
+        }
+    }
+    let show = |v: &Vec<String>| v.iter().take(6).cloned().collect::<Vec<_>>().join("; ");
+    format!(
+        "kernel sockets never allocated in events: {} [{}]\n\
+         kernel sockets whose events end released: {} [{}]\n\
+         connections open in events with no socket: {} [{}]",
+        untracked.len(),
+        show(&untracked),
+        released.len(),
+        show(&released),
+        stale.len(),
+        show(&stale)
+    )
 }

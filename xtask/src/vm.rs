@@ -118,23 +118,16 @@ pub fn print_table(outcomes: &[Outcome]) {
 /// own userspace (output files, stdout and stderr, the metrics server, escaping on the
 /// terminal) and cost the matrix minutes under emulation for nothing it could find.
 ///
-/// `take_over` is here for another reason, an open defect (issue 12): under emulation,
-/// take-over churn left ports held above the kernel's count (kprobe: 13 on 6.1 and 251 on
-/// 6.12, with no skipped run; tracepoint: 2 on 6.12) that reconciliation did not free
-/// within 15 s (reconciled 0), where this host's kernel heals to the exact count. Until
-/// that is found it runs here.
-///
 /// `kubernetes` checks deploy/'s manifests (the source tree again, and a Python tool), and
 /// `daemonset_docker` and `containers` need a Docker engine, which the VM guests do not
 /// have: they run here, where `cargo xtask test` installs and starts what they need. The
 /// attribution that needs no Docker (`cgroup_id`, `workload`: real cgroups) runs in the VMs.
-const HOST_ONLY_TESTS: [&str; 9] = [
+const HOST_ONLY_TESTS: [&str; 8] = [
     "layout",
     "outputs",
     "console_io",
     "metrics_server",
     "terminal",
-    "take_over",
     "kubernetes",
     "daemonset_docker",
     "containers",
@@ -346,6 +339,7 @@ for word in $(cat /proc/cmdline); do
   case "$word" in
     pt_backend=*) export PORT_TRACE_TEST_BACKEND="${word#pt_backend=}";;
     pt_only=*) only="${word#pt_only=}";;
+    pt_log=*) export PORT_TRACE_LOG="${word#pt_log=}";;
   esac
 done
 echo "=== vm kernel $(uname -r) backend $PORT_TRACE_TEST_BACKEND"
@@ -375,8 +369,12 @@ fn boot(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet pt_backend={backend} pt_only={}",
-            only.unwrap_or("")
+            "console=ttyS0 panic=-1 quiet pt_backend={backend} pt_only={}{}",
+            only.unwrap_or(""),
+            // The daemon's log filter inside the VM, for working on one failure.
+            std::env::var("PT_VM_LOG")
+                .map(|filter| format!(" pt_log={filter}"))
+                .unwrap_or_default()
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

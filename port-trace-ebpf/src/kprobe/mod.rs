@@ -9,7 +9,8 @@
 //! | inet_csk_get_port               | port 0 outside a bind(): listen() without bind      |
 //! | inet_dgram_connect              | UDP connect(): autobind inside, EAGAIN at return    |
 //! | udp_lib_get_port                | port 0 outside bind()/connect(): first sendmsg()    |
-//! | inet_put_port                   | a TCP socket gives its port up                      |
+//! | inet_put_port                   | a TCP socket gives its port up (to TIME_WAIT, if    |
+//! |                                 | the hashdance's kprobe was skipped)                 |
 //! | inet_twsk_hashdance[_schedule]  | ... to a TIME_WAIT socket, which keeps it           |
 //! | inet_twsk_kill                  | the TIME_WAIT socket dies: the port is free         |
 //! | udp_lib_unhash                  | a UDP socket gives its port up                      |
@@ -23,7 +24,7 @@ mod tcp;
 mod udp;
 
 use aya_ebpf::programs::ProbeContext;
-use port_trace_common::{EAGAIN, FLAG_EXPLICIT, KIND_SENDMSG};
+use port_trace_common::{EAGAIN, FLAG_EXPLICIT, IPPROTO_TCP, KIND_CONNECT, KIND_SENDMSG};
 
 use crate::{
     errors::{NO_ARG, Outcome},
@@ -94,14 +95,42 @@ pub(super) fn autobind(ctx: &ProbeContext, kind: u8) -> Outcome {
     Ok(())
 }
 
-/// The socket in argument `arg` gives its port up: the `try_*` of `kp_put_port` and
-/// `kp_udp_unhash`.
+/// The table's entry for `sk` (named `id`), if it is that socket's. Ids are addresses, and
+/// an entry can outlive its socket: the kernel skips every kprobe that fires while one of
+/// our handlers runs on the same CPU (a softirq that interrupts it, under loopback churn),
+/// so a socket's hashdance and put_port can both go unseen. The next socket at that address
+/// is then a stranger with our entry (an accepted socket, which we never track, closing);
+/// ending the entry for it released a port a TIME_WAIT socket still held. So the entry must
+/// name the socket's own port (and, for a TCP connect, its peer's: a bound socket may
+/// connect after its entry was made); a stale one is dropped unreported, and reconciliation
+/// settles the port it names.
+#[inline(always)]
+pub(super) fn entry_of(sk: *const u8, id: u64) -> Option<*mut track::SockEntry> {
+    let entry = track::lookup(id)?;
+    // SAFETY: `entry` points into SOCKETS, valid for this program run.
+    let (state, event) = unsafe { ((*entry).state, &(*entry).event) };
+    // A pending entry has no port yet: only a held one can be told from a stranger.
+    if state != track::HELD {
+        return Some(entry);
+    }
+    let off = kernel::offsets();
+    let lport = kernel::sk_num(sk, &off);
+    let rport = u16::from_be(unsafe { kernel::read::<u16>(sk, off.sk_dport) }.unwrap_or(0));
+    let peer_known = event.proto == IPPROTO_TCP && event.kind == KIND_CONNECT;
+    if lport == event.lport && (!peer_known || rport == event.rport) {
+        return Some(entry);
+    }
+    track::forget(id);
+    None
+}
+
+/// The socket in argument `arg` gives its port up: the `try_*` of `kp_udp_unhash`.
 #[inline(always)]
 pub(super) fn released(ctx: &ProbeContext, arg: usize) -> Outcome {
     let sk: *const u8 = ctx.arg(arg).ok_or(NO_ARG)?;
     let id = kernel::socket_id(sk);
     // No entry: a socket not traced, or one whose port was never ours to report.
-    if let Some(entry) = track::lookup(id) {
+    if let Some(entry) = entry_of(sk, id) {
         track::end(id, entry, 0);
     }
     Ok(())

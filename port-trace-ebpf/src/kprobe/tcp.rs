@@ -9,10 +9,10 @@ use aya_ebpf::{
 use port_trace_common::{
     EADDRINUSE, EADDRNOTAVAIL, FLAG_TIME_WAIT, KIND_CONNECT, KIND_LISTEN, PROBE_KP_CSK_GET_PORT,
     PROBE_KP_HASH_CONNECT, PROBE_KP_PUT_PORT, PROBE_KP_TW_HASHDANCE, PROBE_KP_TWSK_KILL,
-    PROBE_KR_CSK_GET_PORT, PROBE_KR_HASH_CONNECT,
+    PROBE_KR_CSK_GET_PORT, PROBE_KR_HASH_CONNECT, TCP_CLOSING, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
 };
 
-use super::{autobind, released, request, settle};
+use super::{autobind, entry_of, request, settle};
 use crate::{
     errors::{self, NO_ARG, Outcome},
     kernel, track,
@@ -74,8 +74,32 @@ fn try_kr_csk_get_port(ctx: &RetProbeContext) -> Outcome {
 
 #[kprobe]
 pub fn kp_put_port(ctx: ProbeContext) -> u32 {
-    errors::count(PROBE_KP_PUT_PORT, released(&ctx, 0));
+    errors::count(PROBE_KP_PUT_PORT, try_kp_put_port(&ctx));
     0
+}
+
+fn try_kp_put_port(ctx: &ProbeContext) -> Outcome {
+    let sk: *const u8 = ctx.arg(0).ok_or(NO_ARG)?;
+    let id = kernel::socket_id(sk);
+    // No entry: a socket not traced, or one whose port went to a TIME_WAIT socket already.
+    let Some(entry) = entry_of(sk, id) else {
+        return Ok(());
+    };
+    // The state is still the one before CLOSE here (tcp_set_state stores CLOSE after
+    // giving the port up). From an active close's states, the port went to a TIME_WAIT
+    // socket just before (tcp_time_wait: hashdance, then tcp_done), and the socket still
+    // being ours means the kprobe on the hashdance did not run: the kernel skips a kprobe
+    // that fires while another one's handler runs on the same CPU (a softirq under
+    // loopback churn), and counts that nowhere we can read on every kernel. Then the port
+    // is parked as the hashdance would have parked it; where no TIME_WAIT socket was made
+    // after all (a reset, or the TIME_WAIT table full), reconciliation frees it.
+    let state = unsafe { kernel::read::<u8>(sk, kernel::offsets().sk_state) }.unwrap_or(0);
+    let flags = match state {
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING => FLAG_TIME_WAIT,
+        _ => 0,
+    };
+    track::end(id, entry, flags);
+    Ok(())
 }
 
 #[kprobe]
@@ -87,7 +111,10 @@ pub fn kp_tw_hashdance(ctx: ProbeContext) -> u32 {
 fn try_kp_tw_hashdance(ctx: &ProbeContext) -> Outcome {
     let tw: *const u8 = ctx.arg(0).ok_or(NO_ARG)?;
     let sk: *const u8 = ctx.arg(1).ok_or(NO_ARG)?;
-    track::moved_to_time_wait(kernel::socket_id(sk), kernel::socket_id(tw), FLAG_TIME_WAIT);
+    let id = kernel::socket_id(sk);
+    if entry_of(sk, id).is_some() {
+        track::moved_to_time_wait(id, kernel::socket_id(tw), FLAG_TIME_WAIT);
+    }
     Ok(())
 }
 
@@ -99,6 +126,10 @@ pub fn kp_twsk_kill(ctx: ProbeContext) -> u32 {
 
 fn try_kp_twsk_kill(ctx: &ProbeContext) -> Outcome {
     let tw: *const u8 = ctx.arg(0).ok_or(NO_ARG)?;
-    track::time_wait_end(kernel::socket_id(tw));
+    // A TIME_WAIT socket keeps its socket's ports (the same `sock_common`).
+    let id = kernel::socket_id(tw);
+    if entry_of(tw, id).is_some() {
+        track::time_wait_end(id);
+    }
     Ok(())
 }

@@ -250,6 +250,7 @@ impl Btf {
             // Not in BTF: the daemon reads it from tracefs (probes::tracefs).
             syscall_exit_ret: 0,
             socket_sk: self.offset_of("socket.sk")?,
+            sk_state: self.offset_of("sock.__sk_common.skc_state")?,
         })
     }
 }

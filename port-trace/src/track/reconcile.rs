@@ -13,7 +13,11 @@
 //! - a TCP socket that is bound and neither connected nor listening is listed by dumps only
 //!   from Linux 6.9 on: where it is not, such ports are never judged;
 //! - on the tracepoint backend a port is matched by its socket cookie, exactly; on the
-//!   kprobe backend (cookies of its own) by its connection (TCP connect) or its port.
+//!   kprobe backend (cookies of its own) by its connection (TCP connect) or its port. A
+//!   connection is one socket's at a time: when it is tracked more than once, only the
+//!   newest claim can be the socket the dump lists, and the older ones are judged absent
+//!   (under take-over churn every connection of a small range is in use again at once, so
+//!   without this a lost release on the kprobe backend was never found).
 //!
 //! `Reconciler` is the rule and when to look, without I/O; `look_at` does the dumps.
 
@@ -114,6 +118,36 @@ impl Look {
     }
 }
 
+/// A TCP connection's identity in the kernel's tables, for the allocations that made one.
+type Connection = (u32, SocketAddr, SocketAddr);
+
+fn connection(event: &crate::event::Event) -> Option<Connection> {
+    (event.proto == Proto::Tcp && event.kind == AllocKind::Connect).then(|| {
+        (
+            event.netns,
+            canonical(event.local()),
+            canonical(event.remote()),
+        )
+    })
+}
+
+/// For each connection tracked more than once, the newest claim (allocation time, cookie):
+/// the kernel holds one socket per connection, TIME_WAIT included, so a connection made
+/// again was free again, and the older claims on it are stale (their release was lost, or a
+/// take-over was not seen). Without the kernel's cookies this is what tells them from the
+/// socket that has the connection now.
+fn newest_claims(tracked: &[TrackedPort]) -> HashMap<Connection, (u64, u64)> {
+    let mut newest: HashMap<Connection, (u64, u64)> = HashMap::default();
+    for port in tracked {
+        if let Some(key) = connection(&port.event) {
+            let claim = (port.since_ns, port.event.cookie);
+            let entry = newest.entry(key).or_insert(claim);
+            *entry = (*entry).max(claim);
+        }
+    }
+    newest
+}
+
 /// Dumps the TCP and UDP sockets of each of `namespaces`: one dump per namespace and
 /// protocol, whatever the number of tracked ports. A namespace that cannot be entered any
 /// more is gone, and its sockets with it.
@@ -195,17 +229,39 @@ impl Reconciler {
         looks: &HashMap<u32, Look>,
         at_ns: u64,
     ) -> Vec<u64> {
+        let tracked: Vec<TrackedPort> = tracked
+            .into_iter()
+            .filter(|port| looks.contains_key(&port.event.netns))
+            .collect();
+        let newest = (!self.matching.kernel_cookies).then(|| newest_claims(&tracked));
         let mut gone = Vec::new();
         let mut suspects = HashMap::default();
-        for port in tracked {
+        let (mut young, mut unjudged, mut superseded) = (0u64, 0u64, 0u64);
+        for port in &tracked {
             let Some(look) = looks.get(&port.event.netns) else {
                 continue;
             };
             if port.since_ns.saturating_add(MARGIN_NS) > at_ns {
+                young += 1;
                 continue;
             }
-            if look.has(&port, self.matching) != Some(false) {
-                continue;
+            // A connection a newer tracked socket has is not this socket's any more,
+            // whatever the dump lists for it: the kernel has one socket per connection.
+            let taken = newest
+                .as_ref()
+                .and_then(|newest| newest.get(&connection(&port.event)?))
+                .is_some_and(|&newest| newest != (port.since_ns, port.event.cookie));
+            if taken {
+                superseded += 1;
+            } else {
+                match look.has(port, self.matching) {
+                    Some(false) => {}
+                    Some(true) => continue,
+                    None => {
+                        unjudged += 1;
+                        continue;
+                    }
+                }
             }
             let cookie = port.event.cookie;
             let first = self.suspects.get(&cookie).copied().unwrap_or(at_ns);
@@ -215,6 +271,15 @@ impl Reconciler {
                 suspects.insert(cookie, first);
             }
         }
+        tracing::debug!(
+            tracked = tracked.len(),
+            young,
+            unjudged,
+            superseded,
+            suspects = suspects.len(),
+            gone = gone.len(),
+            "reconciliation look"
+        );
         self.suspects = suspects;
         self.last_look_ns = Some(at_ns);
         self.next_ns = if self.suspects.is_empty() {
@@ -413,6 +478,42 @@ mod tests {
         let tracked = || vec![connected.clone(), udp.clone(), other_destination.clone()];
         r.judge(tracked(), &looks(sockets.clone()), 30 * S);
         assert_eq!(r.judge(tracked(), &looks(sockets), 32 * S), [3]);
+    }
+
+    /// Take-over churn on the kprobe backend: connection X's first socket lost its release
+    /// (a missed probe), a newer socket has X now (in TIME_WAIT), and the dump lists X. By
+    /// connection alone both look present, and the stale one was held for good.
+    #[test]
+    fn without_kernel_cookies_an_older_claim_on_a_connection_is_stale() {
+        let matching = Matching {
+            kernel_cookies: false,
+            bound_only_listed: true,
+        };
+        let mut r = Reconciler::new(matching, 30 * S, 0);
+        let stale = port(1, KIND_CONNECT, 0);
+        let mut newer = port(2, KIND_CONNECT, 5 * S);
+        newer.event.port = stale.event.port;
+        let mut other = port(3, KIND_CONNECT, 0);
+        other.event.rport += 1;
+        // The kernel's sockets: connection X (the newer one's, in TIME_WAIT) and `other`'s.
+        let (_, mut x) = socket_of(&newer.event, 999);
+        x.state = port_trace_common::TCP_TIME_WAIT;
+        let sockets = vec![(Proto::Tcp, x), socket_of(&other.event, 998)];
+        let tracked = || vec![stale.clone(), newer.clone(), other.clone()];
+        assert!(
+            r.judge(tracked(), &looks(sockets.clone()), 30 * S)
+                .is_empty()
+        );
+        assert_eq!(
+            r.judge(tracked(), &looks(sockets.clone()), 32 * S),
+            [1],
+            "the older claim on X, not the newer one, nor another connection"
+        );
+        // With the kernel's own cookies the same stale entry is simply absent.
+        let mut r = Reconciler::new(EXACT, 30 * S, 0);
+        let exact = vec![socket_of(&newer.event, 2), socket_of(&other.event, 3)];
+        r.judge(tracked(), &looks(exact.clone()), 30 * S);
+        assert_eq!(r.judge(tracked(), &looks(exact), 32 * S), [1]);
     }
 
     #[test]
