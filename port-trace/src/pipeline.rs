@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use crate::{
     event::{Event, Proto, filter::Filter},
     exhaustion::{Exhaustion, warning::Warning},
+    findings::{Finding, Findings},
     probes::KernelCounters,
     stats::Stats,
     track::{Outcome, Tracker, snapshot::Snapshot},
@@ -34,6 +35,12 @@ pub trait Sink {
         Ok(())
     }
 
+    /// Findings that appeared, changed or cleared (judged once an interval and at the
+    /// finish).
+    fn findings(&mut self, _findings: &[Finding]) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Once an interval (`--interval`).
     fn tick(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
         Ok(())
@@ -49,8 +56,12 @@ pub trait Sink {
 pub struct View<'a> {
     pub stats: &'a Stats,
     pub exhaustion: &'a Exhaustion,
+    /// The findings in force, most severe first.
+    pub findings: Vec<&'a Finding>,
     /// Ephemeral ports held now, TIME_WAIT included.
     pub held: usize,
+    /// Of `held`, in TIME_WAIT.
+    pub held_time_wait: usize,
     /// Since tracing started.
     pub elapsed_ns: u64,
     /// Lifetimes released since the last tick, all (None) and per protocol; empty unless
@@ -62,6 +73,7 @@ pub struct Pipeline {
     pub tracker: Tracker,
     pub stats: Stats,
     pub exhaustion: Exhaustion,
+    pub findings: Findings,
     /// Sockets found at start-up, until they are gone.
     pub snapshot: Snapshot,
     /// What is traced (netns, proto) and reported (pid, comm, family).
@@ -77,6 +89,8 @@ pub struct Config {
     pub keep_intervals: bool,
     /// CLOCK_MONOTONIC when tracing started.
     pub started_ns: u64,
+    /// The host's namespace, whose range the range lint compares others with.
+    pub host_netns: Option<u32>,
 }
 
 impl Pipeline {
@@ -86,12 +100,14 @@ impl Pipeline {
             tracker: Tracker::default(),
             stats: Stats::new(config.keep_intervals),
             exhaustion,
+            findings: Findings::new(Default::default(), config.host_netns),
             snapshot,
             filter: config.filter,
             started_ns: config.started_ns,
         };
         for event in pipeline.snapshot.events() {
             pipeline.exhaustion.hold_existing(event);
+            pipeline.findings.existing(event);
         }
         pipeline
     }
@@ -130,6 +146,7 @@ impl Pipeline {
             return Ok(());
         }
         let warnings = self.exhaustion.observe(event, outcome);
+        self.findings.observe(event, outcome);
         // A port asked for by number counts in occupancy only: it is no allocation.
         if !event.explicit && self.filter.matches(event) {
             self.stats.record(event, outcome);
@@ -173,8 +190,10 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         for event in gone {
             self.exhaustion.free_existing(event);
+            self.findings.existing_gone(event);
         }
         self.check_ranges(now_ns, sink)?;
+        self.judge(now_ns, sink)?;
         self.stats.set_counters(counters);
         let interval = self.stats.take_interval();
         sink.tick(&self.view(now_ns, &interval))
@@ -187,9 +206,19 @@ impl Pipeline {
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> anyhow::Result<()> {
+        self.judge(now_ns, sink)?;
         self.stats.set_counters(counters);
         let interval = self.stats.take_interval();
         sink.finish(&self.view(now_ns, &interval))
+    }
+
+    /// Judges the findings' rules and hands on what appeared, changed or cleared.
+    pub fn judge(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
+        let emitted = self.findings.evaluate(&self.exhaustion, now_ns);
+        if emitted.is_empty() {
+            return Ok(());
+        }
+        sink.findings(&emitted)
     }
 
     /// The state as of `now_ns`.
@@ -201,7 +230,9 @@ impl Pipeline {
         View {
             stats: &self.stats,
             exhaustion: &self.exhaustion,
+            findings: self.findings.active(),
             held: self.tracker.held(),
+            held_time_wait: self.tracker.held_time_wait(),
             elapsed_ns: now_ns.saturating_sub(self.started_ns),
             interval,
         }
@@ -267,6 +298,7 @@ mod tests {
                 filter,
                 keep_intervals: false,
                 started_ns: 0,
+                host_netns: None,
             },
             snapshot,
             exhaustion,

@@ -202,6 +202,11 @@ impl Occupancy {
         self.namespaces.keys().copied()
     }
 
+    /// A namespace's range as last read.
+    pub fn range(&self, netns: u32) -> Option<&PortRange> {
+        self.namespaces.get(&netns).map(|ns| &ns.range)
+    }
+
     pub fn has_namespace(&self, netns: u32) -> bool {
         self.namespaces.contains_key(&netns)
     }

@@ -204,7 +204,9 @@ mod tests {
         View {
             stats,
             exhaustion,
+            findings: Vec::new(),
             held: 0,
+            held_time_wait: 0,
             elapsed_ns,
             interval: NO_INTERVAL.get_or_init(Default::default),
         }
