@@ -257,6 +257,7 @@ mod tests {
         order: Vec<&'static str>,
         ticks: usize,
         finished: Option<(u64, u64, usize)>,
+        findings: Vec<Finding>,
     }
 
     impl Sink for Recorded {
@@ -269,6 +270,12 @@ mod tests {
         fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
             self.warnings.extend_from_slice(warnings);
             self.order.push("warnings");
+            Ok(())
+        }
+
+        fn findings(&mut self, findings: &[Finding]) -> io::Result<()> {
+            self.findings.extend_from_slice(findings);
+            self.order.push("findings");
             Ok(())
         }
 
@@ -503,5 +510,33 @@ mod tests {
         };
         p.finish(counters, 10, &mut out).expect("sink");
         assert_eq!(out.finished, Some((1, 2, 1)));
+    }
+
+    #[test]
+    fn findings_are_judged_at_the_tick_and_handed_on_once() {
+        let mut p = pipeline();
+        let mut out = Recorded::default();
+        // A listener on a port of the range (40000-40009), asked for by number.
+        let mut raw = raw_connect();
+        raw.flags = FLAG_EXPLICIT;
+        raw.kind = port_trace_common::KIND_BIND;
+        raw.lport = 40004;
+        raw.rport = 0;
+        p.apply(&decode_raw(&raw).expect("decodes"), &mut out)
+            .expect("sink");
+        assert!(out.findings.is_empty(), "not per event");
+        p.tick(&[], KernelCounters::default(), 1, &mut out)
+            .expect("sink");
+        let kinds: Vec<_> = out.findings.iter().map(|f| f.kind).collect();
+        assert!(
+            kinds.contains(&crate::findings::Kind::ListenerInRange),
+            "{kinds:?}"
+        );
+        assert_eq!(out.order.last(), Some(&"findings"));
+        let before = out.findings.len();
+        p.tick(&[], KernelCounters::default(), 2, &mut out)
+            .expect("sink");
+        assert_eq!(out.findings.len(), before, "nothing new, nothing said");
+        assert_eq!(p.view(2, &Default::default()).findings.len(), before);
     }
 }

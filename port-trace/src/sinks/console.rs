@@ -11,13 +11,14 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    events::{EventFormat, EventRecord, WarningRecord},
+    events::{EventFormat, EventRecord, FindingRecord, WarningRecord},
     stdout::{Ended, QueuedStdout},
     summary,
 };
 use crate::{
     event::Event,
     exhaustion::warning::Warning,
+    findings::Finding,
     pipeline::{Sink, View},
     sys::{clock::WallClock, stdio::say},
     track::Outcome,
@@ -135,7 +136,14 @@ impl<W: Output> Console<W> {
         }
         let scopes = view.exhaustion.fullest(summary::FULLEST_SCOPES);
         let owner = |netns| view.exhaustion.owner(netns);
-        let text = summary::render(view.stats, view.elapsed_ns, view.held, &scopes, &owner);
+        let text = summary::render(
+            view.stats,
+            view.elapsed_ns,
+            (view.held, view.held_time_wait),
+            &scopes,
+            &owner,
+            &view.findings,
+        );
         if last && self.last_summary.as_ref() == Some(&text) {
             return Ok(());
         }
@@ -172,6 +180,19 @@ impl<W: Output> Sink for Console<W> {
                 Some(EventFormat::Json) => writeln!(self.out, "{}", record.to_json())?,
                 Some(EventFormat::Text) => writeln!(self.out, "{}", record.to_text(false))?,
                 None => say!("{}", record.to_text(self.colour)),
+            }
+        }
+        Ok(())
+    }
+
+    /// As warnings: in the event stream when there is one, else on stderr.
+    fn findings(&mut self, findings: &[Finding]) -> io::Result<()> {
+        for finding in findings {
+            let record = FindingRecord::from(finding);
+            match self.format {
+                Some(EventFormat::Json) => writeln!(self.out, "{}", record.to_json())?,
+                Some(EventFormat::Text) => writeln!(self.out, "{}", record.to_text())?,
+                None => say!("{}", record.to_text()),
             }
         }
         Ok(())

@@ -28,6 +28,7 @@ use crate::{
     error::Fatal,
     event::Event,
     exhaustion::warning::Warning,
+    findings::Finding,
     pipeline::{Sink, View},
     sys::output::{OutputError, OutputFile},
     track::Outcome,
@@ -51,6 +52,11 @@ impl<W: console::Output> Sink for Sinks<W> {
 
     fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
         self.console.warnings(warnings)
+    }
+
+    // The report and the metrics read the findings in force from the view.
+    fn findings(&mut self, findings: &[Finding]) -> io::Result<()> {
+        self.console.findings(findings)
     }
 
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
