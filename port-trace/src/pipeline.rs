@@ -58,6 +58,8 @@ pub struct View<'a> {
     pub exhaustion: &'a Exhaustion,
     /// The findings in force, most severe first.
     pub findings: Vec<&'a Finding>,
+    /// The findings stage, for its counts (TIME_WAIT per scope); None in sinks' tests.
+    pub causes: Option<&'a Findings>,
     /// Ephemeral ports held now, TIME_WAIT included.
     pub held: usize,
     /// Of `held`, in TIME_WAIT.
@@ -231,6 +233,7 @@ impl Pipeline {
             stats: &self.stats,
             exhaustion: &self.exhaustion,
             findings: self.findings.active(),
+            causes: Some(&self.findings),
             held: self.tracker.held(),
             held_time_wait: self.tracker.held_time_wait(),
             elapsed_ns: now_ns.saturating_sub(self.started_ns),

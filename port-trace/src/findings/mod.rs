@@ -25,7 +25,10 @@ use crate::{
         comm::Comm,
         workload::{CgroupId, Workload},
     },
-    exhaustion::{Exhaustion, scope::Destination},
+    exhaustion::{
+        Exhaustion,
+        scope::{Destination, ScopeKey},
+    },
     track::Outcome,
 };
 
@@ -500,6 +503,26 @@ impl Findings {
         }
         out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
         out
+    }
+
+    /// Ports of a scope in TIME_WAIT (TCP connect()s, as counted here): a destination's,
+    /// or all of a namespace's destinations'.
+    pub fn time_wait_in(&self, key: &ScopeKey) -> u32 {
+        if key.proto != Proto::Tcp {
+            return 0;
+        }
+        match key.destination() {
+            Some(dest) => self
+                .dests
+                .get(&(key.netns, dest))
+                .map_or(0, |c| c.time_wait),
+            None => self
+                .dests
+                .iter()
+                .filter(|((netns, _), _)| *netns == key.netns)
+                .map(|(_, c)| c.time_wait)
+                .sum(),
+        }
     }
 
     /// The findings in force, most severe first.

@@ -136,12 +136,16 @@ impl<W: Output> Console<W> {
         }
         let scopes = view.exhaustion.fullest(summary::FULLEST_SCOPES);
         let owner = |netns| view.exhaustion.owner(netns);
+        let time_wait = |key: &_| view.causes.map_or(0, |f| f.time_wait_in(key));
         let text = summary::render(
             view.stats,
             view.elapsed_ns,
             (view.held, view.held_time_wait),
-            &scopes,
-            &owner,
+            &summary::Scopes {
+                scopes: &scopes,
+                owner: &owner,
+                time_wait: &time_wait,
+            },
             &view.findings,
         );
         if last && self.last_summary.as_ref() == Some(&text) {
@@ -226,6 +230,7 @@ mod tests {
             stats,
             exhaustion,
             findings: Vec::new(),
+            causes: None,
             held: 0,
             held_time_wait: 0,
             elapsed_ns,

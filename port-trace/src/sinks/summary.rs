@@ -70,15 +70,28 @@ fn row(out: &mut String, label: &str, s: &LifetimeSummary) {
 }
 
 /// `owner` names the workload that owns a namespace, where one does.
+/// The fullest scopes, with what names and splits them.
+pub struct Scopes<'a> {
+    pub scopes: &'a [(ScopeKey, Usage, Level)],
+    /// The workload that owns a namespace, where one does.
+    pub owner: &'a dyn Fn(u32) -> Option<Arc<Workload>>,
+    /// A scope's ports in TIME_WAIT.
+    pub time_wait: &'a dyn Fn(&ScopeKey) -> u32,
+}
+
 /// `held` is (all, of which in TIME_WAIT); `findings` the findings in force.
 pub fn render(
     stats: &Stats,
     elapsed_ns: u64,
     held: (usize, usize),
-    scopes: &[(ScopeKey, Usage, Level)],
-    owner: &dyn Fn(u32) -> Option<Arc<Workload>>,
+    scopes: &Scopes<'_>,
     findings: &[&Finding],
 ) -> String {
+    let Scopes {
+        scopes,
+        owner,
+        time_wait: scope_time_wait,
+    } = *scopes;
     let t = &stats.totals;
     let (held, held_time_wait) = held;
     let time_wait = if held_time_wait > 0 {
@@ -161,9 +174,13 @@ pub fn render(
                 Level::Warn => "  WARNING",
                 Level::Ok => "",
             };
+            let time_wait = match scope_time_wait(key) {
+                0 => String::new(),
+                n => format!(" ({n} TIME_WAIT)"),
+            };
             let _ = writeln!(
                 out,
-                "  {:<44} {} {:>6}/{:<6} {:>4.0}%{mark}",
+                "  {:<44} {} {:>6}/{:<6} {:>4.0}%{mark}{time_wait}",
                 scope_name(key, owner(key.netns).as_deref()),
                 bar(usage),
                 usage.used,
@@ -359,6 +376,23 @@ fn top_destinations(out: &mut String, stats: &Stats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_owner(_: u32) -> Option<Arc<Workload>> {
+        None
+    }
+
+    fn no_time_wait(_: &ScopeKey) -> u32 {
+        0
+    }
+
+    /// Scopes with no owner and nothing in TIME_WAIT.
+    fn plain(scopes: &[(ScopeKey, Usage, Level)]) -> Scopes<'_> {
+        Scopes {
+            scopes,
+            owner: &no_owner,
+            time_wait: &no_time_wait,
+        }
+    }
     use crate::stats::tests::one_connect_held_for;
 
     #[test]
@@ -400,9 +434,9 @@ mod tests {
     #[test]
     fn shows_dropped_output_lines_apart_from_lost_events_and_only_when_any() {
         let (mut stats, _) = one_connect_held_for(2_000_000);
-        assert!(!render(&stats, 1, (0, 0), &[], &|_| None, &[]).contains("dropped"));
+        assert!(!render(&stats, 1, (0, 0), &plain(&[]), &[]).contains("dropped"));
         stats.set_output_lines_dropped(7);
-        let text = render(&stats, 1, (0, 0), &[], &|_| None, &[]);
+        let text = render(&stats, 1, (0, 0), &plain(&[]), &[]);
         assert!(
             text.contains("0 lost, 7 output lines dropped (not taken by stdout)"),
             "{text}"
@@ -427,7 +461,7 @@ mod tests {
             capacity: 10,
         };
         let scopes = [(key, usage, Level::Warn)];
-        let text = render(&stats, 1, (0, 0), &scopes, &|_| None, &[]);
+        let text = render(&stats, 1, (0, 0), &plain(&scopes), &[]);
         assert!(!text.contains("top workloads"), "{text}");
         in_container(&mut event, 42, "web");
         stats.record(&event, Outcome::Allocated);
@@ -437,8 +471,11 @@ mod tests {
             &stats,
             1,
             (0, 0),
-            &scopes,
-            &|netns| (netns == 7).then(|| owner.clone()).flatten(),
+            &Scopes {
+                scopes: &scopes,
+                owner: &|netns| (netns == 7).then(|| owner.clone()).flatten(),
+                time_wait: &|_| 0,
+            },
             &[],
         );
         assert!(
@@ -474,12 +511,17 @@ mod tests {
             &stats,
             1_000_000_000,
             (0, 0),
-            &[(key, usage, Level::Warn)],
-            &|_| None,
+            &Scopes {
+                scopes: &[(key, usage, Level::Warn)],
+                owner: &no_owner,
+                time_wait: &|_| 3,
+            },
             &[],
         );
         assert!(
-            text.contains("tcp netns 7") && text.contains("[##################--]"),
+            text.contains("tcp netns 7")
+                && text.contains("[##################--]")
+                && text.contains("90%  WARNING (3 TIME_WAIT)"),
             "{text}"
         );
         assert!(
@@ -497,7 +539,7 @@ mod tests {
             ..Default::default()
         });
         stats.totals.reconciled = 4;
-        let text = render(&stats, 1_000_000_000, (0, 0), &[], &|_| None, &[]);
+        let text = render(&stats, 1_000_000_000, (0, 0), &plain(&[]), &[]);
         assert!(
             text.contains(
                 "2 lost (ring buffer full: 0, socket table full: 0, failure ring full: 0, \
@@ -535,7 +577,7 @@ mod tests {
         // A process that allocated and released nothing yet, with a hostile name.
         event.comm = Comm::new(b"\x1b]0;x\x07\r\nFAKE");
         stats.record(&event, crate::track::Outcome::Allocated);
-        let text = render(&stats, 1, (1, 0), &[], &|_| None, &[]);
+        let text = render(&stats, 1, (1, 0), &plain(&[]), &[]);
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
         let process = text
             .lines()
@@ -552,7 +594,7 @@ mod tests {
     fn failed_program_runs_show_only_when_there_are_some() {
         use crate::probes::{Backend, ProbeErrors, counters::ProgramErrors};
         let (mut stats, _) = one_connect_held_for(1_000);
-        assert!(!render(&stats, 1, (0, 0), &[], &|_| None, &[]).contains("failed eBPF"));
+        assert!(!render(&stats, 1, (0, 0), &plain(&[]), &[]).contains("failed eBPF"));
         stats.probe_errors = ProbeErrors {
             programs: vec![ProgramErrors {
                 program: "tcp_state",
@@ -560,7 +602,7 @@ mod tests {
                 count: 2,
             }],
         };
-        let text = render(&stats, 1, (0, 0), &[], &|_| None, &[]);
+        let text = render(&stats, 1, (0, 0), &plain(&[]), &[]);
         assert!(
             text.contains("\n  failed eBPF program runs: 2 (tcp_state: 2)\n"),
             "{text}"
@@ -571,7 +613,7 @@ mod tests {
     fn findings_come_first_and_time_wait_is_counted_in_the_totals() {
         let stats = Stats::new(false);
         let churn = crate::findings::fixtures::churn();
-        let text = render(&stats, 1, (800, 780), &[], &|_| None, &[&churn]);
+        let text = render(&stats, 1, (800, 780), &plain(&[]), &[&churn]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains("800 held now (780 TIME_WAIT)"), "{text}");
         assert_eq!(lines[1], "  findings");
@@ -583,7 +625,7 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].contains("fix: reuse connections"), "{text}");
-        let quiet = render(&stats, 1, (5, 0), &[], &|_| None, &[]);
+        let quiet = render(&stats, 1, (5, 0), &plain(&[]), &[]);
         assert!(quiet.contains("5 held now, "), "{quiet}");
         assert!(!quiet.contains("findings"), "{quiet}");
     }
