@@ -149,6 +149,14 @@ impl Pipeline {
         }
         let warnings = self.exhaustion.observe(event, outcome);
         self.findings.observe(event, outcome);
+        // A port bound by number inside the range is said at once: a connect() may take
+        // it before the next interval.
+        if event.explicit
+            && outcome == Outcome::Allocated
+            && let Some(found) = self.findings.check_bound(event, &self.exhaustion)
+        {
+            sink.findings(&[found])?;
+        }
         // A port asked for by number counts in occupancy only: it is no allocation.
         if !event.explicit && self.filter.matches(event) {
             self.stats.record(event, outcome);
@@ -516,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn findings_are_judged_at_the_tick_and_handed_on_once() {
+    fn findings_are_judged_at_the_tick_and_handed_on_once_a_listener_at_once() {
         let mut p = pipeline();
         let mut out = Recorded::default();
         // A listener on a port of the range (40000-40009), asked for by number.
@@ -527,15 +535,18 @@ mod tests {
         raw.rport = 0;
         p.apply(&decode_raw(&raw).expect("decodes"), &mut out)
             .expect("sink");
-        assert!(out.findings.is_empty(), "not per event");
+        // Said at once, not at the next interval.
+        let kinds: Vec<_> = out.findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [crate::findings::Kind::ListenerInRange]);
         p.tick(&[], KernelCounters::default(), 1, &mut out)
             .expect("sink");
-        let kinds: Vec<_> = out.findings.iter().map(|f| f.kind).collect();
-        assert!(
-            kinds.contains(&crate::findings::Kind::ListenerInRange),
-            "{kinds:?}"
-        );
-        assert_eq!(out.order.last(), Some(&"findings"));
+        // The tick adds the range lint (10 ports), not the listener again.
+        let listeners = out
+            .findings
+            .iter()
+            .filter(|f| f.kind == crate::findings::Kind::ListenerInRange)
+            .count();
+        assert_eq!(listeners, 1, "{:?}", out.findings);
         let before = out.findings.len();
         p.tick(&[], KernelCounters::default(), 2, &mut out)
             .expect("sink");

@@ -459,6 +459,20 @@ impl Findings {
         }
     }
 
+    /// A port just bound by number (`observe`d): named at once if it lies inside the range,
+    /// not at the next interval.
+    pub fn check_bound(&mut self, event: &Event, exhaustion: &Exhaustion) -> Option<Finding> {
+        let key = (event.netns, event.proto, event.port);
+        let mut found = rules::listener(key, self.fixed.get(&key)?, exhaustion, event.ts_ns)?;
+        let id = found.key();
+        if self.active.contains_key(&id) {
+            return None;
+        }
+        found.state = State::Appeared;
+        self.active.insert(id, found.clone());
+        Some(found)
+    }
+
     /// Judges every rule as of `now_ns`; returns what appeared, changed or cleared.
     pub fn evaluate(&mut self, exhaustion: &Exhaustion, now_ns: u64) -> Vec<Finding> {
         let elapsed_s = self

@@ -249,38 +249,46 @@ pub(super) fn listeners(
     now_ns: u64,
     out: &mut Vec<Finding>,
 ) {
-    for (&(netns, proto, port), fixed) in &f.fixed {
-        let Some(range) = exhaustion.range_of(netns) else {
-            continue;
-        };
-        if !range.contains(port) {
-            continue;
-        }
-        let reserved = range.reserved_with(port);
-        out.push(Finding {
-            kind: Kind::ListenerInRange,
-            severity: Severity::Warn,
-            state: State::Appeared,
-            netns,
-            proto: Some(proto),
-            destination: None,
-            who: Some(fixed.who.clone()),
-            evidence: Evidence::Listener {
-                port,
-                range_low: range.low,
-                range_high: range.high,
-                reserved: range_list(&range.reserved),
-            },
-            remedy: format!(
-                "port {port} is inside the ephemeral range {}-{}: an outgoing connect() may \
-                 take it first and the service then fails to start. Reserve it in that \
-                 namespace: `sysctl -w net.ipv4.ip_local_reserved_ports={reserved}` (or move \
-                 the service outside the range)",
-                range.low, range.high
-            ),
-            ts_ns: now_ns,
-        });
+    for (&key, fixed) in &f.fixed {
+        out.extend(listener(key, fixed, exhaustion, now_ns));
     }
+}
+
+/// The finding for one port held by number, if it lies inside its namespace's range.
+pub(super) fn listener(
+    (netns, proto, port): (u32, crate::event::Proto, u16),
+    fixed: &super::Fixed,
+    exhaustion: &Exhaustion,
+    now_ns: u64,
+) -> Option<Finding> {
+    let range = exhaustion.range_of(netns)?;
+    if !range.contains(port) {
+        return None;
+    }
+    let reserved = range.reserved_with(port);
+    Some(Finding {
+        kind: Kind::ListenerInRange,
+        severity: Severity::Warn,
+        state: State::Appeared,
+        netns,
+        proto: Some(proto),
+        destination: None,
+        who: Some(fixed.who.clone()),
+        evidence: Evidence::Listener {
+            port,
+            range_low: range.low,
+            range_high: range.high,
+            reserved: range_list(&range.reserved),
+        },
+        remedy: format!(
+            "port {port} is inside the ephemeral range {}-{}: an outgoing connect() may \
+             take it first and the service then fails to start. Reserve it in that \
+             namespace: `sysctl -w net.ipv4.ip_local_reserved_ports={reserved}` (or move \
+             the service outside the range)",
+            range.low, range.high
+        ),
+        ts_ns: now_ns,
+    })
 }
 
 fn range_list(reserved: &[(u16, u16)]) -> String {
