@@ -10,8 +10,10 @@
 //! 4. `track`: per-socket state and lifetimes, TIME_WAIT, the start-up snapshot.
 //! 5. `exhaustion` and `stats`: occupancy, levels, forecasts and warnings; histograms and
 //!    totals.
-//! 6. `pipeline`: the core that runs events through 4-5, without I/O.
-//! 7. `sinks`: terminal, event lines, report, HdrHistogram log, Prometheus.
+//! 6. `findings`: why a range fills (TIME_WAIT churn, leaks, listeners inside the range,
+//!    range lint), with the evidence and the remedy.
+//! 7. `pipeline`: the core that runs events through 4-6, without I/O.
+//! 8. `sinks`: terminal, event lines, report, HdrHistogram log, Prometheus.
 //!
 //! Beside them: `sys` (OS plumbing any stage may use: netns, sock_diag, /proc, cgroups,
 //! clocks),
@@ -22,6 +24,7 @@ pub mod cmd;
 mod error;
 pub mod event;
 mod exhaustion;
+mod findings;
 mod pipeline;
 pub mod probes;
 pub mod sinks;

@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use crate::{
     event::{Event, Proto, filter::Filter},
     exhaustion::{Exhaustion, range::PortRange, warning::Warning},
+    findings::{Finding, Findings},
     probes::KernelCounters,
     stats::Stats,
     track::{Outcome, Tracker, snapshot::Snapshot},
@@ -56,6 +57,12 @@ pub trait Sink {
         Ok(())
     }
 
+    /// Findings that appeared, changed or cleared (judged once an interval and at the
+    /// finish).
+    fn findings(&mut self, _findings: &[Finding]) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Once an interval (`--interval`).
     fn tick(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
         Ok(())
@@ -71,8 +78,14 @@ pub trait Sink {
 pub struct View<'a> {
     pub stats: &'a Stats,
     pub exhaustion: &'a Exhaustion,
+    /// The findings in force, most severe first.
+    pub findings: Vec<&'a Finding>,
+    /// The findings stage, for its counts (TIME_WAIT per scope); None in sinks' tests.
+    pub causes: Option<&'a Findings>,
     /// Ephemeral ports held now, TIME_WAIT included.
     pub held: usize,
+    /// Of `held`, in TIME_WAIT.
+    pub held_time_wait: usize,
     /// Since tracing started.
     pub elapsed_ns: u64,
     /// Lifetimes released since the last tick, all (None) and per protocol; empty unless
@@ -84,6 +97,7 @@ pub struct Pipeline {
     pub tracker: Tracker,
     pub stats: Stats,
     pub exhaustion: Exhaustion,
+    pub findings: Findings,
     /// Sockets found at start-up, until they are gone.
     pub snapshot: Snapshot,
     /// What is traced (netns, proto) and reported (pid, comm, family).
@@ -99,6 +113,8 @@ pub struct Config {
     pub keep_intervals: bool,
     /// CLOCK_MONOTONIC when tracing started.
     pub started_ns: u64,
+    /// The host's namespace, whose range the range lint compares others with.
+    pub host_netns: Option<u32>,
 }
 
 impl Pipeline {
@@ -108,12 +124,14 @@ impl Pipeline {
             tracker: Tracker::default(),
             stats: Stats::new(config.keep_intervals),
             exhaustion,
+            findings: Findings::new(Default::default(), config.host_netns),
             snapshot,
             filter: config.filter,
             started_ns: config.started_ns,
         };
         for event in pipeline.snapshot.events() {
             pipeline.exhaustion.hold_existing(event);
+            pipeline.findings.existing(event);
         }
         pipeline
     }
@@ -172,6 +190,15 @@ impl Pipeline {
         }
         let warnings = self.exhaustion.observe(event, outcome);
         self.new_ranges(sink)?;
+        self.findings.observe(event, outcome);
+        // A port bound by number inside the range is said at once: a connect() may take
+        // it before the next interval.
+        if event.explicit
+            && outcome == Outcome::Allocated
+            && let Some(found) = self.findings.check_bound(event, &self.exhaustion)
+        {
+            sink.findings(&[found])?;
+        }
         if self.filter.matches(event) {
             // A port asked for by number counts in occupancy only: it is no allocation.
             if event.explicit {
@@ -221,8 +248,10 @@ impl Pipeline {
         for event in gone {
             self.exhaustion.free_existing(event);
             sink.existing_gone(event)?;
+            self.findings.existing_gone(event);
         }
         self.check_ranges(now_ns, sink)?;
+        self.judge(now_ns, sink)?;
         self.stats.set_counters(counters);
         let interval = self.stats.take_interval();
         sink.tick(&self.view(now_ns, &interval))
@@ -235,9 +264,19 @@ impl Pipeline {
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> anyhow::Result<()> {
+        self.judge(now_ns, sink)?;
         self.stats.set_counters(counters);
         let interval = self.stats.take_interval();
         sink.finish(&self.view(now_ns, &interval))
+    }
+
+    /// Judges the findings' rules and hands on what appeared, changed or cleared.
+    pub fn judge(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
+        let emitted = self.findings.evaluate(&self.exhaustion, now_ns);
+        if emitted.is_empty() {
+            return Ok(());
+        }
+        sink.findings(&emitted)
     }
 
     /// The state as of `now_ns`.
@@ -249,7 +288,10 @@ impl Pipeline {
         View {
             stats: &self.stats,
             exhaustion: &self.exhaustion,
+            findings: self.findings.active(),
+            causes: Some(&self.findings),
             held: self.tracker.held(),
+            held_time_wait: self.tracker.held_time_wait(),
             elapsed_ns: now_ns.saturating_sub(self.started_ns),
             interval,
         }
@@ -274,6 +316,7 @@ mod tests {
         order: Vec<&'static str>,
         ticks: usize,
         finished: Option<(u64, u64, usize)>,
+        findings: Vec<Finding>,
     }
 
     impl Sink for Recorded {
@@ -286,6 +329,12 @@ mod tests {
         fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
             self.warnings.extend_from_slice(warnings);
             self.order.push("warnings");
+            Ok(())
+        }
+
+        fn findings(&mut self, findings: &[Finding]) -> io::Result<()> {
+            self.findings.extend_from_slice(findings);
+            self.order.push("findings");
             Ok(())
         }
 
@@ -315,6 +364,7 @@ mod tests {
                 filter,
                 keep_intervals: false,
                 started_ns: 0,
+                host_netns: None,
             },
             snapshot,
             exhaustion,
@@ -519,5 +569,36 @@ mod tests {
         };
         p.finish(counters, 10, &mut out).expect("sink");
         assert_eq!(out.finished, Some((1, 2, 1)));
+    }
+
+    #[test]
+    fn findings_are_judged_at_the_tick_and_handed_on_once_a_listener_at_once() {
+        let mut p = pipeline();
+        let mut out = Recorded::default();
+        // A listener on a port of the range (40000-40009), asked for by number.
+        let mut raw = raw_connect();
+        raw.flags = FLAG_EXPLICIT;
+        raw.kind = port_trace_common::KIND_BIND;
+        raw.lport = 40004;
+        raw.rport = 0;
+        p.apply(&decode_raw(&raw).expect("decodes"), &mut out)
+            .expect("sink");
+        // Said at once, not at the next interval.
+        let kinds: Vec<_> = out.findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [crate::findings::Kind::ListenerInRange]);
+        p.tick(&[], KernelCounters::default(), 1, &mut out)
+            .expect("sink");
+        // The tick adds the range lint (10 ports), not the listener again.
+        let listeners = out
+            .findings
+            .iter()
+            .filter(|f| f.kind == crate::findings::Kind::ListenerInRange)
+            .count();
+        assert_eq!(listeners, 1, "{:?}", out.findings);
+        let before = out.findings.len();
+        p.tick(&[], KernelCounters::default(), 2, &mut out)
+            .expect("sink");
+        assert_eq!(out.findings.len(), before, "nothing new, nothing said");
+        assert_eq!(p.view(2, &Default::default()).findings.len(), before);
     }
 }

@@ -187,13 +187,13 @@ fn a_capture_replays_to_the_live_runs_report() {
     // The same capture on stdin, with a record of a type from the future; the metrics text.
     let future = temp("future.jsonl");
     let mut text = std::fs::read_to_string(&capture).expect("capture");
-    text.push_str("{\"type\":\"finding\",\"kind\":\"new\"}\n");
+    text.push_str("{\"type\":\"from_the_future\",\"kind\":\"new\"}\n");
     std::fs::write(&future, text).expect("write");
     let out = analyze(&["-", "--metrics"], Some(&future));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("skipped records of types this version does not replay: 1 finding"),
+        stderr.contains("skipped records of types this version does not replay: 1 from_the_future"),
         "{stderr}"
     );
     let metrics = String::from_utf8_lossy(&out.stdout);

@@ -21,13 +21,15 @@ const RANKS: &[(&str, u8)] = &[
     ("track", 4),
     ("exhaustion", 5),
     ("stats", 5),
-    ("pipeline", 6),
-    ("sinks", 7),
+    // Judges the state of the stages before it; beside nothing.
+    ("findings", 6),
+    ("pipeline", 7),
+    ("sinks", 8),
     // The edges: the command line, the subcommands, main (the binary, which reaches the
     // library's modules as `port_trace::`).
-    ("cli", 8),
-    ("cmd", 9),
-    ("main", 10),
+    ("cli", 9),
+    ("cmd", 10),
+    ("main", 11),
 ];
 
 /// The crate root: declares the modules above and holds nothing else.

@@ -177,6 +177,11 @@ fn kernel_chosen_tcp_ports_are_reported_with_their_lifetimes() {
     // Let the last releases reach the ring buffer before stopping.
     sleep(Duration::from_millis(200));
     let (events, report) = tracer.stop();
+    assert_eq!(
+        common::our_findings(&events),
+        Vec::<String>::new(),
+        "no finding names this workload"
+    );
 
     let allocs = ours(&events, "alloc");
     let releases = ours(&events, "release");
@@ -231,10 +236,18 @@ fn explicitly_requested_ports_are_not_allocations() {
     drop(listener);
     sleep(Duration::from_millis(200));
     let (events, _) = tracer.stop();
+    assert_eq!(
+        common::our_findings(&events),
+        Vec::<String>::new(),
+        "no finding names this workload"
+    );
 
+    // No allocation line: the capture's `explicit_*` records (for replay) say they were
+    // held, not allocated.
     let ours_any: Vec<_> = events
         .iter()
         .filter(|e| e["pid"].as_u64() == Some(u64::from(std::process::id())))
+        .filter(|e| ["alloc", "release", "fail"].contains(&e["type"].as_str().unwrap_or("")))
         .collect();
     for port in [listen_port, client_port] {
         let hits: Vec<_> = ours_any
@@ -273,6 +286,11 @@ fn release_is_attributed_to_the_allocating_process_from_another_context() {
     peer.wait().expect("sleep exits");
     sleep(Duration::from_millis(100));
     let (events, _) = tracer.stop();
+    assert_eq!(
+        common::our_findings(&events),
+        Vec::<String>::new(),
+        "no finding names this workload"
+    );
     drop(client);
 
     let releases = ours(&events, "release");

@@ -69,6 +69,11 @@ fn time_wait_is_part_of_the_lifetime() {
     assert!(!ss_time_wait(port), "TIME_WAIT never ended");
     sleep(Duration::from_millis(1_500));
     let (events, _) = tracer.stop();
+    assert_eq!(
+        common::our_findings(&events),
+        Vec::<String>::new(),
+        "no finding names this workload"
+    );
 
     let release: Vec<_> = ours(&events, "release")
         .into_iter()
@@ -132,6 +137,11 @@ fn a_connect_that_reuses_a_time_wait_connection_frees_its_port() {
     .expect("netns thread");
     sleep(Duration::from_millis(1_500));
     let (events, _) = tracer.stop();
+    assert_eq!(
+        common::our_findings(&events),
+        Vec::<String>::new(),
+        "no finding names this workload"
+    );
 
     let on_port = |e: &&serde_json::Value| e["port"].as_u64() == Some(u64::from(third_port));
     let position = |wanted: &serde_json::Value| events.iter().position(|e| e == wanted);

@@ -99,6 +99,11 @@ fn kernel_chosen_udp_ports_are_reported_with_their_lifetimes() {
     }
     sleep(Duration::from_millis(100));
     let (events, report) = tracer.stop();
+    assert_eq!(
+        common::our_findings(&events),
+        Vec::<String>::new(),
+        "no finding names this workload"
+    );
 
     let allocs = ours(&events, "alloc");
     let releases = ours(&events, "release");
@@ -158,6 +163,11 @@ fn filters_narrow_what_is_reported() {
     drop((udp4, udp6, tcp4));
     sleep(Duration::from_millis(200));
     let (events, report) = tracer.stop();
+    assert_eq!(
+        common::our_findings(&events),
+        Vec::<String>::new(),
+        "no finding names this workload"
+    );
     let reported: Vec<u64> = events
         .iter()
         .filter(|e| e["type"] == "alloc")
@@ -228,6 +238,11 @@ fn proto_filter_runs_in_the_kernel() {
         drop((sockets, client, listener));
         sleep(Duration::from_millis(300));
         let (events, report) = tracer.stop();
+        assert_eq!(
+            common::our_findings(&events),
+            Vec::<String>::new(),
+            "no finding names this workload"
+        );
         let connect_seen = ours(&events, "alloc")
             .iter()
             .any(|e| e["port"].as_u64() == Some(port) && e["kind"] == "connect");

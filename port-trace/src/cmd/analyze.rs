@@ -160,6 +160,8 @@ impl Replay {
                     filter: Filter::default(),
                     keep_intervals: false,
                     started_ns,
+                    // A capture does not say which namespace was the host's.
+                    host_netns: None,
                 },
                 Snapshot::from_events(existing),
                 Exhaustion::with_range_reader(thresholds, read),
@@ -183,6 +185,7 @@ impl Replay {
                     low: line.low,
                     high: line.high,
                     reserved: line.reserved,
+                    unprivileged_start: line.unprivileged_start,
                 };
                 let old = self
                     .ranges
@@ -238,7 +241,8 @@ impl Replay {
             }
             Record::End { elapsed_ns } => self.elapsed_ns = Some(elapsed_ns),
             // Replay raises its own.
-            Record::Skipped(kind) if kind == "warning" => {}
+            // Replay raises its own, from the events.
+            Record::Skipped(kind) if kind == "warning" || kind == "finding" => {}
             Record::Skipped(kind) => *self.unknown.entry(kind).or_default() += 1,
         }
         Ok(())
@@ -341,6 +345,10 @@ impl Sink for NoSummary<'_> {
 
     fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
         self.0.warnings(warnings)
+    }
+
+    fn findings(&mut self, findings: &[crate::findings::Finding]) -> io::Result<()> {
+        self.0.findings(findings)
     }
 
     fn tick(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
@@ -448,13 +456,18 @@ mod tests {
             &[
                 RANGE.into(),
                 existing,
-                r#"{"type":"finding","kind":"x"}"#.into(),
+                r#"{"type":"from_the_future","kind":"x"}"#.into(),
                 r#"{"type":"warning"}"#.into(),
+                r#"{"type":"finding"}"#.into(),
                 line("alloc", 1_000, ""),
             ],
         );
-        assert_eq!(r.unknown.get("finding"), Some(&1));
-        assert_eq!(r.unknown.len(), 1, "warnings are recomputed, not unknown");
+        assert_eq!(r.unknown.get("from_the_future"), Some(&1));
+        assert_eq!(
+            r.unknown.len(),
+            1,
+            "warnings and findings are recomputed, not unknown"
+        );
         assert_eq!(
             namespace(&r),
             (2, 10),

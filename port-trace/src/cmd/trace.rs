@@ -155,6 +155,7 @@ impl Trace {
                 filter,
                 keep_intervals: cli.hdr_log.is_some(),
                 started_ns,
+                host_netns: netns::host(),
             },
             snapshot,
             Exhaustion::new(thresholds).with_host_netns(netns::host()),

@@ -88,6 +88,9 @@ pub struct RangeLine {
     pub high: u16,
     #[serde(default)]
     pub reserved: Vec<(u16, u16)>,
+    /// `net.ipv4.ip_unprivileged_port_start`, where it was read (the range lint uses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unprivileged_start: Option<u16>,
 }
 
 fn range_type() -> &'static str {
@@ -102,6 +105,7 @@ impl RangeLine {
             low,
             high,
             reserved,
+            unprivileged_start: None,
         }
     }
 }

@@ -111,6 +111,27 @@ impl Exhaustion {
         }
     }
 
+    /// Every namespace seen and its range as last read.
+    pub fn ranges(&self) -> impl Iterator<Item = (u32, &PortRange)> + '_ {
+        self.occupancy
+            .namespaces()
+            .filter_map(|netns| Some((netns, self.occupancy.range(netns)?)))
+    }
+
+    /// Sets a namespace's range as if read (tests of later stages).
+    #[cfg(test)]
+    pub fn set_range_for_tests(&mut self, netns: u32, range: PortRange) {
+        self.occupancy.set_range(netns, range);
+    }
+
+    /// Namespace `netns`'s range: as last read if seen, else read now (None if unreadable).
+    pub fn range_of(&self, netns: u32) -> Option<PortRange> {
+        self.occupancy
+            .range(netns)
+            .cloned()
+            .or_else(|| (self.read_range)(netns))
+    }
+
     /// The `n` fullest scopes with something held, and their levels.
     pub fn fullest(&self, n: usize) -> Vec<(ScopeKey, Usage, Level)> {
         self.occupancy

@@ -10,6 +10,9 @@ pub struct PortRange {
     pub high: u16,
     /// Reserved ports as inclusive ranges, sorted.
     pub reserved: Vec<(u16, u16)>,
+    /// `ip_unprivileged_port_start`, where it could be read: ports below it need
+    /// CAP_NET_BIND_SERVICE to bind (the range lint's business, not the count's).
+    pub unprivileged_start: Option<u16>,
 }
 
 impl Default for PortRange {
@@ -19,6 +22,7 @@ impl Default for PortRange {
             low: 32768,
             high: 60999,
             reserved: Vec::new(),
+            unprivileged_start: None,
         }
     }
 }
@@ -48,6 +52,7 @@ impl PortRange {
             low,
             high,
             reserved: reserved_ranges,
+            unprivileged_start: None,
         })
     }
 
@@ -57,8 +62,29 @@ impl PortRange {
 
     /// Namespace `inode`'s range as it is now; None when no process is left in it.
     pub fn of_netns(inode: u32) -> Option<Self> {
-        let (range, reserved) = netns::port_range_sysctls(inode)?;
-        Self::parse(&range, &reserved)
+        let read = netns::port_range_sysctls(inode)?;
+        let mut range = Self::parse(&read.range, &read.reserved)?;
+        range.unprivileged_start = read.unprivileged_start.and_then(|s| s.trim().parse().ok());
+        Some(range)
+    }
+
+    /// `ip_local_reserved_ports` as the kernel prints it ("8080,9000-9100"), with `port`
+    /// added: the value that reserves it too.
+    pub fn reserved_with(&self, port: u16) -> String {
+        let mut all = self.reserved.clone();
+        all.push((port, port));
+        all.sort_unstable();
+        all.dedup();
+        all.iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Whether the kernel would hand `port` out from this range.
@@ -103,5 +129,7 @@ mod tests {
         assert_eq!(PortRange::parse("5 1", ""), None);
         assert_eq!(PortRange::parse("x y", ""), None);
         assert_eq!(PortRange::parse("1 5", "a-b"), None);
+        assert_eq!(r.reserved_with(40003), "40001,40003,40005-40006,50000");
+        assert_eq!(PortRange::default().reserved_with(40000), "40000");
     }
 }

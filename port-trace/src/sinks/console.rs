@@ -11,13 +11,14 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    events::{EventFormat, EventRecord, ExistingRecord, HeldRecord, WarningRecord},
+    events::{EventFormat, EventRecord, ExistingRecord, FindingRecord, HeldRecord, WarningRecord},
     stdout::{Ended, QueuedStdout},
     summary,
 };
 use crate::{
     event::{Event, capture::RangeLine},
     exhaustion::{range::PortRange, warning::Warning},
+    findings::Finding,
     pipeline::{Sink, View},
     sys::{clock::WallClock, stdio::say},
     track::Outcome,
@@ -146,7 +147,18 @@ impl<W: Output> Console<W> {
         }
         let scopes = view.exhaustion.fullest(summary::FULLEST_SCOPES);
         let owner = |netns| view.exhaustion.owner(netns);
-        let text = summary::render(view.stats, view.elapsed_ns, view.held, &scopes, &owner);
+        let time_wait = |key: &_| view.causes.map_or(0, |f| f.time_wait_in(key));
+        let text = summary::render(
+            view.stats,
+            view.elapsed_ns,
+            (view.held, view.held_time_wait),
+            &summary::Scopes {
+                scopes: &scopes,
+                owner: &owner,
+                time_wait: &time_wait,
+            },
+            &view.findings,
+        );
         if last && self.last_summary.as_ref() == Some(&text) {
             return Ok(());
         }
@@ -193,7 +205,10 @@ impl<W: Output> Sink for Console<W> {
         if self.format != Some(EventFormat::Json) {
             return Ok(());
         }
-        let line = RangeLine::new(netns, range.low, range.high, range.reserved.clone());
+        let line = RangeLine {
+            unprivileged_start: range.unprivileged_start,
+            ..RangeLine::new(netns, range.low, range.high, range.reserved.clone())
+        };
         writeln!(
             self.out,
             "{}",
@@ -226,6 +241,19 @@ impl<W: Output> Sink for Console<W> {
             ..ExistingRecord::new(event, self.clock)
         };
         writeln!(self.out, "{}", record.to_json())
+    }
+
+    /// As warnings: in the event stream when there is one, else on stderr.
+    fn findings(&mut self, findings: &[Finding]) -> io::Result<()> {
+        for finding in findings {
+            let record = FindingRecord::from(finding);
+            match self.format {
+                Some(EventFormat::Json) => writeln!(self.out, "{}", record.to_json())?,
+                Some(EventFormat::Text) => writeln!(self.out, "{}", record.to_text())?,
+                None => say!("{}", record.to_text()),
+            }
+        }
+        Ok(())
     }
 
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
@@ -264,7 +292,10 @@ mod tests {
         View {
             stats,
             exhaustion,
+            findings: Vec::new(),
+            causes: None,
             held: 0,
+            held_time_wait: 0,
             elapsed_ns,
             interval: NO_INTERVAL.get_or_init(Default::default),
         }

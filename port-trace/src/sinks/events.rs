@@ -19,6 +19,7 @@ use crate::{
         scope::ScopeKind,
         warning::{Reason, Warning},
     },
+    findings::{Evidence, Finding, Kind, Severity, State},
     probes::Backend,
     sys::clock::WallClock,
     track::Outcome,
@@ -329,6 +330,147 @@ impl From<&Warning> for WarningRecord {
                 })
                 .collect(),
         }
+    }
+}
+
+/// One finding as a record: `{"type":"finding",...}` (README, event contract).
+#[derive(Debug, Serialize)]
+pub struct FindingRecord<'a> {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub kind: Kind,
+    pub severity: Severity,
+    /// "appeared", "updated" or "cleared".
+    pub state: State,
+    pub netns: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<Proto>,
+    /// "namespace" or "destination".
+    pub scope: ScopeKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub laddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rport: Option<u16>,
+    /// The process behind it, where one is: pid, comm, cgroup, container, pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub who: Option<FindingWho>,
+    pub evidence: &'a Evidence,
+    pub remedy: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FindingWho {
+    pub pid: u32,
+    pub comm: Comm,
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
+}
+
+impl<'a> From<&'a Finding> for FindingRecord<'a> {
+    fn from(f: &'a Finding) -> Self {
+        let dest = f.destination;
+        Self {
+            record: "finding",
+            kind: f.kind,
+            severity: f.severity,
+            state: f.state,
+            netns: f.netns,
+            proto: f.proto,
+            scope: if dest.is_some() {
+                ScopeKind::Destination
+            } else {
+                ScopeKind::Namespace
+            },
+            laddr: dest.map(|d| d.laddr),
+            raddr: dest.map(|d| d.raddr),
+            rport: dest.map(|d| d.rport),
+            who: f.who.as_ref().map(|w| FindingWho {
+                pid: w.pid,
+                comm: w.comm,
+                workload: WorkloadFields::new(w.cgroup, w.workload.as_ref()),
+            }),
+            evidence: &f.evidence,
+            remedy: &f.remedy,
+        }
+    }
+}
+
+impl FindingRecord<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// One line for people: `FINDING warn time_wait_churn (appeared) netns 1 to
+    /// 10.0.0.5:443, curl[42]: 812 of 840 held in TIME_WAIT (97%), ...; fix: ...`.
+    pub fn to_text(&self) -> String {
+        let scope = match (self.raddr, self.rport) {
+            (Some(addr), Some(port)) => format!(" to {}", socket_addr(addr, port)),
+            _ => String::new(),
+        };
+        let who = self
+            .who
+            .as_ref()
+            .map(|w| match w.workload.display().as_str() {
+                "" => format!(", {}[{}]", w.comm, w.pid),
+                wl => format!(", {}[{}] in {wl}", w.comm, w.pid),
+            })
+            .unwrap_or_default();
+        format!(
+            "FINDING {} {} ({}) netns {}{scope}{who}: {}; fix: {}",
+            self.severity.as_str(),
+            self.kind.as_str(),
+            serde_json::to_value(self.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            self.netns,
+            evidence_text(self.evidence),
+            self.remedy
+        )
+    }
+}
+
+/// A finding's numbers for people.
+pub fn evidence_text(evidence: &Evidence) -> String {
+    match evidence {
+        Evidence::TimeWait {
+            held,
+            time_wait,
+            time_wait_share,
+            alloc_rate_per_s,
+            steady_state_held,
+            range_size,
+            ..
+        } => format!(
+            "{time_wait} of {held} held ports in TIME_WAIT ({:.0}%), {alloc_rate_per_s:.0} \
+             connections/s, which hold ~{:.0} ports at steady state (range {range_size})",
+            time_wait_share * 100.0,
+            steady_state_held.unwrap_or(0.0)
+        ),
+        Evidence::Leak {
+            held,
+            slope_per_s,
+            oldest_age_s,
+            releases,
+            ..
+        } => format!(
+            "{held} connections held, +{slope_per_s:.1}/s, {releases} closed, oldest \
+             {oldest_age_s:.0}s"
+        ),
+        Evidence::Listener {
+            port,
+            range_low,
+            range_high,
+            ..
+        } => format!("port {port} inside {range_low}-{range_high}"),
+        Evidence::Range {
+            range_low,
+            range_high,
+            size,
+            ..
+        } => format!("range {range_low}-{range_high} ({size} ports)"),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::{
     error::Fatal,
     event::Event,
     exhaustion::{range::PortRange, warning::Warning},
+    findings::Finding,
     pipeline::{Sink, View},
     sys::output::{OutputError, OutputFile},
     track::Outcome,
@@ -67,6 +68,11 @@ impl<W: console::Output> Sink for Sinks<W> {
 
     fn existing_gone(&mut self, event: &Event) -> io::Result<()> {
         self.console.existing_gone(event)
+    }
+
+    // The report and the metrics read the findings in force from the view.
+    fn findings(&mut self, findings: &[Finding]) -> io::Result<()> {
+        self.console.findings(findings)
     }
 
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {

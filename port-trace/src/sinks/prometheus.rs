@@ -25,6 +25,7 @@ use crate::{
         workload::{CgroupId, Workload},
     },
     exhaustion::scope::{ScopeKey, Usage},
+    findings::Finding,
     pipeline::{Sink, View},
     probes::{KernelCounters, LostCounts, ProbeErrors},
     sys::procfs::kernel_release,
@@ -80,6 +81,10 @@ pub struct Metrics {
     scope_used: IntGaugeVec,
     scope_capacity: IntGaugeVec,
     held: IntGauge,
+    /// `held` by state: time_wait, other.
+    held_by_state: IntGaugeVec,
+    /// Findings in force by kind, severity and namespace.
+    findings: IntGaugeVec,
     connections_refused: IntCounter,
     /// The metrics server's refused connections at the last scrape.
     connections_refused_seen: u64,
@@ -194,6 +199,25 @@ impl Metrics {
             "port_trace_ports_held",
             "Ports allocated and not yet released (TIME_WAIT included), as traced.",
         )?;
+        // Beside port_trace_ports_held, not a label on it: dashboards and the soak read that
+        // series unlabelled.
+        let held_by_state = IntGaugeVec::new(
+            Opts::new(
+                "port_trace_ports_held_by_state",
+                "Ports held, by state: time_wait (the socket is closed, the kernel keeps the \
+                 port 60 s) and other (open sockets).",
+            ),
+            &["state"],
+        )?;
+        let findings = IntGaugeVec::new(
+            Opts::new(
+                "port_trace_findings",
+                "Findings in force (why a range fills: time_wait_churn, connection_leak, \
+                 listener_in_range, range_*), by kind, severity and network namespace; the \
+                 remedy is in the finding records and the summary.",
+            ),
+            &["kind", "severity", "netns"],
+        )?;
         let connections_refused = IntCounter::new(
             "port_trace_metrics_connections_refused_total",
             "Connections to this metrics endpoint closed unanswered because too many were \
@@ -225,6 +249,8 @@ impl Metrics {
         registry.register(Box::new(scope_used.clone()))?;
         registry.register(Box::new(scope_capacity.clone()))?;
         registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(held_by_state.clone()))?;
+        registry.register(Box::new(findings.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(reconciled.clone()))?;
         registry.register(Box::new(build_info))?;
@@ -251,6 +277,8 @@ impl Metrics {
             scope_used,
             scope_capacity,
             held,
+            held_by_state,
+            findings,
             connections_refused,
             connections_refused_seen: 0,
             reconciled,
@@ -409,6 +437,31 @@ impl Metrics {
         self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
+    /// Held ports by state: `time_wait` of `held`.
+    pub fn set_held_by_state(&mut self, time_wait: usize, held: usize) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.held_by_state
+            .with_label_values(&["time_wait"])
+            .set(gauge(time_wait));
+        self.held_by_state
+            .with_label_values(&["other"])
+            .set(gauge(held.saturating_sub(time_wait)));
+    }
+
+    /// The findings in force, counted by kind, severity and namespace; cleared ones vanish.
+    pub fn set_findings(&mut self, findings: &[&Finding]) {
+        self.findings.reset();
+        for finding in findings {
+            self.findings
+                .with_label_values(&[
+                    finding.kind.as_str(),
+                    finding.severity.as_str(),
+                    &finding.netns.to_string(),
+                ])
+                .inc();
+        }
+    }
+
     /// Counts the lines dropped on the way to stdout, `dropped` so far.
     pub fn set_output_lines_dropped(&mut self, dropped: u64) {
         self.output_lines_dropped
@@ -455,6 +508,8 @@ impl Metrics {
             .map(|(key, usage, _)| (key, usage, view.exhaustion.owner(key.netns)))
             .collect();
         self.set_state(&scopes, lost, view.held);
+        self.set_held_by_state(view.held_time_wait, view.held);
+        self.set_findings(&view.findings);
         self.set_output_lines_dropped(view.stats.totals.output_lines_dropped);
         let reconciled = view.stats.totals.reconciled;
         self.reconciled
@@ -487,6 +542,37 @@ mod tests {
     }
 
     /// The value of the sample line that starts with `prefix` (name and labels).
+    #[test]
+    fn findings_and_held_by_state_are_gauges() {
+        let mut metrics = Metrics::new("kprobe", "0").expect("metrics");
+        let churn = crate::findings::fixtures::churn();
+        metrics.set_findings(&[&churn]);
+        metrics.set_held_by_state(780, 800);
+        let text = metrics.render();
+        assert_eq!(
+            sample(
+                &text,
+                r#"port_trace_findings{kind="time_wait_churn",netns="7",severity="warn"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"port_trace_ports_held_by_state{state="time_wait"}"#
+            ),
+            Some(780.0)
+        );
+        assert_eq!(
+            sample(&text, r#"port_trace_ports_held_by_state{state="other"}"#),
+            Some(20.0)
+        );
+        // Cleared: the series goes.
+        metrics.set_findings(&[]);
+        assert!(!metrics.render().contains("time_wait_churn"));
+    }
+
     fn sample(text: &str, prefix: &str) -> Option<f64> {
         text.lines()
             .find(|line| line.starts_with(prefix))

@@ -13,7 +13,7 @@ use crate::{
     },
     pipeline::{Sink, View},
     probes::{Backend, LostCounts, ProbeErrors},
-    sinks::events::WorkloadFields,
+    sinks::events::{FindingRecord, WorkloadFields},
     stats::{DestinationStats, LifetimeSummary, Lifetimes, Stats, Totals},
     sys::output::OutputFile,
 };
@@ -23,12 +23,17 @@ pub struct Report {
     pub version: &'static str,
     pub backend: String,
     pub duration_ns: u64,
+    /// The findings in force when tracing stopped, most severe first (the finding records
+    /// of the event stream, with state as last emitted).
+    pub findings: Vec<serde_json::Value>,
     pub totals: Totals,
     pub lost: LostCounts,
     /// Failed runs of the attached eBPF programs: the total, and the programs with any.
     pub probe_errors: ProbeErrorsRecord,
     /// Ports still held when tracing stopped (in TIME_WAIT included).
     pub held_at_exit: usize,
+    /// Of `held_at_exit`, by state: `time_wait`, and `other` (open sockets).
+    pub held_by_state: HeldByState,
     /// Failed allocations by errno name.
     pub fail_by_error: BTreeMap<&'static str, u64>,
     /// Allocations per process (comm), released or not.
@@ -41,6 +46,22 @@ pub struct Report {
     /// Per workload (cgroup), the most allocations and failures first: who it is, its
     /// counts and lifetimes.
     pub workloads: Vec<WorkloadRecord>,
+}
+
+/// Held ports by the states the tracker knows without asking the kernel.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct HeldByState {
+    pub time_wait: usize,
+    pub other: usize,
+}
+
+impl HeldByState {
+    pub fn of(view: &View<'_>) -> Self {
+        Self {
+            time_wait: view.held_time_wait,
+            other: view.held.saturating_sub(view.held_time_wait),
+        }
+    }
 }
 
 /// One workload's allocations, failures and lifetimes in the report.
@@ -146,6 +167,11 @@ impl Report {
             lost: stats.lost,
             probe_errors: (&stats.probe_errors).into(),
             held_at_exit,
+            held_by_state: HeldByState {
+                time_wait: 0,
+                other: held_at_exit,
+            },
+            findings: Vec::new(),
             fail_by_error: stats.fails_by_error.clone(),
             alloc_by_process: stats.allocs_by_process.clone(),
             scopes: Vec::new(),
@@ -185,6 +211,12 @@ impl Report {
     /// The report of the pipeline's state in `view`, with its fullest scopes.
     pub fn from_view(view: &View<'_>, backend: &str) -> Self {
         let mut report = Self::new(view.stats, backend, view.elapsed_ns, view.held);
+        report.held_by_state = HeldByState::of(view);
+        report.findings = view
+            .findings
+            .iter()
+            .filter_map(|f| serde_json::to_value(FindingRecord::from(*f)).ok())
+            .collect();
         report.scopes = view
             .exhaustion
             .fullest(REPORT_SCOPES)

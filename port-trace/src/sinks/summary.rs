@@ -2,11 +2,12 @@
 
 use std::{fmt::Write as _, sync::Arc};
 
-use super::human_ns;
+use super::{events::FindingRecord, human_ns};
 use crate::event::{comm::Comm, workload::Workload};
 use crate::{
     exhaustion::level::Level,
     exhaustion::scope::{ScopeKey, Usage},
+    findings::Finding,
     stats::{DISTRIBUTION_EDGES_NS, LifetimeSummary, Lifetimes, Stats},
 };
 
@@ -69,16 +70,38 @@ fn row(out: &mut String, label: &str, s: &LifetimeSummary) {
 }
 
 /// `owner` names the workload that owns a namespace, where one does.
+/// The fullest scopes, with what names and splits them.
+pub struct Scopes<'a> {
+    pub scopes: &'a [(ScopeKey, Usage, Level)],
+    /// The workload that owns a namespace, where one does.
+    pub owner: &'a dyn Fn(u32) -> Option<Arc<Workload>>,
+    /// A scope's ports in TIME_WAIT.
+    pub time_wait: &'a dyn Fn(&ScopeKey) -> u32,
+}
+
+/// `held` is (all, of which in TIME_WAIT); `findings` the findings in force.
 pub fn render(
     stats: &Stats,
     elapsed_ns: u64,
-    held: usize,
-    scopes: &[(ScopeKey, Usage, Level)],
-    owner: &dyn Fn(u32) -> Option<Arc<Workload>>,
+    held: (usize, usize),
+    scopes: &Scopes<'_>,
+    findings: &[&Finding],
 ) -> String {
+    let Scopes {
+        scopes,
+        owner,
+        time_wait: scope_time_wait,
+    } = *scopes;
     let t = &stats.totals;
+    let (held, held_time_wait) = held;
+    let time_wait = if held_time_wait > 0 {
+        format!(" ({held_time_wait} TIME_WAIT)")
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "port-trace after {}: {} allocated, {} released, {} held now, {} failed, {} lost",
+        "port-trace after {}: {} allocated, {} released, {} held now{time_wait}, {} failed, {} \
+         lost",
         human_ns(elapsed_ns),
         t.alloc,
         t.release,
@@ -135,6 +158,14 @@ pub fn render(
         );
     }
     out.push('\n');
+    // First what to change, then the numbers.
+    if !findings.is_empty() {
+        let _ = writeln!(out, "  findings");
+        for finding in findings {
+            let record = FindingRecord::from(*finding);
+            let _ = writeln!(out, "  {}", record.to_text());
+        }
+    }
     if !scopes.is_empty() {
         let _ = writeln!(out, "  fullest ephemeral ranges");
         for (key, usage, level) in scopes {
@@ -143,9 +174,13 @@ pub fn render(
                 Level::Warn => "  WARNING",
                 Level::Ok => "",
             };
+            let time_wait = match scope_time_wait(key) {
+                0 => String::new(),
+                n => format!(" ({n} TIME_WAIT)"),
+            };
             let _ = writeln!(
                 out,
-                "  {:<44} {} {:>6}/{:<6} {:>4.0}%{mark}",
+                "  {:<44} {} {:>6}/{:<6} {:>4.0}%{mark}{time_wait}",
                 scope_name(key, owner(key.netns).as_deref()),
                 bar(usage),
                 usage.used,
@@ -341,6 +376,23 @@ fn top_destinations(out: &mut String, stats: &Stats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_owner(_: u32) -> Option<Arc<Workload>> {
+        None
+    }
+
+    fn no_time_wait(_: &ScopeKey) -> u32 {
+        0
+    }
+
+    /// Scopes with no owner and nothing in TIME_WAIT.
+    fn plain(scopes: &[(ScopeKey, Usage, Level)]) -> Scopes<'_> {
+        Scopes {
+            scopes,
+            owner: &no_owner,
+            time_wait: &no_time_wait,
+        }
+    }
     use crate::stats::tests::one_connect_held_for;
 
     #[test]
@@ -382,9 +434,9 @@ mod tests {
     #[test]
     fn shows_dropped_output_lines_apart_from_lost_events_and_only_when_any() {
         let (mut stats, _) = one_connect_held_for(2_000_000);
-        assert!(!render(&stats, 1, 0, &[], &|_| None).contains("dropped"));
+        assert!(!render(&stats, 1, (0, 0), &plain(&[]), &[]).contains("dropped"));
         stats.set_output_lines_dropped(7);
-        let text = render(&stats, 1, 0, &[], &|_| None);
+        let text = render(&stats, 1, (0, 0), &plain(&[]), &[]);
         assert!(
             text.contains("0 lost, 7 output lines dropped (not taken by stdout)"),
             "{text}"
@@ -409,15 +461,23 @@ mod tests {
             capacity: 10,
         };
         let scopes = [(key, usage, Level::Warn)];
-        let text = render(&stats, 1, 0, &scopes, &|_| None);
+        let text = render(&stats, 1, (0, 0), &plain(&scopes), &[]);
         assert!(!text.contains("top workloads"), "{text}");
         in_container(&mut event, 42, "web");
         stats.record(&event, Outcome::Allocated);
         stats.record(&event, Outcome::Allocated);
         let owner = event.workload.clone();
-        let text = render(&stats, 1, 0, &scopes, &|netns| {
-            (netns == 7).then(|| owner.clone()).flatten()
-        });
+        let text = render(
+            &stats,
+            1,
+            (0, 0),
+            &Scopes {
+                scopes: &scopes,
+                owner: &|netns| (netns == 7).then(|| owner.clone()).flatten(),
+                time_wait: &|_| 0,
+            },
+            &[],
+        );
         assert!(
             text.contains("tcp netns 7 (container web (000000000000))"),
             "{text}"
@@ -450,12 +510,18 @@ mod tests {
         let text = render(
             &stats,
             1_000_000_000,
-            0,
-            &[(key, usage, Level::Warn)],
-            &|_| None,
+            (0, 0),
+            &Scopes {
+                scopes: &[(key, usage, Level::Warn)],
+                owner: &no_owner,
+                time_wait: &|_| 3,
+            },
+            &[],
         );
         assert!(
-            text.contains("tcp netns 7") && text.contains("[##################--]"),
+            text.contains("tcp netns 7")
+                && text.contains("[##################--]")
+                && text.contains("90%  WARNING (3 TIME_WAIT)"),
             "{text}"
         );
         assert!(
@@ -473,7 +539,7 @@ mod tests {
             ..Default::default()
         });
         stats.totals.reconciled = 4;
-        let text = render(&stats, 1_000_000_000, 0, &[], &|_| None);
+        let text = render(&stats, 1_000_000_000, (0, 0), &plain(&[]), &[]);
         assert!(
             text.contains(
                 "2 lost (ring buffer full: 0, socket table full: 0, failure ring full: 0, \
@@ -511,7 +577,7 @@ mod tests {
         // A process that allocated and released nothing yet, with a hostile name.
         event.comm = Comm::new(b"\x1b]0;x\x07\r\nFAKE");
         stats.record(&event, crate::track::Outcome::Allocated);
-        let text = render(&stats, 1, 1, &[], &|_| None);
+        let text = render(&stats, 1, (1, 0), &plain(&[]), &[]);
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
         let process = text
             .lines()
@@ -528,7 +594,7 @@ mod tests {
     fn failed_program_runs_show_only_when_there_are_some() {
         use crate::probes::{Backend, ProbeErrors, counters::ProgramErrors};
         let (mut stats, _) = one_connect_held_for(1_000);
-        assert!(!render(&stats, 1, 0, &[], &|_| None).contains("failed eBPF"));
+        assert!(!render(&stats, 1, (0, 0), &plain(&[]), &[]).contains("failed eBPF"));
         stats.probe_errors = ProbeErrors {
             programs: vec![ProgramErrors {
                 program: "tcp_state",
@@ -536,10 +602,31 @@ mod tests {
                 count: 2,
             }],
         };
-        let text = render(&stats, 1, 0, &[], &|_| None);
+        let text = render(&stats, 1, (0, 0), &plain(&[]), &[]);
         assert!(
             text.contains("\n  failed eBPF program runs: 2 (tcp_state: 2)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn findings_come_first_and_time_wait_is_counted_in_the_totals() {
+        let stats = Stats::new(false);
+        let churn = crate::findings::fixtures::churn();
+        let text = render(&stats, 1, (800, 780), &plain(&[]), &[&churn]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("800 held now (780 TIME_WAIT)"), "{text}");
+        assert_eq!(lines[1], "  findings");
+        assert!(
+            lines[2].starts_with(
+                "  FINDING warn time_wait_churn (appeared) netns 7 to 10.0.0.5:443, curl[42]: \
+                 780 of 800 held ports in TIME_WAIT (98%)"
+            ),
+            "{text}"
+        );
+        assert!(lines[2].contains("fix: reuse connections"), "{text}");
+        let quiet = render(&stats, 1, (5, 0), &plain(&[]), &[]);
+        assert!(quiet.contains("5 held now, "), "{quiet}");
+        assert!(!quiet.contains("findings"), "{quiet}");
     }
 }

@@ -115,16 +115,35 @@ pub fn run_in_inode<T: Send>(inode: u32, work: impl FnOnce() -> T + Send) -> Opt
     run_in(&find(inode)?, work).ok()
 }
 
-/// The texts of `ip_local_port_range` and `ip_local_reserved_ports` (empty if unreadable) in
-/// namespace `inode`: `/proc/sys/net` shows the reading thread's own.
-pub fn port_range_sysctls(inode: u32) -> Option<(String, String)> {
+/// The texts of `ip_local_port_range`, `ip_local_reserved_ports` and
+/// `ip_unprivileged_port_start` in namespace `inode`: `/proc/sys/net` shows the reading
+/// thread's own.
+pub fn port_range_sysctls(inode: u32) -> Option<PortSysctls> {
     run_in_inode(inode, || {
         let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
         let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
             .unwrap_or_default();
-        Some((range, reserved))
+        // Since Linux 4.11; per namespace.
+        let unprivileged_start =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").ok();
+        Some(PortSysctls {
+            range,
+            reserved,
+            unprivileged_start,
+        })
     })
     .flatten()
+}
+
+/// A namespace's port sysctls, as read.
+#[derive(Debug, Clone, Default)]
+pub struct PortSysctls {
+    /// `ip_local_port_range`.
+    pub range: String,
+    /// `ip_local_reserved_ports` (empty if unreadable).
+    pub reserved: String,
+    /// `ip_unprivileged_port_start`, where the kernel has it.
+    pub unprivileged_start: Option<String>,
 }
 
 #[cfg(test)]
@@ -141,7 +160,8 @@ mod tests {
         let own = own().expect("own netns");
         let path = find(own).expect("some process is in our namespace");
         assert_eq!(inode_of(&path), Some(own));
-        let (range, _) = port_range_sysctls(own).expect("readable range");
-        assert_eq!(range.split_whitespace().count(), 2, "{range}");
+        let read = port_range_sysctls(own).expect("readable range");
+        assert_eq!(read.range.split_whitespace().count(), 2, "{}", read.range);
+        assert!(read.unprivileged_start.is_some(), "Linux >= 4.11");
     }
 }

@@ -409,6 +409,14 @@ impl Tracker {
             .count();
         self.held.len() - self.explicit + time_wait
     }
+
+    /// Of `held`, the ports in TIME_WAIT.
+    pub fn held_time_wait(&self) -> usize {
+        self.time_wait
+            .values()
+            .filter(|t| !t.release.explicit)
+            .count()
+    }
 }
 
 #[cfg(test)]

@@ -562,3 +562,14 @@ impl Drop for Container {
         let _ = docker_cmd(&["rm", "--force", &self.id]);
     }
 }
+
+/// The findings (kind and state) that name this test process: a test whose workload causes
+/// none asserts this is empty (other tests' namespaces may raise their own range lints).
+pub fn our_findings(events: &[Value]) -> Vec<String> {
+    let pid = u64::from(std::process::id());
+    events
+        .iter()
+        .filter(|e| e["type"] == "finding" && e["who"]["pid"].as_u64() == Some(pid))
+        .map(|e| format!("{} {}", e["kind"], e["state"]))
+        .collect()
+}
