@@ -11,12 +11,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cmd, run, setup};
 
 /// The targets, as fuzz/Cargo.toml names them.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "ring_record",
     "sock_diag",
     "btf",
     "tracefs_format",
     "metrics_request",
+    "capture_line",
 ];
 
 /// How long `cargo xtask test` runs each target.
