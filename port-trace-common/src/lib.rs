@@ -260,7 +260,7 @@ mod tests {
             8 + 8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 1 + 3
         );
         assert_eq!(size_of::<PortEvent>() % 8, 0);
-        assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 15 * 4);
         assert_eq!(size_of::<KernelFilter>(), (MAX_NETNS_FILTER + 2) * 4);
     }
 
