@@ -75,16 +75,7 @@ impl PortRange {
         all.push((port, port));
         all.sort_unstable();
         all.dedup();
-        all.iter()
-            .map(|&(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        reserved_list(&all)
     }
 
     /// Whether the kernel would hand `port` out from this range.
@@ -105,6 +96,21 @@ impl PortRange {
             .sum();
         all - reserved.min(all)
     }
+}
+
+/// Reserved port ranges as `ip_local_reserved_ports` takes them: `8080,40000-40009`.
+pub fn reserved_list(reserved: &[(u16, u16)]) -> String {
+    reserved
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

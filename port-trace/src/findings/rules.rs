@@ -278,7 +278,7 @@ pub(super) fn listener(
             port,
             range_low: range.low,
             range_high: range.high,
-            reserved: range_list(&range.reserved),
+            reserved: crate::exhaustion::range::reserved_list(&range.reserved),
         },
         remedy: format!(
             "port {port} is inside the ephemeral range {}-{}: an outgoing connect() may \
@@ -289,20 +289,6 @@ pub(super) fn listener(
         ),
         ts_ns: now_ns,
     })
-}
-
-fn range_list(reserved: &[(u16, u16)]) -> String {
-    reserved
-        .iter()
-        .map(|&(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 pub(super) fn ranges(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: &mut Vec<Finding>) {
