@@ -56,7 +56,7 @@ fn take_over_churn_holds_no_port_without_a_socket() {
     );
     // Reconciliation every 2 s, not 30: a leak late in the churn, after the last loss, is
     // found by the periodic look, and the test need not wait half a minute for it.
-    let tracer = Tracer::start(&[
+    let mut tracer = Tracer::start(&[
         "--netns",
         &netns.inode().to_string(),
         "--reconcile-every",
@@ -121,10 +121,13 @@ fn take_over_churn_holds_no_port_without_a_socket() {
     for thread in clients.into_iter().chain(servers) {
         thread.join().expect("churn thread");
     }
-    // The last closes settle, then reconciliation (a look within 2 s, a confirming one 2 s
-    // later, for ports at least 1 s old): 7 s here, and time to spare for the VM matrix,
-    // where a dump of thousands of TIME_WAIT sockets under emulation takes seconds.
-    sleep(Duration::from_secs(15));
+    // The daemon catches up with the churn's events (here at once; under emulation, the
+    // debug build takes tens of seconds for the 30,000 of the VM matrix, and no look is
+    // made while it drains), then reconciliation (a look within 2 s, a confirming one 2 s later, for ports
+    // at least 1 s old): 7 s here, and time to spare for the VM matrix, where a dump of
+    // thousands of TIME_WAIT sockets under emulation takes seconds.
+    tracer.wait_until_quiet(Duration::from_secs(2), Duration::from_secs(120));
+    sleep(Duration::from_secs(12));
     let kernel = netns.ss_ports(RANGE.0..=RANGE.1).len();
     let kernel_connections = netns.run(|| {
         std::process::Command::new("ss")
@@ -224,7 +227,11 @@ fn differences(ss: &str, events: &[serde_json::Value], ss_at_ns: u64) -> String 
             .or_default()
             .push(what);
     }
-    let open = |h: &Vec<String>| h.last().is_some_and(|w| w.starts_with("alloc"));
+    // Held: allocated, or parked in TIME_WAIT until its release.
+    let open = |h: &Vec<String>| {
+        h.last()
+            .is_some_and(|w| w.starts_with("alloc") || w.starts_with("time_wait"))
+    };
     let (mut untracked, mut released, mut stale) = (Vec::new(), Vec::new(), Vec::new());
     for (tuple, state) in &kernel {
         match history.get(tuple) {

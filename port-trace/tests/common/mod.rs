@@ -34,6 +34,8 @@ pub struct Tracer {
     /// The `ready` record: backend and the programs attached.
     pub ready: Value,
     lines: Receiver<String>,
+    /// Lines taken off `lines` early (`wait_until_quiet`), kept for `stop`.
+    received: Vec<String>,
     pub report: PathBuf,
 }
 
@@ -86,7 +88,22 @@ impl Tracer {
             child,
             ready,
             lines,
+            received: Vec::new(),
             report,
+        }
+    }
+
+    /// Waits until port-trace has printed nothing for `quiet` (it has caught up with the
+    /// kernel's events), or `limit` passed. Under emulation (the VM matrix) the debug build
+    /// drains a burst of tens of thousands of events for tens of seconds after the burst
+    /// ends; what it does after catching up (reconciliation) is timed from here.
+    pub fn wait_until_quiet(&mut self, quiet: Duration, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            match self.lines.recv_timeout(quiet) {
+                Ok(line) => self.received.push(line),
+                Err(_) => return,
+            }
         }
     }
 
@@ -105,9 +122,9 @@ impl Tracer {
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().expect("port-trace exits");
         assert!(status.success(), "port-trace exited with {status}");
-        let events: Vec<Value> = self
-            .lines
-            .try_iter()
+        let events: Vec<Value> = std::mem::take(&mut self.received)
+            .into_iter()
+            .chain(self.lines.try_iter())
             .map(|line| {
                 serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
