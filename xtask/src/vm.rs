@@ -123,17 +123,12 @@ pub fn print_table(outcomes: &[Outcome]) {
 /// have: they run here, where `cargo xtask test` installs and starts what they need. The
 /// attribution that needs no Docker (`cgroup_id`, `workload`: real cgroups) runs in the VMs.
 ///
-/// `take_over` is here for an open defect (issue 12): on the kprobe and tracepoint backends
-/// alike, the VM matrix run of the merged tree (b8f9c95) left ports held above the kernel's
-/// count (3035 vs 2936 on 6.1 kprobe) with 0 reconciled, where the same test passed in all
-/// four VMs on the branch that fixed the kprobe cause (before the attribution, findings and
-/// capture changes were merged). Until that is found it runs here, where it passes.
-///
 /// `findings` and `analyze` test the daemon's judgement and replay of event streams whose
 /// kernel side the VMs cover already (`tcp_lifetimes`, `time_wait`, `exhaustion`), and the
 /// churn finding's "before the first failure" is a race under emulation, not a kernel
-/// property.
-const HOST_ONLY_TESTS: [&str; 11] = [
+/// property. Bind before connect's kernel side (`bound_connect`, per backend) is in
+/// `bind_connect`, which runs in the VMs.
+const HOST_ONLY_TESTS: [&str; 10] = [
     "layout",
     "outputs",
     "console_io",
@@ -144,7 +139,6 @@ const HOST_ONLY_TESTS: [&str; 11] = [
     "containers",
     "findings",
     "analyze",
-    "take_over",
 ];
 
 /// Builds the test binaries (and port-trace, which the integration tests run) and returns
