@@ -67,6 +67,11 @@ pub const EVENT_FAIL: u8 = 3;
 /// The TIME_WAIT socket that held a released port is gone (kprobe backend: the kernel sees
 /// it die; the tracepoint backend watches sock_diag instead).
 pub const EVENT_TIME_WAIT_END: u8 = 4;
+/// A TCP socket whose port came from bind() to port 0 went on to connect(): it holds that
+/// port for every destination, where a port connect() chooses is shared per destination.
+/// The record is the allocation's, with the peer the socket is connecting to. (A socket
+/// with IP_BIND_ADDRESS_NO_PORT got no port at bind(): connect() chose it, as it should.)
+pub const EVENT_BOUND_CONNECT: u8 = 5;
 
 /// On a TCP release: the socket closed actively (from FIN_WAIT1/FIN_WAIT2/CLOSING), so its
 /// port most likely lives on in a TIME_WAIT socket; the daemon watches for that one to go.

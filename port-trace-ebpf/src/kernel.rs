@@ -103,24 +103,33 @@ pub fn sock_event(sk: *const u8, off: &KernelOffsets, proto: u8, kind: u8) -> Po
     let family = unsafe { read::<u16>(sk, off.sk_family) }.unwrap_or(0) as u8;
     event.family = family;
     event.lport = sk_num(sk, off);
-    event.rport = u16::from_be(unsafe { read::<u16>(sk, off.sk_dport) }.unwrap_or(0));
     if family == AF_INET {
         let _ = unsafe {
             bpf_probe_read_kernel_buf(sk.add(off.sk_rcv_saddr as usize), &mut event.laddr[..4])
-        };
-        let _ = unsafe {
-            bpf_probe_read_kernel_buf(sk.add(off.sk_daddr as usize), &mut event.raddr[..4])
         };
     } else if family == AF_INET6 {
         let _ = unsafe {
             bpf_probe_read_kernel_buf(sk.add(off.sk_v6_rcv_saddr as usize), &mut event.laddr)
         };
+    }
+    read_peer(sk, off, &mut event);
+    event.netns = sk_netns(sk, off);
+    event
+}
+
+/// Reads the socket's peer, address and port, into `event` (whose `family` is the socket's).
+#[inline(always)]
+pub fn read_peer(sk: *const u8, off: &KernelOffsets, event: &mut PortEvent) {
+    event.rport = u16::from_be(unsafe { read::<u16>(sk, off.sk_dport) }.unwrap_or(0));
+    if event.family == AF_INET {
+        let _ = unsafe {
+            bpf_probe_read_kernel_buf(sk.add(off.sk_daddr as usize), &mut event.raddr[..4])
+        };
+    } else if event.family == AF_INET6 {
         let _ = unsafe {
             bpf_probe_read_kernel_buf(sk.add(off.sk_v6_daddr as usize), &mut event.raddr)
         };
     }
-    event.netns = sk_netns(sk, off);
-    event
 }
 
 /// An event naming the current process and its cgroup; the caller fills the socket's part,

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use port_trace_common::{
-    EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, LOST_FAILURE_RING_FULL,
-    LOST_REASONS, LOST_RINGBUF_FULL, LOST_TABLE_FULL, PortEvent,
+    EVENT_ALLOC, EVENT_BOUND_CONNECT, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END,
+    FLAG_EXPLICIT, IPPROTO_TCP, KIND_BIND, LOST_FAILURE_RING_FULL, LOST_REASONS, LOST_RINGBUF_FULL,
+    LOST_TABLE_FULL, PortEvent,
 };
 
 /// Where a tracked socket's port stands.
@@ -165,6 +166,26 @@ pub fn allocated(entry: *mut SockEntry, lport: u16) {
     entry.event.lport = lport;
     entry.event.event = EVENT_ALLOC;
     submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true);
+}
+
+/// A TCP socket with a port already is connecting to the peer `sk` names now: if that port
+/// came from bind() to port 0, report it (bind before connect: the port is held for every
+/// destination). Its entry keeps the allocation as it was: the release is the bind's.
+pub fn bound_connect(entry: *mut SockEntry, sk: *const u8) {
+    // SAFETY: `entry` points into SOCKETS, valid for this program run.
+    let entry = unsafe { &*entry };
+    let held_from_bind = entry.state == HELD
+        && entry.event.kind == KIND_BIND
+        && entry.event.proto == IPPROTO_TCP
+        && entry.event.flags & FLAG_EXPLICIT == 0;
+    if !held_from_bind {
+        return;
+    }
+    let mut event = entry.event;
+    event.event = EVENT_BOUND_CONNECT;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    crate::kernel::read_peer(sk, &crate::kernel::offsets(), &mut event);
+    submit_to(&EVENTS, &event, LOST_RINGBUF_FULL, true);
 }
 
 /// The socket is gone or its port is free: report the release if the port was held.

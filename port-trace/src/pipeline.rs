@@ -191,13 +191,11 @@ impl Pipeline {
         let warnings = self.exhaustion.observe(event, outcome);
         self.new_ranges(sink)?;
         self.findings.observe(event, outcome);
-        // A port bound by number inside the range is said at once: a connect() may take
-        // it before the next interval.
-        if event.explicit
-            && outcome == Outcome::Allocated
-            && let Some(found) = self.findings.check_bound(event, &self.exhaustion)
-        {
-            sink.findings(&[found])?;
+        // A port bound by number inside the range, and bind before connect, are said at
+        // once: a connect() may take the port, or the range run out, before the next interval.
+        let found = self.findings.at_once(event, outcome, &self.exhaustion);
+        if !found.is_empty() {
+            sink.findings(&found)?;
         }
         if self.filter.matches(event) {
             // A port asked for by number counts in occupancy only: it is no allocation.

@@ -292,6 +292,8 @@ impl Stats {
             Outcome::Reconciled => self.totals.reconciled += 1,
             // Still held; counted when its TIME_WAIT socket goes.
             Outcome::EnteredTimeWait => {}
+            // The same port, still held: the findings stage counts these.
+            Outcome::BoundConnected => {}
         }
     }
 
@@ -346,7 +348,8 @@ impl Stats {
 
     /// Counts the event against its destination, for connect()s (TCP, or UDP's).
     fn record_destination(&mut self, event: &Event, outcome: Outcome) {
-        if event.rport == 0 || outcome == Outcome::EnteredTimeWait {
+        if event.rport == 0 || matches!(outcome, Outcome::EnteredTimeWait | Outcome::BoundConnected)
+        {
             return;
         }
         let addr = SocketAddr::new(event.raddr, event.rport);
@@ -366,7 +369,7 @@ impl Stats {
             Outcome::UnmatchedRelease => dest.release += 1,
             Outcome::Failed => dest.fail += 1,
             // No lifetime to count in the mean.
-            Outcome::EnteredTimeWait | Outcome::Reconciled => {}
+            Outcome::EnteredTimeWait | Outcome::Reconciled | Outcome::BoundConnected => {}
         }
     }
 

@@ -5,7 +5,8 @@
 //! | function                        | what it means here                                  |
 //! | ------------------------------- | --------------------------------------------------- |
 //! | inet_bind, inet6_bind           | bind(): port 0 asked at entry; chosen port or errno |
-//! | __inet_hash_connect             | TCP connect() picks its port (v4 and v6)            |
+//! | __inet_hash_connect             | TCP connect() picks its port (v4 and v6), or keeps  |
+//! |                                 | the one bind(0) chose (`EVENT_BOUND_CONNECT`)       |
 //! | inet_csk_get_port               | port 0 outside a bind(): listen() without bind      |
 //! | inet_dgram_connect              | UDP connect(): autobind inside, EAGAIN at return    |
 //! | udp_lib_get_port                | port 0 outside bind()/connect(): first sendmsg()    |

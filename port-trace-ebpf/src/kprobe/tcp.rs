@@ -28,6 +28,9 @@ fn try_kp_hash_connect(ctx: &ProbeContext) -> Outcome {
     let sk: *const u8 = ctx.arg(1).ok_or(NO_ARG)?;
     if kernel::sk_num(sk, &kernel::offsets()) == 0 {
         request(sk, KIND_CONNECT);
+    } else if let Some(entry) = entry_of(sk, kernel::socket_id(sk)) {
+        // The socket has a port already: from bind(0), it is reported as such.
+        track::bound_connect(entry, sk);
     }
     Ok(())
 }

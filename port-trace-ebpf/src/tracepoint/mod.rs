@@ -1,6 +1,7 @@
 //! The tracepoint backend, for kernels without kprobes. It sees a port's life like this:
 //! - `tcp_state` (tp_btf `inet_sock_set_state`): a connect() or listen() on a socket with no
-//!   port yet is *pending*; any TCP socket reaching CLOSE releases its port.
+//!   port yet is *pending*; one whose port came from bind(0) is reported connecting
+//!   (`EVENT_BOUND_CONNECT`); any TCP socket reaching CLOSE releases its port.
 //! - `tcp_port_chosen` (cgroup sock_ops): the TCP_CONNECT/TCP_LISTEN callbacks run right after
 //!   the kernel chose the port, so that is where a pending connect/listen becomes an alloc.
 //! - `bind4_request`/`bind6_request` (cgroup sock_addr): a bind() asking for port 0 is pending;

@@ -48,8 +48,13 @@ fn try_tcp_state(ctx: &BtfTracePointContext) -> Outcome {
         return Ok(());
     }
     // A port already chosen came from an explicit bind (not ephemeral) or from bind(0),
-    // which the bind hooks track.
+    // which the bind hooks track; a connect() from bind(0)'s port is reported as such.
     if kernel::sk_num(sk, &off) != 0 {
+        if kind == KIND_CONNECT
+            && let Some(entry) = track::lookup(unsafe { bpf_get_socket_cookie(sk as *mut _) })
+        {
+            track::bound_connect(entry, sk);
+        }
         return Ok(());
     }
     // The port is chosen next, in this same syscall; sock_ops reports it (tcp_port_chosen).

@@ -213,6 +213,7 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
         "alloc" => Some(EventType::Alloc),
         "release" => Some(EventType::Release),
         "fail" => Some(EventType::Fail),
+        "bound_connect" => Some(EventType::BoundConnect),
         _ => None,
     };
     match base {
@@ -237,7 +238,7 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
             Ok(Record::Range(range))
         }
         "existing" | "existing_gone" | "time_wait" | "reconciled" | "alloc" | "release"
-        | "fail" => {
+        | "fail" | "bound_connect" => {
             let line = EventLine::deserialize(&value).map_err(field)?;
             let workload = WorkloadLine::deserialize(&value).map_err(field)?.workload();
             // As the ring's decoder: the kernel never hands out port 0.
@@ -306,6 +307,21 @@ mod tests {
         assert_eq!((lifetime_ns, time_wait_ns), (Some(4), Some(2)));
         assert_eq!(event.raddr, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         assert_eq!(event.rport, 0);
+    }
+
+    #[test]
+    fn decodes_a_bound_connect_with_its_peer() {
+        let line = ALLOC
+            .replace(r#""type":"alloc""#, r#""type":"bound_connect""#)
+            .replace(r#""kind":"connect""#, r#""kind":"bind""#);
+        let Record::Event { event, .. } = decode_line(&line).expect("decodes") else {
+            panic!("an event");
+        };
+        assert_eq!(
+            (event.event, event.kind, event.rport),
+            (EventType::BoundConnect, AllocKind::Bind, 443)
+        );
+        assert_eq!(event.raddr, IpAddr::from([10, 1, 2, 3]));
     }
 
     #[test]

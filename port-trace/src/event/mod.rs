@@ -13,9 +13,9 @@ use std::{
 };
 
 use port_trace_common::{
-    AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, EAGAIN, EVENT_ALLOC, EVENT_FAIL, EVENT_RELEASE,
-    EVENT_TIME_WAIT_END, FLAG_EXPLICIT, FLAG_TIME_WAIT, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND,
-    KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
+    AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, EAGAIN, EVENT_ALLOC, EVENT_BOUND_CONNECT,
+    EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, FLAG_EXPLICIT, FLAG_TIME_WAIT, IPPROTO_TCP,
+    IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -31,6 +31,10 @@ pub enum EventType {
     Alloc,
     Release,
     Fail,
+    /// A TCP socket whose port came from bind() to port 0 connected (to `raddr`:`rport`):
+    /// it holds that port for every destination. Changes nothing held; findings count it.
+    #[serde(rename = "bound_connect")]
+    BoundConnect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -214,6 +218,7 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         EVENT_ALLOC => EventType::Alloc,
         EVENT_RELEASE | EVENT_TIME_WAIT_END => EventType::Release,
         EVENT_FAIL => EventType::Fail,
+        EVENT_BOUND_CONNECT => EventType::BoundConnect,
         other => return Err(unknown("event", other)),
     };
     let proto = Proto::from_ipproto(raw.proto).ok_or(unknown("proto", raw.proto))?;

@@ -222,7 +222,7 @@ impl Exhaustion {
                     raised.push(self.warning(&key, Level::Critical, Reason::Failure, event.ts_ns));
                 }
             }
-            Outcome::EnteredTimeWait | Outcome::UnmatchedRelease => {}
+            Outcome::EnteredTimeWait | Outcome::UnmatchedRelease | Outcome::BoundConnected => {}
         }
         raised
     }

@@ -54,6 +54,9 @@ pub enum Kind {
     RangeDiffersFromHost,
     /// Fewer than `rules::SMALL_RANGE` ports.
     RangeSmall,
+    /// A process binds to port 0 before connect(): each of its ports is held for every
+    /// destination, not shared per destination.
+    BindBeforeConnect,
 }
 
 impl Kind {
@@ -67,10 +70,12 @@ impl Kind {
             Kind::RangeBelowUnprivileged => "range_below_unprivileged",
             Kind::RangeDiffersFromHost => "range_differs_from_host",
             Kind::RangeSmall => "range_small",
+            Kind::BindBeforeConnect => "bind_before_connect",
         }
     }
 
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
+        Kind::BindBeforeConnect,
         Kind::TimeWaitChurn,
         Kind::ConnectionLeak,
         Kind::ListenerInRange,
@@ -165,6 +170,18 @@ pub enum Evidence {
         /// ip_local_reserved_ports as it is now.
         reserved: String,
     },
+    BindConnect {
+        /// connect()s from a port bind(0) chose, since the pattern was first seen.
+        connects: u64,
+        /// The distinct destinations they went to (counted up to `rules::DESTINATIONS_SEEN`).
+        destinations: u32,
+        /// Ports the process holds from bind(0) now (TCP).
+        bound_held: u32,
+        /// bind(0)s that failed for want of a port (EADDRINUSE) since then.
+        bind_failures: u64,
+        /// The namespace's range size: what every destination shares.
+        range_size: u32,
+    },
     Range {
         range_low: u16,
         range_high: u16,
@@ -184,6 +201,7 @@ impl Evidence {
         match self {
             Evidence::TimeWait { time_wait, .. } => Some(f64::from(*time_wait)),
             Evidence::Leak { held, .. } => Some(f64::from(*held)),
+            Evidence::BindConnect { bound_held, .. } => Some(f64::from(*bound_held)),
             Evidence::Listener { .. } | Evidence::Range { .. } => None,
         }
     }
@@ -228,7 +246,7 @@ impl Finding {
             // Churn is the destination's, whoever allocates last; a leak and a listener are
             // a process's.
             pid: match self.kind {
-                Kind::ConnectionLeak | Kind::ListenerInRange => {
+                Kind::ConnectionLeak | Kind::ListenerInRange | Kind::BindBeforeConnect => {
                     self.who.as_ref().map_or(0, |w| w.pid)
                 }
                 _ => 0,
@@ -297,6 +315,22 @@ struct ConnKey {
     pid: u32,
 }
 
+/// Per namespace and process: TCP bind(0), and connect()s from those ports (what
+/// bind-before-connect is judged on).
+#[derive(Debug, Default)]
+struct BoundConnects {
+    /// Ports held from bind(0) now.
+    bound_held: u32,
+    /// connect()s from them since the pattern was first seen (or last cleared).
+    connects: u64,
+    /// Their distinct destinations, the first `rules::DESTINATIONS_SEEN`.
+    destinations: Vec<Destination>,
+    /// bind(0)s that failed for want of a port, since then.
+    failures: u64,
+    last_connect_ns: u64,
+    who: Option<Who>,
+}
+
 /// A fixed port held by number (bind to port N, or a listener found at start-up).
 #[derive(Debug)]
 struct Fixed {
@@ -311,6 +345,7 @@ pub struct Findings {
     dests: HashMap<(u32, Destination), DestCounts>,
     conns: HashMap<ConnKey, Conns>,
     fixed: HashMap<(u32, Proto, u16), Fixed>,
+    bound: HashMap<(u32, u32), BoundConnects>,
     /// As last emitted, until cleared.
     active: HashMap<Key, Finding>,
     last_eval_ns: Option<u64>,
@@ -332,6 +367,7 @@ impl Findings {
             dests: HashMap::new(),
             conns: HashMap::new(),
             fixed: HashMap::new(),
+            bound: HashMap::new(),
             active: HashMap::new(),
             last_eval_ns: None,
         }
@@ -386,6 +422,10 @@ impl Findings {
             }
             return;
         }
+        if event.proto == Proto::Tcp && event.kind == AllocKind::Bind {
+            self.observe_bound(event, outcome);
+            return;
+        }
         if !matches!(event.kind, AllocKind::Connect | AllocKind::Sendmsg) {
             return;
         }
@@ -395,7 +435,7 @@ impl Findings {
             Outcome::Released { time_wait_ns, .. } => Some(time_wait_ns.is_some()),
             Outcome::Reconciled => Some(event.time_wait),
             Outcome::EnteredTimeWait => None,
-            Outcome::UnmatchedRelease | Outcome::Failed => return,
+            Outcome::UnmatchedRelease | Outcome::Failed | Outcome::BoundConnected => return,
         };
         if event.proto == Proto::Tcp && event.kind == AllocKind::Connect {
             let counts = self.dests.entry((event.netns, dest)).or_default();
@@ -452,6 +492,54 @@ impl Findings {
         }
     }
 
+    /// A TCP socket bound to port 0: held, connected, closed, or a bind() that found no port.
+    fn observe_bound(&mut self, event: &Event, outcome: Outcome) {
+        let key = (event.netns, event.pid);
+        match outcome {
+            Outcome::Allocated => self.bound.entry(key).or_default().bound_held += 1,
+            Outcome::BoundConnected => {
+                let b = self.bound.entry(key).or_default();
+                b.connects += 1;
+                b.last_connect_ns = event.ts_ns;
+                let dest = destination(event);
+                if b.destinations.len() < rules::DESTINATIONS_SEEN
+                    && !b.destinations.contains(&dest)
+                {
+                    b.destinations.push(dest);
+                }
+                if b.who.is_none() {
+                    b.who = Some(Who::of(event));
+                }
+            }
+            // The socket closed (its port may live on in TIME_WAIT: the kernel's, as for
+            // leaks).
+            Outcome::EnteredTimeWait
+            | Outcome::Released {
+                time_wait_ns: None, ..
+            } => {
+                if let Some(b) = self.bound.get_mut(&key) {
+                    b.bound_held = b.bound_held.saturating_sub(1);
+                }
+            }
+            Outcome::Reconciled if !event.time_wait => {
+                if let Some(b) = self.bound.get_mut(&key) {
+                    b.bound_held = b.bound_held.saturating_sub(1);
+                }
+            }
+            // The range ran out for bind(0): the pattern's own failure when the process
+            // binds before connecting; else it counts against those in the namespace that do.
+            Outcome::Failed => {
+                let own = self.bound.get(&key).is_some_and(|b| b.connects > 0);
+                for ((netns, pid), b) in &mut self.bound {
+                    if *netns == event.netns && b.connects > 0 && (!own || *pid == event.pid) {
+                        b.failures += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn conn_closed(&mut self, key: &ConnKey) {
         if let Some(conns) = self.conns.get_mut(key) {
             conns.held = conns.held.saturating_sub(1);
@@ -459,16 +547,58 @@ impl Findings {
         }
     }
 
-    /// A port just bound by number (`observe`d): named at once if it lies inside the range,
-    /// not at the next interval.
-    pub fn check_bound(&mut self, event: &Event, exhaustion: &Exhaustion) -> Option<Finding> {
-        let key = (event.netns, event.proto, event.port);
-        let mut found = rules::listener(key, self.fixed.get(&key)?, exhaustion, event.ts_ns)?;
+    /// What an event just `observe`d says at once, not at the next interval: a port bound by
+    /// number inside the range (a connect() may take it first), and bind before connect
+    /// (seen repeatedly, or a bind() that failed for it: the range may be gone by then).
+    pub fn at_once(
+        &mut self,
+        event: &Event,
+        outcome: Outcome,
+        exhaustion: &Exhaustion,
+    ) -> Vec<Finding> {
+        let found: Vec<Finding> = if event.explicit {
+            let key = (event.netns, event.proto, event.port);
+            let fixed = self
+                .fixed
+                .get(&key)
+                .filter(|_| outcome == Outcome::Allocated);
+            fixed
+                .and_then(|fixed| rules::listener(key, fixed, exhaustion, event.ts_ns))
+                .into_iter()
+                .collect()
+        } else if event.proto == Proto::Tcp && event.kind == AllocKind::Bind {
+            // A connect: this process's pattern; a failure: everyone's in the namespace
+            // (rare, and the range is out).
+            let keys: Vec<(u32, u32)> = match outcome {
+                Outcome::BoundConnected => vec![(event.netns, event.pid)],
+                Outcome::Failed => self
+                    .bound
+                    .keys()
+                    .filter(|(netns, _)| *netns == event.netns)
+                    .copied()
+                    .collect(),
+                _ => return Vec::new(),
+            };
+            keys.into_iter()
+                .filter_map(|key| rules::bind_connect_one(self, key, exhaustion, event.ts_ns))
+                .collect()
+        } else {
+            return Vec::new();
+        };
+        found
+            .into_iter()
+            .filter_map(|found| self.settle_one(found))
+            .collect()
+    }
+
+    /// One finding found between evaluations: emitted if new or moved, as `settle` would.
+    fn settle_one(&mut self, mut found: Finding) -> Option<Finding> {
         let id = found.key();
-        if self.active.contains_key(&id) {
-            return None;
+        match self.active.get(&id) {
+            None => found.state = State::Appeared,
+            Some(before) if found.moved_from(before) => found.state = State::Updated,
+            Some(_) => return None,
         }
-        found.state = State::Appeared;
         self.active.insert(id, found.clone());
         Some(found)
     }
@@ -484,6 +614,7 @@ impl Findings {
         rules::leaks(self, now_ns, &mut current);
         rules::listeners(self, exhaustion, now_ns, &mut current);
         rules::ranges(self, exhaustion, now_ns, &mut current);
+        rules::bind_connects(self, exhaustion, now_ns, &mut current);
         self.settle(current, now_ns)
     }
 

@@ -9,6 +9,11 @@ pub const MATERIAL: f64 = 0.25;
 const TIME_WAIT_S: f64 = 60.0;
 /// Fewer ports than this in a range is a lint (warn).
 pub const SMALL_RANGE: u32 = 1000;
+/// Bind before connect: distinct destinations counted, at most.
+pub const DESTINATIONS_SEEN: usize = 16;
+/// Bind before connect is kept this long after the last such connect() while the process
+/// holds no port from bind(0), then cleared (and counted afresh if it comes back).
+const BIND_QUIET_NS: u64 = 60_000_000_000;
 
 /// The bounds of the rules. Raising needs the first number, keeping a finding the looser
 /// second (hysteresis).
@@ -30,6 +35,8 @@ pub struct Thresholds {
     pub leak_release_share: f64,
     /// Evaluations without growth that clear a leak.
     pub leak_flat_clears: u32,
+    /// connect()s from bind(0) ports that name a process ("repeatedly").
+    pub bind_connects: u64,
 }
 
 impl Default for Thresholds {
@@ -43,6 +50,7 @@ impl Default for Thresholds {
             leak_min_held: 50,
             leak_release_share: 0.1,
             leak_flat_clears: 3,
+            bind_connects: 3,
         }
     }
 }
@@ -369,4 +377,84 @@ pub(super) fn ranges(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: &m
             );
         }
     }
+}
+
+/// Bind before connect, for every process that does it; forgets those that stopped.
+pub(super) fn bind_connects(
+    f: &mut Findings,
+    exhaustion: &Exhaustion,
+    now_ns: u64,
+    out: &mut Vec<Finding>,
+) {
+    let keys: Vec<(u32, u32)> = f.bound.keys().copied().collect();
+    for key in keys {
+        match bind_connect_one(f, key, exhaustion, now_ns) {
+            Some(found) => out.push(found),
+            // Not (or no longer) a finding: once quiet, its counts start afresh.
+            None => {
+                if let Some(b) = f.bound.get_mut(&key)
+                    && now_ns.saturating_sub(b.last_connect_ns) >= BIND_QUIET_NS
+                {
+                    b.connects = 0;
+                    b.failures = 0;
+                    b.destinations.clear();
+                }
+            }
+        }
+    }
+    f.bound.retain(|_, b| b.bound_held > 0 || b.connects > 0);
+}
+
+/// The bind-before-connect finding for one process (namespace, pid), if it is one: at least
+/// `bind_connects` connect()s from bind(0) ports, and one lately or such a port still held.
+pub(super) fn bind_connect_one(
+    f: &Findings,
+    (netns, pid): (u32, u32),
+    exhaustion: &Exhaustion,
+    now_ns: u64,
+) -> Option<Finding> {
+    let b = f.bound.get(&(netns, pid))?;
+    let recent = now_ns.saturating_sub(b.last_connect_ns) < BIND_QUIET_NS;
+    if b.connects < f.thresholds.bind_connects || !(recent || b.bound_held > 0) {
+        return None;
+    }
+    let range_size = exhaustion
+        .range_of(netns)
+        .map_or(crate::exhaustion::range::PortRange::default().size(), |r| {
+            r.size()
+        });
+    let who = b.who.as_ref().map_or_else(
+        || format!("pid {pid}"),
+        |w| format!("pid {} ({})", w.pid, w.comm),
+    );
+    Some(Finding {
+        kind: Kind::BindBeforeConnect,
+        severity: if b.failures > 0 {
+            Severity::Critical
+        } else {
+            Severity::Warn
+        },
+        state: State::Appeared,
+        netns,
+        proto: Some(crate::event::Proto::Tcp),
+        destination: None,
+        who: b.who.clone(),
+        evidence: Evidence::BindConnect {
+            connects: b.connects,
+            destinations: b.destinations.len() as u32,
+            bound_held: b.bound_held,
+            bind_failures: b.failures,
+            range_size,
+        },
+        remedy: format!(
+            "{who} calls bind() with port 0 before connect(): a port bind() chooses is held \
+             for every destination, so all its connections share this namespace's \
+             {range_size} ports, where ports connect() chooses are reused for each \
+             destination. Set IP_BIND_ADDRESS_NO_PORT before bind() \
+             (`setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one)`, \
+             Linux 4.2+; the port is then chosen at connect()), or do not bind() when the \
+             source address does not matter"
+        ),
+        ts_ns: now_ns,
+    })
 }

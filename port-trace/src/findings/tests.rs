@@ -400,3 +400,120 @@ fn a_change_in_a_count_under_a_quarter_is_not_said_again() {
     later.severity = Severity::Critical;
     assert!(later.moved_from(&base));
 }
+
+/// A TCP socket bound to port 0 by `pid` (port from the range), and its connect().
+fn bound_any(cookie: u64, pid: u32, ts_ns: u64) -> (Event, Event) {
+    let mut raw = raw_connect();
+    raw.kind = port_trace_common::KIND_BIND;
+    raw.cookie = cookie;
+    raw.pid = pid;
+    raw.lport = 40000 + (cookie % 1000) as u16;
+    raw.ts_ns = ts_ns;
+    let mut bind = decode_raw(&raw).expect("decodes");
+    bind.raddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    bind.rport = 0;
+    raw.event = port_trace_common::EVENT_BOUND_CONNECT;
+    raw.rport = 443 + (cookie % 2) as u16;
+    raw.ts_ns = ts_ns + 1_000;
+    (bind, decode_raw(&raw).expect("decodes"))
+}
+
+impl Bench {
+    /// As the pipeline: observed, then what is said at once.
+    fn feed_now(&mut self, event: &Event, outcome: Outcome) -> Vec<Finding> {
+        self.feed(event, outcome);
+        let out = self.f.at_once(event, outcome, &self.ex);
+        self.emitted.extend(out.clone());
+        out
+    }
+}
+
+#[test]
+fn bind_before_connect_is_said_at_the_third_connect_and_critical_when_bind_fails() {
+    let mut b = Bench::new();
+    for cookie in 1..=2 {
+        let (bind, connect) = bound_any(cookie, 31, cookie * 1_000_000);
+        assert!(b.feed_now(&bind, Outcome::Allocated).is_empty());
+        assert!(b.feed_now(&connect, Outcome::BoundConnected).is_empty());
+    }
+    let (bind, connect) = bound_any(3, 31, 3_000_000);
+    b.feed_now(&bind, Outcome::Allocated);
+    let out = b.feed_now(&connect, Outcome::BoundConnected);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let f = &out[0];
+    assert_eq!(
+        (f.kind, f.severity, f.state),
+        (Kind::BindBeforeConnect, Severity::Warn, State::Appeared)
+    );
+    assert_eq!(f.who.as_ref().map(|w| w.pid), Some(31));
+    assert!(f.remedy.contains("IP_BIND_ADDRESS_NO_PORT"), "{}", f.remedy);
+    assert_eq!(
+        f.evidence,
+        Evidence::BindConnect {
+            connects: 3,
+            destinations: 2,
+            bound_held: 3,
+            bind_failures: 0,
+            // 40000-40999 less the reserved 40500.
+            range_size: 999,
+        }
+    );
+    // The next interval says nothing new; a bind() that finds no port makes it critical.
+    assert!(b.tick(S).is_empty());
+    let mut fail = bind.clone();
+    fail.event = EventType::Fail;
+    fail.port = 0;
+    fail.errno = port_trace_common::EADDRINUSE;
+    let out = b.feed_now(&fail, Outcome::Failed);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        (out[0].severity, out[0].state),
+        (Severity::Critical, State::Updated)
+    );
+    // The process closes everything and stops: cleared a minute after its last connect.
+    for cookie in 1..=3 {
+        let (bind, _) = bound_any(cookie, 31, 0);
+        b.feed(
+            &released(&bind, 2 * S),
+            Outcome::Released {
+                lifetime_ns: S,
+                time_wait_ns: None,
+            },
+        );
+    }
+    // Said again (its ports all closed), kept while the last connect is recent.
+    let out = b.tick(30 * S);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].state, State::Updated);
+    assert!(matches!(
+        out[0].evidence,
+        Evidence::BindConnect { bound_held: 0, .. }
+    ));
+    let out = b.tick(62 * S);
+    assert_eq!(
+        out.iter().map(|f| (f.kind, f.state)).collect::<Vec<_>>(),
+        [(Kind::BindBeforeConnect, State::Cleared)]
+    );
+    assert!(b.f.bound.is_empty(), "forgotten");
+}
+
+/// Near-misses: bind(0) without connect() (a server on a port of the kernel's choosing),
+/// twice bind-then-connect, and connect() alone.
+#[test]
+fn bind_without_connect_or_rarely_is_not_named() {
+    let mut b = Bench::new();
+    for cookie in 1..=50 {
+        let (bind, _) = bound_any(cookie, 41, cookie);
+        b.feed_now(&bind, Outcome::Allocated);
+    }
+    for cookie in 51..=52 {
+        let (bind, connect) = bound_any(cookie, 42, cookie);
+        b.feed_now(&bind, Outcome::Allocated);
+        b.feed_now(&connect, Outcome::BoundConnected);
+    }
+    for cookie in 53..=200 {
+        b.feed_now(&connect(cookie, 43, cookie), Outcome::Allocated);
+    }
+    b.tick(S);
+    assert!(b.of(Kind::BindBeforeConnect).is_empty(), "{:?}", b.emitted);
+}

@@ -113,7 +113,8 @@ impl HeldRecord {
 fn line_of(event: &Event, outcome: Option<Outcome>, clock: WallClock) -> EventLine {
     // Only a connect() has a destination of its own: an unconnected UDP socket may send
     // anywhere after the send that bound it.
-    let has_peer = event.kind == AllocKind::Connect;
+    // A socket bound to port 0 that connects names its peer in its `bound_connect` line.
+    let has_peer = event.kind == AllocKind::Connect || event.event == EventType::BoundConnect;
     let failed = event.event == EventType::Fail;
     EventLine {
         ts_ns: clock.to_epoch_ns(event.ts_ns),
@@ -465,6 +466,21 @@ pub fn evidence_text(evidence: &Evidence) -> String {
             range_high,
             ..
         } => format!("port {port} inside {range_low}-{range_high}"),
+        Evidence::BindConnect {
+            connects,
+            destinations,
+            bound_held,
+            bind_failures,
+            range_size,
+        } => format!(
+            "{connects} connects from ports bound with bind(0), to {destinations} \
+             destination(s); {bound_held} such ports held (range {range_size}){}",
+            if *bind_failures > 0 {
+                format!("; bind() found no port {bind_failures} time(s)")
+            } else {
+                String::new()
+            }
+        ),
         Evidence::Range {
             range_low,
             range_high,

@@ -368,6 +368,8 @@ impl Metrics {
             }
             // Counted from the totals at each scrape (no event line is made for them).
             Outcome::EnteredTimeWait | Outcome::Reconciled => {}
+            // In port_trace_findings (bind_before_connect), not a series of its own.
+            Outcome::BoundConnected => {}
         }
     }
 

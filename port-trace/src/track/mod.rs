@@ -33,4 +33,6 @@ pub enum Outcome {
     /// release was never seen (lost). How long it was held is not known.
     Reconciled,
     Failed,
+    /// A socket holding a port from bind(0) connected: what is held does not change.
+    BoundConnected,
 }

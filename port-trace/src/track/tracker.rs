@@ -209,6 +209,7 @@ impl Tracker {
             EventType::Release if event.time_wait_end => self.end_time_wait(event).into(),
             EventType::Release => self.release(event).into(),
             EventType::Fail => Outcome::Failed.into(),
+            EventType::BoundConnect => Outcome::BoundConnected.into(),
         }
     }
 
