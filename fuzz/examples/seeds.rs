@@ -100,6 +100,12 @@ fn ring_records(dir: &Path) -> std::io::Result<()> {
     bind.comm[..6].copy_from_slice(b"py\xffth\x1b");
     write(dir, "tcp4_bind_explicit_odd_comm", &record_bytes(&bind))?;
 
+    // bind(0), then connect(): the bound socket's peer.
+    let mut bound_connect = connect;
+    bound_connect.event = EVENT_BOUND_CONNECT;
+    bound_connect.kind = KIND_BIND;
+    write(dir, "tcp4_bound_connect", &record_bytes(&bound_connect))?;
+
     let mut fail = connect;
     fail.event = EVENT_FAIL;
     fail.lport = 0;

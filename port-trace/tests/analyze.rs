@@ -1,5 +1,5 @@
 //! `port-trace analyze`: a live trace's `--events json` capture, replayed, gives the live
-//! run's totals, lifetimes, scopes, warnings and held ports; on stdin too; a bad line is
+//! run's totals, lifetimes, scopes, warnings, findings and held ports; on stdin too; a bad line is
 //! exit 2 naming it.
 
 mod common;
@@ -25,7 +25,8 @@ fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("port-trace-analyze-{}-{name}", std::process::id()))
 }
 
-/// In the namespace: RST-closed connections (lifetimes, no TIME_WAIT), actively closed ones
+/// In the namespace: sockets bound to port 0 then connected (bind before connect), RST-closed
+/// connections (lifetimes, no TIME_WAIT), actively closed ones
 /// (TIME_WAIT; after a second `tcp_tw_reuse` takes some over: releases with
 /// `time_wait_ns`), UDP sends, open connections at the end and connects that find the range
 /// full. Returns what must stay alive until the trace stops.
@@ -34,6 +35,17 @@ fn workload() -> (Vec<TcpStream>, TcpListener) {
     let explicit = TcpListener::bind((Ipv4Addr::LOCALHOST, RANGE.1)).expect("explicit bind");
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5_000)).expect("listener");
     let target = listener.local_addr().expect("addr");
+    // Bound to port 0 before connecting (bind before connect), reset at once.
+    for _ in 0..3 {
+        let socket =
+            Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .expect("bind(0)");
+        socket.connect(&target.into()).expect("connect");
+        drop(listener.accept().expect("accept"));
+        socket.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    }
     let mut accepted = Vec::new();
     let connect = |accepted: &mut Vec<TcpStream>| -> Option<TcpStream> {
         let client = TcpStream::connect(target).ok()?;
@@ -181,6 +193,27 @@ fn a_capture_replays_to_the_live_runs_report() {
         .filter(|l| l.starts_with("WARNING") || l.starts_with("CRITICAL"))
         .count();
     assert_eq!(live_warnings, replay_warnings, "warnings: {stderr}");
+    // The same findings, in force at the end and as said along the way.
+    let in_force = |report: &Value| {
+        let mut kinds: Vec<String> = report["findings"]
+            .as_array()
+            .map(|all| all.iter().map(|f| f["kind"].to_string()).collect())
+            .unwrap_or_default();
+        kinds.sort();
+        kinds
+    };
+    assert!(
+        in_force(&live).contains(&"\"bind_before_connect\"".to_string()),
+        "{}",
+        live["findings"]
+    );
+    assert_eq!(
+        live["findings"], replay["findings"],
+        "findings: live vs replay"
+    );
+    let said_live = records.iter().filter(|r| r["type"] == "finding").count();
+    let said_replay = stderr.lines().filter(|l| l.starts_with("FINDING")).count();
+    assert_eq!(said_live, said_replay, "findings said: {stderr}");
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(!summary.is_empty(), "the summary on stdout");
 
