@@ -204,3 +204,44 @@ fn a_listener_inside_the_range_gets_the_reserved_ports_to_set() {
         "{remedy}"
     );
 }
+
+#[test]
+fn the_preferred_half_used_up_is_named_before_connects_fail() {
+    if skip_unless_root("the_preferred_half_used_up_is_named_before_connects_fail") {
+        return;
+    }
+    // 2000 ports: connect() tries the 1000 at even offsets from 40000 first.
+    let netns = small_netns(40_000, 41_999);
+    netns.sysctl("net/ipv4/tcp_tw_reuse", "0");
+    let tracer = start(&netns);
+    netns.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 5000)).expect("listener");
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        });
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));
+        // Closed here first: each port waits in TIME_WAIT, the even ones first.
+        for _ in 0..1300 {
+            drop(TcpStream::connect(target).expect("a port is left"));
+        }
+    });
+    thread::sleep(Duration::from_millis(1_500));
+    let (events, _) = tracer.stop();
+    let found = findings(&events, "parity_half_full");
+    assert!(!found.is_empty(), "{:?}", kinds(&events));
+    let f = found[0];
+    assert_eq!(f["rport"].as_u64(), Some(5000), "{f}");
+    assert_eq!(f["evidence"]["half_capacity"].as_u64(), Some(1000), "{f}");
+    assert_eq!(f["evidence"]["preferred"], "even", "{f}");
+    assert!(
+        f["evidence"]["half_used"].as_u64() >= Some(1000),
+        "raised when the half is full: {f}"
+    );
+    assert!(
+        events.iter().all(|e| e["type"] != "fail"),
+        "no connect failed"
+    );
+}

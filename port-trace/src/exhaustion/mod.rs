@@ -111,6 +111,17 @@ impl Exhaustion {
         }
     }
 
+    /// How full a scope is now.
+    pub fn usage(&self, key: &ScopeKey) -> Usage {
+        self.occupancy.usage(key)
+    }
+
+    /// Every TCP destination scope with ports held, and its usage of the half of the range
+    /// connect() tries first.
+    pub fn connect_halves(&self) -> Vec<(ScopeKey, Usage)> {
+        self.occupancy.connect_halves()
+    }
+
     /// Every namespace seen and its range as last read.
     pub fn ranges(&self) -> impl Iterator<Item = (u32, &PortRange)> + '_ {
         self.occupancy

@@ -33,6 +33,8 @@ struct Held {
     ports: HashMap<u16, u32>,
     holders: HashMap<(Holder, u16), u32>,
     in_range: u32,
+    /// Of `in_range`, those in the half connect() tries first.
+    in_connect_half: u32,
 }
 
 impl Held {
@@ -43,6 +45,9 @@ impl Held {
         let new = *count == 1;
         if new && range.contains(port) {
             self.in_range += 1;
+            if range.in_connect_half(port) {
+                self.in_connect_half += 1;
+            }
         }
         *self.holders.entry((*holder, port)).or_default() += 1;
         new
@@ -53,6 +58,9 @@ impl Held {
         let gone = decrement(&mut self.ports, &port);
         if gone && range.contains(port) {
             self.in_range -= 1;
+            if range.in_connect_half(port) {
+                self.in_connect_half -= 1;
+            }
         }
         decrement(&mut self.holders, &(*holder, port));
         gone
@@ -64,6 +72,11 @@ impl Held {
 
     fn recount(&mut self, range: &PortRange) {
         self.in_range = self.ports.keys().filter(|p| range.contains(**p)).count() as u32;
+        self.in_connect_half = self
+            .ports
+            .keys()
+            .filter(|p| range.in_connect_half(**p))
+            .count() as u32;
     }
 
     fn is_empty(&self) -> bool {
@@ -272,6 +285,28 @@ impl Occupancy {
                 capacity: ns.range.size().saturating_sub(space.exclusive.in_range),
             },
         }
+    }
+
+    /// Every TCP destination scope with ports held, and its usage of the half of the range
+    /// connect() tries first (see `PortRange::in_connect_half`): used, capacity.
+    pub fn connect_halves(&self) -> Vec<(ScopeKey, Usage)> {
+        let mut all = Vec::new();
+        for (&netns, ns) in &self.namespaces {
+            let capacity = ns
+                .range
+                .connect_half_size()
+                .saturating_sub(ns.tcp.exclusive.in_connect_half);
+            for (dest, held) in &ns.tcp.by_destination {
+                let key = ScopeKey {
+                    netns,
+                    proto: Proto::Tcp,
+                    scope: Scope::Destination(*dest),
+                };
+                let used = held.in_connect_half;
+                all.push((key, Usage { used, capacity }));
+            }
+        }
+        all
     }
 
     /// The processes holding the most ports in a scope, most first: distinct ports in the

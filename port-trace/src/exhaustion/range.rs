@@ -83,6 +83,31 @@ impl PortRange {
         (self.low..=self.high).contains(&port) && !self.is_reserved(port)
     }
 
+    /// Whether `port` is in the half connect() tries first: since Linux 4.6 it scans the
+    /// ports at an even offset from the range's start first (bind() the others).
+    pub fn in_connect_half(&self, port: u16) -> bool {
+        self.contains(port) && (port - self.low).is_multiple_of(2)
+    }
+
+    /// How many ports of the half connect() tries first the kernel can hand out.
+    pub fn connect_half_size(&self) -> u32 {
+        // Even offsets in [a, b] (offsets from `low`).
+        let evens = |a: u16, b: u16| {
+            let (a, b) = (u32::from(a - self.low), u32::from(b - self.low));
+            b / 2 + 1 - a.div_ceil(2)
+        };
+        let all = evens(self.low, self.high);
+        let reserved: u32 = self
+            .reserved
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.max(self.low), b.min(self.high));
+                if a > b { 0 } else { evens(a, b) }
+            })
+            .sum();
+        all - reserved.min(all)
+    }
+
     /// How many ports the kernel can hand out.
     pub fn size(&self) -> u32 {
         let all = u32::from(self.high - self.low) + 1;
@@ -137,5 +162,21 @@ mod tests {
         assert_eq!(PortRange::parse("1 5", "a-b"), None);
         assert_eq!(r.reserved_with(40003), "40001,40003,40005-40006,50000");
         assert_eq!(PortRange::default().reserved_with(40000), "40000");
+    }
+
+    #[test]
+    fn the_connect_half_is_the_even_offsets_less_reserved_ones() {
+        for (range, reserved) in [
+            ("32768 60999", ""),
+            ("40000 40009", "40001,40004-40006,50000"),
+            ("40001 40010", "39990-40002"),
+            ("5 5", ""),
+        ] {
+            let r = PortRange::parse(range, reserved).expect("parses");
+            let counted = (r.low..=r.high).filter(|p| r.in_connect_half(*p)).count() as u32;
+            assert_eq!(r.connect_half_size(), counted, "{range} less {reserved}");
+        }
+        let r = PortRange::parse("40001 40010", "").expect("parses");
+        assert!(r.in_connect_half(40001) && !r.in_connect_half(40002));
     }
 }

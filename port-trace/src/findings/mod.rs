@@ -57,6 +57,9 @@ pub enum Kind {
     /// A process binds to port 0 before connect(): each of its ports is held for every
     /// destination, not shared per destination.
     BindBeforeConnect,
+    /// A destination has used up the half of the range connect() tries first: connects
+    /// slow down before they fail.
+    ParityHalfFull,
 }
 
 impl Kind {
@@ -71,11 +74,13 @@ impl Kind {
             Kind::RangeDiffersFromHost => "range_differs_from_host",
             Kind::RangeSmall => "range_small",
             Kind::BindBeforeConnect => "bind_before_connect",
+            Kind::ParityHalfFull => "parity_half_full",
         }
     }
 
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::BindBeforeConnect,
+        Kind::ParityHalfFull,
         Kind::TimeWaitChurn,
         Kind::ConnectionLeak,
         Kind::ListenerInRange,
@@ -170,6 +175,17 @@ pub enum Evidence {
         /// ip_local_reserved_ports as it is now.
         reserved: String,
     },
+    Parity {
+        /// Ports of the half connect() tries first held to the destination, and how many
+        /// that half has (less reserved ports and those bound exclusively).
+        half_used: u32,
+        half_capacity: u32,
+        /// The whole destination scope.
+        used: u32,
+        capacity: u32,
+        /// The parity of the port numbers connect() tries first (the range start's).
+        preferred: &'static str,
+    },
     BindConnect {
         /// connect()s from a port bind(0) chose, since the pattern was first seen.
         connects: u64,
@@ -202,6 +218,7 @@ impl Evidence {
             Evidence::TimeWait { time_wait, .. } => Some(f64::from(*time_wait)),
             Evidence::Leak { held, .. } => Some(f64::from(*held)),
             Evidence::BindConnect { bound_held, .. } => Some(f64::from(*bound_held)),
+            Evidence::Parity { used, .. } => Some(f64::from(*used)),
             Evidence::Listener { .. } | Evidence::Range { .. } => None,
         }
     }
@@ -615,6 +632,7 @@ impl Findings {
         rules::listeners(self, exhaustion, now_ns, &mut current);
         rules::ranges(self, exhaustion, now_ns, &mut current);
         rules::bind_connects(self, exhaustion, now_ns, &mut current);
+        rules::parity(self, exhaustion, now_ns, &mut current);
         self.settle(current, now_ns)
     }
 

@@ -9,6 +9,11 @@ pub const MATERIAL: f64 = 0.25;
 const TIME_WAIT_S: f64 = 60.0;
 /// Fewer ports than this in a range is a lint (warn).
 pub const SMALL_RANGE: u32 = 1000;
+/// Ports in the half of a range connect() tries first, at least, for its filling to be a
+/// finding: below this the scan that slows connects is short (and `range_small` says it).
+pub const PARITY_MIN_HALF: u32 = 500;
+/// A parity finding is kept while the half is this full (raised when it is full).
+const PARITY_KEEP: f64 = 0.9;
 /// Bind before connect: distinct destinations counted, at most.
 pub const DESTINATIONS_SEEN: usize = 16;
 /// Bind before connect is kept this long after the last such connect() while the process
@@ -457,4 +462,61 @@ pub(super) fn bind_connect_one(
         ),
         ts_ns: now_ns,
     })
+}
+
+/// The half of a destination's range that connect() tries first is used up.
+pub(super) fn parity(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: &mut Vec<Finding>) {
+    for (key, half) in exhaustion.connect_halves() {
+        let crate::exhaustion::scope::Scope::Destination(dest) = key.scope else {
+            continue;
+        };
+        if half.capacity < PARITY_MIN_HALF {
+            continue;
+        }
+        let active = f.is_active(&self::key(Kind::ParityHalfFull, key.netns, Some(dest), 0));
+        let full = if active {
+            f64::from(half.used) >= PARITY_KEEP * f64::from(half.capacity)
+        } else {
+            half.used >= half.capacity
+        };
+        if !full {
+            continue;
+        }
+        let Some(range) = exhaustion.range_of(key.netns) else {
+            continue;
+        };
+        let whole = exhaustion.usage(&key);
+        let preferred = if range.low.is_multiple_of(2) { "even" } else { "odd" };
+        out.push(Finding {
+            kind: Kind::ParityHalfFull,
+            severity: Severity::Warn,
+            state: State::Appeared,
+            netns: key.netns,
+            proto: Some(crate::event::Proto::Tcp),
+            destination: Some(dest),
+            who: None,
+            evidence: Evidence::Parity {
+                half_used: half.used,
+                half_capacity: half.capacity,
+                used: whole.used,
+                capacity: whole.capacity,
+                preferred,
+            },
+            remedy: format!(
+                "connect() to {} has used every {preferred} port of the range {}-{} (Linux \
+                 4.6+ tries the ports at an even offset from the range start first and leaves \
+                 the others to bind()): each connect() now scans all {} of them before it \
+                 takes one of the other half, so on a large range connects slow down (CPU \
+                 time in __inet_hash_connect) before they fail with EADDRNOTAVAIL. Hold fewer ports \
+                 (the other findings name the causes), widen net.ipv4.ip_local_port_range, or \
+                 connect from more source addresses; on recent kernels a socket given a range \
+                 of its own (IP_LOCAL_PORT_RANGE, Linux 6.3+) is scanned without parity",
+                socket_addr(dest.raddr, dest.rport),
+                range.low,
+                range.high,
+                half.capacity
+            ),
+            ts_ns: now_ns,
+        });
+    }
 }

@@ -517,3 +517,91 @@ fn bind_without_connect_or_rarely_is_not_named() {
     b.tick(S);
     assert!(b.of(Kind::BindBeforeConnect).is_empty(), "{:?}", b.emitted);
 }
+
+fn range_2000(_: u32) -> Option<PortRange> {
+    PortRange::parse("40000 41999", "")
+}
+
+/// connect() tries even offsets first: when those 1000 ports to one destination are held,
+/// it scans them all before each connect.
+#[test]
+fn parity_half_full_when_the_preferred_half_is_used_up() {
+    let mut b = Bench::new();
+    b.ex = Exhaustion::with_range_reader(
+        Levels {
+            warn: 0.8,
+            critical: 0.95,
+        },
+        range_2000,
+    );
+    let conn = |i: u16| {
+        let mut c = connect(u64::from(i) + 1, 5, 1);
+        c.port = 40000 + i;
+        c
+    };
+    b.ex.refresh(0);
+    // Every odd port and 999 of the 1000 even ones: not yet.
+    for i in (1..2000).step_by(2).chain((0..1998).step_by(2)) {
+        b.feed(&conn(i), Outcome::Allocated);
+    }
+    b.tick(S);
+    assert!(b.of(Kind::ParityHalfFull).is_empty(), "{:?}", b.emitted);
+    b.feed(&conn(1998), Outcome::Allocated);
+    let out = b.tick(2 * S);
+    let found: Vec<&Finding> = out
+        .iter()
+        .filter(|f| f.kind == Kind::ParityHalfFull)
+        .collect();
+    assert_eq!(found.len(), 1, "{out:?}");
+    assert_eq!(
+        found[0].evidence,
+        Evidence::Parity {
+            half_used: 1000,
+            half_capacity: 1000,
+            used: 2000,
+            capacity: 2000,
+            preferred: "even",
+        }
+    );
+    assert!(found[0].remedy.contains("4.6"), "{}", found[0].remedy);
+    // Kept down to 90% of the half; cleared below.
+    let release = |b: &mut Bench, i: u16| {
+        b.feed(
+            &released(&conn(i), 3 * S),
+            Outcome::Released {
+                lifetime_ns: S,
+                time_wait_ns: None,
+            },
+        )
+    };
+    for i in (0..100).map(|k| k * 2) {
+        release(&mut b, i);
+    }
+    assert!(
+        b.tick(3 * S)
+            .iter()
+            .all(|f| !(f.kind == Kind::ParityHalfFull && f.state == State::Cleared))
+    );
+    for i in (100..200).map(|k| k * 2) {
+        release(&mut b, i);
+    }
+    let out = b.tick(4 * S);
+    assert!(
+        out.iter()
+            .any(|f| f.kind == Kind::ParityHalfFull && f.state == State::Cleared),
+        "{out:?}"
+    );
+}
+
+/// A small range's half fills at once and its scan is short: no finding (range_small is).
+#[test]
+fn parity_is_not_judged_in_small_ranges() {
+    let mut b = Bench::new();
+    for cookie in 0..1000u64 {
+        let mut c = connect(cookie + 1, 5, 1);
+        c.port = 40000 + cookie as u16;
+        b.feed(&c, Outcome::Allocated);
+    }
+    b.tick(S);
+    assert!(b.of(Kind::ParityHalfFull).is_empty());
+}

@@ -466,6 +466,16 @@ pub fn evidence_text(evidence: &Evidence) -> String {
             range_high,
             ..
         } => format!("port {port} inside {range_low}-{range_high}"),
+        Evidence::Parity {
+            half_used,
+            half_capacity,
+            used,
+            capacity,
+            preferred,
+        } => format!(
+            "{half_used} of the {half_capacity} {preferred} ports connect() tries first held \
+             ({used} of {capacity} in all)"
+        ),
         Evidence::BindConnect {
             connects,
             destinations,
