@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use crate::{
     event::{Event, Proto, filter::Filter},
     exhaustion::{Exhaustion, range::PortRange, warning::Warning},
-    findings::{Finding, Findings},
+    findings::{Finding, Findings, SynSent},
     probes::KernelCounters,
     stats::Stats,
     track::{Outcome, Tracker, snapshot::Snapshot},
@@ -54,6 +54,12 @@ pub trait Sink {
     /// port held on in TIME_WAIT until its release), a port reconciliation found free, and
     /// a port asked for by number (any outcome). A capture records them for replay.
     fn held(&mut self, _event: &Event, _outcome: Outcome) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// SYN_SENT counts per destination that changed at a look (a capture records them for
+    /// replay).
+    fn syn_sent(&mut self, _changes: &[SynSent]) -> io::Result<()> {
         Ok(())
     }
 
@@ -216,6 +222,16 @@ impl Pipeline {
             return Ok(());
         }
         sink.warnings(&warnings)
+    }
+
+    /// What a SYN_SENT look (sock_diag, in `findings.syn_sent_namespaces()`) found; before
+    /// the tick that judges it.
+    pub fn syn_sent(&mut self, found: &[SynSent], sink: &mut impl Sink) -> io::Result<()> {
+        let changes = self.findings.syn_sent_look(found);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        sink.syn_sent(&changes)
     }
 
     /// Frees the ports reconciliation found with no socket left (`gone`, by cookie) as of

@@ -245,3 +245,62 @@ fn the_preferred_half_used_up_is_named_before_connects_fail() {
         "no connect failed"
     );
 }
+
+#[test]
+fn connects_nobody_answers_are_named_as_a_syn_sent_pile_up() {
+    if skip_unless_root("connects_nobody_answers_are_named_as_a_syn_sent_pile_up") {
+        return;
+    }
+    let netns = small_netns(40_000, 40_999);
+    // A peer that does not answer: its accept queue is full and, without SYN cookies, the
+    // kernel drops every SYN to it (the clients retransmit, in SYN_SENT, for ~2 minutes).
+    netns.sysctl("net/ipv4/tcp_syncookies", "0");
+    let tracer = start(&netns);
+    let _pending = netns.run(|| {
+        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        listener.bind(&peer.into()).expect("bind");
+        listener.listen(1).expect("listen");
+        let clients = (0..152)
+            .map(|_| {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .expect("socket");
+                socket.set_nonblocking(true).expect("nonblocking");
+                // EINPROGRESS: the SYN is out; past the first two, no answer comes.
+                let _ = socket.connect(&peer.into());
+                socket
+            })
+            .collect::<Vec<_>>();
+        (listener, clients)
+    });
+    // A look each interval (1 s), then the judgement.
+    thread::sleep(Duration::from_millis(2_500));
+    let (events, _) = tracer.stop();
+    let found = findings(&events, "syn_sent_pileup");
+    assert!(!found.is_empty(), "{:?}", kinds(&events));
+    let f = found[0];
+    assert_eq!(f["rport"].as_u64(), Some(5000), "{f}");
+    // All but those the full queue took.
+    let syn_sent = f["evidence"]["syn_sent"].as_u64().unwrap_or(0);
+    assert!((140..=150).contains(&syn_sent), "{f}");
+    assert_eq!(
+        f["who"]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{f}"
+    );
+    assert!(
+        f["remedy"]
+            .as_str()
+            .is_some_and(|r| r.contains("tcp_syn_retries")),
+        "{f}"
+    );
+    // The capture has the counts a replay judges on.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "syn_sent" && e["count"].as_u64() == Some(syn_sent)),
+        "a syn_sent record"
+    );
+}

@@ -27,7 +27,10 @@ use crate::{
         capture::{Record, decode_line},
         filter::Filter,
     },
-    exhaustion::{Exhaustion, level::Thresholds, range::PortRange, warning::Warning},
+    exhaustion::{
+        Exhaustion, level::Thresholds, range::PortRange, scope::Destination, warning::Warning,
+    },
+    findings::SynSent,
     pipeline::{self, Pipeline, Sink, View},
     probes::{Backend, KernelCounters},
     sinks::{self, Sinks, console::Console, prometheus::Metrics, report::ReportFile},
@@ -239,8 +242,20 @@ impl Replay {
                 self.last_ns = self.last_ns.max(event.ts_ns);
                 self.apply(event, lifetime_ns, time_wait_ns)?;
             }
+            Record::SynSent(line) => {
+                if let Some(pipeline) = self.pipeline.as_mut() {
+                    pipeline.findings.syn_sent_changed(&[SynSent {
+                        netns: line.netns,
+                        destination: Destination {
+                            laddr: line.laddr,
+                            raddr: line.raddr,
+                            rport: line.rport,
+                        },
+                        count: line.count,
+                    }]);
+                }
+            }
             Record::End { elapsed_ns } => self.elapsed_ns = Some(elapsed_ns),
-            // Replay raises its own.
             // Replay raises its own, from the events.
             Record::Skipped(kind) if kind == "warning" || kind == "finding" => {}
             Record::Skipped(kind) => *self.unknown.entry(kind).or_default() += 1,

@@ -17,7 +17,8 @@ use crate::{
     cli::Cli,
     error::Fatal,
     event::decode,
-    exhaustion::{Exhaustion, level::Thresholds},
+    exhaustion::{Exhaustion, level::Thresholds, scope::Destination},
+    findings::SynSent,
     pipeline::{self, Pipeline},
     probes::{Backend, KernelCounters, ProbeConfig, Probes},
     sinks::{
@@ -268,6 +269,10 @@ impl Trace {
                 }
                 _ = reconcile_ticker.tick() => self.reconcile(&mut reconciler)?,
                 _ = ticker.tick() => {
+                    let looked = syn_sent_in(
+                        self.pipeline.findings.syn_sent_namespaces(&self.pipeline.exhaustion),
+                    );
+                    self.pipeline.syn_sent(&looked, &mut self.sinks)?;
                     let gone = self.pipeline.snapshot.gone();
                     let counters = self.probes.counters()?;
                     self.pipeline.tick(&gone, counters, monotonic_ns(), &mut self.sinks)?;
@@ -409,6 +414,26 @@ fn drain(
         .stats
         .set_output_lines_dropped(sinks.console.dropped_lines());
     Ok(())
+}
+
+/// The TCP sockets in SYN_SENT in each of `namespaces`, by destination (one dump each,
+/// filtered by state in the kernel).
+fn syn_sent_in(namespaces: Vec<u32>) -> Vec<SynSent> {
+    let mut found = Vec::new();
+    for netns in namespaces {
+        for socket in sock_diag::syn_sent(netns).unwrap_or_default() {
+            found.push(SynSent {
+                netns,
+                destination: Destination {
+                    laddr: socket.src,
+                    raddr: socket.dst,
+                    rport: socket.dport,
+                },
+                count: 1,
+            });
+        }
+    }
+    found
 }
 
 /// How often the ring buffer is drained when the kernel has not woken us for a full batch:

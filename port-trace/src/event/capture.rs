@@ -97,6 +97,38 @@ fn range_type() -> &'static str {
     "range"
 }
 
+/// `{"type":"syn_sent",...}`: TCP sockets connecting to one destination and not answered
+/// yet, as a look counted them once an interval, written when the count changes (0: none
+/// left). For replay: the SYN_SENT pile-up finding is judged on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynSentLine {
+    #[serde(rename = "type")]
+    #[serde(skip_deserializing, default = "syn_sent_type")]
+    pub record: &'static str,
+    pub netns: u32,
+    pub laddr: IpAddr,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub count: u32,
+}
+
+fn syn_sent_type() -> &'static str {
+    "syn_sent"
+}
+
+impl SynSentLine {
+    pub fn new(netns: u32, laddr: IpAddr, raddr: IpAddr, rport: u16, count: u32) -> Self {
+        Self {
+            record: "syn_sent",
+            netns,
+            laddr,
+            raddr,
+            rport,
+            count,
+        }
+    }
+}
+
 impl RangeLine {
     pub fn new(netns: u32, low: u16, high: u16, reserved: Vec<(u16, u16)>) -> Self {
         Self {
@@ -134,6 +166,7 @@ pub enum Record {
     /// release event that parks it (`time_wait` set).
     TimeWait(Event),
     Range(RangeLine),
+    SynSent(SynSentLine),
     /// `end`: the capture's last line, with how long the trace ran.
     End {
         elapsed_ns: u64,
@@ -237,6 +270,9 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
             let range = RangeLine::deserialize(&value).map_err(field)?;
             Ok(Record::Range(range))
         }
+        "syn_sent" => Ok(Record::SynSent(
+            SynSentLine::deserialize(&value).map_err(field)?,
+        )),
         "existing" | "existing_gone" | "time_wait" | "reconciled" | "alloc" | "release"
         | "fail" | "bound_connect" => {
             let line = EventLine::deserialize(&value).map_err(field)?;
@@ -307,6 +343,20 @@ mod tests {
         assert_eq!((lifetime_ns, time_wait_ns), (Some(4), Some(2)));
         assert_eq!(event.raddr, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         assert_eq!(event.rport, 0);
+    }
+
+    #[test]
+    fn a_syn_sent_line_round_trips() {
+        let line = SynSentLine::new(
+            7,
+            IpAddr::from([10, 0, 0, 2]),
+            IpAddr::from([10, 9, 0, 2]),
+            80,
+            150,
+        );
+        let text = serde_json::to_string(&line).expect("serializes");
+        assert!(text.starts_with(r#"{"type":"syn_sent","#), "{text}");
+        assert_eq!(decode_line(&text).expect("decodes"), Record::SynSent(line));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! Cost: per event only O(1) counter updates (`observe`: two hash-map entries at most);
 //! every rule is judged once an interval (`evaluate`, from `Pipeline::tick` and at the
-//! finish), from these counters, the exhaustion stage's ranges and the listeners seen.
+//! finish), from these counters, the exhaustion stage's ranges and the listeners seen, and
+//! SYN_SENT counts a sock_diag look brings once an interval (`syn_sent_look`). Two are also
+//! said at once (`at_once`), since the range can run out within an interval: a port bound by
+//! number inside the range, and bind before connect at its third connect or a failed bind.
 //!
 //! Lifecycle: a finding is emitted once when it appears, again only when its evidence
 //! changes materially (its severity, or its main count by a quarter or more; any change for
@@ -60,6 +63,8 @@ pub enum Kind {
     /// A destination has used up the half of the range connect() tries first: connects
     /// slow down before they fail.
     ParityHalfFull,
+    /// Many ports held by connects to one destination not answered yet (SYN_SENT).
+    SynSentPileup,
 }
 
 impl Kind {
@@ -75,12 +80,14 @@ impl Kind {
             Kind::RangeSmall => "range_small",
             Kind::BindBeforeConnect => "bind_before_connect",
             Kind::ParityHalfFull => "parity_half_full",
+            Kind::SynSentPileup => "syn_sent_pileup",
         }
     }
 
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::BindBeforeConnect,
         Kind::ParityHalfFull,
+        Kind::SynSentPileup,
         Kind::TimeWaitChurn,
         Kind::ConnectionLeak,
         Kind::ListenerInRange,
@@ -175,6 +182,14 @@ pub enum Evidence {
         /// ip_local_reserved_ports as it is now.
         reserved: String,
     },
+    SynSent {
+        /// Sockets connecting to the destination, not answered yet (SYN_SENT), at the last
+        /// look (sock_diag, once an interval).
+        syn_sent: u32,
+        /// Ports held to the destination now, TIME_WAIT included.
+        held: u32,
+        range_size: u32,
+    },
     Parity {
         /// Ports of the half connect() tries first held to the destination, and how many
         /// that half has (less reserved ports and those bound exclusively).
@@ -219,6 +234,7 @@ impl Evidence {
             Evidence::Leak { held, .. } => Some(f64::from(*held)),
             Evidence::BindConnect { bound_held, .. } => Some(f64::from(*bound_held)),
             Evidence::Parity { used, .. } => Some(f64::from(*used)),
+            Evidence::SynSent { syn_sent, .. } => Some(f64::from(*syn_sent)),
             Evidence::Listener { .. } | Evidence::Range { .. } => None,
         }
     }
@@ -348,6 +364,17 @@ struct BoundConnects {
     who: Option<Who>,
 }
 
+/// TCP sockets in SYN_SENT to one destination, as a look (sock_diag) counted them: what a
+/// SYN_SENT pile-up is judged on. Counted once an interval where a destination holds many
+/// ports, not per connection: no ring buffer record per state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynSent {
+    pub netns: u32,
+    pub destination: Destination,
+    /// 0: none any more.
+    pub count: u32,
+}
+
 /// A fixed port held by number (bind to port N, or a listener found at start-up).
 #[derive(Debug)]
 struct Fixed {
@@ -363,6 +390,8 @@ pub struct Findings {
     conns: HashMap<ConnKey, Conns>,
     fixed: HashMap<(u32, Proto, u16), Fixed>,
     bound: HashMap<(u32, u32), BoundConnects>,
+    /// SYN_SENT sockets per destination at the last look; none where zero.
+    syn_sent: HashMap<(u32, Destination), u32>,
     /// As last emitted, until cleared.
     active: HashMap<Key, Finding>,
     last_eval_ns: Option<u64>,
@@ -385,6 +414,7 @@ impl Findings {
             conns: HashMap::new(),
             fixed: HashMap::new(),
             bound: HashMap::new(),
+            syn_sent: HashMap::new(),
             active: HashMap::new(),
             last_eval_ns: None,
         }
@@ -620,6 +650,66 @@ impl Findings {
         Some(found)
     }
 
+    /// The namespaces worth a SYN_SENT look: where some destination holds enough ports for a
+    /// pile-up there to be one.
+    pub fn syn_sent_namespaces(&self, exhaustion: &Exhaustion) -> Vec<u32> {
+        let mut namespaces: Vec<u32> = self
+            .dests
+            .iter()
+            .filter(|((netns, _), counts)| {
+                counts.held >= rules::min_held(&self.thresholds, exhaustion, *netns) / 2
+            })
+            .map(|((netns, _), _)| *netns)
+            .collect();
+        namespaces.extend(self.syn_sent.keys().map(|(netns, _)| *netns));
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        namespaces
+    }
+
+    /// What a SYN_SENT look found (every destination with such sockets, in the namespaces
+    /// looked at); returns the changes since the last look (a count of 0 for those gone),
+    /// which a capture records for replay.
+    pub fn syn_sent_look(&mut self, found: &[SynSent]) -> Vec<SynSent> {
+        let mut now: HashMap<(u32, Destination), u32> = HashMap::new();
+        for s in found.iter().filter(|s| s.count > 0) {
+            *now.entry((s.netns, s.destination)).or_default() += s.count;
+        }
+        let mut changes: Vec<SynSent> = now
+            .iter()
+            .filter(|(key, count)| self.syn_sent.get(key) != Some(count))
+            .map(|(&(netns, destination), &count)| SynSent {
+                netns,
+                destination,
+                count,
+            })
+            .collect();
+        changes.extend(
+            self.syn_sent
+                .keys()
+                .filter(|key| !now.contains_key(key))
+                .map(|&(netns, destination)| SynSent {
+                    netns,
+                    destination,
+                    count: 0,
+                }),
+        );
+        self.syn_sent = now;
+        changes
+    }
+
+    /// Changes a look found (replay: the capture's `syn_sent` records).
+    pub fn syn_sent_changed(&mut self, changes: &[SynSent]) {
+        for s in changes {
+            let key = (s.netns, s.destination);
+            if s.count == 0 {
+                self.syn_sent.remove(&key);
+            } else {
+                self.syn_sent.insert(key, s.count);
+            }
+        }
+    }
+
     /// Judges every rule as of `now_ns`; returns what appeared, changed or cleared.
     pub fn evaluate(&mut self, exhaustion: &Exhaustion, now_ns: u64) -> Vec<Finding> {
         let elapsed_s = self
@@ -633,6 +723,7 @@ impl Findings {
         rules::ranges(self, exhaustion, now_ns, &mut current);
         rules::bind_connects(self, exhaustion, now_ns, &mut current);
         rules::parity(self, exhaustion, now_ns, &mut current);
+        rules::syn_sent(self, exhaustion, now_ns, &mut current);
         self.settle(current, now_ns)
     }
 

@@ -60,6 +60,24 @@ impl Default for Thresholds {
     }
 }
 
+/// The namespace's range size (Linux's default range where it is not known).
+fn range_size(exhaustion: &Exhaustion, netns: u32) -> u32 {
+    exhaustion
+        .range_of(netns)
+        .map_or(crate::exhaustion::range::PortRange::default().size(), |r| {
+            r.size()
+        })
+}
+
+/// Ports one destination must hold for churn or a SYN_SENT pile-up there to matter: 100, or
+/// 10% of the range, whichever is fewer (a 1000-port range fills long before 100 ports of
+/// 28k matter).
+pub(super) fn min_held(t: &Thresholds, exhaustion: &Exhaustion, netns: u32) -> u32 {
+    t.churn_min_held
+        .min((f64::from(range_size(exhaustion, netns)) * t.churn_min_range_share) as u32)
+        .max(1)
+}
+
 fn key(kind: Kind, netns: u32, finding_dest: Option<super::Destination>, pid: u32) -> Key {
     Key {
         kind,
@@ -85,15 +103,8 @@ pub(super) fn churn(
             counts.rate = counts.allocs as f64 / s;
         }
         counts.allocs = 0;
-        let range_size = exhaustion
-            .range_of(*netns)
-            .map_or(crate::exhaustion::range::PortRange::default().size(), |r| {
-                r.size()
-            });
-        let min_held = t
-            .churn_min_held
-            .min((f64::from(range_size) * t.churn_min_range_share) as u32)
-            .max(1);
+        let range_size = range_size(exhaustion, *netns);
+        let min_held = min_held(&t, exhaustion, *netns);
         let share = if counts.held == 0 {
             0.0
         } else {
@@ -486,7 +497,11 @@ pub(super) fn parity(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: &m
             continue;
         };
         let whole = exhaustion.usage(&key);
-        let preferred = if range.low.is_multiple_of(2) { "even" } else { "odd" };
+        let preferred = if range.low.is_multiple_of(2) {
+            "even"
+        } else {
+            "odd"
+        };
         out.push(Finding {
             kind: Kind::ParityHalfFull,
             severity: Severity::Warn,
@@ -515,6 +530,52 @@ pub(super) fn parity(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: &m
                 range.low,
                 range.high,
                 half.capacity
+            ),
+            ts_ns: now_ns,
+        });
+    }
+}
+
+/// Many connects to one destination not answered: SYN_SENT sockets (as the last look counted
+/// them) at least `min_held` of them, kept down to half that.
+pub(super) fn syn_sent(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: &mut Vec<Finding>) {
+    for (&(netns, dest), &count) in &f.syn_sent {
+        let min = min_held(&f.thresholds, exhaustion, netns);
+        let active = f.is_active(&key(Kind::SynSentPileup, netns, Some(dest), 0));
+        if count < if active { min / 2 } else { min }.max(1) {
+            continue;
+        }
+        let counts = f.dests.get(&(netns, dest));
+        let who = counts.and_then(|c| {
+            let (pid, comm, cgroup) = c.last?;
+            Some(Who {
+                pid,
+                comm,
+                cgroup,
+                workload: c.last_workload.clone(),
+            })
+        });
+        out.push(Finding {
+            kind: Kind::SynSentPileup,
+            severity: Severity::Warn,
+            state: State::Appeared,
+            netns,
+            proto: Some(crate::event::Proto::Tcp),
+            destination: Some(dest),
+            who,
+            evidence: Evidence::SynSent {
+                syn_sent: count,
+                held: counts.map_or(count, |c| c.held),
+                range_size: range_size(exhaustion, netns),
+            },
+            remedy: format!(
+                "{count} connect()s to {} are waiting for an answer (SYN_SENT), each holding \
+                 its port: the peer is down, overloaded (its SYN backlog full) or filtered (a \
+                 firewall dropping SYNs). Check the peer's health; bound each connect with a \
+                 timeout (a non-blocking connect() and poll, or TCP_SYNCNT / \
+                 TCP_USER_TIMEOUT on the socket); and lower net.ipv4.tcp_syn_retries (6 wait \
+                 ~127 s before ETIMEDOUT, 3 ~15 s)",
+                socket_addr(dest.raddr, dest.rport)
             ),
             ts_ns: now_ns,
         });

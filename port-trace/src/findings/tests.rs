@@ -605,3 +605,90 @@ fn parity_is_not_judged_in_small_ranges() {
     b.tick(S);
     assert!(b.of(Kind::ParityHalfFull).is_empty());
 }
+
+/// 150 connects to a peer that does not answer: named from the look's counts, cleared when
+/// they are gone; a look records only what changed.
+#[test]
+fn syn_sent_pile_up_is_named_from_the_looks_counts() {
+    let mut b = Bench::new();
+    let mut cookie = 0;
+    for _ in 0..150 {
+        cookie += 1;
+        b.feed(&connect(cookie, 12, cookie), Outcome::Allocated);
+    }
+    let dest = destination(&connect(1, 12, 1));
+    let netns = connect(1, 12, 1).netns;
+    assert_eq!(b.f.syn_sent_namespaces(&b.ex), [netns]);
+    let look = |count| SynSent {
+        netns,
+        destination: dest,
+        count,
+    };
+    // Counted socket by socket, as a dump lists them.
+    let changes = b.f.syn_sent_look(&vec![look(1); 150]);
+    assert_eq!(changes, [look(150)]);
+    assert!(
+        b.f.syn_sent_look(&vec![look(1); 150]).is_empty(),
+        "unchanged"
+    );
+    let out = b.tick(S);
+    let found: Vec<&Finding> = out
+        .iter()
+        .filter(|f| f.kind == Kind::SynSentPileup)
+        .collect();
+    assert_eq!(found.len(), 1, "{out:?}");
+    assert_eq!(
+        found[0].evidence,
+        Evidence::SynSent {
+            syn_sent: 150,
+            held: 150,
+            range_size: 999,
+        }
+    );
+    assert_eq!(found[0].who.as_ref().map(|w| w.pid), Some(12));
+    assert!(found[0].remedy.contains("tcp_syn_retries"));
+    // Answered (or timed out): none left, cleared.
+    assert_eq!(b.f.syn_sent_look(&[]), [look(0)]);
+    let out = b.tick(2 * S);
+    assert!(
+        out.iter()
+            .any(|f| f.kind == Kind::SynSentPileup && f.state == State::Cleared),
+        "{out:?}"
+    );
+    // A replay applies the recorded changes alike.
+    b.f.syn_sent_changed(&[look(150)]);
+    assert!(
+        b.tick(3 * S)
+            .iter()
+            .any(|f| f.kind == Kind::SynSentPileup && f.state == State::Appeared)
+    );
+}
+
+/// A few unanswered connects among many held ports: not a pile-up.
+#[test]
+fn a_few_syn_sent_are_not_a_pile_up() {
+    let mut b = Bench::new();
+    for cookie in 1..=300 {
+        b.feed(&connect(cookie, 12, cookie), Outcome::Allocated);
+    }
+    let c = connect(1, 12, 1);
+    b.f.syn_sent_look(&[SynSent {
+        netns: c.netns,
+        destination: destination(&c),
+        count: 20,
+    }]);
+    b.tick(S);
+    assert!(b.of(Kind::SynSentPileup).is_empty(), "{:?}", b.emitted);
+}
+
+/// Records and labels use `as_str`; the JSON uses serde's name: the same.
+#[test]
+fn kind_names_are_serde_names() {
+    for kind in Kind::ALL {
+        assert_eq!(
+            serde_json::to_value(kind).expect("serializes"),
+            kind.as_str(),
+            "{kind:?}"
+        );
+    }
+}

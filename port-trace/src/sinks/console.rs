@@ -16,9 +16,12 @@ use super::{
     summary,
 };
 use crate::{
-    event::{Event, capture::RangeLine},
+    event::{
+        Event,
+        capture::{RangeLine, SynSentLine},
+    },
     exhaustion::{range::PortRange, warning::Warning},
-    findings::Finding,
+    findings::{Finding, SynSent},
     pipeline::{Sink, View},
     sys::{clock::WallClock, stdio::say},
     track::Outcome,
@@ -214,6 +217,27 @@ impl<W: Output> Sink for Console<W> {
             "{}",
             serde_json::to_string(&line).unwrap_or_default()
         )
+    }
+
+    fn syn_sent(&mut self, changes: &[SynSent]) -> io::Result<()> {
+        if self.format != Some(EventFormat::Json) {
+            return Ok(());
+        }
+        for s in changes {
+            let line = SynSentLine::new(
+                s.netns,
+                s.destination.laddr,
+                s.destination.raddr,
+                s.destination.rport,
+                s.count,
+            );
+            writeln!(
+                self.out,
+                "{}",
+                serde_json::to_string(&line).unwrap_or_default()
+            )?;
+        }
+        Ok(())
     }
 
     fn existing(&mut self, event: &Event) -> io::Result<()> {

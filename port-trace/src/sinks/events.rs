@@ -466,6 +466,14 @@ pub fn evidence_text(evidence: &Evidence) -> String {
             range_high,
             ..
         } => format!("port {port} inside {range_low}-{range_high}"),
+        Evidence::SynSent {
+            syn_sent,
+            held,
+            range_size,
+        } => format!(
+            "{syn_sent} connects not answered (SYN_SENT) of {held} ports held (range \
+             {range_size})"
+        ),
         Evidence::Parity {
             half_used,
             half_capacity,

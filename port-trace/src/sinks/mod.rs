@@ -28,7 +28,7 @@ use crate::{
     error::Fatal,
     event::Event,
     exhaustion::{range::PortRange, warning::Warning},
-    findings::Finding,
+    findings::{Finding, SynSent},
     pipeline::{Sink, View},
     sys::output::{OutputError, OutputFile},
     track::Outcome,
@@ -73,6 +73,10 @@ impl<W: console::Output> Sink for Sinks<W> {
     // The report and the metrics read the findings in force from the view.
     fn findings(&mut self, findings: &[Finding]) -> io::Result<()> {
         self.console.findings(findings)
+    }
+
+    fn syn_sent(&mut self, changes: &[SynSent]) -> io::Result<()> {
+        self.console.syn_sent(changes)
     }
 
     fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {

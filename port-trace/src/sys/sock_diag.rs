@@ -11,7 +11,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use port_trace_common::TCP_TIME_WAIT;
+use port_trace_common::{TCP_SYN_SENT, TCP_TIME_WAIT};
 use thiserror::Error;
 use tracing::debug;
 
@@ -382,6 +382,20 @@ pub fn lists_bound_only() -> bool {
     };
     diag.dump(libc::IPPROTO_TCP as u8, 1 << TCP_BOUND_INACTIVE)
         .is_ok_and(|sockets| sockets.iter().any(|s| s.sport == port))
+}
+
+/// The TCP sockets in SYN_SENT (connects not answered yet) in namespace `netns`; None when
+/// it cannot be entered or the dump failed. The kernel filters by state: the answer is as
+/// small as what it finds.
+pub fn syn_sent(netns: u32) -> Option<Vec<DiagSocket>> {
+    crate::sys::netns::run_in_inode(netns, || {
+        SockDiag::new()
+            .ok()?
+            .dump(libc::IPPROTO_TCP as u8, 1 << TCP_SYN_SENT)
+            .inspect_err(|err| debug!("sock_diag SYN_SENT dump in netns {netns}: {err}"))
+            .ok()
+    })
+    .flatten()
 }
 
 /// One namespace's sockets, as `dump_namespace` found them.
