@@ -39,6 +39,11 @@ pub struct Forecast {
 }
 
 impl Forecast {
+    /// Forgets every scope of namespace `netns` (gone).
+    pub fn forget(&mut self, netns: u32) {
+        self.pace.retain(|key, _| key.netns != netns);
+    }
+
     pub fn allocated(&mut self, key: ScopeKey, now_ns: u64) {
         let pace = self.pace.entry(key).or_default();
         if now_ns.saturating_sub(pace.last_ns) >= DECAY_STEP_NS {

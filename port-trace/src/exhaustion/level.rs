@@ -39,6 +39,11 @@ impl Levels {
         }
     }
 
+    /// Forgets every scope of namespace `netns` (gone).
+    pub fn forget(&mut self, netns: u32) {
+        self.levels.retain(|key, _| key.netns != netns);
+    }
+
     pub fn level(&self, key: &ScopeKey) -> Level {
         self.levels.get(key).copied().unwrap_or(Level::Ok)
     }

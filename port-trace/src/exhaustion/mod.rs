@@ -243,11 +243,22 @@ impl Exhaustion {
     pub fn refresh(&mut self, now_ns: u64) -> Vec<Warning> {
         let namespaces: Vec<u32> = self.occupancy.namespaces().collect();
         for netns in namespaces {
-            if let Some(range) = (self.read_range)(netns)
-                && self.occupancy.range(netns) != Some(&range)
-            {
-                self.new_ranges.push((netns, range.clone()));
-                self.occupancy.set_range(netns, range);
+            match (self.read_range)(netns) {
+                Some(range) if self.occupancy.range(netns) != Some(&range) => {
+                    self.new_ranges.push((netns, range.clone()));
+                    self.occupancy.set_range(netns, range);
+                }
+                Some(_) => {}
+                // No process left in it (a pod or container gone), nothing held there:
+                // forgotten, with its levels, pace and owner, so short-lived namespaces do
+                // not pile up (nor their range lint). Should it come back, its next event
+                // brings it back and its range is read again.
+                None if self.occupancy.forget_if_empty(netns) => {
+                    self.levels.forget(netns);
+                    self.forecast.forget(netns);
+                    self.workloads.forget(netns);
+                }
+                None => {}
             }
         }
         let mut raised = Vec::new();
@@ -285,6 +296,47 @@ mod tests {
         raw.lport = port;
         raw.ts_ns = ts_ns;
         decode_raw(&raw).expect("decodes")
+    }
+
+    /// A namespace with no process left and nothing held is forgotten at the re-check; one
+    /// that still holds a port is kept.
+    #[test]
+    fn a_gone_namespace_with_nothing_held_is_forgotten() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+        let alive = Arc::new(AtomicBool::new(true));
+        let reads = alive.clone();
+        let mut e = Exhaustion::with_range_reader(
+            Thresholds {
+                warn: 0.8,
+                critical: 0.95,
+            },
+            move |_| {
+                reads
+                    .load(Ordering::Relaxed)
+                    .then(|| PortRange::parse("40000 40009", ""))
+                    .flatten()
+            },
+        );
+        let held = connect(40001, 1);
+        e.observe(&held, Outcome::Allocated);
+        alive.store(false, Ordering::Relaxed);
+        e.refresh(2);
+        assert!(e.range_of(held.netns).is_some(), "a port is held there");
+        let mut released = held.clone();
+        released.event = crate::event::EventType::Release;
+        e.observe(
+            &released,
+            Outcome::Released {
+                lifetime_ns: 1,
+                time_wait_ns: None,
+            },
+        );
+        e.refresh(3);
+        assert_eq!(e.ranges().count(), 0, "forgotten");
+        assert!(e.range_of(held.netns).is_none());
     }
 
     #[test]

@@ -220,6 +220,19 @@ impl Occupancy {
         self.namespaces.get(&netns).map(|ns| &ns.range)
     }
 
+    /// Forgets namespace `netns` if nothing is held there; returns whether it did.
+    pub fn forget_if_empty(&mut self, netns: u32) -> bool {
+        let empty = self.namespaces.get(&netns).is_some_and(|ns| {
+            [&ns.tcp, &ns.udp]
+                .iter()
+                .all(|space| space.exclusive.is_empty() && space.connected.is_empty())
+        });
+        if empty {
+            self.namespaces.remove(&netns);
+        }
+        empty
+    }
+
     pub fn has_namespace(&self, netns: u32) -> bool {
         self.namespaces.contains_key(&netns)
     }

@@ -89,6 +89,11 @@ impl Workloads {
     }
 
     /// The pod or container that alone allocates in a namespace.
+    /// Forgets namespace `netns`'s owner (gone).
+    pub fn forget(&mut self, netns: u32) {
+        self.owners.remove(&netns);
+    }
+
     pub fn owner(&self, netns: u32) -> Option<Arc<Workload>> {
         match self.owners.get(&netns) {
             Some(Owner::One(owner)) => Some(Arc::clone(owner)),
