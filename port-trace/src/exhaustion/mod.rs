@@ -85,6 +85,19 @@ impl Exhaustion {
         self.workloads.owner(netns)
     }
 
+    /// The process holding the most ports in a scope (walks the scope's held ports: for a
+    /// finding once an interval, not per event).
+    pub fn top_holder(&self, key: &ScopeKey) -> Option<Top> {
+        let (holder, ports) = self.occupancy.top_holders(key, 1).into_iter().next()?;
+        let (cgroup, workload) = self.workloads.of_pid(holder.pid);
+        Some(Top {
+            holder,
+            ports,
+            cgroup,
+            workload,
+        })
+    }
+
     fn warning(&self, key: &ScopeKey, level: Level, reason: Reason, now_ns: u64) -> Warning {
         let usage = self.occupancy.usage(key);
         Warning {

@@ -276,7 +276,7 @@ impl Finding {
             netns: self.netns,
             proto: self.proto,
             destination: self.destination,
-            // Churn is the destination's, whoever allocates last; a leak and a listener are
+            // Churn is the destination's, whoever holds most there; a leak and a listener are
             // a process's.
             pid: match self.kind {
                 Kind::ConnectionLeak | Kind::ListenerInRange | Kind::BindBeforeConnect => {
@@ -312,9 +312,6 @@ struct DestCounts {
     allocs: u64,
     lifetime_sum_ns: u128,
     releases: u64,
-    /// The latest allocator, named in the finding.
-    last: Option<(u32, Comm, CgroupId)>,
-    last_workload: Option<Arc<Workload>>,
     /// Allocation rate over the last interval, set at each evaluation.
     rate: f64,
 }
@@ -490,11 +487,6 @@ impl Findings {
                 Outcome::Allocated => {
                     counts.held += 1;
                     counts.allocs += 1;
-                    let who = (event.pid, event.comm, event.cgroup);
-                    if counts.last != Some(who) {
-                        counts.last = Some(who);
-                        counts.last_workload = event.workload.clone();
-                    }
                 }
                 Outcome::EnteredTimeWait => counts.time_wait += 1,
                 _ => {

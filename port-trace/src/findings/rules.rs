@@ -78,6 +78,22 @@ pub(super) fn min_held(t: &Thresholds, exhaustion: &Exhaustion, netns: u32) -> u
         .max(1)
 }
 
+/// Who holds the most ports to a TCP destination: the process a churn or pile-up names.
+fn top_holder(exhaustion: &Exhaustion, netns: u32, dest: super::Destination) -> Option<Who> {
+    let key = crate::exhaustion::scope::ScopeKey {
+        netns,
+        proto: crate::event::Proto::Tcp,
+        scope: crate::exhaustion::scope::Scope::Destination(dest),
+    };
+    let top = exhaustion.top_holder(&key)?;
+    Some(Who {
+        pid: top.holder.pid,
+        comm: top.holder.comm,
+        cgroup: top.cgroup,
+        workload: top.workload,
+    })
+}
+
 fn key(kind: Kind, netns: u32, finding_dest: Option<super::Destination>, pid: u32) -> Key {
     Key {
         kind,
@@ -138,12 +154,7 @@ pub(super) fn churn(
         } else {
             Severity::Warn
         };
-        let who = counts.last.map(|(pid, comm, cgroup)| Who {
-            pid,
-            comm,
-            cgroup,
-            workload: counts.last_workload.clone(),
-        });
+        let who = top_holder(exhaustion, netns, dest);
         out.push(Finding {
             kind: Kind::TimeWaitChurn,
             severity,
@@ -546,15 +557,7 @@ pub(super) fn syn_sent(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: 
             continue;
         }
         let counts = f.dests.get(&(netns, dest));
-        let who = counts.and_then(|c| {
-            let (pid, comm, cgroup) = c.last?;
-            Some(Who {
-                pid,
-                comm,
-                cgroup,
-                workload: c.last_workload.clone(),
-            })
-        });
+        let who = top_holder(exhaustion, netns, dest);
         out.push(Finding {
             kind: Kind::SynSentPileup,
             severity: Severity::Warn,

@@ -692,3 +692,23 @@ fn kind_names_are_serde_names() {
         );
     }
 }
+
+/// Churn names who holds most ports to the destination, not whoever allocated last.
+#[test]
+fn churn_names_the_top_holder() {
+    let mut b = Bench::new();
+    for cookie in 1..=200 {
+        let c = connect(cookie, 77, cookie);
+        b.feed(&c, Outcome::Allocated);
+        b.feed(&released(&c, cookie + 10), Outcome::EnteredTimeWait);
+    }
+    let late = connect(201, 88, 300);
+    b.feed(&late, Outcome::Allocated);
+    let out = b.tick(S);
+    let churn: Vec<&Finding> = out
+        .iter()
+        .filter(|f| f.kind == Kind::TimeWaitChurn)
+        .collect();
+    assert_eq!(churn.len(), 1, "{out:?}");
+    assert_eq!(churn[0].who.as_ref().map(|w| w.pid), Some(77));
+}
