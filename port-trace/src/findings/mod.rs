@@ -630,12 +630,13 @@ impl Findings {
             .collect()
     }
 
-    /// One finding found between evaluations: emitted if new or moved, as `settle` would.
+    /// One finding found between evaluations: emitted if new or its severity changed; a
+    /// count that moved waits for the interval (per event it would be said every few).
     fn settle_one(&mut self, mut found: Finding) -> Option<Finding> {
         let id = found.key();
         match self.active.get(&id) {
             None => found.state = State::Appeared,
-            Some(before) if found.moved_from(before) => found.state = State::Updated,
+            Some(before) if found.severity != before.severity => found.state = State::Updated,
             Some(_) => return None,
         }
         self.active.insert(id, found.clone());
