@@ -458,8 +458,16 @@ fn bind_before_connect_is_said_at_the_third_connect_and_critical_when_bind_fails
             range_size: 999,
         }
     );
-    // The next interval says nothing new; a bind() that finds no port makes it critical.
-    assert!(b.tick(S).is_empty());
+    // A fourth says nothing at once (a moved count waits for the interval), and the next
+    // interval nothing new (3 to 4 held is a third more: said there).
+    let (bind4, connect4) = bound_any(4, 31, 4_000_000);
+    b.feed_now(&bind4, Outcome::Allocated);
+    assert!(b.feed_now(&connect4, Outcome::BoundConnected).is_empty());
+    let out = b.tick(S);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].state, State::Updated);
+    assert!(b.tick(S + 1).is_empty());
+    // A bind() that finds no port makes it critical, at once.
     let mut fail = bind.clone();
     fail.event = EventType::Fail;
     fail.port = 0;
@@ -471,7 +479,7 @@ fn bind_before_connect_is_said_at_the_third_connect_and_critical_when_bind_fails
         (Severity::Critical, State::Updated)
     );
     // The process closes everything and stops: cleared a minute after its last connect.
-    for cookie in 1..=3 {
+    for cookie in 1..=4 {
         let (bind, _) = bound_any(cookie, 31, 0);
         b.feed(
             &released(&bind, 2 * S),
