@@ -121,6 +121,9 @@ pub struct Config {
     pub started_ns: u64,
     /// The host's namespace, whose range the range lint compares others with.
     pub host_netns: Option<u32>,
+    /// port-trace's own process: its sockets found at start-up (the metrics listener, on a
+    /// port the kernel chose for `--prometheus :0`) are no service in the range.
+    pub own_pid: Option<u32>,
 }
 
 impl Pipeline {
@@ -130,16 +133,23 @@ impl Pipeline {
             tracker: Tracker::default(),
             stats: Stats::new(config.keep_intervals),
             exhaustion,
-            findings: Findings::new(Default::default(), config.host_netns),
+            findings: Findings::new(Default::default(), config.host_netns, config.started_ns),
             snapshot,
             filter: config.filter,
             started_ns: config.started_ns,
         };
         for event in pipeline.snapshot.events() {
             pipeline.exhaustion.hold_existing(event);
-            pipeline.findings.existing(event);
+            if Some(event.pid) != config.own_pid {
+                pipeline.findings.existing(event);
+            }
         }
         pipeline
+    }
+
+    /// When tracing started (CLOCK_MONOTONIC).
+    pub fn started_ns(&self) -> u64 {
+        self.started_ns
     }
 
     /// Once, before the first event: hands the sinks the start-up snapshot's sockets and
@@ -379,6 +389,7 @@ mod tests {
                 keep_intervals: false,
                 started_ns: 0,
                 host_netns: None,
+                own_pid: None,
             },
             snapshot,
             exhaustion,
@@ -583,6 +594,50 @@ mod tests {
         };
         p.finish(counters, 10, &mut out).expect("sink");
         assert_eq!(out.finished, Some((1, 2, 1)));
+    }
+
+    /// port-trace's own socket found at start-up (its metrics listener on a port the kernel
+    /// chose) is no listener in the range; another process's is.
+    #[test]
+    fn our_own_listener_at_start_up_is_no_finding() {
+        let listener = |pid: u32, port: u16| {
+            let mut e = connect(u64::from(port), port, 0);
+            e.kind = crate::event::AllocKind::Bind;
+            e.rport = 0;
+            e.raddr = std::net::IpAddr::from([0, 0, 0, 0]);
+            e.pid = pid;
+            e
+        };
+        let snapshot = Snapshot::from_events(vec![listener(7, 40001), listener(8, 40002)]);
+        let exhaustion = Exhaustion::with_range_reader(
+            Thresholds {
+                warn: 0.8,
+                critical: 0.95,
+            },
+            tiny,
+        );
+        let mut p = Pipeline::new(
+            Config {
+                filter: Filter::default(),
+                keep_intervals: false,
+                started_ns: 0,
+                host_netns: None,
+                own_pid: Some(7),
+            },
+            snapshot,
+            exhaustion,
+        );
+        let mut out = Recorded::default();
+        p.begin(0, &mut out).expect("sink");
+        p.tick(&[], KernelCounters::default(), 1_000, &mut out)
+            .expect("sink");
+        let listeners: Vec<u32> = out
+            .findings
+            .iter()
+            .filter(|f| f.kind == crate::findings::Kind::ListenerInRange)
+            .filter_map(|f| Some(f.who.as_ref()?.pid))
+            .collect();
+        assert_eq!(listeners, [8]);
     }
 
     #[test]

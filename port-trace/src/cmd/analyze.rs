@@ -93,6 +93,10 @@ struct Replay {
     parked: HashSet<(u32, u64)>,
     /// Records of types replay does not know, by type.
     unknown: BTreeMap<String, u64>,
+    /// From the `ready` record: when the live trace started (its first interval's start)
+    /// and its pid.
+    live_started_ns: Option<u64>,
+    live_pid: Option<u32>,
 }
 
 impl Replay {
@@ -136,12 +140,17 @@ impl Replay {
             elapsed_ns: None,
             parked: HashSet::new(),
             unknown: BTreeMap::new(),
+            live_started_ns: None,
+            live_pid: None,
         })
     }
 
     /// The pipeline, made at the first event: the snapshot's sockets and the ranges seen
     /// before it are in by then, as they were live.
-    fn pipeline(&mut self, started_ns: u64) -> &mut Pipeline {
+    fn pipeline(&mut self, first_ns: u64) -> &mut Pipeline {
+        // As live: from the trace's start where the capture says it.
+        let started_ns = self.live_started_ns.unwrap_or(first_ns).min(first_ns);
+        let own_pid = self.live_pid;
         let ranges = Arc::clone(&self.ranges);
         let thresholds = self.thresholds;
         let existing = std::mem::take(&mut self.existing);
@@ -165,6 +174,7 @@ impl Replay {
                     started_ns,
                     // A capture does not say which namespace was the host's.
                     host_netns: None,
+                    own_pid,
                 },
                 Snapshot::from_events(existing),
                 Exhaustion::with_range_reader(thresholds, read),
@@ -174,7 +184,13 @@ impl Replay {
 
     fn take(&mut self, record: Record) -> Result<(), Fatal> {
         match record {
-            Record::Ready { backend } => {
+            Record::Ready {
+                backend,
+                ts_ns,
+                pid,
+            } => {
+                self.live_started_ns = ts_ns;
+                self.live_pid = pid;
                 self.backend = match backend.as_str() {
                     "tracepoint" => Backend::Tracepoint,
                     _ => Backend::Kprobe,

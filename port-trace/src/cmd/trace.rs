@@ -72,6 +72,8 @@ struct Trace {
     /// Names each event's workload before the pipeline sees it.
     workloads: Resolver,
     sinks: Sinks<QueuedStdout>,
+    /// CLOCK_MONOTONIC to the wall clock, for `ready`'s time.
+    clock: WallClock,
     exporter: Option<metrics_server::Exporter>,
     sigint: Signal,
     sigterm: Signal,
@@ -157,6 +159,7 @@ impl Trace {
                 keep_intervals: cli.hdr_log.is_some(),
                 started_ns,
                 host_netns: netns::host(),
+                own_pid: Some(std::process::id()),
             },
             snapshot,
             Exhaustion::new(thresholds).with_host_netns(netns::host()),
@@ -168,6 +171,7 @@ impl Trace {
             pipeline,
             workloads,
             sinks,
+            clock,
             exporter,
             sigint,
             sigterm,
@@ -184,6 +188,8 @@ impl Trace {
         };
         self.sinks.console.start(&ReadyRecord {
             record: "ready",
+            ts_ns: self.clock.to_epoch_ns(self.pipeline.started_ns()),
+            pid: std::process::id(),
             backend: self.probes.backend,
             programs: &self.probes.programs,
             version: env!("CARGO_PKG_VERSION"),

@@ -148,6 +148,9 @@ pub enum Record {
     /// `ready`: the backend that attached.
     Ready {
         backend: String,
+        /// When the live trace started and its pid (absent in captures of older versions).
+        ts_ns: Option<u64>,
+        pid: Option<u32>,
     },
     /// `alloc`, `release`, `fail`: the event as the pipeline takes it (times in epoch ns),
     /// with the line's lifetime fields.
@@ -256,6 +259,11 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
                 .and_then(|b| b.as_str())
                 .unwrap_or_default()
                 .to_string(),
+            ts_ns: value.get("ts_ns").and_then(serde_json::Value::as_u64),
+            pid: value
+                .get("pid")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|pid| u32::try_from(pid).ok()),
         }),
         "end" => Ok(Record::End {
             elapsed_ns: value
@@ -392,7 +400,9 @@ mod tests {
         assert_eq!(
             decode_line(r#"{"type":"ready","backend":"kprobe","programs":[]}"#).expect("ok"),
             Record::Ready {
-                backend: "kprobe".into()
+                backend: "kprobe".into(),
+                ts_ns: None,
+                pid: None,
             }
         );
         assert_eq!(

@@ -403,7 +403,8 @@ fn destination(event: &Event) -> Destination {
 }
 
 impl Findings {
-    pub fn new(thresholds: Thresholds, host_netns: Option<u32>) -> Self {
+    /// `started_ns`: when tracing started, the first interval's start (rates over it).
+    pub fn new(thresholds: Thresholds, host_netns: Option<u32>, started_ns: u64) -> Self {
         Self {
             thresholds,
             host_netns,
@@ -413,7 +414,7 @@ impl Findings {
             bound: HashMap::new(),
             syn_sent: HashMap::new(),
             active: HashMap::new(),
-            last_eval_ns: None,
+            last_eval_ns: Some(started_ns),
         }
     }
 

@@ -169,8 +169,12 @@ pub(super) fn churn(
                 time_wait_share: share,
                 alloc_rate_per_s: counts.rate,
                 mean_lifetime_s,
-                // Until a TIME_WAIT ends, its 60 s (TCP_TIMEWAIT_LEN) is the hold.
-                steady_state_held: Some(counts.rate * mean_lifetime_s.unwrap_or(TIME_WAIT_S)),
+                // Little's law with the hold at least TIME_WAIT's share of 60 s
+                // (TCP_TIMEWAIT_LEN): until the first TIME_WAIT ends, the releases seen are
+                // only the short ones, and their mean alone said "~1 port".
+                steady_state_held: Some(
+                    counts.rate * mean_lifetime_s.unwrap_or(0.0).max(share * TIME_WAIT_S),
+                ),
                 range_size,
             },
             remedy: format!(

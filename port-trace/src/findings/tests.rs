@@ -44,7 +44,7 @@ impl Bench {
     fn new() -> Self {
         Self {
             ex: exhaustion(),
-            f: Findings::new(Thresholds::default(), None),
+            f: Findings::new(Thresholds::default(), None, 0),
             emitted: Vec::new(),
         }
     }
@@ -104,9 +104,13 @@ fn churn_fires_when_time_wait_holds_most_of_a_destination() {
             ..
         } => {
             assert_eq!((held, time_wait), (100, 100), "after the first second");
-            assert_eq!(steady_state_held, Some(0.0), "no rate yet");
             assert!((time_wait_share - 1.0).abs() < 1e-9);
-            assert_eq!(alloc_rate_per_s, 0.0, "no interval yet at the first look");
+            // Over the first interval, from the trace's start.
+            assert!(
+                (alloc_rate_per_s - 100.0).abs() < 1e-6,
+                "{alloc_rate_per_s}"
+            );
+            assert_eq!(steady_state_held, Some(6000.0), "100/s, 60 s each");
             assert_eq!(range_size, 999);
         }
         ref other => panic!("{other:?}"),
@@ -336,7 +340,7 @@ fn lint_of(range: &'static str) -> Vec<Kind> {
     e.netns = 2;
     ex.hold_existing(&e);
     ex.set_range_for_tests(2, r);
-    let mut f = Findings::new(Thresholds::default(), Some(1));
+    let mut f = Findings::new(Thresholds::default(), Some(1), 0);
     let mut kinds: Vec<Kind> = f.evaluate(&ex, S).iter().map(|f| f.kind).collect();
     kinds.sort();
     kinds

@@ -565,6 +565,10 @@ impl WarningRecord {
 pub struct ReadyRecord<'a> {
     #[serde(rename = "type")]
     pub record: &'static str,
+    /// When tracing started (Unix epoch ns): replay's first interval starts there.
+    pub ts_ns: u64,
+    /// port-trace's own pid: its own sockets are no finding (replay too).
+    pub pid: u32,
     pub backend: Backend,
     pub programs: &'a [String],
     pub version: &'static str,
