@@ -116,7 +116,10 @@ fn take_over_churn_holds_no_port_without_a_socket() {
             })
         })
         .collect();
-    sleep(Duration::from_secs(8));
+    // Under emulation (the VM matrix) half as long: its ~5,000 connections still show the
+    // kprobe backend's unseen closes by the hundred, and the daemon's catch-up after the
+    // churn (the debug build, emulated) takes half as long too.
+    sleep(Duration::from_secs(if common::in_vm() { 4 } else { 8 }));
     stop.store(true, Ordering::Relaxed);
     for thread in clients.into_iter().chain(servers) {
         thread.join().expect("churn thread");

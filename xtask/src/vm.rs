@@ -80,24 +80,62 @@ pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
     fs::create_dir_all(work)?;
     let images: Vec<PathBuf> = KERNELS.iter().map(fetch_kernel).collect::<Result<_>>()?;
     let initrd = build_initramfs(&tests, work)?;
-    let mut outcomes = Vec::new();
+    let mut runs = Vec::new();
     for (kernel, vmlinuz) in KERNELS.iter().zip(images) {
         if !selection.kernels.is_empty() && !selection.kernels.iter().any(|k| k == kernel.name) {
             continue;
         }
         for backend in selection.backends {
-            eprintln!("vm-test: {} kernel, {backend} backend", kernel.name);
-            let log = work.join(format!("{}-{backend}.log", kernel.name));
-            let (passed, summary) = boot(&vmlinuz, &initrd, backend, selection.only, &log)?;
-            outcomes.push(Outcome {
-                kernel: kernel.name,
-                backend: backend.clone(),
-                passed,
-                summary,
-            });
+            runs.push((kernel.name, vmlinuz.clone(), backend.clone()));
         }
     }
-    Ok(outcomes)
+    // The longest first (the kprobe runs: 10-11 min against 6-7 under emulation), so the
+    // two lanes end together.
+    runs.sort_by_key(|(_, _, backend)| backend != "kprobe");
+    // Two VMs at a time (PT_VM_JOBS): the suite spends much of its time waiting (TIME_WAIT's
+    // 60 s, settling, reconciliation), when another VM can have the cores.
+    let jobs = std::env::var("PT_VM_JOBS")
+        .ok()
+        .and_then(|j| j.parse::<usize>().ok())
+        .unwrap_or(2)
+        .clamp(1, runs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<Outcome>>>> =
+        runs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((kernel, vmlinuz, backend)) = runs.get(i) else {
+                        break;
+                    };
+                    eprintln!("vm-test: {kernel} kernel, {backend} backend");
+                    let log = work.join(format!("{kernel}-{backend}.log"));
+                    let outcome = boot(vmlinuz, &initrd, backend, selection.only, &log).map(
+                        |(passed, summary)| Outcome {
+                            kernel,
+                            backend: backend.clone(),
+                            passed,
+                            summary,
+                        },
+                    );
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(outcome);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(anyhow::anyhow!("a VM run did not report")))
+        })
+        .collect()
 }
 
 pub fn print_table(outcomes: &[Outcome]) {

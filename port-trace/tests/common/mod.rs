@@ -176,6 +176,11 @@ pub fn run_unprivileged(args: &[&str]) -> Option<std::process::Output> {
     }
 }
 
+/// Whether the suite runs in the VM matrix (emulated: everything is several times slower).
+pub fn in_vm() -> bool {
+    std::env::var("PORT_TRACE_TEST_BACKEND").is_ok_and(|b| !b.is_empty())
+}
+
 /// `--backend X` when the suite runs for one backend (the VM matrix sets
 /// PORT_TRACE_TEST_BACKEND), else nothing: port-trace's own choice.
 pub fn backend_args() -> Vec<String> {
