@@ -45,7 +45,7 @@ impl Held {
         let new = *count == 1;
         if new && range.contains(port) {
             self.in_range += 1;
-            if range.in_connect_half(port) {
+            if range.tried_first(port) {
                 self.in_connect_half += 1;
             }
         }
@@ -58,7 +58,7 @@ impl Held {
         let gone = decrement(&mut self.ports, &port);
         if gone && range.contains(port) {
             self.in_range -= 1;
-            if range.in_connect_half(port) {
+            if range.tried_first(port) {
                 self.in_connect_half -= 1;
             }
         }

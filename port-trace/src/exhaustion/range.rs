@@ -86,7 +86,12 @@ impl PortRange {
     /// Whether `port` is in the half connect() tries first: since Linux 4.6 it scans the
     /// ports at an even offset from the range's start first (bind() the others).
     pub fn in_connect_half(&self, port: u16) -> bool {
-        self.contains(port) && (port - self.low).is_multiple_of(2)
+        self.contains(port) && self.tried_first(port)
+    }
+
+    /// For a port the range `contains`: whether connect() tries it in its first pass.
+    pub fn tried_first(&self, port: u16) -> bool {
+        port.wrapping_sub(self.low).is_multiple_of(2)
     }
 
     /// How many ports of the half connect() tries first the kernel can hand out.

@@ -394,6 +394,21 @@ pub struct Findings {
     last_eval_ns: Option<u64>,
 }
 
+/// Whether `outcome` is the socket's own close: a process holds a port until its socket
+/// closes, and a port living on in TIME_WAIT after that is the kernel's (leaks and bind
+/// before connect count what the process holds). Its later release, or one reconciliation
+/// found for a TIME_WAIT port, is not a second close.
+fn socket_closed(event: &Event, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::EnteredTimeWait
+        | Outcome::Released {
+            time_wait_ns: None, ..
+        } => true,
+        Outcome::Reconciled => !event.time_wait,
+        _ => false,
+    }
+}
+
 fn destination(event: &Event) -> Destination {
     Destination {
         laddr: event.laddr,
@@ -523,11 +538,7 @@ impl Findings {
                     conns.who = Some(Who::of(event));
                 }
             }
-            Outcome::EnteredTimeWait
-            | Outcome::Released {
-                time_wait_ns: None, ..
-            } => self.conn_closed(&key),
-            Outcome::Reconciled if !event.time_wait => self.conn_closed(&key),
+            _ if socket_closed(event, outcome) => self.conn_closed(&key),
             _ => {}
         }
     }
@@ -551,17 +562,7 @@ impl Findings {
                     b.who = Some(Who::of(event));
                 }
             }
-            // The socket closed (its port may live on in TIME_WAIT: the kernel's, as for
-            // leaks).
-            Outcome::EnteredTimeWait
-            | Outcome::Released {
-                time_wait_ns: None, ..
-            } => {
-                if let Some(b) = self.bound.get_mut(&key) {
-                    b.bound_held = b.bound_held.saturating_sub(1);
-                }
-            }
-            Outcome::Reconciled if !event.time_wait => {
+            _ if socket_closed(event, outcome) => {
                 if let Some(b) = self.bound.get_mut(&key) {
                     b.bound_held = b.bound_held.saturating_sub(1);
                 }

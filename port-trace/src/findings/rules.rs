@@ -449,11 +449,7 @@ pub(super) fn bind_connect_one(
     if b.connects < f.thresholds.bind_connects || !(recent || b.bound_held > 0) {
         return None;
     }
-    let range_size = exhaustion
-        .range_of(netns)
-        .map_or(crate::exhaustion::range::PortRange::default().size(), |r| {
-            r.size()
-        });
+    let range_size = range_size(exhaustion, netns);
     let who = b.who.as_ref().map_or_else(
         || format!("pid {pid}"),
         |w| format!("pid {} ({})", w.pid, w.comm),
