@@ -11,7 +11,10 @@ use std::{
     io::{BufRead, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -99,17 +102,16 @@ pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
         .and_then(|j| j.parse::<usize>().ok())
         .unwrap_or(2)
         .clamp(1, runs.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<Outcome>>>> =
-        runs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let (done, finished) = mpsc::channel();
     std::thread::scope(|scope| {
         for _ in 0..jobs {
+            let done = done.clone();
             scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((kernel, vmlinuz, backend)) = runs.get(i) else {
-                        break;
-                    };
+                let done = done; // by value: each thread owns its sender
+                while let Some((kernel, vmlinuz, backend)) =
+                    runs.get(next.fetch_add(1, Ordering::Relaxed))
+                {
                     eprintln!("vm-test: {kernel} kernel, {backend} backend");
                     let log = work.join(format!("{kernel}-{backend}.log"));
                     let outcome = boot(vmlinuz, &initrd, backend, selection.only, &log).map(
@@ -120,22 +122,23 @@ pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
                             summary,
                         },
                     );
-                    if let Ok(mut slot) = results[i].lock() {
-                        *slot = Some(outcome);
-                    }
+                    let _ = done.send(outcome);
                 }
             });
         }
     });
-    results
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Err(anyhow::anyhow!("a VM run did not report")))
-        })
-        .collect()
+    drop(done);
+    let mut outcomes: Vec<Outcome> = finished.into_iter().collect::<Result<_>>()?;
+    // In the table, by kernel and backend, whichever finished first.
+    outcomes.sort_by(|a, b| (a.kernel, &a.backend).cmp(&(b.kernel, &b.backend)));
+    if outcomes.len() != runs.len() {
+        bail!(
+            "{} of {} VM runs did not report",
+            runs.len() - outcomes.len(),
+            runs.len()
+        );
+    }
+    Ok(outcomes)
 }
 
 pub fn print_table(outcomes: &[Outcome]) {
