@@ -166,6 +166,47 @@ pub const PROBE_NAMES: [&str; PROBE_PROGRAMS as usize] = [
     "connect_exit",
 ];
 
+/// Each tracepoint-backend program and its empty twin at the same hook (port-trace-ebpf's
+/// `floor.rs`): the benchmark's floor, what the hooks cost with nothing to do.
+pub const EMPTY_TWINS: [(&str, &str); 14] = [
+    ("tcp_state", "nop_set_state"),
+    ("tcp_port_chosen", "nop_sock_ops"),
+    ("bind4_request", "nop_bind4"),
+    ("bind6_request", "nop_bind6"),
+    ("udp_connect4", "nop_connect4"),
+    ("udp_connect6", "nop_connect6"),
+    ("udp_sendmsg4", "nop_sendmsg4"),
+    ("udp_sendmsg6", "nop_sendmsg6"),
+    ("post_bind4", "nop_post_bind4"),
+    ("post_bind6", "nop_post_bind6"),
+    ("sock_release", "nop_release"),
+    ("udp_create", "nop_create"),
+    ("bind_exit", "nop_exit_bind"),
+    ("connect_exit", "nop_exit_connect"),
+];
+
+/// Indexes into the per-CPU `MAP_OPS` counters: map operations by map, and ring buffer
+/// records, counted only when the daemon loads the programs with `COUNT_MAP_OPS` set (its
+/// hidden `--count-map-ops`, for the benchmark's per-connection budget). Otherwise the
+/// verifier sees the flag is 0 in frozen read-only data and removes the counting.
+pub const OP_SOCKETS_LOOKUP: u32 = 0;
+pub const OP_SOCKETS_INSERT: u32 = 1;
+pub const OP_SOCKETS_DELETE: u32 = 2;
+pub const OP_IN_FLIGHT_LOOKUP: u32 = 3;
+pub const OP_IN_FLIGHT_INSERT: u32 = 4;
+/// Records reserved in either ring buffer.
+pub const OP_RING_RECORDS: u32 = 5;
+pub const MAP_OP_KINDS: u32 = 6;
+/// What each `OP_*` counts, by index, as the benchmark prints it.
+pub const MAP_OP_NAMES: [&str; MAP_OP_KINDS as usize] = [
+    "SOCKETS lookup",
+    "SOCKETS insert",
+    "SOCKETS delete",
+    "IN_FLIGHT lookup",
+    "IN_FLIGHT insert",
+    "ring records",
+];
+
 /// The errnos a port allocation fails with.
 pub const EADDRINUSE: u32 = 98;
 pub const EADDRNOTAVAIL: u32 = 99;
@@ -275,5 +316,6 @@ mod tests {
         assert_eq!(PROBE_NAMES[PROBE_KP_TWSK_KILL as usize], "kp_twsk_kill");
         assert_eq!(PROBE_NAMES[PROBE_TCP_STATE as usize], "tcp_state");
         assert_eq!(PROBE_NAMES[PROBE_CONNECT_EXIT as usize], "connect_exit");
+        assert_eq!(MAP_OP_NAMES[OP_RING_RECORDS as usize], "ring records");
     }
 }

@@ -22,16 +22,19 @@
 //! |                         | udp_connect4/6          | cgroup sock_addr connect4/6       |
 //! |                         | udp_sendmsg4/6          | cgroup sock_addr sendmsg4/6       |
 //! | tracepoint/syscalls.rs  | bind_exit, connect_exit | tracepoint sys_exit_bind/connect  |
+//! | floor.rs                | nop_*                   | each tracepoint-backend hook      |
 //!
 //! Shared by both backends: `kernel.rs` (reads from kernel structs at offsets the daemon
 //! resolved from BTF, the event every program builds, the `--netns`/`--proto` filter) and
 //! `track.rs` (the maps: the per-socket table, requests in flight, the ring buffers, and the
 //! lost-event counters), `errors.rs` (failed runs per program, `PROBE_ERRORS`). Each
-//! backend's `mod.rs` tells how its programs see a port's life.
+//! backend's `mod.rs` tells how its programs see a port's life. `floor.rs` holds empty
+//! programs for the benchmark: the hooks' own cost.
 #![no_std]
 #![no_main]
 
 mod errors;
+mod floor;
 mod kernel;
 mod kprobe;
 mod tracepoint;

@@ -8,7 +8,8 @@ use aya_ebpf::{
 use port_trace_common::{
     EVENT_ALLOC, EVENT_BOUND_CONNECT, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END,
     FLAG_EXPLICIT, IPPROTO_TCP, KIND_BIND, LOST_FAILURE_RING_FULL, LOST_REASONS, LOST_RINGBUF_FULL,
-    LOST_TABLE_FULL, PortEvent,
+    LOST_TABLE_FULL, MAP_OP_KINDS, OP_IN_FLIGHT_INSERT, OP_IN_FLIGHT_LOOKUP, OP_RING_RECORDS,
+    OP_SOCKETS_DELETE, OP_SOCKETS_INSERT, OP_SOCKETS_LOOKUP, PortEvent,
 };
 
 /// Where a tracked socket's port stands.
@@ -75,6 +76,28 @@ static IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16_38
 /// `InFlight::kind` of a thread with no request in flight.
 const SETTLED: u8 = 0;
 
+/// Written by the daemon before load (its hidden `--count-map-ops`, for the benchmark); 0 in
+/// the object file, and then the verifier, which sees the value in frozen read-only data,
+/// drops the counting below.
+#[unsafe(no_mangle)]
+static COUNT_MAP_OPS: u32 = 0;
+
+/// Map operations by map and ring records (`OP_*`), per CPU, when `COUNT_MAP_OPS` is set.
+#[map]
+static MAP_OPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_OP_KINDS, 0);
+
+#[inline(always)]
+fn count_op(op: u32) {
+    // Volatile, as for `kernel::OFFSETS`.
+    if unsafe { core::ptr::read_volatile(&COUNT_MAP_OPS) } == 0 {
+        return;
+    }
+    if let Some(counter) = MAP_OPS.get_ptr_mut(op) {
+        // Per-CPU slot: no other writer, no atomics needed.
+        unsafe { *counter += 1 };
+    }
+}
+
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);
 
@@ -88,6 +111,7 @@ pub fn count_lost(reason: u32) {
 /// `batched`: wake the daemon only once a batch is waiting (see `wakeup`); else as the
 /// kernel does by default (when the daemon had caught up).
 fn submit_to(ring: &RingBuf, event: &PortEvent, lost: u32, batched: bool) {
+    count_op(OP_RING_RECORDS);
     match ring.reserve::<PortEvent>(0) {
         Some(mut slot) => {
             slot.write(*event);
@@ -139,7 +163,13 @@ pub fn begin(cookie: u64, event: &PortEvent, state: u8) {
         _pad16: 0,
         _pad32: 0,
     };
-    if SOCKETS.insert(cookie, entry, 0).is_err() {
+    insert(cookie, &entry);
+}
+
+#[inline(always)]
+fn insert(key: u64, entry: &SockEntry) {
+    count_op(OP_SOCKETS_INSERT);
+    if SOCKETS.insert(key, *entry, 0).is_err() {
         count_lost(LOST_TABLE_FULL);
     }
 }
@@ -154,6 +184,7 @@ pub fn restart(entry: *mut SockEntry, cookie: u64, event: &PortEvent, state: u8)
 }
 
 pub fn lookup(cookie: u64) -> Option<*mut SockEntry> {
+    count_op(OP_SOCKETS_LOOKUP);
     SOCKETS.get_ptr_mut(cookie)
 }
 
@@ -223,12 +254,14 @@ pub fn forget(cookie: u64) {
 /// the entry is gone either way, which is all the caller wants, so there is nothing to count.
 #[inline(always)]
 fn remove(cookie: u64) {
+    count_op(OP_SOCKETS_DELETE);
     let _ = SOCKETS.remove(cookie);
 }
 
 /// Notes this thread's port request, to settle at the syscall's exit.
 pub fn in_flight(cookie: u64, sk: u64, kind: u8) {
     let key = bpf_get_current_pid_tgid();
+    count_op(OP_IN_FLIGHT_LOOKUP);
     if let Some(slot) = IN_FLIGHT.get_ptr_mut(key) {
         // SAFETY: `slot` points into IN_FLIGHT, valid for this program run.
         unsafe {
@@ -244,6 +277,7 @@ pub fn in_flight(cookie: u64, sk: u64, kind: u8) {
         kind,
         _pad: (0, 0, 0),
     };
+    count_op(OP_IN_FLIGHT_INSERT);
     if IN_FLIGHT.insert(key, entry, 0).is_err() {
         count_lost(LOST_TABLE_FULL);
     }
@@ -251,6 +285,7 @@ pub fn in_flight(cookie: u64, sk: u64, kind: u8) {
 
 /// This thread's port request, if one is in flight; it is settled now either way.
 pub fn take_in_flight() -> Option<InFlight> {
+    count_op(OP_IN_FLIGHT_LOOKUP);
     let slot = IN_FLIGHT.get_ptr_mut(bpf_get_current_pid_tgid())?;
     // SAFETY: `slot` points into IN_FLIGHT, valid for this program run.
     let found = unsafe { *slot };
@@ -263,6 +298,7 @@ pub fn take_in_flight() -> Option<InFlight> {
 
 /// This thread's request in flight, left in place.
 pub fn peek_in_flight() -> Option<InFlight> {
+    count_op(OP_IN_FLIGHT_LOOKUP);
     let found = unsafe { IN_FLIGHT.get(bpf_get_current_pid_tgid()) }.copied()?;
     (found.kind != SETTLED).then_some(found)
 }
@@ -293,9 +329,7 @@ pub fn moved_to_time_wait(id: u64, tw_id: u64, flags: u8) {
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
     event.flags |= flags;
     submit_to(&EVENTS, &event, LOST_RINGBUF_FULL, true);
-    if SOCKETS.insert(tw_id, entry, 0).is_err() {
-        count_lost(LOST_TABLE_FULL);
-    }
+    insert(tw_id, &entry);
 }
 
 /// A TIME_WAIT socket died: its port is free now.

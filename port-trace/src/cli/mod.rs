@@ -100,6 +100,16 @@ pub struct Cli {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 
+    /// For the benchmark: count the eBPF programs' map operations and ring records
+    /// (`cargo xtask bench` reads them for its per-connection budget).
+    #[arg(long, hide = true)]
+    pub count_map_ops: bool,
+
+    /// For the benchmark: attach programs that do nothing at the tracepoint backend's hooks,
+    /// to measure what the hooks cost by themselves. Nothing is traced.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     /// Report only what these processes allocate (repeat for more). Occupancy and warnings
     /// still count every process's ports: they fill the same range.
     #[arg(long, value_name = "PID")]

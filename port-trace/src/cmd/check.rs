@@ -89,6 +89,8 @@ pub fn run() -> Result<(), Fatal> {
             max_sockets: 1024,
             ring_buffer_bytes: 64 * 1024,
             filter: Default::default(),
+            count_map_ops: false,
+            empty_programs: false,
         });
         match survey {
             Ok(probes) => {

@@ -106,6 +106,8 @@ impl Trace {
             max_sockets: cli.max_sockets,
             ring_buffer_bytes: cli.ring_buffer_kib * 1024,
             filter: filter.kernel(),
+            count_map_ops: cli.count_map_ops,
+            empty_programs: cli.empty_programs,
         })?;
         let ring = watch(probes.take_events()?)?;
         let failures = watch(probes.take_failures()?)?;

@@ -83,6 +83,11 @@ pub struct ProbeConfig {
     pub ring_buffer_bytes: u32,
     /// Namespaces and protocols the programs track (`--netns`, `--proto`).
     pub filter: KernelFilter,
+    /// The benchmark's: count map operations in the kernel (`--count-map-ops`).
+    pub count_map_ops: bool,
+    /// The benchmark's floor: attach empty programs at the tracepoint backend's hooks
+    /// (`--empty-programs`).
+    pub empty_programs: bool,
 }
 
 /// The loaded programs. Dropping this detaches every program and frees the maps.
@@ -174,6 +179,7 @@ impl Probes {
             .override_global("OFFSETS", &offsets, true)
             .override_global("SOCKET_ID_KEY", &socket_id_key, true)
             .override_global("FILTER", &config.filter, true)
+            .override_global("COUNT_MAP_OPS", &u32::from(config.count_map_ops), true)
             .map_max_entries("SOCKETS", config.max_sockets)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
@@ -184,10 +190,21 @@ impl Probes {
             list: Vec::new(),
         };
         match backend {
-            Backend::Kprobe => kprobe::attach(&mut ebpf, &mut hooks)?,
-            Backend::Tracepoint => {
-                tracepoint::attach(&mut ebpf, &aya_btf, &machine.cgroup2, &mut hooks)?
+            Backend::Kprobe if config.empty_programs => {
+                return Err(Fatal::Unsupported(
+                    "--empty-programs has the tracepoint backend's hooks only; add --backend \
+                     tracepoint"
+                        .into(),
+                ));
             }
+            Backend::Kprobe => kprobe::attach(&mut ebpf, &mut hooks)?,
+            Backend::Tracepoint => tracepoint::attach(
+                &mut ebpf,
+                &aya_btf,
+                &machine.cgroup2,
+                config.empty_programs,
+                &mut hooks,
+            )?,
         }
         info!(
             backend = backend.as_str(),
@@ -345,7 +362,8 @@ mod tests {
 
     /// A program nobody attaches is dead code; one in both backends' tables would be
     /// attached twice. Each backend attaches from its table, so the tables must name every
-    /// program in the object exactly once.
+    /// program in the object exactly once, but for the empty twins the benchmark attaches
+    /// instead of the tracepoint backend's (`EMPTY_TWINS`), one for each of them.
     #[test]
     fn every_ebpf_program_belongs_to_one_backend() {
         let elf = object::File::parse(EBPF_OBJECT).expect("the eBPF object is ELF");
@@ -377,7 +395,12 @@ mod tests {
         );
         let in_both: Vec<_> = kprobes.intersection(&tracepoints).collect();
         assert!(in_both.is_empty(), "in both backends' tables: {in_both:?}");
-        let in_tables: BTreeSet<&str> = kprobes.union(&tracepoints).copied().collect();
+        let twins: BTreeSet<&str> = tracepoints
+            .iter()
+            .filter_map(|name| super::tracepoint::empty_twin(name))
+            .collect();
+        assert_eq!(twins.len(), tracepoints.len(), "a program without its twin");
+        let in_tables: BTreeSet<&str> = kprobes.union(&tracepoints).copied().chain(twins).collect();
         assert_eq!(
             in_object.difference(&in_tables).collect::<Vec<_>>(),
             Vec::<&&str>::new(),

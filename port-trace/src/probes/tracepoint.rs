@@ -13,6 +13,8 @@ use aya::{
     },
 };
 
+use port_trace_common::EMPTY_TWINS;
+
 use super::{Hooks, load_error, program};
 use crate::error::Fatal;
 
@@ -69,12 +71,31 @@ impl AttachPoint {
     }
 }
 
-/// Loads and attaches the backend's programs, one hook at a time, into `hooks`.
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf, cgroup2: &Path, hooks: &mut Hooks) -> Result<(), Fatal> {
+/// The empty program at `name`'s hook (`EMPTY_TWINS`).
+pub(super) fn empty_twin(name: &str) -> Option<&'static str> {
+    EMPTY_TWINS
+        .iter()
+        .find(|(program, _)| *program == name)
+        .map(|(_, twin)| *twin)
+}
+
+/// Loads and attaches the backend's programs, one hook at a time, into `hooks`; with
+/// `empty`, each one's empty twin instead (the benchmark's floor).
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    cgroup2: &Path,
+    empty: bool,
+    hooks: &mut Hooks,
+) -> Result<(), Fatal> {
     let cgroup = File::open(cgroup2)
         .with_context(|| format!("opening cgroup v2 at {}", cgroup2.display()))?;
 
     for (name, point) in PROGRAMS {
+        let name = match empty_twin(name) {
+            Some(twin) if empty => twin,
+            _ => name,
+        };
         hooks.record(&format!("{name} ({})", point.describe()), || {
             let failed = |e: ProgramError| load_error(name, e);
             match point {
