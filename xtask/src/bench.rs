@@ -7,7 +7,11 @@
 //! kernel.bpf_stats_enabled off, as a production host has it: the stats read the clock twice
 //! around every program run, which costs the traced workload more than some programs do. One
 //! more run per tracer and workload, with the stats on, gives the programs' run time and count
-//! (fdinfo of the tracer's program fds).
+//! (fdinfo of the tracer's program fds), and, for port-trace, its map operations and ring
+//! records (its hidden `--count-map-ops`). A run of port-trace with empty programs at the
+//! same hooks (`--empty-programs`) measures the floor: what the hooks cost by themselves.
+//! From these it prints each workload's per-connection budget and, at the end, the targets'
+//! verdicts.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use port_trace_common::{EMPTY_TWINS, MAP_OP_KINDS, MAP_OP_NAMES, OP_RING_RECORDS};
 use serde_json::Value;
 
 use crate::{cmd, run, setup};
@@ -50,6 +55,8 @@ impl Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
     Untraced,
+    /// port-trace with empty programs at its hooks (tracepoint backend): the floor.
+    Floor,
     PortTrace,
     /// `--baseline`'s build, as `PortTrace` runs.
     Baseline,
@@ -58,8 +65,9 @@ enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 6] = [
         Config::Untraced,
+        Config::Floor,
         Config::PortTrace,
         Config::Baseline,
         Config::PortTraceJson,
@@ -69,6 +77,7 @@ impl Config {
     fn name(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
+            Config::Floor => "empty programs (floor)",
             Config::PortTrace => "port-trace",
             Config::Baseline => "port-trace baseline",
             Config::PortTraceJson => "port-trace --events json",
@@ -89,6 +98,8 @@ struct Workload {
 #[derive(Debug, Default, Clone)]
 struct Run {
     ops_per_s: f64,
+    /// Operations the workload made (connections, or UDP sockets).
+    ops: u64,
     /// What the tracer should count: port-trace every port chosen for the workload;
     /// tcplife every TCP session, both ends of each connection.
     expected: u64,
@@ -104,6 +115,12 @@ struct Run {
     /// The tracer's CPU time over the workload's wall time, in % of one core.
     cpu_percent: Option<f64>,
     peak_rss_kib: Option<u64>,
+    /// Events port-trace's report counts (allocations, releases, failures).
+    events: Option<u64>,
+    /// The tracer's CPU time over the run, seconds.
+    cpu_seconds: Option<f64>,
+    /// Map operations and ring records by `OP_*` (port-trace's profiled run only).
+    map_ops: Vec<u64>,
 }
 
 const TCPLIFE: &str = "/usr/sbin/tcplife";
@@ -205,10 +222,12 @@ fn series(options: &Options, tcplife: &Path) -> Result<()> {
     }
     println!(
         "{} rounds of {} ms per configuration, interleaved; medians; kernel.bpf_stats_enabled \
-         off\n(bpf ns/run and the program profile: one more run per tracer with it on)\n",
+         off\n(bpf ns/run, the program profile and the budget: one more run per tracer with it \
+         on)\n",
         options.rounds, options.millis
     );
     let mut failures = Vec::new();
+    let mut summaries = Vec::new();
     for workload in workloads(options) {
         let configs: Vec<Config> = Config::ALL
             .into_iter()
@@ -219,7 +238,7 @@ fn series(options: &Options, tcplife: &Path) -> Result<()> {
         bpf_stats(false)?;
         for _ in 0..options.rounds {
             for &config in &configs {
-                let measured = measure(config, &workload, tcplife, options)
+                let measured = measure(config, &workload, tcplife, options, false)
                     .with_context(|| format!("{} under {}", workload.name, config.name()))?;
                 runs.entry(config).or_default().push(measured);
             }
@@ -227,14 +246,19 @@ fn series(options: &Options, tcplife: &Path) -> Result<()> {
         bpf_stats(true)?;
         let mut profiles = BTreeMap::new();
         for &config in configs.iter().filter(|c| **c != Config::Untraced) {
-            let measured = measure(config, &workload, tcplife, options)
+            let measured = measure(config, &workload, tcplife, options, true)
                 .with_context(|| format!("{} under {}, profiled", workload.name, config.name()))?;
             profiles.insert(config, measured);
         }
         bpf_stats(false)?;
-        print_table(workload.name, &runs, &profiles, &mut failures);
+        let summary = print_table(&workload, &runs, &profiles, &mut failures);
+        print_budget(&summary, &profiles);
+        summaries.push(summary);
     }
-    scale(options)?;
+    let bytes_per_held = scale(options)?;
+    if !options.smoke {
+        print_verdicts(&summaries, bytes_per_held);
+    }
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }
@@ -250,12 +274,40 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     Some(values[values.len() / 2])
 }
 
+/// One workload's medians, for its budget and the targets.
+struct Summary {
+    name: &'static str,
+    tcp: bool,
+    /// ops/s by configuration.
+    ops: BTreeMap<Config, f64>,
+    /// port-trace's (and --events json's): all counted, none lost, in every run.
+    exact: BTreeMap<Config, bool>,
+    /// port-trace's average eBPF program run time, ns (profiled run).
+    ns_per_run: Option<f64>,
+    /// port-trace's daemon CPU per event, us.
+    daemon_us_per_event: Option<f64>,
+    /// port-trace's daemon CPU in % of a core at 100k operations/s.
+    cpu_per_100k: Option<f64>,
+}
+
+impl Summary {
+    fn ratio(&self, config: Config) -> Option<f64> {
+        Some(self.ops.get(&config)? / self.ops.get(&Config::Untraced)?)
+    }
+
+    /// What `config` adds to each operation, us of wall time, from the throughputs.
+    fn added_us(&self, config: Config) -> Option<f64> {
+        Some(1e6 / self.ops.get(&config)? - 1e6 / self.ops.get(&Config::Untraced)?)
+    }
+}
+
 fn print_table(
-    name: &str,
+    workload: &Workload,
     runs: &BTreeMap<Config, Vec<Run>>,
     profiles: &BTreeMap<Config, Run>,
     failures: &mut Vec<String>,
-) {
+) -> Summary {
+    let name = workload.name;
     println!("{name}");
     println!(
         "  {:<26} {:>10} {:>7} {:>18} {:>6} {:>9} {:>8} {:>12} {:>9}",
@@ -269,6 +321,15 @@ fn print_table(
         "cpu%/100k/s",
         "peak RSS"
     );
+    let mut summary = Summary {
+        name,
+        tcp: workload.tcp,
+        ops: BTreeMap::new(),
+        exact: BTreeMap::new(),
+        ns_per_run: None,
+        daemon_us_per_event: None,
+        cpu_per_100k: None,
+    };
     let mut profile = BTreeMap::new();
     let untraced = runs
         .get(&Config::Untraced)
@@ -276,6 +337,7 @@ fn print_table(
     for (config, runs) in runs {
         let pick = |f: &dyn Fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());
         let ops = pick(&|r| Some(r.ops_per_s)).unwrap_or(0.0);
+        summary.ops.insert(*config, ops);
         let ratio = untraced.map(|u| ops / u);
         let counted: u64 = runs.iter().filter_map(|r| r.counted).sum();
         let expected: u64 = runs.iter().map(|r| r.expected).sum();
@@ -287,10 +349,14 @@ fn print_table(
         let rss = pick(&|r| r.peak_rss_kib.map(|k| k as f64));
         let show =
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
-        let counted_text = if *config == Config::Untraced {
-            "-".to_string()
-        } else {
+        let traces = matches!(
+            config,
+            Config::PortTrace | Config::PortTraceJson | Config::Baseline
+        );
+        let counted_text = if traces || *config == Config::Tcplife {
             format!("{counted}/{expected}")
+        } else {
+            "-".to_string()
         };
         println!(
             "  {:<26} {:>10.0} {:>7} {:>18} {:>6} {:>9} {:>8} {:>12} {:>9}",
@@ -298,44 +364,47 @@ fn print_table(
             ops,
             show(ratio, 3),
             counted_text,
-            if *config == Config::Untraced || *config == Config::Tcplife {
-                "-".to_string()
-            } else {
+            if traces {
                 lost.to_string()
+            } else {
+                "-".to_string()
             },
             show(bpf, 0),
             show(cpu, 1),
             show(cpu_per_100k, 1),
             rss.map_or("-".to_string(), |k| format!("{:.1}M", k / 1024.0)),
         );
-        if *config == Config::PortTrace
-            && let Some(profiled) = profiled
-        {
-            profile.clone_from(&profiled.per_program);
+        if traces {
+            summary
+                .exact
+                .insert(*config, lost == 0 && counted >= expected);
+        }
+        if *config == Config::PortTrace {
+            summary.ns_per_run = bpf;
+            summary.cpu_per_100k = cpu_per_100k;
+            summary.daemon_us_per_event = pick(&|r| {
+                let events = r.events.filter(|e| *e > 0)? as f64;
+                Some(r.cpu_seconds? * 1e6 / events)
+            });
+            if let Some(profiled) = profiled {
+                profile.clone_from(&profiled.per_program);
+            }
         }
         if ops <= 0.0 {
             failures.push(format!("{name}: {} made no progress", config.name()));
         }
-        if matches!(
-            config,
-            Config::PortTrace | Config::PortTraceJson | Config::Baseline
-        ) && counted == 0
-        {
+        if traces && counted == 0 {
             failures.push(format!("{name}: {} counted nothing", config.name()));
         }
     }
     // This build against the baseline's, from the same interleaved rounds.
-    let ops_of = |config| {
-        runs.get(&config)
-            .and_then(|r| median(r.iter().map(|r| r.ops_per_s).collect()))
-    };
-    if let (Some(new), Some(base)) = (ops_of(Config::PortTrace), ops_of(Config::Baseline)) {
-        let untraced = untraced.unwrap_or(f64::NAN);
+    if let (Some(new), Some(base)) = (
+        summary.ratio(Config::PortTrace),
+        summary.ratio(Config::Baseline),
+    ) {
         println!(
-            "  port-trace vs baseline: ratio {:.3} vs {:.3} (difference {:+.3})",
-            new / untraced,
-            base / untraced,
-            (new - base) / untraced
+            "  port-trace vs baseline: ratio {new:.3} vs {base:.3} (difference {:+.3})",
+            new - base
         );
     }
     // Where port-trace's kernel time goes, busiest first.
@@ -347,15 +416,164 @@ fn print_table(
         .map(|(name, (ns, n))| format!("{name} {n}x{:.0}ns", *ns as f64 / *n as f64))
         .collect();
     println!("  port-trace programs: {}", line.join(", "));
+    summary
+}
+
+/// port-trace's cost per operation (a connection, or a UDP socket): each program's runs and
+/// time beside its empty twin's at the same hook, the map operations and ring records, the
+/// daemon's CPU per event, and the wall time added, port-trace's and the floor's.
+fn print_budget(summary: &Summary, profiles: &BTreeMap<Config, Run>) {
+    let (Some(traced), Some(floor)) = (
+        profiles.get(&Config::PortTrace),
+        profiles.get(&Config::Floor),
+    ) else {
+        println!();
+        return;
+    };
+    // Per operation of the profiled runs themselves.
+    let per_op = |run: &Run, count: u64| count as f64 / run.ops.max(1) as f64;
+    println!("  budget per operation (profiled runs; the floor: empty programs at the same hooks)");
+    println!(
+        "    {:<16} {:>9} {:>8} {:>10} {:>12} {:>11}",
+        "program", "runs/op", "ns/run", "empty ns", "ns/op", "above empty"
+    );
+    let (mut total, mut total_floor) = (0.0, 0.0);
+    for (program, twin) in EMPTY_TWINS {
+        let (ns, n) = traced.per_program.get(program).copied().unwrap_or((0, 0));
+        // The kernel keeps 15 bytes of a program's name.
+        let short: String = twin.chars().take(15).collect();
+        let (floor_ns, floor_n) = floor.per_program.get(&short).copied().unwrap_or((0, 0));
+        if n == 0 && floor_n == 0 {
+            continue;
+        }
+        let ns_per_run = ns as f64 / n.max(1) as f64;
+        let floor_per_run = floor_ns as f64 / floor_n.max(1) as f64;
+        let ns_op = per_op(traced, ns);
+        let floor_op = per_op(floor, floor_ns);
+        total += ns_op;
+        total_floor += floor_op;
+        println!(
+            "    {:<16} {:>9.2} {:>8.0} {:>10.0} {:>12.0} {:>11.0}",
+            program,
+            per_op(traced, n),
+            ns_per_run,
+            floor_per_run,
+            ns_op,
+            ns_op - floor_op
+        );
+    }
+    println!(
+        "    {:<16} {:>9} {:>8} {:>10} {:>12.0} {:>11.0}",
+        "all programs",
+        "",
+        "",
+        "",
+        total,
+        total - total_floor
+    );
+    if traced.map_ops.len() == MAP_OP_KINDS as usize {
+        let ops: Vec<String> = MAP_OP_NAMES
+            .iter()
+            .zip(&traced.map_ops)
+            .map(|(name, count)| format!("{name} {:.2}", per_op(traced, *count)))
+            .collect();
+        println!("    per operation: {}", ops.join(", "));
+        println!(
+            "    (both tables are preallocated: an insert takes a free slot, no helper \
+             allocates; {:.2} ring records per operation)",
+            per_op(traced, traced.map_ops[OP_RING_RECORDS as usize])
+        );
+    }
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "    daemon: {} us CPU per event; added per operation: port-trace {} us, empty programs \
+         {} us, --events json {} us",
+        show(summary.daemon_us_per_event),
+        show(summary.added_us(Config::PortTrace)),
+        show(summary.added_us(Config::Floor)),
+        show(summary.added_us(Config::PortTraceJson)),
+    );
     println!();
 }
 
+/// The targets (issue 15), each workload's figure against each.
+fn print_verdicts(summaries: &[Summary], bytes_per_held: f64) {
+    println!("\ntargets");
+    let verdict = |ok: bool| if ok { "met    " } else { "NOT met" };
+    let show =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    for s in summaries {
+        let ratios = [Config::PortTrace, Config::PortTraceJson].map(|c| s.ratio(c));
+        let ok = ratios.iter().all(|r| r.is_some_and(|r| r >= 0.95));
+        println!(
+            "  {} throughput >= 0.95 of untraced, {}: {} (--events json {}; the floor {})",
+            verdict(ok),
+            s.name,
+            show(ratios[0], 3),
+            show(ratios[1], 3),
+            show(s.ratio(Config::Floor), 3)
+        );
+    }
+    for s in summaries.iter().filter(|s| s.tcp) {
+        let added = s.added_us(Config::PortTrace);
+        println!(
+            "  {} <= 2 us added per TCP connection, {}: {} us (the floor {} us)",
+            verdict(added.is_some_and(|a| a <= 2.0)),
+            s.name,
+            show(added, 2),
+            show(s.added_us(Config::Floor), 2)
+        );
+    }
+    let exact = summaries
+        .iter()
+        .all(|s| !s.exact.is_empty() && s.exact.values().all(|ok| *ok));
+    println!(
+        "  {} 0 lost and every allocation counted, every workload",
+        verdict(exact)
+    );
+    for s in summaries {
+        println!(
+            "  {} <= 300 ns per program run, {}: {}",
+            verdict(s.ns_per_run.is_some_and(|ns| ns <= 300.0)),
+            s.name,
+            show(s.ns_per_run, 0)
+        );
+    }
+    for s in summaries {
+        println!(
+            "  {} daemon <= 0.3 us per event, {}: {} us ({}% of a core at 100k/s)",
+            verdict(s.daemon_us_per_event.is_some_and(|us| us <= 0.3)),
+            s.name,
+            show(s.daemon_us_per_event, 2),
+            show(s.cpu_per_100k, 1)
+        );
+    }
+    for s in summaries.iter().filter(|s| s.name.contains("TIME_WAIT")) {
+        println!(
+            "  {} daemon <= 15% of a core at 100k closes/s with TIME_WAIT, {}: {}%",
+            verdict(s.cpu_per_100k.is_some_and(|c| c <= 15.0)),
+            s.name,
+            show(s.cpu_per_100k, 1)
+        );
+    }
+    println!(
+        "  {} <= 100 bytes of daemon memory per held socket: {bytes_per_held:.0}",
+        verdict(bytes_per_held <= 100.0)
+    );
+}
+
 /// Starts the tracer of `config` (none for untraced), runs the workload, stops the tracer.
-fn measure(config: Config, workload: &Workload, tcplife: &Path, options: &Options) -> Result<Run> {
+fn measure(
+    config: Config,
+    workload: &Workload,
+    tcplife: &Path,
+    options: &Options,
+    profiled: bool,
+) -> Result<Run> {
     let report = std::env::temp_dir().join(format!("port-trace-bench-{}.json", std::process::id()));
     let mut tracer = match config {
         Config::Untraced => None,
-        Config::PortTrace | Config::PortTraceJson | Config::Baseline => {
+        Config::PortTrace | Config::PortTraceJson | Config::Baseline | Config::Floor => {
             let binary = match (config, &options.baseline) {
                 (Config::Baseline, Some(baseline)) => baseline.as_path(),
                 _ => Path::new("target/release/port-trace"),
@@ -366,8 +584,17 @@ fn measure(config: Config, workload: &Workload, tcplife: &Path, options: &Option
                 .arg(&report)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            if config == Config::PortTraceJson {
-                command.args(["--events", "json"]);
+            match config {
+                Config::PortTraceJson => {
+                    command.args(["--events", "json"]);
+                }
+                Config::Floor => {
+                    command.args(["--empty-programs", "--backend", "tracepoint"]);
+                }
+                Config::PortTrace if profiled => {
+                    command.arg("--count-map-ops");
+                }
+                _ => {}
             }
             Some(Tracer::start(command, false)?)
         }
@@ -396,6 +623,7 @@ fn measure(config: Config, workload: &Workload, tcplife: &Path, options: &Option
             _ => result["ports"].as_u64().unwrap_or(ops),
         },
         ops_per_s: ops as f64 / seconds,
+        ops,
         ..Run::default()
     };
     if let (Some(tracer), Some(before)) = (tracer.as_mut(), before) {
@@ -423,7 +651,16 @@ fn measure(config: Config, workload: &Workload, tcplife: &Path, options: &Option
         measured.bpf_runs = runs;
         measured.bpf_ns_per_run = (runs > 0).then(|| ns as f64 / runs as f64);
         let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64;
+        measured.cpu_seconds = Some(ticks / clock_ticks());
         measured.cpu_percent = Some(ticks / clock_ticks() / wall * 100.0);
+        if after.map_ops.len() == before.map_ops.len() {
+            measured.map_ops = after
+                .map_ops
+                .iter()
+                .zip(&before.map_ops)
+                .map(|(after, before)| after.saturating_sub(*before))
+                .collect();
+        }
         measured.peak_rss_kib = Some(after.peak_rss_kib);
     }
     if let Some(tracer) = tracer {
@@ -431,12 +668,21 @@ fn measure(config: Config, workload: &Workload, tcplife: &Path, options: &Option
         match config {
             // Less its header line.
             Config::Tcplife => measured.counted = Some(lines.saturating_sub(1)),
+            // Traces nothing.
+            Config::Floor => {
+                let _ = std::fs::remove_file(&report);
+            }
             _ => {
                 let text = std::fs::read_to_string(&report).context("port-trace's report")?;
                 let _ = std::fs::remove_file(&report);
                 let report: Value = serde_json::from_str(&text)?;
                 measured.counted = report["alloc_by_process"]["churn"].as_u64().or(Some(0));
                 measured.lost = report["totals"]["lost"].as_u64();
+                let totals = &report["totals"];
+                measured.events = ["alloc", "release", "fail"]
+                    .iter()
+                    .map(|key| totals[key].as_u64())
+                    .sum();
             }
         }
     }
@@ -457,6 +703,8 @@ struct Sample {
     programs: BTreeMap<u64, (u64, u64)>,
     cpu_ticks: u64,
     peak_rss_kib: u64,
+    /// port-trace's `MAP_OPS` counters by `OP_*`, summed over CPUs (empty without them).
+    map_ops: Vec<u64>,
 }
 
 impl Tracer {
@@ -517,6 +765,7 @@ impl Tracer {
             programs,
             cpu_ticks: field(11) + field(12),
             peak_rss_kib: status_kib(pid, "VmHWM"),
+            map_ops: map_ops().unwrap_or_default(),
         }
     }
 
@@ -575,6 +824,26 @@ pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// port-trace's `MAP_OPS` counters, summed over CPUs: the newest such map (the running
+/// tracer's; they are zero unless it runs with `--count-map-ops`).
+fn map_ops() -> Option<Vec<u64>> {
+    use aya::maps::{Map, MapData, PerCpuArray};
+    let info = aya::maps::loaded_maps()
+        .flatten()
+        .filter(|info| info.name_as_str() == Some("MAP_OPS"))
+        .max_by_key(|info| info.id())?;
+    let map = Map::from_map_data(MapData::from_id(info.id()).ok()?).ok()?;
+    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map).ok()?;
+    (0..MAP_OP_KINDS)
+        .map(|op| {
+            counters
+                .get(&op, 0)
+                .ok()
+                .map(|per_cpu| per_cpu.iter().sum())
+        })
+        .collect()
+}
+
 /// Program names by id (fdinfo has no names).
 fn program_names() -> BTreeMap<u64, String> {
     aya::programs::loaded_programs()
@@ -609,8 +878,9 @@ fn machine() -> String {
 }
 
 /// The scale test: port-trace's memory per held connection, from its RSS before and after
-/// `options.hold` connections are opened and held across 32 destinations.
-fn scale(options: &Options) -> Result<()> {
+/// `options.hold` connections are opened and held across 32 destinations; returns it, in
+/// bytes.
+fn scale(options: &Options) -> Result<f64> {
     println!(
         "scale: {} connections held across 32 local destinations",
         options.hold
@@ -658,5 +928,5 @@ fn scale(options: &Options) -> Result<()> {
     if !status.success() || held == 0 {
         bail!("the scale test held {held} of {} connections", options.hold);
     }
-    Ok(())
+    Ok(per_socket)
 }
