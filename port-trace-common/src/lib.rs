@@ -259,6 +259,9 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// `struct sock`: `__sk_common.skc_state` (u8, `TCP_*`).
     pub sk_state: u32,
+    /// `struct tcp_sock`: `bpf_sock_ops_cb_flags` (u8): the tracepoint backend marks the TCP
+    /// sockets it tracks there (see `TRACKED_MARK`).
+    pub tcp_cb_flags: u32,
 }
 
 /// Which sockets the programs track at all, written by the daemon before load (`--netns`,
@@ -306,7 +309,7 @@ mod tests {
             8 + 8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 1 + 3
         );
         assert_eq!(size_of::<PortEvent>() % 8, 0);
-        assert_eq!(size_of::<KernelOffsets>(), 15 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 16 * 4);
         assert_eq!(size_of::<KernelFilter>(), (MAX_NETNS_FILTER + 2) * 4);
     }
 

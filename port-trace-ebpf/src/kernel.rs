@@ -32,6 +32,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     syscall_exit_ret: 0,
     socket_sk: 0,
     sk_state: 0,
+    tcp_cb_flags: 0,
 };
 
 /// Random per run, from the daemon: the kprobe backend names a socket `sk ^ SOCKET_ID_KEY`,

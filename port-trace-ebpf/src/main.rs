@@ -32,6 +32,9 @@
 //! programs for the benchmark: the hooks' own cost.
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_xadd`: the bpf target's atomics have no `fetch_add` (track.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod errors;
 mod floor;

@@ -1,9 +1,11 @@
 //! The per-socket table, the ring buffers, and the lost-event counters every program shares.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use port_trace_common::{
     EVENT_ALLOC, EVENT_BOUND_CONNECT, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END,
@@ -75,6 +77,25 @@ static IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16_38
 
 /// `InFlight::kind` of a thread with no request in flight.
 const SETTLED: u8 = 0;
+
+/// How many threads have a request in flight, system-wide (slot 0). The syscall exits read
+/// it before looking for this thread's request: every connect() and bind() on the host
+/// passes them, and most have nothing in flight (a TCP connect() never does), so most cost
+/// no table lookup. A request whose entry the LRU evicted is never settled and leaves the
+/// count one too high for good: that costs lookups, never a missed request.
+#[map]
+static REQUESTS_IN_FLIGHT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Adds `delta` to the count of requests in flight, atomically: threads on every CPU
+/// change it. (The bpf target's `AtomicU64` has no `fetch_add`; the intrinsic compiles to
+/// the instruction, an atomic add whose result is unused, which every kernel has.)
+#[inline(always)]
+fn add_in_flight(delta: u64) {
+    if let Some(slot) = REQUESTS_IN_FLIGHT.get_ptr_mut(0) {
+        // SAFETY: an Array slot is valid and 8-aligned for the map's life.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
+    }
+}
 
 /// Written by the daemon before load (its hidden `--count-map-ops`, for the benchmark); 0 in
 /// the object file, and then the verifier, which sees the value in frozen read-only data,
@@ -265,6 +286,9 @@ pub fn in_flight(cookie: u64, sk: u64, kind: u8) {
     if let Some(slot) = IN_FLIGHT.get_ptr_mut(key) {
         // SAFETY: `slot` points into IN_FLIGHT, valid for this program run.
         unsafe {
+            if (*slot).kind == SETTLED {
+                noted();
+            }
             (*slot).cookie = cookie;
             (*slot).sk = sk;
             (*slot).kind = kind;
@@ -280,26 +304,57 @@ pub fn in_flight(cookie: u64, sk: u64, kind: u8) {
     count_op(OP_IN_FLIGHT_INSERT);
     if IN_FLIGHT.insert(key, entry, 0).is_err() {
         count_lost(LOST_TABLE_FULL);
+        return;
     }
+    noted();
+}
+
+/// One more request in flight (`REQUESTS_IN_FLIGHT`).
+#[inline(always)]
+fn noted() {
+    add_in_flight(1);
+}
+
+/// Whether any thread may have a request in flight: if not, there is nothing to look up.
+#[inline(always)]
+fn any_in_flight() -> bool {
+    match REQUESTS_IN_FLIGHT.get_ptr(0) {
+        // SAFETY: as in `add_in_flight`. A plain load (an aligned 8-byte load is whole; the
+        // bpf target cannot select an atomic one): a thread always sees its own add, and
+        // another thread's request is not this thread's to find.
+        Some(slot) => unsafe { core::ptr::read_volatile(slot) != 0 },
+        None => true,
+    }
+}
+
+/// This thread's request in flight, if any, without a table lookup when no thread has one.
+#[inline(always)]
+fn this_threads_slot() -> Option<*mut InFlight> {
+    if !any_in_flight() {
+        return None;
+    }
+    count_op(OP_IN_FLIGHT_LOOKUP);
+    IN_FLIGHT.get_ptr_mut(bpf_get_current_pid_tgid())
 }
 
 /// This thread's port request, if one is in flight; it is settled now either way.
 pub fn take_in_flight() -> Option<InFlight> {
-    count_op(OP_IN_FLIGHT_LOOKUP);
-    let slot = IN_FLIGHT.get_ptr_mut(bpf_get_current_pid_tgid())?;
+    let slot = this_threads_slot()?;
     // SAFETY: `slot` points into IN_FLIGHT, valid for this program run.
     let found = unsafe { *slot };
     if found.kind == SETTLED {
         return None;
     }
     unsafe { (*slot).kind = SETTLED };
+    // Minus one: the add wraps.
+    add_in_flight(u64::MAX);
     Some(found)
 }
 
 /// This thread's request in flight, left in place.
 pub fn peek_in_flight() -> Option<InFlight> {
-    count_op(OP_IN_FLIGHT_LOOKUP);
-    let found = unsafe { IN_FLIGHT.get(bpf_get_current_pid_tgid()) }.copied()?;
+    // SAFETY: `slot` points into IN_FLIGHT, valid for this program run.
+    let found = unsafe { *this_threads_slot()? };
     (found.kind != SETTLED).then_some(found)
 }
 

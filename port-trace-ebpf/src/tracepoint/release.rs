@@ -19,18 +19,23 @@ pub fn sock_release(ctx: SockContext) -> i32 {
 }
 
 fn try_sock_release(ctx: &SockContext) -> Outcome {
+    let sock = unsafe { &*ctx.sock };
+    // Decided from the socket before any lookup: every TCP socket on the host passes here.
+    // One that is not in CLOSE keeps its port until the state machine takes it there (FIN
+    // handshake, TIME_WAIT), and tcp_state reports that release; one in CLOSE with a peer
+    // was connected, and tcp_state saw its port go when it reached CLOSE. That leaves TCP
+    // sockets that were bound and never connected or listening.
+    if sock.protocol == u32::from(IPPROTO_TCP)
+        && (sock.state != u32::from(TCP_CLOSE) || sock.dst_port != 0)
+    {
+        return Ok(());
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
     let Some(entry) = track::lookup(cookie) else {
         return Ok(());
     };
-    let sock = unsafe { &*ctx.sock };
     if unsafe { (*entry).state } != track::HELD {
         track::forget(cookie);
-        return Ok(());
-    }
-    // A TCP socket past CLOSE keeps its port until the state machine takes it to CLOSE
-    // (FIN handshake, TIME_WAIT); tcp_state reports that release.
-    if sock.protocol == u32::from(IPPROTO_TCP) && sock.state != u32::from(TCP_CLOSE) {
         return Ok(());
     }
     track::end(cookie, entry, 0);

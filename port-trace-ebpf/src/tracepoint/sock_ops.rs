@@ -2,9 +2,14 @@
 //! for connect() (`TCP_CONNECT_CB`, after `inet_hash_connect`) and for listen() without bind
 //! (`TCP_LISTEN_CB`, after `inet_csk_get_port`). The tracepoint cannot see either port: it
 //! fires before the choice.
+//!
+//! It also marks each connecting socket port-trace tracks (`TRACKED_MARK`), so that
+//! `tcp_state` can tell, from the socket alone, which closing sockets to look up: the other
+//! end of every loopback connection, and every socket port-trace does not track, then costs
+//! no table lookup when it closes.
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB},
+    bindings::{BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB},
     helpers::generated::bpf_get_socket_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
@@ -14,8 +19,26 @@ use port_trace_common::PROBE_TCP_PORT_CHOSEN;
 
 use crate::{
     errors::{self, Outcome},
-    track,
+    kernel, track,
 };
+
+/// The mark of a tracked TCP socket: a sock_ops callback flag, kept in the socket
+/// (`tcp_sock.bpf_sock_ops_cb_flags`), which tracing programs can read without a map. Of the
+/// flags, the one whose callback comes least often: a retransmission timeout calls this
+/// program, which returns at its first comparison. Listeners are never marked: the sockets
+/// they accept inherit their flags.
+///
+/// Another sock_ops program that sets a socket's flags without keeping the ones already set
+/// takes the mark off; that socket's release then comes from the daemon's reconciliation
+/// against sock_diag, seconds late, instead of from here.
+const TRACKED_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
+
+/// Whether `sk`, a TCP socket, carries `TRACKED_MARK`.
+#[inline(always)]
+pub fn tracked(sk: *const u8) -> bool {
+    let flags = unsafe { kernel::read::<u8>(sk, kernel::offsets().tcp_cb_flags) }.unwrap_or(0);
+    u32::from(flags) & TRACKED_MARK != 0
+}
 
 #[sock_ops]
 pub fn tcp_port_chosen(ctx: SockOpsContext) -> u32 {
@@ -29,10 +52,16 @@ fn try_tcp_port_chosen(ctx: &SockOpsContext) -> Outcome {
         return Ok(());
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
-    if let Some(entry) = track::lookup(cookie)
-        && unsafe { (*entry).state } == track::PENDING
-    {
+    let Some(entry) = track::lookup(cookie) else {
+        return Ok(());
+    };
+    if unsafe { (*entry).state } == track::PENDING {
         track::allocated(entry, ctx.local_port() as u16);
+    }
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        // Kept with the flags already set (another program's, say).
+        ctx.set_cb_flags((ctx.cb_flags() | TRACKED_MARK) as i32)
+            .map_err(i64::from)?;
     }
     Ok(())
 }

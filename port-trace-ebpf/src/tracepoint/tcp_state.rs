@@ -1,5 +1,12 @@
 //! `tcp_state`: the TCP state machine, from the `sock:inet_sock_set_state` tracepoint (as
 //! tp_btf, so it gets a typed `struct sock *` and can take the socket's cookie).
+//!
+//! It runs for every state change of every TCP socket on the host, six per loopback
+//! connection (both ends), and most are not port-trace's: the server end of every connection
+//! is never tracked. So only what can start or end a tracked port touches the socket table:
+//! a connect() or listen() starting (CLOSE to SYN_SENT or LISTEN), a connect() or listen()
+//! that failed for want of a port (SYN_SENT or LISTEN to CLOSE), and the end of a socket
+//! `tcp_port_chosen` marked as tracked (`TRACKED_MARK`, read from the socket itself).
 
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint,
@@ -10,6 +17,7 @@ use port_trace_common::{
     KIND_LISTEN, PROBE_TCP_STATE,
 };
 
+use super::sock_ops;
 use crate::{
     errors::{self, Outcome},
     kernel, track,
@@ -36,8 +44,16 @@ fn try_tcp_state(ctx: &BtfTracePointContext) -> Outcome {
     let kind = match (oldstate, newstate) {
         (TCP_CLOSE, TCP_SYN_SENT) => KIND_CONNECT,
         (TCP_CLOSE, TCP_LISTEN) => KIND_LISTEN,
-        (_, TCP_CLOSE) => {
+        // A connect() or listen() that never got a port ends here (and a listener's port,
+        // which carries no mark: see `tcp_port_chosen`).
+        (TCP_SYN_SENT | TCP_LISTEN, TCP_CLOSE) => {
             closed(sk, oldstate);
+            return Ok(());
+        }
+        (_, TCP_CLOSE) => {
+            if sock_ops::tracked(sk) {
+                closed(sk, oldstate);
+            }
             return Ok(());
         }
         _ => return Ok(()),

@@ -251,6 +251,7 @@ impl Btf {
             syscall_exit_ret: 0,
             socket_sk: self.offset_of("socket.sk")?,
             sk_state: self.offset_of("sock.__sk_common.skc_state")?,
+            tcp_cb_flags: self.offset_of("tcp_sock.bpf_sock_ops_cb_flags")?,
         })
     }
 }
