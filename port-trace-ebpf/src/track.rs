@@ -129,18 +129,34 @@ pub fn count_lost(reason: u32) {
     }
 }
 
-/// `batched`: wake the daemon only once a batch is waiting (see `wakeup`); else as the
-/// kernel does by default (when the daemon had caught up).
-fn submit_to(ring: &RingBuf, event: &PortEvent, lost: u32, batched: bool) {
+/// Reserves a record in `ring`, copies `event` into it (from the socket table, mostly),
+/// applies `edit`, and submits it. Written in the record itself: a copy of the event on the
+/// stack would cost the copy, and the stack is 512 bytes for all of a program's frames
+/// together (on kernels before 6.14). `batched`: wake the daemon only once a batch is
+/// waiting (see `wakeup`); else as the kernel does by default (when the daemon had caught
+/// up).
+#[inline(always)]
+fn submit_to(
+    ring: &RingBuf,
+    event: *const PortEvent,
+    lost: u32,
+    batched: bool,
+    edit: impl FnOnce(&mut PortEvent),
+) {
     count_op(OP_RING_RECORDS);
-    match ring.reserve::<PortEvent>(0) {
-        Some(mut slot) => {
-            slot.write(*event);
-            let flags = if batched { wakeup(ring) } else { 0 };
-            slot.submit(flags);
-        }
-        None => count_lost(lost),
+    let Some(mut slot) = ring.reserve::<PortEvent>(0) else {
+        count_lost(lost);
+        return;
+    };
+    let record = slot.as_mut_ptr();
+    // SAFETY: `event` is valid for this run and `record` is the reserved slot, the size of
+    // a PortEvent; they do not overlap.
+    unsafe {
+        core::ptr::copy_nonoverlapping(event, record, 1);
+        edit(&mut *record);
     }
+    let flags = if batched { wakeup(ring) } else { 0 };
+    slot.submit(flags);
 }
 
 /// Wake the daemon only when a batch is waiting (a sixteenth of the ring): it drains on a
@@ -190,7 +206,8 @@ pub fn begin(cookie: u64, event: &PortEvent, state: u8) {
 #[inline(always)]
 fn insert(key: u64, entry: &SockEntry) {
     count_op(OP_SOCKETS_INSERT);
-    if SOCKETS.insert(key, *entry, 0).is_err() {
+    // By reference: the helper copies the entry into the table from where it is.
+    if SOCKETS.insert(key, entry, 0).is_err() {
         count_lost(LOST_TABLE_FULL);
     }
 }
@@ -217,7 +234,7 @@ pub fn allocated(entry: *mut SockEntry, lport: u16) {
     entry.event.ts_ns = unsafe { bpf_ktime_get_ns() };
     entry.event.lport = lport;
     entry.event.event = EVENT_ALLOC;
-    submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true);
+    submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true, |_| {});
 }
 
 /// A TCP socket with a port already is connecting to the peer `sk` names now: if that port
@@ -233,37 +250,38 @@ pub fn bound_connect(entry: *mut SockEntry, sk: *const u8) {
     if !held_from_bind {
         return;
     }
-    let mut event = entry.event;
-    event.event = EVENT_BOUND_CONNECT;
-    event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    crate::kernel::read_peer(sk, &crate::kernel::offsets(), &mut event);
-    submit_to(&EVENTS, &event, LOST_RINGBUF_FULL, true);
+    submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true, |event| {
+        event.event = EVENT_BOUND_CONNECT;
+        event.ts_ns = unsafe { bpf_ktime_get_ns() };
+        crate::kernel::read_peer(sk, &crate::kernel::offsets(), event);
+    });
 }
 
 /// The socket is gone or its port is free: report the release if the port was held.
 pub fn end(cookie: u64, entry: *mut SockEntry, flags: u8) {
-    // SAFETY: as above; copied out before the entry is deleted.
-    let entry = unsafe { *entry };
-    remove(cookie);
+    // SAFETY: `entry` points into SOCKETS, valid for this program run; read before the
+    // entry is deleted.
+    let entry = unsafe { &*entry };
     if entry.state == HELD {
-        let mut event = entry.event;
-        event.event = EVENT_RELEASE;
-        event.ts_ns = unsafe { bpf_ktime_get_ns() };
-        event.flags |= flags;
-        submit_to(&EVENTS, &event, LOST_RINGBUF_FULL, true);
+        submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true, |event| {
+            event.event = EVENT_RELEASE;
+            event.ts_ns = unsafe { bpf_ktime_get_ns() };
+            event.flags |= flags;
+        });
     }
+    remove(cookie);
 }
 
 /// The kernel could not find a port for a pending socket.
 pub fn failed(cookie: u64, entry: *mut SockEntry, errno: u32) {
-    // SAFETY: as above; copied out before the entry is deleted.
-    let mut event = unsafe { (*entry).event };
+    // SAFETY: as above. Failures are rare and urgent: the daemon wakes for each.
+    let event = unsafe { &(*entry).event };
+    submit_to(&FAILURES, event, LOST_FAILURE_RING_FULL, false, |event| {
+        event.event = EVENT_FAIL;
+        event.ts_ns = unsafe { bpf_ktime_get_ns() };
+        event.errno = errno;
+    });
     remove(cookie);
-    event.event = EVENT_FAIL;
-    event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    event.errno = errno;
-    // Failures are rare and urgent: the daemon wakes for each.
-    submit_to(&FAILURES, &event, LOST_FAILURE_RING_FULL, false);
 }
 
 pub fn forget(cookie: u64) {
@@ -373,18 +391,18 @@ pub fn moved_to_time_wait(id: u64, tw_id: u64, flags: u8) {
     let Some(entry) = lookup(id) else {
         return;
     };
-    // SAFETY: `entry` points into SOCKETS, valid for this program run.
-    let entry = unsafe { *entry };
-    remove(id);
-    if entry.state != HELD {
-        return;
+    // SAFETY: `entry` points into SOCKETS, valid for this program run; read before the
+    // entry is deleted.
+    let entry = unsafe { &*entry };
+    if entry.state == HELD {
+        submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true, |event| {
+            event.event = EVENT_RELEASE;
+            event.ts_ns = unsafe { bpf_ktime_get_ns() };
+            event.flags |= flags;
+        });
+        insert(tw_id, entry);
     }
-    let mut event = entry.event;
-    event.event = EVENT_RELEASE;
-    event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    event.flags |= flags;
-    submit_to(&EVENTS, &event, LOST_RINGBUF_FULL, true);
-    insert(tw_id, &entry);
+    remove(id);
 }
 
 /// A TIME_WAIT socket died: its port is free now.
@@ -393,9 +411,10 @@ pub fn time_wait_end(tw_id: u64) {
         return;
     };
     // SAFETY: as above.
-    let mut event = unsafe { (*entry).event };
+    let event = unsafe { &(*entry).event };
+    submit_to(&EVENTS, event, LOST_RINGBUF_FULL, true, |event| {
+        event.event = EVENT_TIME_WAIT_END;
+        event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    });
     remove(tw_id);
-    event.event = EVENT_TIME_WAIT_END;
-    event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    submit_to(&EVENTS, &event, LOST_RINGBUF_FULL, true);
 }
