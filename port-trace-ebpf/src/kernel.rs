@@ -101,6 +101,14 @@ pub fn sk_num(sk: *const u8, off: &KernelOffsets) -> u16 {
 #[inline(always)]
 pub fn sock_event(sk: *const u8, off: &KernelOffsets, proto: u8, kind: u8) -> PortEvent {
     let mut event = current_event(kind, proto);
+    read_endpoints(sk, off, &mut event);
+    event.netns = sk_netns(sk, off);
+    event
+}
+
+/// Reads the socket's family, both addresses and both ports into `event`.
+#[inline(always)]
+pub fn read_endpoints(sk: *const u8, off: &KernelOffsets, event: &mut PortEvent) {
     let family = unsafe { read::<u16>(sk, off.sk_family) }.unwrap_or(0) as u8;
     event.family = family;
     event.lport = sk_num(sk, off);
@@ -113,9 +121,7 @@ pub fn sock_event(sk: *const u8, off: &KernelOffsets, proto: u8, kind: u8) -> Po
             bpf_probe_read_kernel_buf(sk.add(off.sk_v6_rcv_saddr as usize), &mut event.laddr)
         };
     }
-    read_peer(sk, off, &mut event);
-    event.netns = sk_netns(sk, off);
-    event
+    read_peer(sk, off, event);
 }
 
 /// Reads the socket's peer, address and port, into `event` (whose `family` is the socket's).

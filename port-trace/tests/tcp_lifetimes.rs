@@ -23,6 +23,9 @@ struct Expected {
     port: u16,
     family: &'static str,
     kind: &'static str,
+    /// A connect()'s destination, as the event must name it (and its local address); none
+    /// for a bind() or listen().
+    peer: Option<SocketAddr>,
     /// From just before the allocating call to just after close().
     held: Duration,
 }
@@ -74,6 +77,7 @@ fn connect_and_hold(listener: &TcpListener, hold: Duration) -> Expected {
         port,
         family: family(&target),
         kind: "connect",
+        peer: Some(target),
         held,
     }
 }
@@ -92,6 +96,7 @@ fn bind_zero_and_hold(addr: SocketAddr, hold: Duration) -> Expected {
         port,
         family: family(&addr),
         kind: "bind",
+        peer: None,
         held: start.elapsed(),
     }
 }
@@ -108,6 +113,7 @@ fn listen_unbound_and_hold(addr: SocketAddr, hold: Duration) -> Expected {
         port,
         family: family(&addr),
         kind: "listen",
+        peer: None,
         held: start.elapsed(),
     }
 }
@@ -132,6 +138,15 @@ fn check(expected: &Expected, allocs: &[&Value], releases: &[&Value]) {
         "{alloc}"
     );
     assert!(alloc["netns"].as_u64().is_some_and(|n| n > 0), "{alloc}");
+    match expected.peer {
+        // Loopback: the local address is the destination's.
+        Some(peer) => {
+            assert_eq!(alloc["raddr"], peer.ip().to_string(), "{alloc}");
+            assert_eq!(alloc["rport"], peer.port(), "{alloc}");
+            assert_eq!(alloc["laddr"], peer.ip().to_string(), "{alloc}");
+        }
+        None => assert!(alloc.get("rport").is_none(), "{alloc}"),
+    }
     let release: Vec<_> = find(releases, expected.port)
         .into_iter()
         .filter(|r| r["cookie"] == alloc["cookie"])

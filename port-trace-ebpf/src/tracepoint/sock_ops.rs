@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 
-use port_trace_common::PROBE_TCP_PORT_CHOSEN;
+use port_trace_common::{AF_INET, AF_INET6, PROBE_TCP_PORT_CHOSEN, PortEvent};
 
 use crate::{
     errors::{self, Outcome},
@@ -56,6 +56,8 @@ fn try_tcp_port_chosen(ctx: &SockOpsContext) -> Outcome {
         return Ok(());
     };
     if unsafe { (*entry).state } == track::PENDING {
+        // SAFETY: `entry` points into SOCKETS, valid for this program run.
+        endpoints(ctx, unsafe { &mut (*entry).event });
         track::allocated(entry, ctx.local_port() as u16);
     }
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
@@ -64,4 +66,26 @@ fn try_tcp_port_chosen(ctx: &SockOpsContext) -> Outcome {
             .map_err(i64::from)?;
     }
     Ok(())
+}
+
+/// The socket's family, addresses and peer port, from the callback's context: the kernel
+/// turns each field into one load from the socket, where `kernel::read_endpoints` calls a
+/// helper per field.
+#[inline(always)]
+fn endpoints(ctx: &SockOpsContext, event: &mut PortEvent) {
+    let family = ctx.family();
+    event.family = family as u8;
+    // The peer port is in network order in the field's upper half (see the uapi's
+    // `bpf_sock_ops.remote_port`): the whole field, read as network order, is the port.
+    event.rport = u32::from_be(ctx.remote_port()) as u16;
+    if family == u32::from(AF_INET) {
+        event.laddr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+        event.raddr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+    } else if family == u32::from(AF_INET6) {
+        let (local, remote) = (ctx.local_ip6(), ctx.remote_ip6());
+        for i in 0..4 {
+            event.laddr[i * 4..i * 4 + 4].copy_from_slice(&local[i].to_ne_bytes());
+            event.raddr[i * 4..i * 4 + 4].copy_from_slice(&remote[i].to_ne_bytes());
+        }
+    }
 }

@@ -69,8 +69,11 @@ fn try_tcp_state(ctx: &BtfTracePointContext) -> Outcome {
         }
         return Ok(());
     }
-    // The port is chosen next, in this same syscall; sock_ops reports it (tcp_port_chosen).
-    let event = kernel::sock_event(sk, &off, IPPROTO_TCP, kind);
+    // The port is chosen next, in this same syscall; sock_ops reports it (tcp_port_chosen)
+    // with the endpoints, which its context gives without a kernel read. What only this
+    // syscall can say is taken now: who, and the namespace (for the filter).
+    let mut event = kernel::current_event(kind, IPPROTO_TCP);
+    event.netns = kernel::sk_netns(sk, &off);
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     track::begin(cookie, &event, track::PENDING);
     Ok(())
@@ -93,12 +96,21 @@ fn closed(sk: *const u8, oldstate: i32) {
     if state == track::PENDING {
         // A connect()/listen() whose port sock_ops never reported: none was found.
         // (inet_hash_connect failing is EADDRNOTAVAIL; listen's get_port, EADDRINUSE.)
-        let no_port = kernel::sk_num(sk, &kernel::offsets()) == 0;
-        match (kind, oldstate) {
-            (KIND_CONNECT, TCP_SYN_SENT) if no_port => track::failed(cookie, entry, EADDRNOTAVAIL),
-            (KIND_LISTEN, TCP_LISTEN) if no_port => track::failed(cookie, entry, EADDRINUSE),
-            _ => track::forget(cookie),
-        }
+        let off = kernel::offsets();
+        let no_port = kernel::sk_num(sk, &off) == 0;
+        let errno = match (kind, oldstate) {
+            (KIND_CONNECT, TCP_SYN_SENT) if no_port => EADDRNOTAVAIL,
+            (KIND_LISTEN, TCP_LISTEN) if no_port => EADDRINUSE,
+            _ => {
+                track::forget(cookie);
+                return;
+            }
+        };
+        // Where it failed: the endpoints are still the socket's here (the connect()'s error
+        // path clears them after this transition).
+        // SAFETY: `entry` points into SOCKETS, valid for this program run.
+        kernel::read_endpoints(sk, &off, unsafe { &mut (*entry).event });
+        track::failed(cookie, entry, errno);
         return;
     }
     // An active close hands the port to a TIME_WAIT socket (created just before this
