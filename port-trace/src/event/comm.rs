@@ -7,10 +7,19 @@ use std::{borrow::Cow, fmt, fmt::Write as _, ops::Deref};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// At most 16 bytes of UTF-8. Ordered as its text is (the zero padding sorts first).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Comm {
     bytes: [u8; 16],
     len: u8,
+}
+
+/// As one 128-bit word: a comm is hashed several times per event (holders, origins), and
+/// the derived hash (a length prefix, the bytes as a slice, then `len`) cost more. Equal
+/// comms have equal bytes, so they hash equal.
+impl std::hash::Hash for Comm {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.bytes));
+    }
 }
 
 impl Comm {

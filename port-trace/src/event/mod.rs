@@ -129,7 +129,7 @@ impl fmt::Display for AllocKind {
 }
 
 /// One decoded ring buffer record.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub event: EventType,
     /// CLOCK_MONOTONIC nanoseconds, as the kernel stamped it.
@@ -156,6 +156,59 @@ pub struct Event {
     pub time_wait_end: bool,
     /// A port asked for by number: counted in occupancy, not as an allocation.
     pub explicit: bool,
+}
+
+/// Hashed without `workload` (it follows from `cgroup`, and the derived hash walked its
+/// strings) and with addresses as 128-bit words: the tracker hashes each allocation to
+/// share its who and where. Equal events are equal in every field hashed, so hash equal.
+impl std::hash::Hash for Event {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        fn bits(ip: IpAddr) -> u128 {
+            match ip {
+                IpAddr::V4(v4) => u128::from(v4.to_bits()),
+                IpAddr::V6(v6) => v6.to_bits(),
+            }
+        }
+        let Self {
+            event,
+            ts_ns,
+            cookie,
+            pid,
+            comm,
+            cgroup,
+            workload: _,
+            netns,
+            proto,
+            family,
+            kind,
+            laddr,
+            port,
+            raddr,
+            rport,
+            errno,
+            time_wait,
+            time_wait_end,
+            explicit,
+        } = self;
+        state.write_u64(*ts_ns);
+        state.write_u64(*cookie);
+        state.write_u64(cgroup.0);
+        state.write_u128(bits(*laddr));
+        state.write_u128(bits(*raddr));
+        comm.hash(state);
+        state.write_u32(*pid);
+        state.write_u32(*netns);
+        state.write_u32(*errno);
+        state.write_u16(*port);
+        state.write_u16(*rport);
+        state.write_u8(*event as u8);
+        state.write_u8(*proto as u8);
+        state.write_u8(*family as u8);
+        state.write_u8(*kind as u8);
+        state.write_u8(
+            u8::from(*time_wait) | u8::from(*time_wait_end) << 1 | u8::from(*explicit) << 2,
+        );
+    }
 }
 
 impl Event {

@@ -211,29 +211,26 @@ impl Exhaustion {
             Outcome::Allocated => {
                 self.know(event.netns);
                 self.workloads.learn(event);
-                self.occupancy.hold(event);
-                for key in Occupancy::scopes_of(event) {
+                let usages = self.occupancy.hold(event);
+                for (key, usage) in Occupancy::scopes_of(event).zip(usages) {
                     self.forecast.allocated(key, event.ts_ns);
-                    let usage = self.occupancy.usage(&key);
                     if let Some(level) = self.levels.update(key, usage) {
                         raised.push(self.warning(&key, level, Reason::Threshold, event.ts_ns));
                     }
                 }
             }
             Outcome::Released { lifetime_ns, .. } => {
-                self.occupancy.free(event);
-                for key in Occupancy::scopes_of(event) {
+                let usages = self.occupancy.free(event);
+                for (key, usage) in Occupancy::scopes_of(event).zip(usages) {
                     self.forecast.released(key, lifetime_ns);
-                    let usage = self.occupancy.usage(&key);
                     self.levels.update(key, usage);
                 }
             }
             // Free, found by reconciliation: how long it was held is not known, so the
             // forecast learns nothing from it.
             Outcome::Reconciled => {
-                self.occupancy.free(event);
-                for key in Occupancy::scopes_of(event) {
-                    let usage = self.occupancy.usage(&key);
+                let usages = self.occupancy.free(event);
+                for (key, usage) in Occupancy::scopes_of(event).zip(usages) {
                     self.levels.update(key, usage);
                 }
             }

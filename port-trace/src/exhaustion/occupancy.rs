@@ -103,27 +103,34 @@ struct ProtoSpace {
     /// Every connect()ed port, whatever the destination.
     connected: Held,
     by_destination: HashMap<Destination, Held>,
+    /// A destination's `Held` emptied by its last release, kept for the next destination:
+    /// connect + close churn empties and refills one destination per connection, and its
+    /// two maps were allocated and freed each time.
+    spare: Option<Held>,
     /// Distinct ports in range used by any socket, exclusive or connected.
     used_in_range: u32,
 }
 
 impl ProtoSpace {
+    /// Returns the destination's ports in range after it, for a connect().
     fn hold(
         &mut self,
         event_port: u16,
         dest: Option<Destination>,
         holder: &Holder,
         range: &PortRange,
-    ) {
-        let (mine, other) = match dest {
+    ) -> Option<u32> {
+        let (mine, other, dest_in_range) = match dest {
             Some(dest) => {
-                self.by_destination
+                let held = self
+                    .by_destination
                     .entry(dest)
-                    .or_default()
-                    .add(event_port, holder, range);
-                (&mut self.connected, &self.exclusive)
+                    .or_insert_with(|| self.spare.take().unwrap_or_default());
+                held.add(event_port, holder, range);
+                let in_range = held.in_range;
+                (&mut self.connected, &self.exclusive, Some(in_range))
             }
-            None => (&mut self.exclusive, &self.connected),
+            None => (&mut self.exclusive, &self.connected, None),
         };
         if mine.add(event_port, holder, range)
             && !other.contains(event_port)
@@ -131,23 +138,51 @@ impl ProtoSpace {
         {
             self.used_in_range += 1;
         }
+        dest_in_range
     }
 
-    fn free(&mut self, port: u16, dest: Option<Destination>, holder: &Holder, range: &PortRange) {
-        let (mine, other) = match dest {
+    /// Returns the destination's ports in range after it, for a connect().
+    fn free(
+        &mut self,
+        port: u16,
+        dest: Option<Destination>,
+        holder: &Holder,
+        range: &PortRange,
+    ) -> Option<u32> {
+        let (mine, other, dest_in_range) = match dest {
             Some(dest) => {
+                let mut in_range = 0;
                 if let Some(held) = self.by_destination.get_mut(&dest) {
                     held.remove(port, holder, range);
-                    if held.is_empty() {
-                        self.by_destination.remove(&dest);
+                    in_range = held.in_range;
+                    if held.is_empty()
+                        && let Some(empty) = self.by_destination.remove(&dest)
+                    {
+                        self.spare = Some(empty);
                     }
                 }
-                (&mut self.connected, &self.exclusive)
+                (&mut self.connected, &self.exclusive, Some(in_range))
             }
-            None => (&mut self.exclusive, &self.connected),
+            None => (&mut self.exclusive, &self.connected, None),
         };
         if mine.remove(port, holder, range) && !other.contains(port) && range.contains(port) {
             self.used_in_range -= 1;
+        }
+        dest_in_range
+    }
+
+    /// The usage of the scopes an event draws from, given its destination's ports in range
+    /// (what `Occupancy::usage` would look up again).
+    fn usages(&self, range: &PortRange, dest_in_range: Option<u32>) -> Usages {
+        Usages {
+            namespace: Usage {
+                used: self.used_in_range,
+                capacity: range.size(),
+            },
+            destination: dest_in_range.map(|used| Usage {
+                used,
+                capacity: range.size().saturating_sub(self.exclusive.in_range),
+            }),
         }
     }
 
@@ -180,6 +215,24 @@ impl Namespace {
             Proto::Tcp => &self.tcp,
             Proto::Udp => &self.udp,
         }
+    }
+}
+
+/// How full the scopes of one event are, in `Occupancy::scopes_of`'s order: its namespace,
+/// and for a TCP connect its destination. `hold` and `free` return it, so the levels after
+/// an event cost no second look-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usages {
+    pub namespace: Usage,
+    pub destination: Option<Usage>,
+}
+
+impl IntoIterator for Usages {
+    type Item = Usage;
+    type IntoIter = std::iter::Chain<std::iter::Once<Usage>, std::option::IntoIter<Usage>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(self.namespace).chain(self.destination)
     }
 }
 
@@ -237,8 +290,9 @@ impl Occupancy {
         self.namespaces.contains_key(&netns)
     }
 
-    /// A port is held from now on (an alloc, or a socket found at start-up).
-    pub fn hold(&mut self, event: &Event) {
+    /// A port is held from now on (an alloc, or a socket found at start-up); returns the
+    /// usage of the scopes it draws from, after it.
+    pub fn hold(&mut self, event: &Event) -> Usages {
         let holder = Holder::of(event);
         let ns = self.namespaces.entry(event.netns).or_default();
         let range = &ns.range;
@@ -246,21 +300,32 @@ impl Occupancy {
             Proto::Tcp => &mut ns.tcp,
             Proto::Udp => &mut ns.udp,
         };
-        space.hold(event.port, destination(event), &holder, range);
+        let dest_in_range = space.hold(event.port, destination(event), &holder, range);
+        space.usages(range, dest_in_range)
     }
 
-    /// The port is free again (after TIME_WAIT, where there was one).
-    pub fn free(&mut self, event: &Event) {
+    /// The port is free again (after TIME_WAIT, where there was one); returns the usage of
+    /// the scopes it drew from, after it.
+    pub fn free(&mut self, event: &Event) -> Usages {
         let holder = Holder::of(event);
+        let dest = destination(event);
         let Some(ns) = self.namespaces.get_mut(&event.netns) else {
-            return;
+            let none = Usage {
+                used: 0,
+                capacity: PortRange::default().size(),
+            };
+            return Usages {
+                namespace: none,
+                destination: dest.map(|_| none),
+            };
         };
         let range = &ns.range;
         let space = match event.proto {
             Proto::Tcp => &mut ns.tcp,
             Proto::Udp => &mut ns.udp,
         };
-        space.free(event.port, destination(event), &holder, range);
+        let dest_in_range = space.free(event.port, dest, &holder, range);
+        space.usages(range, dest_in_range)
     }
 
     /// The scopes an event draws from: its namespace, and for a TCP connect its destination.
@@ -557,13 +622,15 @@ mod tests {
                 if is_connect { connect(port, 1000 + dest) } else { bind(port) }
             }).collect();
             for e in &events {
-                occ.hold(e);
+                let usages = occ.hold(e);
                 let ns = occ.usage(&ns_key());
                 prop_assert!(ns.used <= ns.capacity);
-                for key in Occupancy::scopes_of(e) {
+                for (key, returned) in Occupancy::scopes_of(e).zip(usages) {
                     let u = occ.usage(&key);
                     prop_assert!(u.used <= 10);
+                    prop_assert_eq!(returned, u, "hold returns the usage a look-up gives");
                 }
+                prop_assert_eq!(Occupancy::scopes_of(e).count(), usages.into_iter().count());
             }
             let mut order: Vec<usize> = (0..events.len()).collect();
             let mut s = seed;
@@ -572,7 +639,10 @@ mod tests {
                 order.swap(i, (s >> 33) as usize % (i + 1));
             }
             for i in order {
-                occ.free(&events[i]);
+                let usages = occ.free(&events[i]);
+                for (key, returned) in Occupancy::scopes_of(&events[i]).zip(usages) {
+                    prop_assert_eq!(returned, occ.usage(&key), "free returns the usage a look-up gives");
+                }
             }
             prop_assert_eq!(occ.usage(&ns_key()).used, 0);
             prop_assert!(occ.fullest(10).is_empty());
