@@ -1,10 +1,12 @@
 //! The tracepoint backend, for kernels without kprobes. It sees a port's life like this:
 //! - `tcp_state` (tp_btf `inet_sock_set_state`): a connect() or listen() on a socket with no
 //!   port yet is *pending*; one whose port came from bind(0) is reported connecting
-//!   (`EVENT_BOUND_CONNECT`); a tracked TCP socket reaching CLOSE releases its port.
+//!   (`EVENT_BOUND_CONNECT`); a connect() or listen() that found no port fails, and a
+//!   listener reaching CLOSE releases its port.
 //! - `tcp_port_chosen` (cgroup sock_ops): the TCP_CONNECT/TCP_LISTEN callbacks run right after
 //!   the kernel chose the port, so that is where a pending connect/listen becomes an alloc;
-//!   and it marks each connecting socket it tracks in the socket itself, so that
+//!   it subscribes each connecting socket it tracks to the socket's state changes (a flag in
+//!   the socket itself) and releases the port when the socket reaches CLOSE. So
 //!   `tcp_state` and `sock_release` pass every other socket (the server end of every
 //!   connection) without a table lookup.
 //! - `bind4_request`/`bind6_request` (cgroup sock_addr): a bind() asking for port 0 is pending;

@@ -3,18 +3,18 @@
 //!
 //! It runs for every state change of every TCP socket on the host, six per loopback
 //! connection (both ends), and most are not port-trace's: the server end of every connection
-//! is never tracked. So only what can start or end a tracked port touches the socket table:
-//! a connect() or listen() starting (CLOSE to SYN_SENT or LISTEN), a connect() or listen()
-//! that failed for want of a port (SYN_SENT or LISTEN to CLOSE), and the end of a socket
-//! `tcp_port_chosen` marked as tracked (`TRACKED_MARK`, read from the socket itself).
+//! is never tracked. So only what can start or end a tracked port here touches the socket
+//! table: a connect() or listen() starting (CLOSE to SYN_SENT or LISTEN), and a connect() or
+//! listen() that ended without a port, or a listener's end (SYN_SENT or LISTEN to CLOSE).
+//! Connecting sockets port-trace tracks report their own close (`tcp_port_chosen`).
 
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use port_trace_common::{
-    self as common, EADDRINUSE, EADDRNOTAVAIL, FLAG_TIME_WAIT, IPPROTO_TCP, KIND_CONNECT,
-    KIND_LISTEN, PROBE_TCP_STATE,
+    self as common, EADDRINUSE, EADDRNOTAVAIL, IPPROTO_TCP, KIND_CONNECT, KIND_LISTEN,
+    PROBE_TCP_STATE,
 };
 
 use super::sock_ops;
@@ -25,11 +25,8 @@ use crate::{
 
 // The tracepoint gives states as int; the numbers are port-trace-common's.
 const TCP_SYN_SENT: i32 = common::TCP_SYN_SENT as i32;
-const TCP_FIN_WAIT1: i32 = common::TCP_FIN_WAIT1 as i32;
-const TCP_FIN_WAIT2: i32 = common::TCP_FIN_WAIT2 as i32;
 const TCP_CLOSE: i32 = common::TCP_CLOSE as i32;
 const TCP_LISTEN: i32 = common::TCP_LISTEN as i32;
-const TCP_CLOSING: i32 = common::TCP_CLOSING as i32;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
@@ -44,10 +41,11 @@ fn try_tcp_state(ctx: &BtfTracePointContext) -> Outcome {
     let kind = match (oldstate, newstate) {
         (TCP_CLOSE, TCP_SYN_SENT) => KIND_CONNECT,
         (TCP_CLOSE, TCP_LISTEN) => KIND_LISTEN,
-        (_, TCP_CLOSE) => {
-            // A connect() or listen() that never got a port ends from SYN_SENT or LISTEN (as
-            // does a listener's port: listeners carry no mark, see `tcp_port_chosen`).
-            if matches!(oldstate, TCP_SYN_SENT | TCP_LISTEN) || sock_ops::tracked(sk) {
+        // A connect() or listen() that never got a port ends from SYN_SENT or LISTEN, and so
+        // does a listener's port (listeners carry no mark). A socket with the mark reports
+        // its own close (`tcp_port_chosen`); any other is not port-trace's.
+        (TCP_SYN_SENT, TCP_CLOSE) | (TCP_LISTEN, TCP_CLOSE) => {
+            if !sock_ops::tracked(sk) {
                 closed(sk, oldstate);
             }
             return Ok(());
@@ -79,8 +77,7 @@ fn try_tcp_state(ctx: &BtfTracePointContext) -> Outcome {
     Ok(())
 }
 
-/// A TCP socket reached CLOSE: its port is free, moves to a TIME_WAIT socket, or was never
-/// found.
+/// A connect() or listen() ended, or a listener closed: its port is free, or none was found.
 ///
 /// Inlined into its one caller: as a function of its own, its frame on top of the program's
 /// and `track`'s passes the verifier's 512-byte limit for all frames together on kernels
@@ -113,11 +110,5 @@ fn closed(sk: *const u8, oldstate: i32) {
         track::failed(cookie, entry, errno);
         return;
     }
-    // An active close hands the port to a TIME_WAIT socket (created just before this
-    // transition); the daemon watches that one to see the port really freed.
-    let flags = match oldstate {
-        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING => FLAG_TIME_WAIT,
-        _ => 0,
-    };
-    track::end(cookie, entry, flags);
+    track::tcp_closed(cookie, entry, oldstate as u32);
 }

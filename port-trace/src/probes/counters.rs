@@ -24,9 +24,10 @@ pub struct LostCounts {
     /// The failure ring buffer was full: failed allocations went unreported.
     pub failure_ring_full: u64,
     /// Program runs the kernel skipped: a tracepoint or kprobe fired inside a program already
-    /// running on that CPU (an interrupt's network processing during `tcp_state`, say), and
-    /// the kernel does not nest tracing programs. The event of that run is missing: a
-    /// release, most often, under loopback churn.
+    /// running on that CPU (an interrupt's network processing during a kprobe, say), and the
+    /// kernel does not nest tracing programs. The event of that run is missing: a release,
+    /// most often, under loopback churn. (Skipped runs that cannot carry an event are not
+    /// counted: `SKIPS_LOSE_NOTHING`.)
     pub program_skipped: u64,
 }
 

@@ -255,11 +255,13 @@ impl Probes {
         })
     }
 
-    /// Runs of our programs the kernel skipped for recursion (see `LostCounts`).
+    /// Runs of our programs the kernel skipped for recursion (see `LostCounts`), that could
+    /// have carried an event.
     fn recursion_misses(&self) -> u64 {
         let now: u64 = self
             .ebpf
             .programs()
+            .filter(|(name, _)| !SKIPS_LOSE_NOTHING.contains(name))
             .filter_map(|(_, program)| program.fd().ok())
             .map(|fd| sys::procfs::bpf_recursion_misses(fd.as_fd().as_raw_fd()))
             .sum();
@@ -291,6 +293,15 @@ impl Probes {
         Ok(move |index: u32| Ok(counters.get(&index, 0)?.iter().sum()))
     }
 }
+
+/// Programs whose skipped runs lose no event. The kernel skips a run of `tcp_state` (tp_btf)
+/// only when the state change comes in an interrupt's network processing while a run of it
+/// in process context is under way on that CPU (softirqs do not nest). The changes it acts
+/// on come in process context (a connect() or listen() starting, one that found no port, a
+/// listener's close); a tracked socket's close in softirq is reported by the sock_ops
+/// program, which the kernel never skips. Measured: under loopback churn it skipped 390
+/// runs, and every allocation's release arrived.
+const SKIPS_LOSE_NOTHING: [&str; 1] = ["tcp_state"];
 
 pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Fatal>
 where
