@@ -264,13 +264,19 @@ pub fn end(cookie: u64, entry: *mut SockEntry, flags: u8) {
     // entry is deleted.
     let entry = unsafe { &*entry };
     if entry.state == HELD {
-        submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true, |event| {
-            event.event = EVENT_RELEASE;
-            event.ts_ns = unsafe { bpf_ktime_get_ns() };
-            event.flags |= flags;
-        });
+        released(entry, flags);
     }
     remove(cookie);
+}
+
+/// Reports the release of a held port, its allocation's record with `flags` added.
+#[inline(always)]
+fn released(entry: &SockEntry, flags: u8) {
+    submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true, |event| {
+        event.event = EVENT_RELEASE;
+        event.ts_ns = unsafe { bpf_ktime_get_ns() };
+        event.flags |= flags;
+    });
 }
 
 /// A TCP socket reached CLOSE from `oldstate`: its port is free, or, after an active close
@@ -407,11 +413,7 @@ pub fn moved_to_time_wait(id: u64, tw_id: u64, flags: u8) {
     // entry is deleted.
     let entry = unsafe { &*entry };
     if entry.state == HELD {
-        submit_to(&EVENTS, &entry.event, LOST_RINGBUF_FULL, true, |event| {
-            event.event = EVENT_RELEASE;
-            event.ts_ns = unsafe { bpf_ktime_get_ns() };
-            event.flags |= flags;
-        });
+        released(entry, flags);
         insert(tw_id, entry);
     }
     remove(id);

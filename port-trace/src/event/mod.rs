@@ -158,17 +158,21 @@ pub struct Event {
     pub explicit: bool,
 }
 
+/// An address as one 128-bit word, to hash it in one write: the derived hash of an `IpAddr`
+/// (an enum tag, then the bytes as a slice with its length) costs several. An IPv4 and an
+/// IPv6 address with the same bits merely collide.
+pub fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_bits()),
+        IpAddr::V6(v6) => v6.to_bits(),
+    }
+}
+
 /// Hashed without `workload` (it follows from `cgroup`, and the derived hash walked its
 /// strings) and with addresses as 128-bit words: the tracker hashes each allocation to
 /// share its who and where. Equal events are equal in every field hashed, so hash equal.
 impl std::hash::Hash for Event {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        fn bits(ip: IpAddr) -> u128 {
-            match ip {
-                IpAddr::V4(v4) => u128::from(v4.to_bits()),
-                IpAddr::V6(v6) => v6.to_bits(),
-            }
-        }
         let Self {
             event,
             ts_ns,
@@ -193,8 +197,8 @@ impl std::hash::Hash for Event {
         state.write_u64(*ts_ns);
         state.write_u64(*cookie);
         state.write_u64(cgroup.0);
-        state.write_u128(bits(*laddr));
-        state.write_u128(bits(*raddr));
+        state.write_u128(ip_bits(*laddr));
+        state.write_u128(ip_bits(*raddr));
         comm.hash(state);
         state.write_u32(*pid);
         state.write_u32(*netns);

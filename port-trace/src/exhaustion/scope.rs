@@ -21,12 +21,7 @@ pub struct Destination {
 /// bits merely collide.
 impl std::hash::Hash for Destination {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        fn bits(ip: IpAddr) -> u128 {
-            match ip {
-                IpAddr::V4(v4) => u128::from(v4.to_bits()),
-                IpAddr::V6(v6) => v6.to_bits(),
-            }
-        }
+        use crate::event::ip_bits as bits;
         state.write_u128(bits(self.laddr));
         state.write_u128(bits(self.raddr));
         state.write_u16(self.rport);
