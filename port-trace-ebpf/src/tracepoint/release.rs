@@ -22,8 +22,9 @@ fn try_sock_release(ctx: &SockContext) -> Outcome {
     let sock = unsafe { &*ctx.sock };
     // Decided from the socket before any lookup: every TCP socket on the host passes here.
     // One that is not in CLOSE keeps its port until the state machine takes it there (FIN
-    // handshake, TIME_WAIT), and tcp_state reports that release; one in CLOSE with a peer
-    // was connected, and tcp_state saw its port go when it reached CLOSE. That leaves TCP
+    // handshake, TIME_WAIT), and that release is reported when it does (tcp_port_chosen
+    // for a connected socket, tcp_state for a listener); one in CLOSE with a peer was
+    // connected, and its port was reported free when it reached CLOSE. That leaves TCP
     // sockets that were bound and never connected or listening.
     if sock.protocol == u32::from(IPPROTO_TCP)
         && (sock.state != u32::from(TCP_CLOSE) || sock.dst_port != 0)

@@ -35,7 +35,7 @@ use crate::{
 ///
 /// Another sock_ops program that sets a socket's flags without keeping the ones already set
 /// takes the mark off; that socket's release then comes from the daemon's reconciliation
-/// against sock_diag, seconds late, instead of from here.
+/// against sock_diag (within `--reconcile-every`), instead of from here.
 const TRACKED_MARK: u32 = BPF_SOCK_OPS_STATE_CB_FLAG;
 
 /// Whether `sk`, a TCP socket, carries `TRACKED_MARK`.
