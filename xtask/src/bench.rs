@@ -265,6 +265,11 @@ fn series(options: &Options, tcplife: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A figure for the tables, `-` where there is none.
+fn show(value: Option<f64>, digits: usize) -> String {
+    value.map_or("-".to_string(), |v| format!("{v:.digits$}"))
+}
+
 fn median(mut values: Vec<f64>) -> Option<f64> {
     values.retain(|v| v.is_finite());
     if values.is_empty() {
@@ -347,8 +352,6 @@ fn print_table(
         let cpu = pick(&|r| r.cpu_percent);
         let cpu_per_100k = pick(&|r| r.cpu_percent.map(|c| c / (r.ops_per_s / 100_000.0)));
         let rss = pick(&|r| r.peak_rss_kib.map(|k| k as f64));
-        let show =
-            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         let traces = matches!(
             config,
             Config::PortTrace | Config::PortTraceJson | Config::Baseline
@@ -485,14 +488,13 @@ fn print_budget(summary: &Summary, profiles: &BTreeMap<Config, Run>) {
             per_op(traced, traced.map_ops[OP_RING_RECORDS as usize])
         );
     }
-    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     println!(
         "    daemon: {} us CPU per event; added per operation: port-trace {} us, empty programs \
          {} us, --events json {} us",
-        show(summary.daemon_us_per_event),
-        show(summary.added_us(Config::PortTrace)),
-        show(summary.added_us(Config::Floor)),
-        show(summary.added_us(Config::PortTraceJson)),
+        show(summary.daemon_us_per_event, 2),
+        show(summary.added_us(Config::PortTrace), 2),
+        show(summary.added_us(Config::Floor), 2),
+        show(summary.added_us(Config::PortTraceJson), 2),
     );
     println!();
 }
@@ -501,8 +503,6 @@ fn print_budget(summary: &Summary, profiles: &BTreeMap<Config, Run>) {
 fn print_verdicts(summaries: &[Summary], bytes_per_held: f64) {
     println!("\ntargets");
     let verdict = |ok: bool| if ok { "met    " } else { "NOT met" };
-    let show =
-        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     for s in summaries {
         let ratios = [Config::PortTrace, Config::PortTraceJson].map(|c| s.ratio(c));
         let ok = ratios.iter().all(|r| r.is_some_and(|r| r >= 0.95));
