@@ -19,7 +19,7 @@ use crate::{
     findings::{Finding, Findings, SynSent},
     probes::KernelCounters,
     stats::Stats,
-    track::{Outcome, Tracker, snapshot::Snapshot},
+    track::{Held, Outcome, Tracker, snapshot::Snapshot},
 };
 
 /// Where the pipeline's output goes: every sink takes the same four calls, and
@@ -164,9 +164,26 @@ impl Pipeline {
 
     /// Checks every scope against its range (read anew) and raises what is over a line.
     pub fn check_ranges(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
-        let warnings = self.exhaustion.refresh(now_ns);
+        let mut warnings = self.exhaustion.refresh(now_ns);
         self.new_ranges(sink)?;
+        self.name_holders(&mut warnings);
         sink.warnings(&warnings)
+    }
+
+    /// Every socket holding a port now: the tracker's and the start-up snapshot's.
+    fn held(&self) -> Held<'_> {
+        Held {
+            tracker: &self.tracker,
+            snapshot: &self.snapshot,
+        }
+    }
+
+    /// Names who holds the ports in each warning's scope (a walk of the held sockets: only
+    /// when there is a warning).
+    fn name_holders(&self, warnings: &mut [Warning]) {
+        if !warnings.is_empty() {
+            self.exhaustion.name_holders(warnings, &self.held());
+        }
     }
 
     /// Ranges first seen or changed, before the events and warnings that follow from them.
@@ -204,7 +221,7 @@ impl Pipeline {
         if !self.filter.traces(event.netns, event.proto) {
             return Ok(());
         }
-        let warnings = self.exhaustion.observe(event, outcome);
+        let mut warnings = self.exhaustion.observe(event, outcome);
         self.new_ranges(sink)?;
         self.findings.observe(event, outcome);
         // A port bound by number inside the range, and bind before connect, are said at
@@ -231,6 +248,7 @@ impl Pipeline {
         if warnings.is_empty() {
             return Ok(());
         }
+        self.name_holders(&mut warnings);
         sink.warnings(&warnings)
     }
 
@@ -296,7 +314,11 @@ impl Pipeline {
 
     /// Judges the findings' rules and hands on what appeared, changed or cleared.
     pub fn judge(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
-        let emitted = self.findings.evaluate(&self.exhaustion, now_ns);
+        let held = Held {
+            tracker: &self.tracker,
+            snapshot: &self.snapshot,
+        };
+        let emitted = self.findings.evaluate(&self.exhaustion, &held, now_ns);
         if emitted.is_empty() {
             return Ok(());
         }

@@ -25,13 +25,13 @@ use self::{
     level::{Level, Levels, Thresholds},
     occupancy::Occupancy,
     range::PortRange,
-    scope::{ScopeKey, Usage},
+    scope::{Holder, ScopeKey, Usage},
     warning::{Reason, Top, Warning},
     workloads::Workloads,
 };
 use crate::{
     event::{Event, workload::Workload},
-    track::Outcome,
+    track::{HeldSockets, Outcome},
 };
 
 /// How many holders a warning names.
@@ -85,19 +85,42 @@ impl Exhaustion {
         self.workloads.owner(netns)
     }
 
-    /// The process holding the most ports in a scope (walks the scope's held ports: for a
-    /// finding once an interval, not per event).
-    pub fn top_holder(&self, key: &ScopeKey) -> Option<Top> {
-        let (holder, ports) = self.occupancy.top_holders(key, 1).into_iter().next()?;
+    /// The process holding the most ports in a scope (walks the held sockets: for a finding
+    /// once an interval, not per event).
+    pub fn top_holder(&self, key: &ScopeKey, held: &dyn HeldSockets) -> Option<Top> {
+        let (holder, ports) = self
+            .occupancy
+            .top_holders(key, 1, held)
+            .into_iter()
+            .next()?;
+        Some(self.top(holder, ports))
+    }
+
+    fn top(&self, holder: Holder, ports: u32) -> Top {
         let (cgroup, workload) = self.workloads.of_pid(holder.pid);
-        Some(Top {
+        Top {
             holder,
             ports,
             cgroup,
             workload,
-        })
+        }
     }
 
+    /// Names who holds the most ports in each warning's scope. A step of its own, after
+    /// `observe` or `refresh`: it walks every held socket, and is needed only when there is
+    /// a warning.
+    pub fn name_holders(&self, warnings: &mut [Warning], held: &dyn HeldSockets) {
+        for warning in warnings {
+            warning.top = self
+                .occupancy
+                .top_holders(&warning.scope, TOP, held)
+                .into_iter()
+                .map(|(holder, ports)| self.top(holder, ports))
+                .collect();
+        }
+    }
+
+    /// A warning without its holders (`name_holders` adds them).
     fn warning(&self, key: &ScopeKey, level: Level, reason: Reason, now_ns: u64) -> Warning {
         let usage = self.occupancy.usage(key);
         Warning {
@@ -106,20 +129,7 @@ impl Exhaustion {
             scope: *key,
             usage,
             forecast_s: self.forecast.seconds_left(key, usage, now_ns),
-            top: self
-                .occupancy
-                .top_holders(key, TOP)
-                .into_iter()
-                .map(|(holder, ports)| {
-                    let (cgroup, workload) = self.workloads.of_pid(holder.pid);
-                    Top {
-                        holder,
-                        ports,
-                        cgroup,
-                        workload,
-                    }
-                })
-                .collect(),
+            top: Vec::new(),
             owner: self.workloads.owner(key.netns),
         }
     }
@@ -353,8 +363,12 @@ mod tests {
     fn warns_at_80_then_critical_then_on_failure() {
         let mut e = exhaustion();
         let mut raised = Vec::new();
+        let mut held = Vec::new();
         for (i, port) in (40000..40010).enumerate() {
-            let warnings = e.observe(&connect(port, i as u64 * 100_000_000), Outcome::Allocated);
+            let event = connect(port, i as u64 * 100_000_000);
+            let mut warnings = e.observe(&event, Outcome::Allocated);
+            held.push(event);
+            e.name_holders(&mut warnings, &held);
             raised.extend(warnings.into_iter().map(|w| (port, w)));
         }
         // 8 of 10 for the destination (and the namespace): warn; 10 of 10: critical.

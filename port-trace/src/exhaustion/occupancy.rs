@@ -21,17 +21,18 @@ use super::{
     range::PortRange,
     scope::{Destination, Holder, Scope, ScopeKey, Usage},
 };
-use crate::event::{AllocKind, Event, Proto};
+use crate::{
+    event::{AllocKind, Event, Proto},
+    track::HeldSockets,
+};
 
-/// Ports held in one scope: how many sockets hold each port, and who holds which port.
-/// `in_range` counts the distinct ports inside the namespace's range as they come and go,
-/// so asking how full a scope is costs nothing per event (it used to walk every held port).
-/// Holders are kept per port (not a count per holder) so "who holds how many" counts the
-/// same distinct ports in range as `used` does, whatever the range is when asked.
+/// Ports held in one scope: how many sockets hold each port. `in_range` counts the distinct
+/// ports inside the namespace's range as they come and go, so asking how full a scope is
+/// costs nothing per event (it used to walk every held port). Who holds them is not kept
+/// here: the held sockets are walked when a warning or finding names them (`top_holders`).
 #[derive(Debug, Default)]
 struct Held {
     ports: HashMap<u16, u32>,
-    holders: HashMap<(Holder, u16), u32>,
     in_range: u32,
     /// Of `in_range`, those in the half connect() tries first.
     in_connect_half: u32,
@@ -39,7 +40,7 @@ struct Held {
 
 impl Held {
     /// Returns whether `port` was not held here before.
-    fn add(&mut self, port: u16, holder: &Holder, range: &PortRange) -> bool {
+    fn add(&mut self, port: u16, range: &PortRange) -> bool {
         let count = self.ports.entry(port).or_default();
         *count += 1;
         let new = *count == 1;
@@ -49,12 +50,11 @@ impl Held {
                 self.in_connect_half += 1;
             }
         }
-        *self.holders.entry((*holder, port)).or_default() += 1;
         new
     }
 
     /// Returns whether `port` is no longer held here.
-    fn remove(&mut self, port: u16, holder: &Holder, range: &PortRange) -> bool {
+    fn remove(&mut self, port: u16, range: &PortRange) -> bool {
         let gone = decrement(&mut self.ports, &port);
         if gone && range.contains(port) {
             self.in_range -= 1;
@@ -62,7 +62,6 @@ impl Held {
                 self.in_connect_half -= 1;
             }
         }
-        decrement(&mut self.holders, &(*holder, port));
         gone
     }
 
@@ -117,7 +116,6 @@ impl ProtoSpace {
         &mut self,
         event_port: u16,
         dest: Option<Destination>,
-        holder: &Holder,
         range: &PortRange,
     ) -> Option<u32> {
         let (mine, other, dest_in_range) = match dest {
@@ -126,15 +124,13 @@ impl ProtoSpace {
                     .by_destination
                     .entry(dest)
                     .or_insert_with(|| self.spare.take().unwrap_or_default());
-                held.add(event_port, holder, range);
+                held.add(event_port, range);
                 let in_range = held.in_range;
                 (&mut self.connected, &self.exclusive, Some(in_range))
             }
             None => (&mut self.exclusive, &self.connected, None),
         };
-        if mine.add(event_port, holder, range)
-            && !other.contains(event_port)
-            && range.contains(event_port)
+        if mine.add(event_port, range) && !other.contains(event_port) && range.contains(event_port)
         {
             self.used_in_range += 1;
         }
@@ -142,18 +138,12 @@ impl ProtoSpace {
     }
 
     /// Returns the destination's ports in range after it, for a connect().
-    fn free(
-        &mut self,
-        port: u16,
-        dest: Option<Destination>,
-        holder: &Holder,
-        range: &PortRange,
-    ) -> Option<u32> {
+    fn free(&mut self, port: u16, dest: Option<Destination>, range: &PortRange) -> Option<u32> {
         let (mine, other, dest_in_range) = match dest {
             Some(dest) => {
                 let mut in_range = 0;
                 if let Some(held) = self.by_destination.get_mut(&dest) {
-                    held.remove(port, holder, range);
+                    held.remove(port, range);
                     in_range = held.in_range;
                     if held.is_empty()
                         && let Some(empty) = self.by_destination.remove(&dest)
@@ -165,7 +155,7 @@ impl ProtoSpace {
             }
             None => (&mut self.exclusive, &self.connected, None),
         };
-        if mine.remove(port, holder, range) && !other.contains(port) && range.contains(port) {
+        if mine.remove(port, range) && !other.contains(port) && range.contains(port) {
             self.used_in_range -= 1;
         }
         dest_in_range
@@ -293,21 +283,19 @@ impl Occupancy {
     /// A port is held from now on (an alloc, or a socket found at start-up); returns the
     /// usage of the scopes it draws from, after it.
     pub fn hold(&mut self, event: &Event) -> Usages {
-        let holder = Holder::of(event);
         let ns = self.namespaces.entry(event.netns).or_default();
         let range = &ns.range;
         let space = match event.proto {
             Proto::Tcp => &mut ns.tcp,
             Proto::Udp => &mut ns.udp,
         };
-        let dest_in_range = space.hold(event.port, destination(event), &holder, range);
+        let dest_in_range = space.hold(event.port, destination(event), range);
         space.usages(range, dest_in_range)
     }
 
     /// The port is free again (after TIME_WAIT, where there was one); returns the usage of
     /// the scopes it drew from, after it.
     pub fn free(&mut self, event: &Event) -> Usages {
-        let holder = Holder::of(event);
         let dest = destination(event);
         let Some(ns) = self.namespaces.get_mut(&event.netns) else {
             let none = Usage {
@@ -324,7 +312,7 @@ impl Occupancy {
             Proto::Tcp => &mut ns.tcp,
             Proto::Udp => &mut ns.udp,
         };
-        let dest_in_range = space.free(event.port, dest, &holder, range);
+        let dest_in_range = space.free(event.port, dest, range);
         space.usages(range, dest_in_range)
     }
 
@@ -389,27 +377,34 @@ impl Occupancy {
 
     /// The processes holding the most ports in a scope, most first: distinct ports in the
     /// range, as the scope's `used` counts them (so no holder holds more than is used).
-    /// Walks the scope's held ports: it runs for a warning, not for every event.
-    pub fn top_holders(&self, key: &ScopeKey, n: usize) -> Vec<(Holder, u32)> {
+    /// Walks every held socket: it runs for a warning or a finding, not for every event.
+    pub fn top_holders(
+        &self,
+        key: &ScopeKey,
+        n: usize,
+        held: &dyn HeldSockets,
+    ) -> Vec<(Holder, u32)> {
         let Some(ns) = self.namespaces.get(&key.netns) else {
             return Vec::new();
         };
-        let space = ns.space_ref(key.proto);
-        let sources: Vec<&Held> = match &key.scope {
-            Scope::Namespace => vec![&space.exclusive, &space.connected],
-            Scope::Destination(dest) => space.by_destination.get(dest).into_iter().collect(),
-        };
         // A port held both exclusively and connected, or by two sockets, counts once.
-        let distinct: foldhash::HashSet<&(Holder, u16)> = sources
-            .iter()
-            .flat_map(|held| held.holders.keys())
-            .filter(|(_, port)| ns.range.contains(*port))
-            .collect();
-        let mut merged: BTreeMap<&Holder, u32> = BTreeMap::new();
+        let mut distinct: foldhash::HashSet<(Holder, u16)> = Default::default();
+        held.for_each_held(&mut |event, port| {
+            let in_scope = event.netns == key.netns
+                && event.proto == key.proto
+                && match &key.scope {
+                    Scope::Namespace => true,
+                    Scope::Destination(dest) => destination(event).as_ref() == Some(dest),
+                };
+            if in_scope && ns.range.contains(port) {
+                distinct.insert((Holder::of(event), port));
+            }
+        });
+        let mut merged: BTreeMap<Holder, u32> = BTreeMap::new();
         for (holder, _) in distinct {
             *merged.entry(holder).or_default() += 1;
         }
-        let mut top: Vec<(Holder, u32)> = merged.into_iter().map(|(h, c)| (*h, c)).collect();
+        let mut top: Vec<(Holder, u32)> = merged.into_iter().collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(n);
         top
@@ -572,10 +567,11 @@ mod tests {
         let mut other = connect(40001, 443);
         other.pid = 99;
         other.comm = "nginx".into();
-        occ.hold(&connect(40000, 443));
-        occ.hold(&connect(40002, 443));
-        occ.hold(&other);
-        let top = occ.top_holders(&dest_key(&other), 5);
+        let held = vec![connect(40000, 443), connect(40002, 443), other.clone()];
+        for event in &held {
+            occ.hold(event);
+        }
+        let top = occ.top_holders(&dest_key(&other), 5, &held);
         assert_eq!(top[0].0.comm, "curl");
         assert_eq!(top[0].1, 2);
         assert_eq!(top[1].0.pid, 99);
@@ -588,10 +584,11 @@ mod tests {
         occ.set_range(NETNS, tiny());
         // Two ports in range, one outside it (an explicit bind, say), and a second socket
         // on a port already held: 2 used, so curl holds 2, not 4.
-        for port in [40000, 40001, 50000] {
-            occ.hold(&bind(port));
+        let mut held: Vec<Event> = [40000, 40001, 50000].into_iter().map(bind).collect();
+        held.push(connect(40001, 443));
+        for event in &held {
+            occ.hold(event);
         }
-        occ.hold(&connect(40001, 443));
         let key = ScopeKey {
             netns: NETNS,
             proto: Proto::Tcp,
@@ -599,10 +596,10 @@ mod tests {
         };
         let used = occ.usage(&key).used;
         assert_eq!(used, 2);
-        assert_eq!(occ.top_holders(&key, 5)[0].1, used);
+        assert_eq!(occ.top_holders(&key, 5, &held)[0].1, used);
         // The range grows to take 50000 in: counted from then on.
         occ.set_range(NETNS, PortRange::parse("40000 50000", "").expect("a range"));
-        assert_eq!(occ.top_holders(&key, 5)[0].1, 3);
+        assert_eq!(occ.top_holders(&key, 5, &held)[0].1, 3);
     }
 
     fn held_socket() -> impl Strategy<Value = (bool, u16, u16)> {

@@ -36,7 +36,7 @@ use crate::{
         Exhaustion,
         scope::{Destination, ScopeKey},
     },
-    track::Outcome,
+    track::{HeldSockets, Outcome},
 };
 
 /// What a finding is about.
@@ -706,19 +706,26 @@ impl Findings {
     }
 
     /// Judges every rule as of `now_ns`; returns what appeared, changed or cleared.
-    pub fn evaluate(&mut self, exhaustion: &Exhaustion, now_ns: u64) -> Vec<Finding> {
+    /// `held`: the sockets holding ports, to name who holds the most where a finding names
+    /// someone.
+    pub fn evaluate(
+        &mut self,
+        exhaustion: &Exhaustion,
+        held: &dyn HeldSockets,
+        now_ns: u64,
+    ) -> Vec<Finding> {
         let elapsed_s = self
             .last_eval_ns
             .map(|then| now_ns.saturating_sub(then) as f64 / 1e9);
         self.last_eval_ns = Some(now_ns);
         let mut current = Vec::new();
-        rules::churn(self, exhaustion, elapsed_s, now_ns, &mut current);
+        rules::churn(self, exhaustion, held, elapsed_s, now_ns, &mut current);
         rules::leaks(self, now_ns, &mut current);
         rules::listeners(self, exhaustion, now_ns, &mut current);
         rules::ranges(self, exhaustion, now_ns, &mut current);
         rules::bind_connects(self, exhaustion, now_ns, &mut current);
         rules::parity(self, exhaustion, now_ns, &mut current);
-        rules::syn_sent(self, exhaustion, now_ns, &mut current);
+        rules::syn_sent(self, exhaustion, held, now_ns, &mut current);
         self.settle(current, now_ns)
     }
 

@@ -1,7 +1,7 @@
 //! The rules: when each finding is raised and kept, and the remedy it prints.
 
 use super::{ConnKey, Evidence, Finding, Findings, Key, Kind, Severity, State, Who, socket_addr};
-use crate::exhaustion::Exhaustion;
+use crate::{exhaustion::Exhaustion, track::HeldSockets};
 
 /// A finding's main count must move by this share of itself to be said again.
 pub const MATERIAL: f64 = 0.25;
@@ -79,13 +79,18 @@ pub(super) fn min_held(t: &Thresholds, exhaustion: &Exhaustion, netns: u32) -> u
 }
 
 /// Who holds the most ports to a TCP destination: the process a churn or pile-up names.
-fn top_holder(exhaustion: &Exhaustion, netns: u32, dest: super::Destination) -> Option<Who> {
+fn top_holder(
+    exhaustion: &Exhaustion,
+    sockets: &dyn HeldSockets,
+    netns: u32,
+    dest: super::Destination,
+) -> Option<Who> {
     let key = crate::exhaustion::scope::ScopeKey {
         netns,
         proto: crate::event::Proto::Tcp,
         scope: crate::exhaustion::scope::Scope::Destination(dest),
     };
-    let top = exhaustion.top_holder(&key)?;
+    let top = exhaustion.top_holder(&key, sockets)?;
     Some(Who {
         pid: top.holder.pid,
         comm: top.holder.comm,
@@ -108,6 +113,7 @@ fn key(kind: Kind, netns: u32, finding_dest: Option<super::Destination>, pid: u3
 pub(super) fn churn(
     f: &mut Findings,
     exhaustion: &Exhaustion,
+    sockets: &dyn HeldSockets,
     elapsed_s: Option<f64>,
     now_ns: u64,
     out: &mut Vec<Finding>,
@@ -154,7 +160,7 @@ pub(super) fn churn(
         } else {
             Severity::Warn
         };
-        let who = top_holder(exhaustion, netns, dest);
+        let who = top_holder(exhaustion, sockets, netns, dest);
         out.push(Finding {
             kind: Kind::TimeWaitChurn,
             severity,
@@ -549,7 +555,13 @@ pub(super) fn parity(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: &m
 
 /// Many connects to one destination not answered: SYN_SENT sockets (as the last look counted
 /// them) at least `min_held` of them, kept down to half that.
-pub(super) fn syn_sent(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: &mut Vec<Finding>) {
+pub(super) fn syn_sent(
+    f: &Findings,
+    exhaustion: &Exhaustion,
+    sockets: &dyn HeldSockets,
+    now_ns: u64,
+    out: &mut Vec<Finding>,
+) {
     for (&(netns, dest), &count) in &f.syn_sent {
         let min = min_held(&f.thresholds, exhaustion, netns);
         let active = f.is_active(&key(Kind::SynSentPileup, netns, Some(dest), 0));
@@ -557,7 +569,7 @@ pub(super) fn syn_sent(f: &Findings, exhaustion: &Exhaustion, now_ns: u64, out: 
             continue;
         }
         let counts = f.dests.get(&(netns, dest));
-        let who = top_holder(exhaustion, netns, dest);
+        let who = top_holder(exhaustion, sockets, netns, dest);
         out.push(Finding {
             kind: Kind::SynSentPileup,
             severity: Severity::Warn,

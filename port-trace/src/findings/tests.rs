@@ -38,6 +38,8 @@ struct Bench {
     ex: Exhaustion,
     f: Findings,
     emitted: Vec<Finding>,
+    /// The sockets holding ports, as the tracker would have them.
+    held: Vec<Event>,
 }
 
 impl Bench {
@@ -46,16 +48,24 @@ impl Bench {
             ex: exhaustion(),
             f: Findings::new(Thresholds::default(), None, 0),
             emitted: Vec::new(),
+            held: Vec::new(),
         }
     }
 
     fn feed(&mut self, event: &Event, outcome: Outcome) {
         self.ex.observe(event, outcome);
         self.f.observe(event, outcome);
+        match outcome {
+            Outcome::Allocated => self.held.push(event.clone()),
+            Outcome::Released { .. } | Outcome::Reconciled => {
+                self.held.retain(|held| held.cookie != event.cookie)
+            }
+            _ => {}
+        }
     }
 
     fn tick(&mut self, now_ns: u64) -> Vec<Finding> {
-        let out = self.f.evaluate(&self.ex, now_ns);
+        let out = self.f.evaluate(&self.ex, &self.held, now_ns);
         self.emitted.extend(out.clone());
         out
     }
@@ -341,7 +351,11 @@ fn lint_of(range: &'static str) -> Vec<Kind> {
     ex.hold_existing(&e);
     ex.set_range_for_tests(2, r);
     let mut f = Findings::new(Thresholds::default(), Some(1), 0);
-    let mut kinds: Vec<Kind> = f.evaluate(&ex, S).iter().map(|f| f.kind).collect();
+    let mut kinds: Vec<Kind> = f
+        .evaluate(&ex, &vec![e], S)
+        .iter()
+        .map(|f| f.kind)
+        .collect();
     kinds.sort();
     kinds
 }

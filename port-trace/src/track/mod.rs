@@ -15,6 +15,42 @@ pub mod tracker;
 
 pub use tracker::Tracker;
 
+use crate::event::Event;
+
+/// Every socket holding a port now, as who and where (its allocation, or the release that
+/// parked it in TIME_WAIT) and the port. Walked only to name who holds a scope's ports, for
+/// a warning or a finding: so the occupancy model keeps no per-socket who (it cost two hash
+/// updates per event and ~100 bytes per held socket).
+pub trait HeldSockets {
+    fn for_each_held(&self, f: &mut dyn FnMut(&Event, u16));
+}
+
+/// Events as the sockets they allocated, each with its own port (the stages' tests).
+impl HeldSockets for Vec<Event> {
+    fn for_each_held(&self, f: &mut dyn FnMut(&Event, u16)) {
+        for event in self {
+            f(event, event.port);
+        }
+    }
+}
+
+/// What the pipeline holds: the tracker's open and TIME_WAIT sockets, and the start-up
+/// snapshot's sockets that are still there.
+#[derive(Clone, Copy)]
+pub struct Held<'a> {
+    pub tracker: &'a Tracker,
+    pub snapshot: &'a snapshot::Snapshot,
+}
+
+impl HeldSockets for Held<'_> {
+    fn for_each_held(&self, f: &mut dyn FnMut(&Event, u16)) {
+        self.tracker.for_each_held(f);
+        for event in self.snapshot.events() {
+            f(event, event.port);
+        }
+    }
+}
+
 /// What an event meant once matched against what came before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -261,6 +261,19 @@ impl Tracker {
         open.chain(parked)
     }
 
+    /// Each port tracked as held, with its allocation's who and where (open sockets) or the
+    /// release that parked it (TIME_WAIT). No event is built: a template is lent with the port.
+    pub fn for_each_held(&self, f: &mut dyn FnMut(&Event, u16)) {
+        for open in self.held.values() {
+            if let Some(Some((template, _))) = self.origins.slots.get(open.origin as usize) {
+                f(template, open.port);
+            }
+        }
+        for tw in self.time_wait.values() {
+            f(&tw.release, tw.release.port);
+        }
+    }
+
     /// The namespaces with a port tracked as held.
     pub fn namespaces(&self) -> HashSet<u32> {
         let open = self
