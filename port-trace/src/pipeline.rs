@@ -94,6 +94,8 @@ pub struct View<'a> {
     pub held_time_wait: usize,
     /// Since tracing started.
     pub elapsed_ns: u64,
+    /// Now, in the pipeline's clock (CLOCK_MONOTONIC live, the capture's time in replay).
+    pub now_ns: u64,
     /// Lifetimes released since the last tick, all (None) and per protocol; empty unless
     /// the pipeline keeps intervals.
     pub interval: &'a BTreeMap<Option<Proto>, Histogram<u64>>,
@@ -317,6 +319,7 @@ impl Pipeline {
             held: self.tracker.held(),
             held_time_wait: self.tracker.held_time_wait(),
             elapsed_ns: now_ns.saturating_sub(self.started_ns),
+            now_ns,
             interval,
         }
     }

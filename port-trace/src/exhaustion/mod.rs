@@ -88,14 +88,31 @@ impl Exhaustion {
     /// The process holding the most ports in a scope (walks the scope's held ports: for a
     /// finding once an interval, not per event).
     pub fn top_holder(&self, key: &ScopeKey) -> Option<Top> {
-        let (holder, ports) = self.occupancy.top_holders(key, 1).into_iter().next()?;
-        let (cgroup, workload) = self.workloads.of_pid(holder.pid);
-        Some(Top {
-            holder,
-            ports,
-            cgroup,
-            workload,
-        })
+        self.top_holders(key, 1).into_iter().next()
+    }
+
+    /// The `n` processes holding the most ports in a scope, named (walks the scope's held
+    /// ports: once an interval, not per event).
+    pub fn top_holders(&self, key: &ScopeKey, n: usize) -> Vec<Top> {
+        self.occupancy
+            .top_holders(key, n)
+            .into_iter()
+            .map(|(holder, ports)| {
+                let (cgroup, workload) = self.workloads.of_pid(holder.pid);
+                Top {
+                    holder,
+                    ports,
+                    cgroup,
+                    workload,
+                }
+            })
+            .collect()
+    }
+
+    /// Seconds until a scope is full at the current pace, or None if it is not filling.
+    pub fn forecast_s(&self, key: &ScopeKey, now_ns: u64) -> Option<f64> {
+        self.forecast
+            .seconds_left(key, self.occupancy.usage(key), now_ns)
     }
 
     fn warning(&self, key: &ScopeKey, level: Level, reason: Reason, now_ns: u64) -> Warning {
@@ -106,20 +123,7 @@ impl Exhaustion {
             scope: *key,
             usage,
             forecast_s: self.forecast.seconds_left(key, usage, now_ns),
-            top: self
-                .occupancy
-                .top_holders(key, TOP)
-                .into_iter()
-                .map(|(holder, ports)| {
-                    let (cgroup, workload) = self.workloads.of_pid(holder.pid);
-                    Top {
-                        holder,
-                        ports,
-                        cgroup,
-                        workload,
-                    }
-                })
-                .collect(),
+            top: self.top_holders(key, TOP),
             owner: self.workloads.owner(key.netns),
         }
     }

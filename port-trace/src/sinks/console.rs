@@ -321,6 +321,7 @@ mod tests {
             held: 0,
             held_time_wait: 0,
             elapsed_ns,
+            now_ns: elapsed_ns,
             interval: NO_INTERVAL.get_or_init(Default::default),
         }
     }
