@@ -20,14 +20,16 @@ use crate::{
 
 const CSS: &str = include_str!("page.css");
 
-/// Runs once: times in the reader's zone, and a mark that it ran without an error (the
-/// tests read both from the DOM).
+/// Runs once: times in the reader's zone, and marks that it ran without an error and how
+/// long after navigation (the tests read them from the DOM).
 const SCRIPT: &str = "window.addEventListener('error',function(e){\
 document.documentElement.setAttribute('data-script-error',String(e.message));});\
 document.querySelectorAll('time[datetime]').forEach(function(t){\
 var d=new Date(t.getAttribute('datetime'));\
 if(!isNaN(d.getTime())){t.title=t.textContent;t.textContent=d.toLocaleString();}});\
-document.documentElement.setAttribute('data-script','ran');";
+var r=document.documentElement;\
+r.setAttribute('data-script-ms',String(Math.round(performance.now())));\
+r.setAttribute('data-script','ran');";
 
 /// Timeline charts' size in SVG units (they scale to the page's width).
 const WIDE: (f64, f64) = (720.0, 200.0);
