@@ -19,7 +19,7 @@ use crate::{
     findings::{Finding, Findings, SynSent},
     probes::KernelCounters,
     stats::Stats,
-    track::{Held, Outcome, Tracker, snapshot::Snapshot},
+    track::{Held, HeldSockets, Outcome, Tracker, snapshot::Snapshot},
 };
 
 /// Where the pipeline's output goes: every sink takes the same four calls, and
@@ -94,6 +94,11 @@ pub struct View<'a> {
     pub held_time_wait: usize,
     /// Since tracing started.
     pub elapsed_ns: u64,
+    /// Every socket holding a port now, to name who holds a scope's ports (a walk: once an
+    /// interval, not per event).
+    pub sockets: &'a dyn HeldSockets,
+    /// Now, in the pipeline's clock (CLOCK_MONOTONIC live, the capture's time in replay).
+    pub now_ns: u64,
     /// Lifetimes released since the last tick, all (None) and per protocol; empty unless
     /// the pipeline keeps intervals.
     pub interval: &'a BTreeMap<Option<Proto>, Histogram<u64>>,
@@ -124,6 +129,13 @@ pub struct Config {
     /// port-trace's own process: its sockets found at start-up (the metrics listener, on a
     /// port the kernel chose for `--prometheus :0`) are no service in the range.
     pub own_pid: Option<u32>,
+}
+
+/// The tracker's sockets and the start-up snapshot's, for the sinks' view.
+impl HeldSockets for Pipeline {
+    fn for_each_held(&self, f: &mut dyn FnMut(&Event, u16)) {
+        self.held().for_each_held(f);
+    }
 }
 
 impl Pipeline {
@@ -318,6 +330,7 @@ impl Pipeline {
             tracker: &self.tracker,
             snapshot: &self.snapshot,
         };
+        // Not `self.held()`: `findings` is borrowed mutably beside it.
         let emitted = self.findings.evaluate(&self.exhaustion, &held, now_ns);
         if emitted.is_empty() {
             return Ok(());
@@ -339,6 +352,8 @@ impl Pipeline {
             held: self.tracker.held(),
             held_time_wait: self.tracker.held_time_wait(),
             elapsed_ns: now_ns.saturating_sub(self.started_ns),
+            sockets: self,
+            now_ns,
             interval,
         }
     }

@@ -55,7 +55,10 @@ fn help_teaches_the_exit_codes() {
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("3 not permitted"), "{help}");
     assert!(help.contains("5 the --prometheus address"), "{help}");
-    assert!(help.contains("6 a --report or --hdr-log file"), "{help}");
+    assert!(
+        help.contains("6 a --report, --hdr-log or --html file"),
+        "{help}"
+    );
     assert!(help.contains("--duration <DUR>"), "{help}");
 }
 

@@ -77,7 +77,7 @@ fn unwritable_outputs_exit_6_before_anything_is_attached() {
         "/proc/version",
         "/dev/full",
     ];
-    for flag in ["--report", "--hdr-log"] {
+    for flag in ["--report", "--hdr-log", "--html"] {
         for target in targets {
             let started = Instant::now();
             // Long enough that an error found only at exit could not pass for a fast one.

@@ -217,8 +217,9 @@ fn build() -> Result<()> {
     run(cmd("cargo").args(["build", "--release", "--package", "port-trace"]))
 }
 
-/// What the integration tests run besides port-trace: real peers.
-const TEST_PACKAGES: [&str; 3] = ["iproute2", "util-linux", "prometheus"];
+/// What the integration tests run besides port-trace: real peers (headless Chromium renders
+/// the `--html` page, tidy checks it is valid HTML).
+const TEST_PACKAGES: [&str; 5] = ["iproute2", "util-linux", "prometheus", "chromium", "tidy"];
 
 fn test() -> Result<()> {
     setup::ensure_build_toolchain()?;
@@ -247,14 +248,15 @@ fn test() -> Result<()> {
     // Stopped (if we started it) when the tests are done, passed or not.
     let mut dockerd = None;
     if setup::is_root() {
-        // The exporter's test scrapes with Debian's Prometheus; with it installed, a missing
-        // one is a failure, not a skip. The same for Docker (the container tests) and
-        // kubernetes-validate (the manifests' test).
+        // The exporter's test scrapes with Debian's Prometheus, the page's test renders in
+        // Debian's Chromium; with them installed, a missing one is a failure, not a skip. The
+        // same for Docker (the container tests) and kubernetes-validate (the manifests' test).
         setup::ensure_apt_packages(&[&TEST_PACKAGES[..], &peers::DOCKER_PACKAGES[..]].concat())?;
         let validate = peers::ensure_kubernetes_validate()?;
         dockerd = peers::Dockerd::ensure()?;
         tests
             .env("PORT_TRACE_REQUIRE_PROMETHEUS", "1")
+            .env("PORT_TRACE_REQUIRE_CHROMIUM", "1")
             .env("PORT_TRACE_REQUIRE_DOCKER", "1")
             .env("PORT_TRACE_REQUIRE_KUBE_VALIDATE", "1")
             .env(

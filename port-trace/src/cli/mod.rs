@@ -34,8 +34,8 @@ use crate::{
         (/sys/kernel/btf/vmlinux) and cgroup v2.\n\n\
         Exit codes: 0 done, 1 unexpected failure, 2 bad command line, 3 not permitted \
         (not root), 4 the kernel lacks a feature port-trace needs, 5 the --prometheus address \
-        cannot be served (already in use, or not this host's), 6 a --report or --hdr-log file \
-        cannot be written (a missing directory, a directory, a device, a read-only place).",
+        cannot be served (already in use, or not this host's), 6 a --report, --hdr-log or \
+        --html file cannot be written (a missing directory, a directory, a device, a read-only place).",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -76,6 +76,15 @@ pub struct Cli {
     /// HdrHistogram's own tools to plot. Checked at start and replaced like --report's FILE.
     #[arg(long, value_name = "FILE")]
     pub hdr_log: Option<PathBuf>,
+
+    /// Write a self-contained HTML page to FILE, to look at: the findings, the fullest
+    /// ranges filling over time (with the warn and critical lines and where allocations
+    /// failed), allocation and release rates, lifetime distributions, who holds the ports.
+    /// Rewritten every --interval and at exit (each time whole, renamed into place); it
+    /// fetches nothing, so it opens offline, prints, and can be attached to a ticket.
+    /// Checked at start and replaced like --report's FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics: lifetime histograms by protocol,
     /// kind and process, counters of allocations, releases and failures (by errno),
@@ -225,6 +234,11 @@ pub struct AnalyzeArgs {
     /// Also write the JSON report to FILE, as `--report` does at the end of a trace.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+
+    /// Also write the HTML page to FILE, as `--html` does at the end of a trace: the
+    /// capture's whole span, its ranges filling over time, rates and lifetimes.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 
     /// Print the Prometheus metrics text (as scraped at the end) instead of the summary.
     #[arg(long)]

@@ -33,7 +33,13 @@ use crate::{
     findings::SynSent,
     pipeline::{self, Pipeline, Sink, View},
     probes::{Backend, KernelCounters},
-    sinks::{self, Sinks, console::Console, prometheus::Metrics, report::ReportFile},
+    sinks::{
+        self, Sinks,
+        console::Console,
+        html::{self, HtmlFile},
+        prometheus::Metrics,
+        report::ReportFile,
+    },
     sys::clock::WallClock,
     track::{Outcome, snapshot::Snapshot},
 };
@@ -43,6 +49,11 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Fatal> {
         .report
         .as_deref()
         .map(|path| sinks::prepare_output("--report", path))
+        .transpose()?;
+    let html = args
+        .html
+        .as_deref()
+        .map(|path| sinks::prepare_output("--html", path))
         .transpose()?;
     let name = args.file.display().to_string();
     let input: Box<dyn BufRead> = if args.file == Path::new("-") {
@@ -56,6 +67,22 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Fatal> {
     replay.sinks.report = report.map(|output| ReportFile {
         output: Some(output),
         backend: Backend::Kprobe,
+    });
+    replay.sinks.html = html.map(|output| {
+        HtmlFile::new(
+            output,
+            html::Meta {
+                // Until the capture's `ready` says.
+                host: String::new(),
+                kernel: String::new(),
+                backend: "unknown".to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_epoch_ns: None,
+                thresholds: replay.thresholds,
+                source: format!("capture ({name})"),
+            },
+            false,
+        )
     });
     // Line by line: a capture may be larger than memory.
     for (index, line) in input.lines().enumerate() {
@@ -129,6 +156,7 @@ impl Replay {
                 hdr_log: None,
                 metrics,
                 report: None,
+                html: None,
             },
             backend: Backend::Kprobe,
             interval_ns: u64::try_from(args.interval.as_nanos())
@@ -158,6 +186,10 @@ impl Replay {
             self.next_tick_ns = started_ns.saturating_add(self.interval_ns);
             self.first_ns = started_ns;
             self.last_ns = started_ns;
+            // Replay's clock is the capture's: Unix-epoch ns.
+            if let Some(html) = self.sinks.html.as_mut() {
+                html.meta.started_epoch_ns = Some(started_ns);
+            }
         }
         self.pipeline.get_or_insert_with(|| {
             let read = move |netns: u32| {
@@ -188,7 +220,14 @@ impl Replay {
                 backend,
                 ts_ns,
                 pid,
+                host,
+                kernel,
             } => {
+                if let Some(html) = self.sinks.html.as_mut() {
+                    html.meta.backend.clone_from(&backend);
+                    html.meta.host = host.unwrap_or_default();
+                    html.meta.kernel = kernel.unwrap_or_default();
+                }
                 self.live_started_ns = ts_ns;
                 self.live_pid = pid;
                 self.backend = match backend.as_str() {
@@ -382,8 +421,12 @@ impl Sink for NoSummary<'_> {
         self.0.findings(findings)
     }
 
-    fn tick(&mut self, _view: &View<'_>) -> anyhow::Result<()> {
-        Ok(())
+    /// The page takes its sample of the interval (and writes only at the finish).
+    fn tick(&mut self, view: &View<'_>) -> anyhow::Result<()> {
+        match self.0.html.as_mut() {
+            Some(html) => html.tick(view),
+            None => Ok(()),
+        }
     }
 }
 
@@ -395,6 +438,7 @@ mod tests {
         let args = AnalyzeArgs {
             file: "-".into(),
             report: None,
+            html: None,
             metrics: false,
             warn_at: 80.0,
             critical_at: 95.0,

@@ -26,6 +26,7 @@ use crate::{
         console::Console,
         events::ReadyRecord,
         hdr_log::HdrLog,
+        html::{self, HtmlFile},
         metrics_server,
         prometheus::Metrics,
         report::ReportFile,
@@ -33,7 +34,7 @@ use crate::{
     },
     sys::{
         clock::{WallClock, monotonic_ns},
-        netns, sock_diag,
+        netns, procfs, sock_diag,
     },
     track::{
         reconcile::{self, Matching, Reconciler},
@@ -99,6 +100,11 @@ impl Trace {
             .as_deref()
             .map(|path| sinks::prepare_output("--hdr-log", path))
             .transpose()?;
+        let html = cli
+            .html
+            .as_deref()
+            .map(|path| sinks::prepare_output("--html", path))
+            .transpose()?;
         let filter = cli.filter();
         let mut probes = Probes::attach(&ProbeConfig {
             backend: cli.backend,
@@ -134,6 +140,10 @@ impl Trace {
         unsafe {
             libc::malloc_trim(0);
         }
+        let thresholds = Thresholds {
+            warn: cli.warn_at / 100.0,
+            critical: cli.critical_at / 100.0,
+        };
         let (console, stdout_ended) =
             Console::stdout(cli.events, cli.quiet, clock).context("starting the stdout writer")?;
         let sinks = Sinks {
@@ -150,10 +160,21 @@ impl Trace {
                 output: Some(output),
                 backend: probes.backend,
             }),
-        };
-        let thresholds = Thresholds {
-            warn: cli.warn_at / 100.0,
-            critical: cli.critical_at / 100.0,
+            html: html.map(|output| {
+                HtmlFile::new(
+                    output,
+                    html::Meta {
+                        host: procfs::hostname(),
+                        kernel: procfs::kernel_release(),
+                        backend: probes.backend.as_str().to_string(),
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        started_epoch_ns: Some(clock.to_epoch_ns(started_ns)),
+                        thresholds,
+                        source: "live trace".to_string(),
+                    },
+                    true,
+                )
+            }),
         };
         let pipeline = Pipeline::new(
             pipeline::Config {
@@ -195,6 +216,8 @@ impl Trace {
             backend: self.probes.backend,
             programs: &self.probes.programs,
             version: env!("CARGO_PKG_VERSION"),
+            host: &procfs::hostname(),
+            kernel: &procfs::kernel_release(),
             prometheus,
         })?;
         self.pipeline.begin(monotonic_ns(), &mut self.sinks)?;

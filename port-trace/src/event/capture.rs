@@ -151,6 +151,9 @@ pub enum Record {
         /// When the live trace started and its pid (absent in captures of older versions).
         ts_ns: Option<u64>,
         pid: Option<u32>,
+        /// The host's name and kernel release (absent in captures of older versions).
+        host: Option<String>,
+        kernel: Option<String>,
     },
     /// `alloc`, `release`, `fail`: the event as the pipeline takes it (times in epoch ns),
     /// with the line's lifetime fields.
@@ -264,6 +267,14 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
                 .get("pid")
                 .and_then(serde_json::Value::as_u64)
                 .and_then(|pid| u32::try_from(pid).ok()),
+            host: value
+                .get("host")
+                .and_then(|h| h.as_str())
+                .map(str::to_string),
+            kernel: value
+                .get("kernel")
+                .and_then(|k| k.as_str())
+                .map(str::to_string),
         }),
         "end" => Ok(Record::End {
             elapsed_ns: value
@@ -403,6 +414,8 @@ mod tests {
                 backend: "kprobe".into(),
                 ts_ns: None,
                 pid: None,
+                host: None,
+                kernel: None,
             }
         );
         assert_eq!(

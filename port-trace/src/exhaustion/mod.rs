@@ -88,22 +88,31 @@ impl Exhaustion {
     /// The process holding the most ports in a scope (walks the held sockets: for a finding
     /// once an interval, not per event).
     pub fn top_holder(&self, key: &ScopeKey, held: &dyn HeldSockets) -> Option<Top> {
-        let (holder, ports) = self
-            .occupancy
-            .top_holders(key, 1, held)
-            .into_iter()
-            .next()?;
-        Some(self.top(holder, ports))
+        self.top_holders(key, 1, held).into_iter().next()
     }
 
-    fn top(&self, holder: Holder, ports: u32) -> Top {
-        let (cgroup, workload) = self.workloads.of_pid(holder.pid);
-        Top {
-            holder,
-            ports,
-            cgroup,
-            workload,
-        }
+    /// The `n` processes holding the most ports in a scope, named (walks the held sockets:
+    /// once an interval, or for a warning; not per event).
+    pub fn top_holders(&self, key: &ScopeKey, n: usize, held: &dyn HeldSockets) -> Vec<Top> {
+        self.occupancy
+            .top_holders(key, n, held)
+            .into_iter()
+            .map(|(holder, ports)| {
+                let (cgroup, workload) = self.workloads.of_pid(holder.pid);
+                Top {
+                    holder,
+                    ports,
+                    cgroup,
+                    workload,
+                }
+            })
+            .collect()
+    }
+
+    /// Seconds until a scope is full at the current pace, or None if it is not filling.
+    pub fn forecast_s(&self, key: &ScopeKey, now_ns: u64) -> Option<f64> {
+        self.forecast
+            .seconds_left(key, self.occupancy.usage(key), now_ns)
     }
 
     /// Names who holds the most ports in each warning's scope. A step of its own, after
@@ -111,12 +120,7 @@ impl Exhaustion {
     /// a warning.
     pub fn name_holders(&self, warnings: &mut [Warning], held: &dyn HeldSockets) {
         for warning in warnings {
-            warning.top = self
-                .occupancy
-                .top_holders(&warning.scope, TOP, held)
-                .into_iter()
-                .map(|(holder, ports)| self.top(holder, ports))
-                .collect();
+            warning.top = self.top_holders(&warning.scope, TOP, held);
         }
     }
 

@@ -313,6 +313,7 @@ mod tests {
         static NO_INTERVAL: std::sync::OnceLock<
             std::collections::BTreeMap<Option<crate::event::Proto>, hdrhistogram::Histogram<u64>>,
         > = std::sync::OnceLock::new();
+        static NO_SOCKETS: Vec<crate::event::Event> = Vec::new();
         View {
             stats,
             exhaustion,
@@ -321,6 +322,8 @@ mod tests {
             held: 0,
             held_time_wait: 0,
             elapsed_ns,
+            sockets: &NO_SOCKETS,
+            now_ns: elapsed_ns,
             interval: NO_INTERVAL.get_or_init(Default::default),
         }
     }

@@ -572,6 +572,9 @@ pub struct ReadyRecord<'a> {
     pub backend: Backend,
     pub programs: &'a [String],
     pub version: &'static str,
+    /// The host's name and kernel release, for whoever reads the capture elsewhere.
+    pub host: &'a str,
+    pub kernel: &'a str,
     /// Where Prometheus metrics are served (`--prometheus`), with the port really bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<std::net::SocketAddr>,

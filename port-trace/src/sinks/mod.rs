@@ -5,12 +5,14 @@
 //! - `console`: event lines (`events`: JSON or text records), warnings, the `summary`;
 //!   stdout through `stdout`'s queue and writer thread.
 //! - `report`: the JSON report on exit.
+//! - `html`: a self-contained HTML page, every interval and on exit.
 //! - `hdr_log`: HdrHistogram interval logs.
 //! - `prometheus`: metrics, served over HTTP by `metrics_server`.
 
 pub mod console;
 pub mod events;
 pub mod hdr_log;
+pub mod html;
 pub mod metrics_server;
 pub mod prometheus;
 pub mod report;
@@ -40,6 +42,7 @@ pub struct Sinks<W: Write> {
     pub hdr_log: Option<hdr_log::HdrLog>,
     pub metrics: Option<prometheus::Metrics>,
     pub report: Option<report::ReportFile>,
+    pub html: Option<html::HtmlFile>,
 }
 
 impl<W: console::Output> Sink for Sinks<W> {
@@ -47,10 +50,16 @@ impl<W: console::Output> Sink for Sinks<W> {
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.event(event, outcome)?;
         }
+        if let Some(html) = self.html.as_mut() {
+            html.event(event, outcome)?;
+        }
         self.console.event(event, outcome)
     }
 
     fn warnings(&mut self, warnings: &[Warning]) -> io::Result<()> {
+        if let Some(html) = self.html.as_mut() {
+            html.warnings(warnings)?;
+        }
         self.console.warnings(warnings)
     }
 
@@ -83,6 +92,9 @@ impl<W: console::Output> Sink for Sinks<W> {
         if let Some(log) = self.hdr_log.as_mut() {
             log.tick(view)?;
         }
+        if let Some(html) = self.html.as_mut() {
+            html.tick(view)?;
+        }
         self.console.tick(view)
     }
 
@@ -94,6 +106,7 @@ impl<W: console::Output> Sink for Sinks<W> {
             self.report
                 .as_mut()
                 .map_or(Ok(()), |report| report.finish(view)),
+            self.html.as_mut().map_or(Ok(()), |html| html.finish(view)),
             self.console.finish(view),
         ])
     }
@@ -112,7 +125,7 @@ fn first_error(results: impl IntoIterator<Item = anyhow::Result<()>>) -> anyhow:
     first
 }
 
-/// `--report` or `--hdr-log` (`flag`) checked and its temporary file created, before
+/// `--report`, `--hdr-log` or `--html` (`flag`) checked and its temporary file created, before
 /// anything is attached: an output that cannot be written is the operator's to fix first.
 pub fn prepare_output(flag: &str, path: &Path) -> Result<OutputFile, Fatal> {
     OutputFile::prepare(path)

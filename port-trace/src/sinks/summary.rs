@@ -33,7 +33,7 @@ fn bar(usage: &Usage) -> String {
 }
 
 /// `tcp netns 4026532181 (pod shop/api) to 10.0.0.5:443`.
-fn scope_name(key: &ScopeKey, owner: Option<&Workload>) -> String {
+pub fn scope_name(key: &ScopeKey, owner: Option<&Workload>) -> String {
     let owner = owner.map(|o| format!(" ({o})")).unwrap_or_default();
     match key.destination() {
         None => format!("{} netns {}{owner}", key.proto, key.netns),

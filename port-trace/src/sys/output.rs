@@ -138,6 +138,33 @@ impl OutputFile {
         Ok(file)
     }
 
+    /// Replaces the target's content with `bytes`, whole, as often as called (an output
+    /// rewritten every interval): each time a new temporary file beside it, renamed into
+    /// place, so a reader sees the old page or the new one, never half of one. `durable`
+    /// syncs it first (the last write); between intervals the rename alone is enough.
+    pub fn replace(&mut self, bytes: &[u8], durable: bool) -> Result<(), OutputError> {
+        if self.file.is_none() {
+            let (temp, file) =
+                create_temp(&self.dir, &self.name).map_err(|source| OutputError::Create {
+                    path: self.target.clone(),
+                    dir: split(&self.target).map(|(dir, _)| dir).unwrap_or_default(),
+                    source,
+                })?;
+            self.temp = Some(temp);
+            self.file = Some(file);
+        }
+        self.write_all(bytes)?;
+        // Closed here either way: the next call makes a new one.
+        let file = self.file.take();
+        if durable && let Some(file) = file {
+            file.sync_all().map_err(|source| OutputError::Write {
+                path: self.target.clone(),
+                source,
+            })?;
+        }
+        self.rename()
+    }
+
     fn rename(&mut self) -> Result<(), OutputError> {
         let Some(temp) = self.temp.as_ref() else {
             return Ok(());
@@ -418,6 +445,34 @@ mod tests {
             "line 1\nline 2\n"
         );
         assert_eq!(dir.names(), ["log"]);
+    }
+
+    #[test]
+    fn replace_rewrites_the_whole_file_each_time_and_leaves_no_temporary_file() {
+        let dir = Dir::new("replace");
+        let target = dir.0.join("page.html");
+        let victim = dir.0.join("victim");
+        std::fs::write(&victim, "precious").expect("victim");
+        symlink(&victim, &target).expect("symlink");
+        let mut out = OutputFile::prepare(&target).expect("prepared");
+        out.replace(b"first, longer", false).expect("replaced");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("page"),
+            "first, longer"
+        );
+        let inode = std::fs::metadata(&target).expect("there").ino();
+        out.replace(b"second", true).expect("replaced");
+        assert_eq!(std::fs::read_to_string(&target).expect("page"), "second");
+        assert_ne!(
+            std::fs::metadata(&target).expect("there").ino(),
+            inode,
+            "a new file each time: a reader of the old one keeps it whole"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "precious"
+        );
+        assert_eq!(dir.names(), ["page.html", "victim"]);
     }
 
     #[test]

@@ -76,6 +76,13 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+/// This host's name (`uname -n`, of port-trace's UTS namespace), or empty if unreadable.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
