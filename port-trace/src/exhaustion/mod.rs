@@ -25,7 +25,7 @@ use self::{
     level::{Level, Levels, Thresholds},
     occupancy::Occupancy,
     range::PortRange,
-    scope::{Holder, ScopeKey, Usage},
+    scope::{ScopeKey, Usage},
     warning::{Reason, Top, Warning},
     workloads::Workloads,
 };
