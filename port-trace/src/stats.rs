@@ -210,17 +210,56 @@ pub struct Totals {
     pub reconciled: u64,
 }
 
+/// One protocol, kind and process: its lifetimes, and its allocations, released or not.
+#[derive(Debug, Clone, Default)]
+struct Cell {
+    lifetimes: Lifetimes,
+    allocs: u64,
+}
+
+/// The per protocol, per kind and per process groups, merged from the cells.
+#[derive(Debug, Default)]
+struct Groups {
+    by_proto: BTreeMap<Proto, Lifetimes>,
+    by_kind: BTreeMap<AllocKind, Lifetimes>,
+    by_process: BTreeMap<Comm, Lifetimes>,
+    allocs_by_process: BTreeMap<Comm, u64>,
+}
+
+impl Groups {
+    fn merge(cells: &HashMap<(Proto, AllocKind, Comm), Cell>) -> Self {
+        let mut groups = Groups::default();
+        for ((proto, kind, comm), cell) in cells {
+            if cell.allocs > 0 {
+                *groups.allocs_by_process.entry(*comm).or_default() += cell.allocs;
+            }
+            if cell.lifetimes.count == 0 {
+                continue;
+            }
+            for group in [
+                groups.by_proto.entry(*proto).or_default(),
+                groups.by_kind.entry(*kind).or_default(),
+                groups.by_process.entry(*comm).or_default(),
+            ] {
+                group.merge(&cell.lifetimes);
+            }
+        }
+        groups
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub totals: Totals,
     pub lost: LostCounts,
     /// Failed runs of the attached programs (see `ProbeErrors`).
     pub probe_errors: ProbeErrors,
-    pub by_proto: BTreeMap<Proto, Lifetimes>,
-    pub by_kind: BTreeMap<AllocKind, Lifetimes>,
-    pub by_process: BTreeMap<Comm, Lifetimes>,
-    /// Allocations per process, released or not.
-    pub allocs_by_process: BTreeMap<Comm, u64>,
+    /// Lifetimes and allocations at the finest grain the groups need: one protocol, kind and
+    /// process. A release records one histogram here; per protocol, per kind and per process
+    /// are merged from these when read (`by_proto` etc.), not recorded three times more.
+    cells: HashMap<(Proto, AllocKind, Comm), Cell>,
+    /// The groups as last merged from `cells`; emptied by every change to them.
+    groups: std::cell::OnceCell<Groups>,
     /// Failed allocations per process.
     pub fails_by_process: BTreeMap<Comm, u64>,
     /// Failed allocations by errno name.
@@ -253,22 +292,11 @@ impl Stats {
         match outcome {
             Outcome::Allocated => {
                 self.totals.alloc += 1;
-                *self.allocs_by_process.entry(event.comm).or_default() += 1;
+                self.cell(event).allocs += 1;
             }
             Outcome::Released { lifetime_ns, .. } => {
                 self.totals.release += 1;
-                self.by_proto
-                    .entry(event.proto)
-                    .or_default()
-                    .record(lifetime_ns);
-                self.by_kind
-                    .entry(event.kind)
-                    .or_default()
-                    .record(lifetime_ns);
-                self.by_process
-                    .entry(event.comm)
-                    .or_default()
-                    .record(lifetime_ns);
+                self.cell(event).lifetimes.record(lifetime_ns);
                 for group in [None, Some(event.proto)]
                     .into_iter()
                     .filter(|_| self.keep_intervals)
@@ -295,6 +323,38 @@ impl Stats {
             // The same port, still held: the findings stage counts these.
             Outcome::BoundConnected => {}
         }
+    }
+
+    /// The event's cell; the groups merged from the cells are stale from now on.
+    fn cell(&mut self, event: &Event) -> &mut Cell {
+        self.groups.take();
+        self.cells
+            .entry((event.proto, event.kind, event.comm))
+            .or_default()
+    }
+
+    fn groups(&self) -> &Groups {
+        self.groups.get_or_init(|| Groups::merge(&self.cells))
+    }
+
+    /// Lifetimes per protocol.
+    pub fn by_proto(&self) -> &BTreeMap<Proto, Lifetimes> {
+        &self.groups().by_proto
+    }
+
+    /// Lifetimes per kind of allocation.
+    pub fn by_kind(&self) -> &BTreeMap<AllocKind, Lifetimes> {
+        &self.groups().by_kind
+    }
+
+    /// Lifetimes per process.
+    pub fn by_process(&self) -> &BTreeMap<Comm, Lifetimes> {
+        &self.groups().by_process
+    }
+
+    /// Allocations per process, released or not.
+    pub fn allocs_by_process(&self) -> &BTreeMap<Comm, u64> {
+        &self.groups().allocs_by_process
     }
 
     /// Counts the event against its workload.
@@ -395,7 +455,7 @@ impl Stats {
     /// rather than recorded once more per event.
     pub fn all(&self) -> Lifetimes {
         let mut all = Lifetimes::default();
-        for lifetimes in self.by_proto.values() {
+        for lifetimes in self.by_proto().values() {
             all.merge(lifetimes);
         }
         all
@@ -508,7 +568,7 @@ pub mod tests {
             (all.count, all.min, all.max, all.mean),
             (2, 1_000, 9_000, 5_000)
         );
-        assert_eq!(stats.by_proto[&Proto::Udp].summary().count, 1);
+        assert_eq!(stats.by_proto()[&Proto::Udp].summary().count, 1);
     }
 
     #[test]
@@ -598,9 +658,27 @@ pub mod tests {
         assert_eq!(stats.totals.alloc, 1);
         assert_eq!(stats.totals.release, 2);
         assert_eq!(stats.totals.unmatched_release, 1);
-        assert_eq!(stats.by_proto[&Proto::Tcp].summary().count, 1);
-        assert_eq!(stats.by_kind[&AllocKind::Connect].summary().count, 1);
-        assert_eq!(stats.by_process[&Comm::from("curl")].summary().max, 10);
+        assert_eq!(stats.by_proto()[&Proto::Tcp].summary().count, 1);
+        assert_eq!(stats.by_kind()[&AllocKind::Connect].summary().count, 1);
+        assert_eq!(stats.by_process()[&Comm::from("curl")].summary().max, 10);
+        // The groups are merged from the cells when read, and follow what comes after.
+        let mut udp = event.clone();
+        udp.proto = Proto::Udp;
+        udp.kind = AllocKind::Sendmsg;
+        stats.record(&udp, Outcome::Allocated);
+        stats.record(
+            &udp,
+            Outcome::Released {
+                lifetime_ns: 30,
+                time_wait_ns: None,
+            },
+        );
+        assert_eq!(stats.by_proto()[&Proto::Udp].summary().count, 1);
+        assert_eq!(stats.by_kind()[&AllocKind::Sendmsg].summary().max, 30);
+        let curl = &stats.by_process()[&Comm::from("curl")];
+        assert_eq!((curl.summary().count, curl.summary().max), (2, 30));
+        assert_eq!(stats.allocs_by_process()[&Comm::from("curl")], 2);
+        assert_eq!(stats.all().summary().count, 2);
         stats.set_lost(LostCounts {
             ring_buffer_full: 2,
             socket_table_full: 3,

@@ -173,7 +173,7 @@ impl Report {
             },
             findings: Vec::new(),
             fail_by_error: stats.fails_by_error.clone(),
-            alloc_by_process: stats.allocs_by_process.clone(),
+            alloc_by_process: stats.allocs_by_process().clone(),
             scopes: Vec::new(),
             workloads: stats
                 .top_workloads(REPORT_WORKLOADS)
@@ -196,11 +196,11 @@ impl Report {
                 .collect(),
             lifetime_ns: LifetimeGroups {
                 all: stats.all().summary(),
-                by_proto: group(&stats.by_proto),
-                by_kind: group(&stats.by_kind),
+                by_proto: group(stats.by_proto()),
+                by_kind: group(stats.by_kind()),
                 // Exact names (not `Display`'s terminal escapes): JSON escapes for itself.
                 by_process: stats
-                    .by_process
+                    .by_process()
                     .iter()
                     .map(|(comm, v)| (comm.as_str().to_string(), v.summary()))
                     .collect(),

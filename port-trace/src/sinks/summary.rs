@@ -199,10 +199,10 @@ pub fn render(
         "lifetime", "released", "p50", "p90", "p99", "p99.9", "max"
     );
     row(&mut out, "all", &all.summary());
-    for (proto, lifetimes) in &stats.by_proto {
+    for (proto, lifetimes) in stats.by_proto() {
         row(&mut out, &proto.to_string(), &lifetimes.summary());
     }
-    for (kind, lifetimes) in &stats.by_kind {
+    for (kind, lifetimes) in stats.by_kind() {
         row(&mut out, &kind.to_string(), &lifetimes.summary());
     }
     distribution(&mut out, &all);
@@ -262,12 +262,12 @@ fn distribution(out: &mut String, lifetimes: &Lifetimes) {
 
 fn top_processes(out: &mut String, stats: &Stats) {
     let mut processes: Vec<(Comm, u64)> = stats
-        .allocs_by_process
+        .allocs_by_process()
         .iter()
         .map(|(c, n)| (*c, *n))
         .collect();
     for comm in stats.fails_by_process.keys() {
-        if !stats.allocs_by_process.contains_key(comm) {
+        if !stats.allocs_by_process().contains_key(comm) {
             processes.push((*comm, 0));
         }
     }
@@ -287,7 +287,7 @@ fn top_processes(out: &mut String, stats: &Stats) {
     );
     for (comm, allocated) in processes.into_iter().take(TOP_PROCESSES) {
         let s = stats
-            .by_process
+            .by_process()
             .get(&comm)
             .map(Lifetimes::summary)
             .unwrap_or_else(|| Lifetimes::default().summary());

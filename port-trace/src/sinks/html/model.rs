@@ -233,7 +233,7 @@ impl Page {
         }
         overall.time_wait = Some(time_wait);
         let mut lifetimes = vec![overall];
-        let mut processes: Vec<_> = stats.by_process.iter().collect();
+        let mut processes: Vec<_> = stats.by_process().iter().collect();
         processes.sort_by_key(|(comm, l)| (std::cmp::Reverse(l.summary().count), **comm));
         lifetimes.extend(
             processes
