@@ -1,13 +1,16 @@
 //! The forecast: how long until a scope is full at the pace its ports are taken and kept.
+//! Each scope's `Pace` lives beside its held ports in the occupancy model, so an event
+//! updates both with one look-up.
 
-// foldhash, not SipHash: touched for every allocation. Keys come from the kernel.
-use foldhash::HashMap;
-
-use super::scope::{ScopeKey, Usage};
+use super::scope::Usage;
 
 /// How fast a scope's ports are taken and how long they are kept, for the forecast.
+///
+/// Little's law per scope: in steady state, ports in use = allocation rate x mean hold. With
+/// `used` ports held now, ports leave at about `used / hold` a second and arrive at `rate`;
+/// when arrivals win, the range runs out in `(capacity - used) / (rate - used / hold)` s.
 #[derive(Debug, Default, Clone, Copy)]
-struct Pace {
+pub struct Pace {
     /// Allocations per second, exponentially decayed with `RATE_WINDOW_S`.
     rate: f64,
     last_ns: u64,
@@ -28,44 +31,25 @@ impl Pace {
         let dt = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
         self.rate * (-dt / RATE_WINDOW_S).exp()
     }
-}
 
-/// Little's law per scope: in steady state, ports in use = allocation rate x mean hold. With
-/// `used` ports held now, ports leave at about `used / hold` a second and arrive at `rate`;
-/// when arrivals win, the range runs out in `(capacity - used) / (rate - used / hold)` s.
-#[derive(Debug, Default)]
-pub struct Forecast {
-    pace: HashMap<ScopeKey, Pace>,
-}
-
-impl Forecast {
-    /// Forgets every scope of namespace `netns` (gone).
-    pub fn forget(&mut self, netns: u32) {
-        self.pace.retain(|key, _| key.netns != netns);
-    }
-
-    pub fn allocated(&mut self, key: ScopeKey, now_ns: u64) {
-        let pace = self.pace.entry(key).or_default();
-        if now_ns.saturating_sub(pace.last_ns) >= DECAY_STEP_NS {
-            pace.rate = pace.rate_at(now_ns);
-            pace.last_ns = now_ns;
+    pub fn allocated(&mut self, now_ns: u64) {
+        if now_ns.saturating_sub(self.last_ns) >= DECAY_STEP_NS {
+            self.rate = self.rate_at(now_ns);
+            self.last_ns = now_ns;
         }
-        pace.rate += 1.0 / RATE_WINDOW_S;
+        self.rate += 1.0 / RATE_WINDOW_S;
     }
 
-    pub fn released(&mut self, key: ScopeKey, lifetime_ns: u64) {
-        let pace = self.pace.entry(key).or_default();
-        pace.hold_sum_ns += lifetime_ns as f64;
-        pace.holds += 1;
+    pub fn released(&mut self, lifetime_ns: u64) {
+        self.hold_sum_ns += lifetime_ns as f64;
+        self.holds += 1;
     }
 
-    /// Seconds until the scope is full at the current pace, or None if it is not filling.
-    pub fn seconds_left(&self, key: &ScopeKey, usage: Usage, now_ns: u64) -> Option<f64> {
-        let pace = self.pace.get(key)?;
-        let arrivals = pace.rate_at(now_ns);
-        // Without a release seen yet, nothing is known to leave.
-        let departures = if pace.holds > 0 {
-            let mean_hold_s = pace.hold_sum_ns / pace.holds as f64 / 1e9;
+    /// Seconds until the scope is full at this pace; None when it is not filling.
+    pub fn seconds_left(&self, usage: Usage, now_ns: u64) -> Option<f64> {
+        let arrivals = self.rate_at(now_ns);
+        let departures = if self.holds > 0 {
+            let mean_hold_s = self.hold_sum_ns / self.holds as f64 / 1e9;
             f64::from(usage.used) / mean_hold_s.max(1e-9)
         } else {
             0.0
@@ -79,55 +63,53 @@ impl Forecast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exhaustion::scope::fixtures::{key, usage};
+    use crate::exhaustion::scope::fixtures::usage;
 
     #[test]
     fn forecast_follows_littles_law() {
-        let mut f = Forecast::default();
+        let mut f = Pace::default();
         let s = 1_000_000_000u64;
         // 10 allocations a second for a while: the decayed rate approaches 10/s.
         for i in 0..600u64 {
-            f.allocated(key(), i * s / 10);
+            f.allocated(i * s / 10);
         }
         let now = 600 * s / 10;
         // No release seen: 50 ports of room at ~10/s is about 5 s.
-        let left = f.seconds_left(&key(), usage(50), now).expect("filling");
+        let left = f.seconds_left(usage(50), now).expect("filling");
         assert!((4.5..5.6).contains(&left), "{left}");
         // Ports held 2 s on average: 20 in use is the steady state (10/s x 2 s), so with 20
         // held the range is not filling; with 10 held it is, slowly.
-        f.released(key(), 2 * s);
-        assert_eq!(f.seconds_left(&key(), usage(20), now), None);
-        let slow = f.seconds_left(&key(), usage(10), now).expect("filling");
+        f.released(2 * s);
+        assert_eq!(f.seconds_left(usage(20), now), None);
+        let slow = f.seconds_left(usage(10), now).expect("filling");
         assert!(slow > left, "{slow} vs {left}");
         // Long after the last allocation the rate has faded away.
-        assert_eq!(f.seconds_left(&key(), usage(10), now + 600 * s), None);
-        assert_eq!(
-            f.seconds_left(&ScopeKey { netns: 2, ..key() }, usage(1), now),
-            None
-        );
+        assert_eq!(f.seconds_left(usage(10), now + 600 * s), None);
+        // A scope nothing was allocated in is not filling.
+        assert_eq!(Pace::default().seconds_left(usage(1), now), None);
     }
 
     #[test]
     fn the_rate_steps_its_decay_without_losing_it() {
         // 100k allocations a second for a second, 10 us apart: the rate, decayed in 1 ms
         // steps, matches the exact sum of each allocation's decayed weight.
-        let mut f = Forecast::default();
+        let mut f = Pace::default();
         let step = 10_000u64;
         let n = 100_000u64;
         for i in 0..n {
-            f.allocated(key(), 1 + i * step);
+            f.allocated(1 + i * step);
         }
         let now = 1 + n * step;
         let exact: f64 = (0..n)
             .map(|i| (-((now - 1 - i * step) as f64 / 1e9) / RATE_WINDOW_S).exp() / RATE_WINDOW_S)
             .sum();
-        let rate = f.pace[&key()].rate_at(now);
+        let rate = f.rate_at(now);
         assert!((rate / exact - 1.0).abs() < 1e-3, "{rate} vs {exact}");
         // And a burst inside one step counts every allocation.
-        let mut burst = Forecast::default();
+        let mut burst = Pace::default();
         for _ in 0..50 {
-            burst.allocated(key(), 5);
+            burst.allocated(5);
         }
-        assert!((burst.pace[&key()].rate_at(5) - 5.0).abs() < 1e-6);
+        assert!((burst.rate_at(5) - 5.0).abs() < 1e-6);
     }
 }

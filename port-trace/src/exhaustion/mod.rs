@@ -21,7 +21,6 @@ pub mod workloads;
 use std::sync::Arc;
 
 use self::{
-    forecast::Forecast,
     level::{Level, Levels, Thresholds},
     occupancy::Occupancy,
     range::PortRange,
@@ -40,7 +39,6 @@ const TOP: usize = 5;
 pub struct Exhaustion {
     occupancy: Occupancy,
     levels: Levels,
-    forecast: Forecast,
     workloads: Workloads,
     /// Where a namespace's range comes from: the running system, a capture's (replay), or
     /// a fixed one in tests.
@@ -66,7 +64,6 @@ impl Exhaustion {
         Self {
             occupancy: Occupancy::default(),
             levels: Levels::new(thresholds),
-            forecast: Forecast::default(),
             workloads: Workloads::default(),
             read_range: Box::new(read_range),
             new_ranges: Vec::new(),
@@ -111,8 +108,11 @@ impl Exhaustion {
 
     /// Seconds until a scope is full at the current pace, or None if it is not filling.
     pub fn forecast_s(&self, key: &ScopeKey, now_ns: u64) -> Option<f64> {
-        self.forecast
-            .seconds_left(key, self.occupancy.usage(key), now_ns)
+        self.seconds_left(key, self.occupancy.usage(key), now_ns)
+    }
+
+    fn seconds_left(&self, key: &ScopeKey, usage: Usage, now_ns: u64) -> Option<f64> {
+        self.occupancy.pace(key)?.seconds_left(usage, now_ns)
     }
 
     /// Names who holds the most ports in each warning's scope. A step of its own, after
@@ -132,7 +132,7 @@ impl Exhaustion {
             reason,
             scope: *key,
             usage,
-            forecast_s: self.forecast.seconds_left(key, usage, now_ns),
+            forecast_s: self.seconds_left(key, usage, now_ns),
             top: Vec::new(),
             owner: self.workloads.owner(key.netns),
         }
@@ -215,7 +215,7 @@ impl Exhaustion {
 
     /// A socket from the snapshot is gone.
     pub fn free_existing(&mut self, event: &Event) {
-        self.occupancy.free(event);
+        self.occupancy.free(event, None);
     }
 
     /// Takes one matched event; returns the warnings it raises.
@@ -225,25 +225,23 @@ impl Exhaustion {
             Outcome::Allocated => {
                 self.know(event.netns);
                 self.workloads.learn(event);
-                let usages = self.occupancy.hold(event);
+                let usages = self.occupancy.allocate(event);
                 for (key, usage) in Occupancy::scopes_of(event).zip(usages) {
-                    self.forecast.allocated(key, event.ts_ns);
                     if let Some(level) = self.levels.update(key, usage) {
                         raised.push(self.warning(&key, level, Reason::Threshold, event.ts_ns));
                     }
                 }
             }
             Outcome::Released { lifetime_ns, .. } => {
-                let usages = self.occupancy.free(event);
+                let usages = self.occupancy.free(event, Some(lifetime_ns));
                 for (key, usage) in Occupancy::scopes_of(event).zip(usages) {
-                    self.forecast.released(key, lifetime_ns);
                     self.levels.update(key, usage);
                 }
             }
             // Free, found by reconciliation: how long it was held is not known, so the
             // forecast learns nothing from it.
             Outcome::Reconciled => {
-                let usages = self.occupancy.free(event);
+                let usages = self.occupancy.free(event, None);
                 for (key, usage) in Occupancy::scopes_of(event).zip(usages) {
                     self.levels.update(key, usage);
                 }
@@ -279,7 +277,6 @@ impl Exhaustion {
                 // brings it back and its range is read again.
                 None if self.occupancy.forget_if_empty(netns) => {
                     self.levels.forget(netns);
-                    self.forecast.forget(netns);
                     self.workloads.forget(netns);
                 }
                 None => {}

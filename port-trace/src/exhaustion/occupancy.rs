@@ -15,9 +15,10 @@
 // foldhash, not SipHash: these maps are touched for every event, and SipHash was a
 // third of the daemon's time. Keys come from the kernel, not from the network.
 use foldhash::HashMap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, hash_map::Entry};
 
 use super::{
+    forecast::Pace,
     range::PortRange,
     scope::{Destination, Holder, Scope, ScopeKey, Usage},
 };
@@ -96,36 +97,64 @@ fn decrement<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u32>, key: &K) -> boo
     false
 }
 
+/// One destination's ports and the pace they are taken at, under one key: an event
+/// updates both with one look-up.
+#[derive(Debug, Default)]
+struct DestinationScope {
+    held: Held,
+    pace: Pace,
+}
+
 #[derive(Debug, Default)]
 struct ProtoSpace {
     exclusive: Held,
     /// Every connect()ed port, whatever the destination.
     connected: Held,
-    by_destination: HashMap<Destination, Held>,
-    /// A destination's `Held` emptied by its last release, kept for the next destination:
-    /// connect + close churn empties and refills one destination per connection, and its
-    /// two maps were allocated and freed each time.
-    spare: Option<Held>,
+    by_destination: HashMap<Destination, DestinationScope>,
+    /// Destinations with nothing held, kept (with their pace) until there are more of them
+    /// than `EMPTY_DESTINATIONS_KEPT` and than held ones: connect + close churn empties and
+    /// refills one destination per connection, and removing it each time cost two hash
+    /// operations and its map's allocation.
+    empty_destinations: usize,
+    /// The namespace scope's pace.
+    pace: Pace,
     /// Distinct ports in range used by any socket, exclusive or connected.
     used_in_range: u32,
 }
 
+/// Emptied destinations kept before a sweep (see `ProtoSpace::empty_destinations`).
+const EMPTY_DESTINATIONS_KEPT: usize = 1_024;
+
 impl ProtoSpace {
-    /// Returns the destination's ports in range after it, for a connect().
+    /// Returns the destination's ports in range after it, for a connect(). `arrived_ns`:
+    /// an allocation at that time (a socket found at start-up is none), for the pace.
     fn hold(
         &mut self,
         event_port: u16,
         dest: Option<Destination>,
         range: &PortRange,
+        arrived_ns: Option<u64>,
     ) -> Option<u32> {
+        if let Some(now_ns) = arrived_ns {
+            self.pace.allocated(now_ns);
+        }
         let (mine, other, dest_in_range) = match dest {
             Some(dest) => {
-                let held = self
-                    .by_destination
-                    .entry(dest)
-                    .or_insert_with(|| self.spare.take().unwrap_or_default());
-                held.add(event_port, range);
-                let in_range = held.in_range;
+                let scope = match self.by_destination.entry(dest) {
+                    Entry::Occupied(slot) => {
+                        let scope = slot.into_mut();
+                        if scope.held.is_empty() {
+                            self.empty_destinations -= 1;
+                        }
+                        scope
+                    }
+                    Entry::Vacant(slot) => slot.insert(DestinationScope::default()),
+                };
+                scope.held.add(event_port, range);
+                if let Some(now_ns) = arrived_ns {
+                    scope.pace.allocated(now_ns);
+                }
+                let in_range = scope.held.in_range;
                 (&mut self.connected, &self.exclusive, Some(in_range))
             }
             None => (&mut self.exclusive, &self.connected, None),
@@ -137,18 +166,32 @@ impl ProtoSpace {
         dest_in_range
     }
 
-    /// Returns the destination's ports in range after it, for a connect().
-    fn free(&mut self, port: u16, dest: Option<Destination>, range: &PortRange) -> Option<u32> {
+    /// Returns the destination's ports in range after it, for a connect(). `lifetime_ns`:
+    /// how long the port was held, where known, for the pace.
+    fn free(
+        &mut self,
+        port: u16,
+        dest: Option<Destination>,
+        range: &PortRange,
+        lifetime_ns: Option<u64>,
+    ) -> Option<u32> {
+        if let Some(lifetime_ns) = lifetime_ns {
+            self.pace.released(lifetime_ns);
+        }
         let (mine, other, dest_in_range) = match dest {
             Some(dest) => {
                 let mut in_range = 0;
-                if let Some(held) = self.by_destination.get_mut(&dest) {
-                    held.remove(port, range);
-                    in_range = held.in_range;
-                    if held.is_empty()
-                        && let Some(empty) = self.by_destination.remove(&dest)
-                    {
-                        self.spare = Some(empty);
+                if let Some(scope) = self.by_destination.get_mut(&dest)
+                    && !scope.held.is_empty()
+                {
+                    scope.held.remove(port, range);
+                    if let Some(lifetime_ns) = lifetime_ns {
+                        scope.pace.released(lifetime_ns);
+                    }
+                    in_range = scope.held.in_range;
+                    if scope.held.is_empty() {
+                        self.empty_destinations += 1;
+                        self.sweep_if_many_empty();
                     }
                 }
                 (&mut self.connected, &self.exclusive, Some(in_range))
@@ -159,6 +202,17 @@ impl ProtoSpace {
             self.used_in_range -= 1;
         }
         dest_in_range
+    }
+
+    /// Forgets the emptied destinations once they outnumber what is kept: memory stays
+    /// bounded by twice the destinations in use, whatever a crawler connects to.
+    fn sweep_if_many_empty(&mut self) {
+        let in_use = self.by_destination.len() - self.empty_destinations;
+        if self.empty_destinations > EMPTY_DESTINATIONS_KEPT.max(in_use) {
+            self.by_destination
+                .retain(|_, scope| !scope.held.is_empty());
+            self.empty_destinations = 0;
+        }
     }
 
     /// The usage of the scopes an event draws from, given its destination's ports in range
@@ -179,8 +233,8 @@ impl ProtoSpace {
     fn recount(&mut self, range: &PortRange) {
         self.exclusive.recount(range);
         self.connected.recount(range);
-        for held in self.by_destination.values_mut() {
-            held.recount(range);
+        for scope in self.by_destination.values_mut() {
+            scope.held.recount(range);
         }
         let only_connected = self
             .connected
@@ -280,22 +334,33 @@ impl Occupancy {
         self.namespaces.contains_key(&netns)
     }
 
-    /// A port is held from now on (an alloc, or a socket found at start-up); returns the
-    /// usage of the scopes it draws from, after it.
+    /// A socket found at start-up holds a port; returns the usage of the scopes it draws
+    /// from, after it. (No allocation: the pace learns nothing from it.)
     pub fn hold(&mut self, event: &Event) -> Usages {
+        self.take(event, None)
+    }
+
+    /// A port allocated at the event's time is held from now on; returns the usage of the
+    /// scopes it draws from, after it.
+    pub fn allocate(&mut self, event: &Event) -> Usages {
+        self.take(event, Some(event.ts_ns))
+    }
+
+    fn take(&mut self, event: &Event, arrived_ns: Option<u64>) -> Usages {
         let ns = self.namespaces.entry(event.netns).or_default();
         let range = &ns.range;
         let space = match event.proto {
             Proto::Tcp => &mut ns.tcp,
             Proto::Udp => &mut ns.udp,
         };
-        let dest_in_range = space.hold(event.port, destination(event), range);
+        let dest_in_range = space.hold(event.port, destination(event), range, arrived_ns);
         space.usages(range, dest_in_range)
     }
 
-    /// The port is free again (after TIME_WAIT, where there was one); returns the usage of
-    /// the scopes it drew from, after it.
-    pub fn free(&mut self, event: &Event) -> Usages {
+    /// The port is free again (after TIME_WAIT, where there was one), held for
+    /// `lifetime_ns` where that is known; returns the usage of the scopes it drew from,
+    /// after it.
+    pub fn free(&mut self, event: &Event, lifetime_ns: Option<u64>) -> Usages {
         let dest = destination(event);
         let Some(ns) = self.namespaces.get_mut(&event.netns) else {
             let none = Usage {
@@ -312,7 +377,7 @@ impl Occupancy {
             Proto::Tcp => &mut ns.tcp,
             Proto::Udp => &mut ns.udp,
         };
-        let dest_in_range = space.free(event.port, dest, range);
+        let dest_in_range = space.free(event.port, dest, range, lifetime_ns);
         space.usages(range, dest_in_range)
     }
 
@@ -347,9 +412,18 @@ impl Occupancy {
                 used: space
                     .by_destination
                     .get(dest)
-                    .map_or(0, |held| held.in_range),
+                    .map_or(0, |scope| scope.held.in_range),
                 capacity: ns.range.size().saturating_sub(space.exclusive.in_range),
             },
+        }
+    }
+
+    /// The pace a scope's ports are taken at, for its forecast (None: nothing seen there).
+    pub fn pace(&self, key: &ScopeKey) -> Option<&Pace> {
+        let space = self.namespaces.get(&key.netns)?.space_ref(key.proto);
+        match &key.scope {
+            Scope::Namespace => Some(&space.pace),
+            Scope::Destination(dest) => space.by_destination.get(dest).map(|scope| &scope.pace),
         }
     }
 
@@ -362,7 +436,11 @@ impl Occupancy {
                 .range
                 .connect_half_size()
                 .saturating_sub(ns.tcp.exclusive.in_connect_half);
-            for (dest, held) in &ns.tcp.by_destination {
+            for (dest, scope) in &ns.tcp.by_destination {
+                let held = &scope.held;
+                if held.is_empty() {
+                    continue;
+                }
                 let key = ScopeKey {
                     netns,
                     proto: Proto::Tcp,
@@ -528,7 +606,7 @@ mod tests {
         let usage = occ.usage(&dest_key(&connect(ANY_PORT, 443)));
         assert_eq!((usage.used, usage.capacity), (1, 8));
         assert_eq!(occ.usage(&ns_key()).used, 3);
-        occ.free(&bind(40009));
+        occ.free(&bind(40009), None);
         assert_eq!(occ.usage(&dest_key(&connect(ANY_PORT, 443))).capacity, 9);
     }
 
@@ -558,6 +636,41 @@ mod tests {
                 capacity: 1
             }
         );
+    }
+
+    /// Connect + close to ever new destinations (a crawler) keeps a bounded number of
+    /// emptied destinations; one destination emptied and refilled keeps its pace.
+    #[test]
+    fn emptied_destinations_are_kept_bounded_with_their_pace() {
+        let mut occ = Occupancy::default();
+        occ.set_range(NETNS, tiny());
+        for rport in 1..=3_000u16 {
+            let mut e = connect(40000, rport);
+            e.ts_ns = u64::from(rport) * 1_000_000;
+            occ.allocate(&e);
+            occ.free(&e, Some(1_000));
+        }
+        let kept = occ.namespaces[&NETNS].tcp.by_destination.len();
+        assert!(
+            kept <= EMPTY_DESTINATIONS_KEPT + 1,
+            "{kept} destinations kept"
+        );
+        assert_eq!(occ.fullest(usize::MAX).len(), 0, "none of them is in use");
+        assert!(occ.connect_halves().is_empty());
+        // Ten a second to one destination, each freed before the next (as if held 10 s):
+        // still there, and its pace with it (~1 a second in, 5 held / 10 s = 0.5 out).
+        let mut e = connect(40000, 443);
+        for i in 0..10 {
+            e.ts_ns = 5_000_000_000 + i * 100_000_000;
+            occ.allocate(&e);
+            occ.free(&e, Some(10_000_000_000));
+        }
+        let pace = occ.pace(&dest_key(&e)).expect("kept");
+        let filling = Usage {
+            used: 5,
+            capacity: 10,
+        };
+        assert!(pace.seconds_left(filling, 6_000_000_000).is_some());
     }
 
     #[test]
@@ -636,7 +749,7 @@ mod tests {
                 order.swap(i, (s >> 33) as usize % (i + 1));
             }
             for i in order {
-                let usages = occ.free(&events[i]);
+                let usages = occ.free(&events[i], None);
                 for (key, returned) in Occupancy::scopes_of(&events[i]).zip(usages) {
                     prop_assert_eq!(returned, occ.usage(&key), "free returns the usage a look-up gives");
                 }
@@ -667,7 +780,7 @@ mod tests {
             }
             for (e, free) in events.iter().zip(&frees) {
                 if *free {
-                    occ.free(e);
+                    occ.free(e, None);
                 }
             }
             occ.set_range(NETNS, PortRange::parse(&format!("{low} 40009"), "40007").expect("range"));
