@@ -178,7 +178,7 @@ impl Pipeline {
     pub fn check_ranges(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
         let mut warnings = self.exhaustion.refresh(now_ns);
         self.new_ranges(sink)?;
-        self.name_holders(&mut warnings);
+        self.name_holders(&mut warnings, now_ns);
         sink.warnings(&warnings)
     }
 
@@ -192,9 +192,13 @@ impl Pipeline {
 
     /// Names who holds the ports in each warning's scope (a walk of the held sockets: only
     /// when there is a warning).
-    fn name_holders(&self, warnings: &mut [Warning]) {
+    fn name_holders(&mut self, warnings: &mut [Warning], now_ns: u64) {
         if !warnings.is_empty() {
-            self.exhaustion.name_holders(warnings, &self.held());
+            let held = Held {
+                tracker: &self.tracker,
+                snapshot: &self.snapshot,
+            };
+            self.exhaustion.name_holders(warnings, &held, now_ns);
         }
     }
 
@@ -260,7 +264,7 @@ impl Pipeline {
         if warnings.is_empty() {
             return Ok(());
         }
-        self.name_holders(&mut warnings);
+        self.name_holders(&mut warnings, event.ts_ns);
         sink.warnings(&warnings)
     }
 
@@ -601,6 +605,72 @@ mod tests {
             "not releases: their lifetime is unknown"
         );
         assert_eq!(out.events.len(), 8, "the allocations only");
+    }
+
+    /// A failure's warning names who holds the scope's ports from every held socket: open
+    /// ones, one in TIME_WAIT, the start-up snapshot's, one bound by number in the range;
+    /// not a port outside the range, nor another namespace's.
+    #[test]
+    fn a_failure_names_the_holders_of_every_held_socket() {
+        let named = |comm: &str, pid: u32, mut event: Event| {
+            event.comm = comm.into();
+            event.pid = pid;
+            event
+        };
+        let bind = |cookie: u64, port: u16, explicit: bool| {
+            let mut raw = raw_connect();
+            raw.kind = port_trace_common::KIND_BIND;
+            raw.rport = 0;
+            raw.cookie = cookie;
+            raw.lport = port;
+            raw.flags = if explicit { FLAG_EXPLICIT } else { 0 };
+            decode_raw(&raw).expect("decodes")
+        };
+        let snapshot = Snapshot::from_events(vec![named("nginx", 8, bind(100, 40008, false))]);
+        let mut p = pipeline_with(Filter::default(), snapshot);
+        let mut out = Recorded::default();
+        let opened: Vec<Event> = (0..4).map(|i| connect(i, 40000 + i as u16, 10)).collect();
+        for event in &opened {
+            p.apply(event, &mut out).expect("sink");
+        }
+        p.apply(&release(&opened[3], 20, FLAG_TIME_WAIT), &mut out)
+            .expect("sink");
+        for event in [
+            named("fixed", 9, bind(200, 40005, true)),
+            named("fixed", 9, bind(201, 50000, true)),
+        ] {
+            p.apply(&event, &mut out).expect("sink");
+        }
+        let mut elsewhere = named("other", 10, connect(300, 40006, 30));
+        elsewhere.netns = 99;
+        p.apply(&elsewhere, &mut out).expect("sink");
+        out.warnings.clear();
+        // bind(0) found no port: the namespace's scope.
+        let mut raw = raw_connect();
+        raw.event = EVENT_FAIL;
+        raw.errno = 98;
+        raw.kind = port_trace_common::KIND_BIND;
+        raw.rport = 0;
+        raw.lport = 0;
+        raw.ts_ns = 40;
+        p.apply(&decode_raw(&raw).expect("decodes"), &mut out)
+            .expect("sink");
+        let failure = out
+            .warnings
+            .iter()
+            .find(|w| w.reason == Reason::Failure)
+            .expect("a failure's warning");
+        let top: Vec<(String, u32)> = failure
+            .top
+            .iter()
+            .map(|t| (t.holder.comm.as_str().to_string(), t.ports))
+            .collect();
+        assert_eq!(
+            top,
+            [("curl".into(), 4), ("nginx".into(), 1), ("fixed".into(), 1)],
+            "3 open + 1 in TIME_WAIT; the snapshot's listener; 40005 but not 50000 (ties by pid)"
+        );
+        assert_eq!(failure.usage.used, 6);
     }
 
     #[test]

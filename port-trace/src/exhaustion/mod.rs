@@ -20,6 +20,8 @@ pub mod workloads;
 
 use std::sync::Arc;
 
+use foldhash::HashMap;
+
 use self::{
     level::{Level, Levels, Thresholds},
     occupancy::Occupancy,
@@ -36,6 +38,9 @@ use crate::{
 /// How many holders a warning names.
 const TOP: usize = 5;
 
+/// How long a scope's named holders serve the warnings that follow (see `name_holders`).
+const NAMED_FOR_NS: u64 = 1_000_000_000;
+
 pub struct Exhaustion {
     occupancy: Occupancy,
     levels: Levels,
@@ -45,6 +50,9 @@ pub struct Exhaustion {
     read_range: RangeReader,
     /// Ranges set since `take_new_ranges` last looked: first seen, or changed.
     new_ranges: Vec<(u32, PortRange)>,
+    /// Each scope's holders as last named for a warning, and when (`name_holders`); emptied
+    /// at every refresh.
+    named: HashMap<ScopeKey, (u64, Vec<Top>)>,
 }
 
 /// Reads namespace `inode`'s range; None when it cannot be read.
@@ -67,6 +75,7 @@ impl Exhaustion {
             workloads: Workloads::default(),
             read_range: Box::new(read_range),
             new_ranges: Vec::new(),
+            named: HashMap::default(),
         }
     }
 
@@ -115,12 +124,27 @@ impl Exhaustion {
         self.occupancy.pace(key)?.seconds_left(usage, now_ns)
     }
 
-    /// Names who holds the most ports in each warning's scope. A step of its own, after
-    /// `observe` or `refresh`: it walks every held socket, and is needed only when there is
-    /// a warning.
-    pub fn name_holders(&self, warnings: &mut [Warning], held: &dyn HeldSockets) {
+    /// Names who holds the most ports in each warning's scope, as of `now_ns`. A step of
+    /// its own, after `observe` or `refresh`: it walks every held socket, and is needed only
+    /// when there is a warning. A failure in a scope named less than `NAMED_FOR_NS` ago
+    /// keeps those names: when a range has run out every failed allocation raises a
+    /// warning, and a walk each would put the daemon behind exactly then. (A line crossed
+    /// is rare, and named afresh.)
+    pub fn name_holders(&mut self, warnings: &mut [Warning], held: &dyn HeldSockets, now_ns: u64) {
         for warning in warnings {
-            warning.top = self.top_holders(&warning.scope, TOP, held);
+            let fresh = self
+                .named
+                .get(&warning.scope)
+                .filter(|(at_ns, _)| now_ns.saturating_sub(*at_ns) < NAMED_FOR_NS)
+                .filter(|_| warning.reason == Reason::Failure);
+            warning.top = match fresh {
+                Some((_, top)) => top.clone(),
+                None => {
+                    let top = self.top_holders(&warning.scope, TOP, held);
+                    self.named.insert(warning.scope, (now_ns, top.clone()));
+                    top
+                }
+            };
         }
     }
 
@@ -263,6 +287,7 @@ impl Exhaustion {
     /// Re-reads every namespace's range (it can change at run time) and re-checks the
     /// scopes in use against it.
     pub fn refresh(&mut self, now_ns: u64) -> Vec<Warning> {
+        self.named.clear();
         let namespaces: Vec<u32> = self.occupancy.namespaces().collect();
         for netns in namespaces {
             match (self.read_range)(netns) {
@@ -369,7 +394,7 @@ mod tests {
             let event = connect(port, i as u64 * 100_000_000);
             let mut warnings = e.observe(&event, Outcome::Allocated);
             held.push(event);
-            e.name_holders(&mut warnings, &held);
+            e.name_holders(&mut warnings, &held, 0);
             raised.extend(warnings.into_iter().map(|w| (port, w)));
         }
         // 8 of 10 for the destination (and the namespace): warn; 10 of 10: critical.
