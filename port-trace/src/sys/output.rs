@@ -124,7 +124,7 @@ impl OutputFile {
                 source,
             })?;
         }
-        self.rename()
+        self.rename(true)
     }
 
     /// Puts the file in place now and hands back its descriptor, for an output written as
@@ -134,7 +134,7 @@ impl OutputFile {
             path: self.target.clone(),
             source: io::Error::other("already closed"),
         })?;
-        self.rename()?;
+        self.rename(true)?;
         Ok(file)
     }
 
@@ -143,29 +143,41 @@ impl OutputFile {
     /// place, so a reader sees the old page or the new one, never half of one. `durable`
     /// syncs it first (the last write); between intervals the rename alone is enough.
     pub fn replace(&mut self, bytes: &[u8], durable: bool) -> Result<(), OutputError> {
-        if self.file.is_none() {
-            let (temp, file) =
-                create_temp(&self.dir, &self.name).map_err(|source| OutputError::Create {
-                    path: self.target.clone(),
-                    dir: split(&self.target).map(|(dir, _)| dir).unwrap_or_default(),
-                    source,
-                })?;
-            self.temp = Some(temp);
-            self.file = Some(file);
-        }
-        self.write_all(bytes)?;
-        // Closed here either way: the next call makes a new one.
-        let file = self.file.take();
-        if durable && let Some(file) = file {
-            file.sync_all().map_err(|source| OutputError::Write {
+        // A temporary file left by a failed call holds part of an older page: start anew,
+        // or the next rename would publish that part with this page after it.
+        self.discard_temp();
+        let (temp, mut file) =
+            create_temp(&self.dir, &self.name).map_err(|source| OutputError::Create {
                 path: self.target.clone(),
+                dir: split(&self.target).map(|(dir, _)| dir).unwrap_or_default(),
                 source,
             })?;
+        self.temp = Some(temp);
+        let write_error = |source| OutputError::Write {
+            path: self.target.clone(),
+            source,
+        };
+        file.write_all(bytes).map_err(write_error)?;
+        if durable {
+            file.sync_all().map_err(write_error)?;
         }
-        self.rename()
+        // Closed here either way: the next call makes a new one.
+        drop(file);
+        self.rename(durable)
     }
 
-    fn rename(&mut self) -> Result<(), OutputError> {
+    /// Removes a temporary file not (yet) put in place.
+    fn discard_temp(&mut self) {
+        self.file = None;
+        if let Some(temp) = self.temp.take() {
+            // SAFETY: a NUL-terminated name relative to a directory fd we own.
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), temp.as_ptr(), 0) };
+        }
+    }
+
+    /// Renames the temporary file over the target; `durable` syncs the directory too, so
+    /// the new name survives a crash (an interval's page does not need to).
+    fn rename(&mut self, durable: bool) -> Result<(), OutputError> {
         let Some(temp) = self.temp.as_ref() else {
             return Ok(());
         };
@@ -178,21 +190,20 @@ impl OutputFile {
                 source: io::Error::last_os_error(),
             });
         }
-        // In place: nothing left to clean up. The directory synced too, so the new name
-        // survives a crash (best effort: some filesystems refuse fsync on a directory).
+        // In place: nothing left to clean up.
         self.temp = None;
-        // SAFETY: fsync on a directory fd we own.
-        unsafe { libc::fsync(dir) };
+        if durable {
+            // Best effort: some filesystems refuse fsync on a directory.
+            // SAFETY: fsync on a directory fd we own.
+            unsafe { libc::fsync(dir) };
+        }
         Ok(())
     }
 }
 
 impl Drop for OutputFile {
     fn drop(&mut self) {
-        if let Some(temp) = &self.temp {
-            // SAFETY: a NUL-terminated name relative to a directory fd we own.
-            unsafe { libc::unlinkat(self.dir.as_raw_fd(), temp.as_ptr(), 0) };
-        }
+        self.discard_temp();
     }
 }
 
@@ -445,6 +456,21 @@ mod tests {
             "line 1\nline 2\n"
         );
         assert_eq!(dir.names(), ["log"]);
+    }
+
+    #[test]
+    fn replace_never_publishes_what_an_earlier_write_left_half_done() {
+        let dir = Dir::new("replace-partial");
+        let target = dir.0.join("page.html");
+        let mut out = OutputFile::prepare(&target).expect("prepared");
+        // What a write that failed midway (a full disk) leaves in the temporary file.
+        out.write_all(b"half of an old pa").expect("written");
+        out.replace(b"whole new page", false).expect("replaced");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("page"),
+            "whole new page"
+        );
+        assert_eq!(dir.names(), ["page.html"]);
     }
 
     #[test]
