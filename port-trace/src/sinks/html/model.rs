@@ -226,12 +226,7 @@ impl Page {
 
         let all = stats.all();
         let mut overall = distribution("all".to_string(), &all);
-        let mut time_wait = recorder.time_wait_buckets;
-        for (tw, all) in time_wait.iter_mut().zip(overall.counts) {
-            // The stats bucket by 1% steps: a lifetime at an edge may sit one bucket over.
-            *tw = (*tw).min(all);
-        }
-        overall.time_wait = Some(time_wait);
+        overall.time_wait = Some(recorder.time_wait.distribution());
         let mut lifetimes = vec![overall];
         let mut processes: Vec<_> = stats.by_process().iter().collect();
         processes.sort_by_key(|(comm, l)| (std::cmp::Reverse(l.summary().count), **comm));

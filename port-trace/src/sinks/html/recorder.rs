@@ -6,7 +6,7 @@
 use crate::{
     event::{AllocKind, Event, Proto},
     exhaustion::{Exhaustion, scope::ScopeKey, warning::Reason, warning::Warning},
-    stats::DISTRIBUTION_EDGES_NS,
+    stats::Lifetimes,
     track::Outcome,
 };
 
@@ -36,14 +36,6 @@ fn kind_index(kind: AllocKind) -> usize {
         AllocKind::Listen => 2,
         AllocKind::Sendmsg => 3,
     }
-}
-
-/// The distribution bucket (`DISTRIBUTION_EDGES_NS`) a lifetime falls in.
-pub fn bucket_of(lifetime_ns: u64) -> usize {
-    DISTRIBUTION_EDGES_NS
-        .iter()
-        .position(|&edge| lifetime_ns < edge)
-        .unwrap_or(DISTRIBUTION_EDGES_NS.len() - 1)
 }
 
 /// Counts by protocol and kind.
@@ -116,8 +108,9 @@ pub struct Recorder {
     pending: Sample,
     pub series: Series<Sample>,
     pub slots: [Option<Slot>; TRACKED],
-    /// Released lifetimes that went through TIME_WAIT, by distribution bucket.
-    pub time_wait_buckets: [u64; DISTRIBUTION_EDGES_NS.len()],
+    /// Released lifetimes that went through TIME_WAIT: a histogram like the stats' own, so
+    /// its distribution buckets each lifetime exactly as theirs does.
+    pub time_wait: Lifetimes,
     /// The end of the last sample (ns since tracing started).
     last_ns: u64,
 }
@@ -134,7 +127,7 @@ impl Recorder {
             } => {
                 self.pending.release[p][k] += 1;
                 if time_wait_ns.is_some() {
-                    self.time_wait_buckets[bucket_of(lifetime_ns)] += 1;
+                    self.time_wait.record(lifetime_ns);
                 }
             }
             Outcome::Failed => self.pending.fail[p][k] += 1,
@@ -303,12 +296,34 @@ mod tests {
         assert_eq!(p.value.alloc[0][0], 2, "tcp connect");
         assert_eq!(p.value.fail[0][0], 1);
         assert_eq!(p.value.release[0][0], 2);
-        assert_eq!(
-            r.time_wait_buckets[8], 1,
-            "1-10 min, past TIME_WAIT's minute"
-        );
-        assert_eq!(r.time_wait_buckets.iter().sum::<u64>(), 1);
+        let time_wait = r.time_wait.distribution();
+        assert_eq!(time_wait[8], 1, "1-10 min, past TIME_WAIT's minute");
+        assert_eq!(time_wait.iter().sum::<u64>(), 1);
         assert_eq!((p.start_ns, p.end_ns, p.value.held), (0, 10, 1));
+    }
+
+    #[test]
+    fn time_wait_lifetimes_fall_in_the_buckets_the_stats_put_them_in() {
+        // Just past TIME_WAIT's minute and other edges: the histogram's 1% steps may put a
+        // lifetime a bucket below its exact one; the page's two counts must agree.
+        let lifetimes = [
+            60_000_000_000,
+            60_100_000_000,
+            60_500_000_000,
+            1_000_000_001,
+            10_050_000_000,
+            600_100_000_000,
+        ];
+        let (mut r, mut stats) = (Recorder::default(), Lifetimes::default());
+        for lifetime_ns in lifetimes {
+            let released = Outcome::Released {
+                lifetime_ns,
+                time_wait_ns: Some(60_000_000_000),
+            };
+            r.event(&connect(1, 40000), released);
+            stats.record(lifetime_ns);
+        }
+        assert_eq!(r.time_wait.distribution(), stats.distribution());
     }
 
     #[test]
