@@ -15,19 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Netns, Tracer, binary, repo_root, skip_unless_root};
+use common::{Netns, Tracer, binary, on_path, repo_root, skip_unless_root};
+use port_trace::sinks::html::render::count;
 
 const RANGE: (u16, u16) = (40_000, 40_009);
 const REQUIRE: &str = "PORT_TRACE_REQUIRE_CHROMIUM";
-
-/// `name` on PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    })
-}
 
 /// Debian's chromium and tidy, or None (with the reason) where they are not installed.
 /// `cargo xtask test` installs both and sets PORT_TRACE_REQUIRE_CHROMIUM: then a missing one
@@ -157,19 +149,6 @@ fn analyze(capture: &Path, html: &Path, extra: &[&str]) -> Output {
         .args(extra)
         .output()
         .expect("port-trace analyze runs")
-}
-
-/// A number as the page writes it.
-fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn total(dom: &str, name: &str) -> Option<String> {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, http_get, repo_root, skip_unless_root, url_encode};
+use common::{Tracer, http_get, on_path, repo_root, skip_unless_root, url_encode};
 use serde_json::Value;
 
 /// Debian's prometheus and promtool, or None (with the reason printed) where they are not
@@ -32,15 +32,6 @@ fn prometheus() -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
-}
-
-/// `name` as the shell would find it on PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    })
 }
 
 /// A Prometheus server on a free loopback port, killed when dropped.

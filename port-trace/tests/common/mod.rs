@@ -268,6 +268,15 @@ pub fn url_encode(text: &str) -> String {
         .collect()
 }
 
+/// `name` as the shell would find it on PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
 /// The repository's root (for deploy/ and the like).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

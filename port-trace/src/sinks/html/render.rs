@@ -467,30 +467,24 @@ pub fn percentile_marks(s: &LifetimeSummary) -> Vec<(String, u64)> {
 fn table(out: &mut String, class: &str, head: &[&str], rows: &[Vec<String>]) {
     let _ = write!(
         out,
-        r#"<div class="tw-wrap"><table class="{class}"><thead><tr>"#
+        r#"<div class="tw-wrap"><table class="{class}"><thead>"#
     );
-    for (i, h) in head.iter().enumerate() {
-        let _ = write!(
-            out,
-            r#"<th{}>{}</th>"#,
-            if i > 0 { r#" class="n""# } else { "" },
-            esc(h)
-        );
-    }
-    out.push_str("</tr></thead><tbody>");
-    for row in rows {
-        out.push_str("<tr>");
-        for (i, cell) in row.iter().enumerate() {
-            let _ = write!(
-                out,
-                r#"<td{}>{}</td>"#,
-                if i > 0 { r#" class="n""# } else { "" },
-                esc(cell)
-            );
-        }
-        out.push_str("</tr>");
+    row(out, "th", head);
+    out.push_str("</thead><tbody>");
+    for cells in rows {
+        row(out, "td", cells);
     }
     out.push_str("</tbody></table></div>");
+}
+
+/// One table row of `tag` cells; all but the first are numbers, aligned right.
+fn row(out: &mut String, tag: &str, cells: &[impl AsRef<str>]) {
+    out.push_str("<tr>");
+    for (i, cell) in cells.iter().enumerate() {
+        let class = if i > 0 { r#" class="n""# } else { "" };
+        let _ = write!(out, "<{tag}{class}>{}</{tag}>", esc(cell.as_ref()));
+    }
+    out.push_str("</tr>");
 }
 
 fn headline(out: &mut String, page: &Page) {
