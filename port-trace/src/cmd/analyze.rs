@@ -75,11 +75,11 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Fatal> {
                 // Until the capture's `ready` says.
                 host: String::new(),
                 kernel: String::new(),
-                backend: "unknown".to_string(),
+                backend: None,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 started_epoch_ns: None,
                 thresholds: replay.thresholds,
-                source: format!("capture ({name})"),
+                source: html::Source::Capture(name.clone()),
             },
             false,
         )
@@ -224,16 +224,14 @@ impl Replay {
                 kernel,
             } => {
                 if let Some(html) = self.sinks.html.as_mut() {
-                    html.meta.backend.clone_from(&backend);
+                    html.meta.backend = backend;
                     html.meta.host = host.unwrap_or_default();
                     html.meta.kernel = kernel.unwrap_or_default();
                 }
                 self.live_started_ns = ts_ns;
                 self.live_pid = pid;
-                self.backend = match backend.as_str() {
-                    "tracepoint" => Backend::Tracepoint,
-                    _ => Backend::Kprobe,
-                };
+                // Absent or unknown: taken as the kprobe backend, as before.
+                self.backend = backend.unwrap_or(Backend::Kprobe);
                 if let Some(report) = self.sinks.report.as_mut() {
                     report.backend = self.backend;
                 }

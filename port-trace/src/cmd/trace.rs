@@ -166,11 +166,11 @@ impl Trace {
                     html::Meta {
                         host: procfs::hostname(),
                         kernel: procfs::kernel_release(),
-                        backend: probes.backend.as_str().to_string(),
+                        backend: Some(probes.backend),
                         version: env!("CARGO_PKG_VERSION").to_string(),
                         started_epoch_ns: Some(clock.to_epoch_ns(started_ns)),
                         thresholds,
-                        source: "live trace".to_string(),
+                        source: html::Source::Live,
                     },
                     true,
                 )

@@ -8,6 +8,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::probes::Backend;
 use thiserror::Error;
 
 use super::{
@@ -145,9 +147,9 @@ impl RangeLine {
 /// One line of a capture, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    /// `ready`: the backend that attached.
+    /// `ready`: the backend that attached (None: one this version does not know).
     Ready {
-        backend: String,
+        backend: Option<Backend>,
         /// When the live trace started and its pid (absent in captures of older versions).
         ts_ns: Option<u64>,
         pid: Option<u32>,
@@ -260,8 +262,7 @@ pub fn decode_line(line: &str) -> Result<Record, CaptureError> {
             backend: value
                 .get("backend")
                 .and_then(|b| b.as_str())
-                .unwrap_or_default()
-                .to_string(),
+                .and_then(Backend::from_name),
             ts_ns: value.get("ts_ns").and_then(serde_json::Value::as_u64),
             pid: value
                 .get("pid")
@@ -411,7 +412,7 @@ mod tests {
         assert_eq!(
             decode_line(r#"{"type":"ready","backend":"kprobe","programs":[]}"#).expect("ok"),
             Record::Ready {
-                backend: "kprobe".into(),
+                backend: Some(Backend::Kprobe),
                 ts_ns: None,
                 pid: None,
                 host: None,

@@ -54,6 +54,13 @@ impl Backend {
             Backend::Tracepoint => "tracepoint",
         }
     }
+
+    /// The backend `as_str` names; None for a name this version does not know.
+    pub fn from_name(name: &str) -> Option<Backend> {
+        [Backend::Kprobe, Backend::Tracepoint]
+            .into_iter()
+            .find(|backend| backend.as_str() == name)
+    }
 }
 
 impl fmt::Display for Backend {

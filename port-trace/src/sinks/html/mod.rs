@@ -27,7 +27,7 @@ use crate::{
     track::Outcome,
 };
 
-pub use model::Meta;
+pub use model::{Meta, Source};
 
 /// `--html FILE`.
 pub struct HtmlFile {
@@ -38,6 +38,9 @@ pub struct HtmlFile {
     /// Rewritten at every interval (a live trace), or only at the finish (replay, whose
     /// intervals pass in an instant).
     refresh: bool,
+    /// An interval's page could not be written (a full disk, say): warned once, retried at
+    /// the next interval; only the last page's failure ends the trace.
+    failing: bool,
 }
 
 impl HtmlFile {
@@ -47,6 +50,7 @@ impl HtmlFile {
             meta,
             recorder: recorder::Recorder::default(),
             refresh,
+            failing: false,
         }
     }
 
@@ -79,7 +83,18 @@ impl Sink for HtmlFile {
         self.sample(view);
         if self.refresh {
             let page = self.page(view);
-            self.output.replace(page.as_bytes(), false)?;
+            match self.output.replace(page.as_bytes(), false) {
+                Ok(()) if self.failing => {
+                    self.failing = false;
+                    tracing::info!("{} is written again", self.output.path().display());
+                }
+                Ok(()) => {}
+                Err(err) if !self.failing => {
+                    self.failing = true;
+                    tracing::warn!("{err:#}; trying again at the next interval");
+                }
+                Err(_) => {}
+            }
         }
         Ok(())
     }

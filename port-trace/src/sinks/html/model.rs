@@ -6,6 +6,7 @@ use crate::{
     exhaustion::level::{Level, Thresholds},
     findings::Severity,
     pipeline::View,
+    probes::Backend,
     sinks::{
         events::{FindingRecord, WorkloadFields, evidence_text},
         summary::scope_name,
@@ -28,13 +29,30 @@ const HOLDERS_PER_SCOPE: usize = 5;
 pub struct Meta {
     pub host: String,
     pub kernel: String,
-    pub backend: String,
+    /// None where a capture names one this version does not know.
+    pub backend: Option<Backend>,
     pub version: String,
     /// When tracing started (Unix epoch ns), where known.
     pub started_epoch_ns: Option<u64>,
     pub thresholds: Thresholds,
-    /// "live trace" or "analyze CAPTURE".
-    pub source: String,
+    pub source: Source,
+}
+
+/// Where the page's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    /// `analyze CAPTURE`: the capture's file name.
+    Capture(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Live => f.write_str("live trace"),
+            Source::Capture(name) => write!(f, "capture ({name})"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

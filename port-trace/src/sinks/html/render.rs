@@ -512,8 +512,8 @@ fn headline(out: &mut String, page: &Page) {
         } else {
             &m.kernel
         }),
-        esc(&m.backend),
-        esc(&m.source),
+        m.backend.map_or("unknown", |b| b.as_str()),
+        esc(&m.source.to_string()),
         esc(&m.version),
     );
     let tw = if page.held_time_wait > 0 {
@@ -729,7 +729,7 @@ pub fn render(page: &Page) -> String {
         out,
         r#"<footer>Made by port-trace {} from a {}. Warn at {:.0}%, critical at {:.0}% of a range. Chart times are UTC. Each point of a chart spans one or more intervals; occupancy and held ports are each point's peak.</footer></main><script>{SCRIPT}</script></body></html>"#,
         esc(&page.meta.version),
-        esc(&page.meta.source),
+        esc(&page.meta.source.to_string()),
         page.meta.thresholds.warn * 100.0,
         page.meta.thresholds.critical * 100.0,
     );

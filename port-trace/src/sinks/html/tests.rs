@@ -8,7 +8,7 @@ use crate::{
     event::{decode_raw, tests::raw_connect},
     exhaustion::{Exhaustion, level::Thresholds, range::PortRange},
     pipeline::{self, Pipeline},
-    probes::KernelCounters,
+    probes::{Backend, KernelCounters},
     track::snapshot::Snapshot,
 };
 
@@ -18,14 +18,14 @@ fn meta() -> Meta {
     Meta {
         host: "db-1 <&>".into(),
         kernel: "6.1.0".into(),
-        backend: "tracepoint".into(),
+        backend: Some(Backend::Tracepoint),
         version: "0.1.0".into(),
         started_epoch_ns: Some(1_700_000_000 * S),
         thresholds: Thresholds {
             warn: 0.8,
             critical: 0.95,
         },
-        source: "live trace".into(),
+        source: Source::Live,
     }
 }
 
@@ -167,6 +167,18 @@ fn the_page_shows_the_filling_range_its_failure_and_the_numbers() {
         assert!(!page.contains(external), "{external} in the page");
     }
     assert_eq!(page.matches("<script>").count(), 1, "one inline script");
+}
+
+#[test]
+fn an_interval_page_that_cannot_be_written_does_not_end_the_trace_but_the_last_one_does() {
+    let dir = Dir::new("gone");
+    let path = dir.0.join("page.html");
+    let mut html = HtmlFile::new(OutputFile::prepare(&path).expect("prepared"), meta(), true);
+    // The directory is removed while tracing: no new file can be made in it.
+    std::fs::remove_dir_all(&dir.0).expect("removed");
+    let mut p = filled(&mut html);
+    let last = p.finish(KernelCounters::default(), 125 * S, &mut html);
+    assert!(last.is_err(), "the last page's failure is the trace's");
 }
 
 #[test]
