@@ -254,3 +254,24 @@ fn a_capture_replays_to_the_live_runs_report() {
         let _ = std::fs::remove_file(path);
     }
 }
+
+#[test]
+fn an_empty_capture_makes_a_page_that_does_not_claim_a_date() {
+    let capture = temp("empty.jsonl");
+    let page = temp("empty.html");
+    std::fs::write(&capture, "").expect("capture");
+    let output = analyze(
+        &[
+            capture.to_str().expect("utf-8"),
+            "--html",
+            page.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let html = std::fs::read_to_string(&page).expect("the page");
+    assert!(html.contains("id=\"totals\""), "{html}");
+    assert!(!html.contains("1970"), "no epoch-zero dates: {html}");
+    let _ = std::fs::remove_file(capture);
+    let _ = std::fs::remove_file(page);
+}

@@ -369,7 +369,12 @@ impl Replay {
     }
 
     fn finish(mut self, metrics: bool) -> Result<(), Fatal> {
+        // A capture with no event and no `ready` says nothing of when it was made.
+        let dated = self.pipeline.is_some() || self.live_started_ns.is_some();
         self.pipeline(self.last_ns);
+        if !dated && let Some(html) = self.sinks.html.as_mut() {
+            html.meta.started_epoch_ns = None;
+        }
         // As long as the live trace ran, where the capture's `end` says so (rates are per
         // that time); else from its first event to its last.
         let now_ns = match self.elapsed_ns {
