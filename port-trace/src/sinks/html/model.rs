@@ -72,6 +72,8 @@ pub struct ScopePoint {
     pub end_ns: u64,
     pub used: u32,
     pub fails: u32,
+    /// The most ports in use at one of those failures.
+    pub fail_used: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +222,7 @@ impl Page {
                             end_ns: p.end_ns,
                             used: p.value.scopes[*i].used,
                             fails: p.value.scopes[*i].fails,
+                            fail_used: p.value.scopes[*i].fail_used,
                         })
                         .collect(),
                 }

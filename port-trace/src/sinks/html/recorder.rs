@@ -41,12 +41,15 @@ fn kind_index(kind: AllocKind) -> usize {
 /// Counts by protocol and kind.
 pub type ByProtoKind = [[u64; KINDS.len()]; PROTOS.len()];
 
-/// One scope's occupancy in one point: its peak, and the failures in it.
+/// One scope's occupancy in one point (as at its end; the highest of the intervals it
+/// spans), and the failures in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ScopeSample {
     pub used: u32,
     pub capacity: u32,
     pub fails: u32,
+    /// The most ports in use when one of those failures happened.
+    pub fail_used: u32,
     /// Whether the scope was looked at in this point (a slot taken later has no past).
     pub seen: bool,
 }
@@ -81,6 +84,7 @@ impl Merge for Sample {
             a.used = a.used.max(b.used);
             a.capacity = a.capacity.max(b.capacity);
             a.fails += b.fails;
+            a.fail_used = a.fail_used.max(b.fail_used);
             a.seen |= b.seen;
         }
     }
@@ -141,7 +145,9 @@ impl Recorder {
         for warning in warnings.iter().filter(|w| w.reason == Reason::Failure) {
             let ratio = warning.usage.ratio();
             if let Some(i) = self.slot(warning.scope, ratio, true) {
-                self.pending.scopes[i].fails += 1;
+                let sample = &mut self.pending.scopes[i];
+                sample.fails += 1;
+                sample.fail_used = sample.fail_used.max(warning.usage.used);
                 if let Some(slot) = self.slots[i].as_mut() {
                     slot.fails += 1;
                 }
@@ -206,11 +212,13 @@ impl Recorder {
             let Some(slot) = slot else { continue };
             let usage = exhaustion.usage(&slot.key);
             slot.peak = slot.peak.max(usage.ratio());
+            let failed = sample.scopes[i];
             sample.scopes[i] = ScopeSample {
-                used: usage.used,
+                // As at the interval's end, or as at a failure in it if that was fuller.
+                used: usage.used.max(failed.fail_used),
                 capacity: usage.capacity,
-                fails: sample.scopes[i].fails,
                 seen: true,
+                ..failed
             };
         }
         sample.held = held.0 as u64;
@@ -324,6 +332,35 @@ mod tests {
             stats.record(lifetime_ns);
         }
         assert_eq!(r.time_wait.distribution(), stats.distribution());
+    }
+
+    #[test]
+    fn a_failure_is_marked_at_the_occupancy_it_happened_at_not_the_intervals_end() {
+        let mut r = Recorder::default();
+        let mut ex = exhaustion();
+        for i in 0..3u16 {
+            ex.observe(&connect(u64::from(i), 40000 + i), Outcome::Allocated);
+        }
+        let netns = connect(0, 40000).netns;
+        // The range was full when the allocation failed; by the tick most ports are free.
+        r.warnings(&[failure(netns, 10)]);
+        r.tick(&ex, 10, (3, 0));
+        let slot = r
+            .slots
+            .iter()
+            .position(|s| s.is_some_and(|s| s.key == key(netns)))
+            .expect("the namespace is followed");
+        let s = r.series.points().next().expect("a point").value.scopes[slot];
+        assert_eq!((s.fail_used, s.used, s.fails), (10, 10, 1));
+        r.tick(&ex, 20, (3, 0));
+        let later = r
+            .series
+            .points()
+            .nth(1)
+            .expect("a second point")
+            .value
+            .scopes[slot];
+        assert_eq!((later.fail_used, later.used, later.fails), (0, 3, 0));
     }
 
     #[test]

@@ -202,13 +202,13 @@ fn scope_chart(out: &mut String, page: &Page, scope: &ScopeView, axis: TimeAxis)
         let x = frame.x.at(p.end_ns as f64);
         svg.line((x, frame.y.at(capacity)), (x, frame.y0), "failline");
         svg.dot(
-            (x, frame.y.at(f64::from(p.used))),
+            (x, frame.y.at(f64::from(p.fail_used))),
             5.0,
             "fail",
             &format!(
                 "{} failed at {}/{} ports ({})",
                 p.fails,
-                p.used,
+                p.fail_used,
                 scope.capacity,
                 axis.label(p.end_ns, 1)
             ),
@@ -727,7 +727,7 @@ pub fn render(page: &Page) -> String {
 
     let _ = write!(
         out,
-        r#"<footer>Made by port-trace {} from a {}. Warn at {:.0}%, critical at {:.0}% of a range. Chart times are UTC. Each point of a chart spans one or more intervals; occupancy and held ports are each point's peak.</footer></main><script>{SCRIPT}</script></body></html>"#,
+        r#"<footer>Made by port-trace {} from a {}. Warn at {:.0}%, critical at {:.0}% of a range. Chart times are UTC. Each point of a chart spans one or more intervals; occupancy and held ports are as at the end of each interval, the highest where a point spans several.</footer></main><script>{SCRIPT}</script></body></html>"#,
         esc(&page.meta.version),
         esc(&page.meta.source.to_string()),
         page.meta.thresholds.warn * 100.0,
