@@ -80,6 +80,10 @@ pub const FLAG_TIME_WAIT: u8 = 1;
 /// allocation, but inside the ephemeral range it takes a port from everyone, so the daemon
 /// counts it in occupancy and nowhere else.
 pub const FLAG_EXPLICIT: u8 = 2;
+/// With `FLAG_TIME_WAIT`: the kernel did make the TIME_WAIT socket (the full socket had
+/// already left the connection table for it when it reached CLOSE), so the daemon need not
+/// ask sock_diag whether one exists, only, a minute on, whether it is gone.
+pub const FLAG_TIME_WAIT_MADE: u8 = 4;
 
 pub const KIND_CONNECT: u8 = 1;
 pub const KIND_BIND: u8 = 2;
@@ -262,6 +266,9 @@ pub struct KernelOffsets {
     /// `struct tcp_sock`: `bpf_sock_ops_cb_flags` (u8): the tracepoint backend marks the TCP
     /// sockets it tracks there (see `TRACKED_MARK`).
     pub tcp_cb_flags: u32,
+    /// `struct tcp_sock`: `inet_conn.icsk_inet.sk.__sk_common.skc_nulls_node.pprev`: NULL
+    /// once the socket is out of the connection table.
+    pub tcp_nulls_pprev: u32,
 }
 
 /// Which sockets the programs track at all, written by the daemon before load (`--netns`,

@@ -33,6 +33,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     socket_sk: 0,
     sk_state: 0,
     tcp_cb_flags: 0,
+    tcp_nulls_pprev: 0,
 };
 
 /// Random per run, from the daemon: the kprobe backend names a socket `sk ^ SOCKET_ID_KEY`,
@@ -83,6 +84,13 @@ pub fn socket_id(sk: *const u8) -> u64 {
 pub fn offsets() -> KernelOffsets {
     // Volatile: otherwise the compiler folds the all-zero initializer into the code.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// One offset alone, loaded from read-only data: the verifier knows its value, as a direct
+/// load from a BTF-typed pointer needs (`offsets()` copies the struct through the stack).
+#[inline(always)]
+pub fn tcp_nulls_pprev_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS.tcp_nulls_pprev) }
 }
 
 #[inline(always)]

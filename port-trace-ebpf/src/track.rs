@@ -9,10 +9,10 @@ use aya_ebpf::{
 };
 use port_trace_common::{
     EVENT_ALLOC, EVENT_BOUND_CONNECT, EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END,
-    FLAG_EXPLICIT, FLAG_TIME_WAIT, IPPROTO_TCP, KIND_BIND, LOST_FAILURE_RING_FULL, LOST_REASONS,
-    LOST_RINGBUF_FULL, LOST_TABLE_FULL, MAP_OP_KINDS, OP_IN_FLIGHT_INSERT, OP_IN_FLIGHT_LOOKUP,
-    OP_RING_RECORDS, OP_SOCKETS_DELETE, OP_SOCKETS_INSERT, OP_SOCKETS_LOOKUP, PortEvent,
-    TCP_CLOSING, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
+    FLAG_EXPLICIT, FLAG_TIME_WAIT, FLAG_TIME_WAIT_MADE, IPPROTO_TCP, KIND_BIND,
+    LOST_FAILURE_RING_FULL, LOST_REASONS, LOST_RINGBUF_FULL, LOST_TABLE_FULL, MAP_OP_KINDS,
+    OP_IN_FLIGHT_INSERT, OP_IN_FLIGHT_LOOKUP, OP_RING_RECORDS, OP_SOCKETS_DELETE,
+    OP_SOCKETS_INSERT, OP_SOCKETS_LOOKUP, PortEvent, TCP_CLOSING, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
 };
 
 /// Where a tracked socket's port stands.
@@ -281,10 +281,15 @@ fn released(entry: &SockEntry, flags: u8) {
 
 /// A TCP socket reached CLOSE from `oldstate`: its port is free, or, after an active close
 /// (from FIN_WAIT1, FIN_WAIT2 or CLOSING), handed to a TIME_WAIT socket, which the daemon
-/// watches to see the port really freed.
-pub fn tcp_closed(cookie: u64, entry: *mut SockEntry, oldstate: u32) {
-    let flags = match oldstate as u8 {
-        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING => FLAG_TIME_WAIT,
+/// watches to see the port really freed. `time_wait_made`: whether the caller saw the
+/// kernel make that TIME_WAIT socket (None: it could not tell; the daemon then asks).
+pub fn tcp_closed(cookie: u64, entry: *mut SockEntry, oldstate: u32, time_wait_made: Option<bool>) {
+    let flags = match (oldstate as u8, time_wait_made) {
+        (TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING, None) => FLAG_TIME_WAIT,
+        (TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING, Some(true)) => {
+            FLAG_TIME_WAIT | FLAG_TIME_WAIT_MADE
+        }
+        // No TIME_WAIT socket: a RST in FIN_WAIT, or the kernel's TIME_WAIT table full.
         _ => 0,
     };
     end(cookie, entry, flags);

@@ -17,7 +17,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
-    helpers::generated::bpf_get_socket_cookie,
+    helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -58,7 +58,7 @@ fn try_tcp_port_chosen(ctx: &SockOpsContext) -> Outcome {
         if ctx.arg(1) == u32::from(TCP_CLOSE) {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
             if let Some(entry) = track::lookup(cookie) {
-                track::tcp_closed(cookie, entry, ctx.arg(0));
+                track::tcp_closed(cookie, entry, ctx.arg(0), time_wait_made(ctx));
             }
         }
         return Ok(());
@@ -81,6 +81,31 @@ fn try_tcp_port_chosen(ctx: &SockOpsContext) -> Outcome {
             .map_err(i64::from)?;
     }
     Ok(())
+}
+
+/// At a state callback's CLOSE: whether the kernel has just made this socket's TIME_WAIT
+/// socket. `tcp_time_wait` puts the TIME_WAIT socket in the connection table in the full
+/// socket's place (`inet_twsk_hashdance`) before `tcp_done` moves it to CLOSE, and this
+/// callback runs before `tcp_set_state` unhashes a socket closing any other way (a RST, a
+/// full TIME_WAIT table): so a socket already out of the table here left it for a TIME_WAIT
+/// socket. None where the socket cannot be read.
+#[inline(always)]
+fn time_wait_made(ctx: &SockOpsContext) -> Option<bool> {
+    // SAFETY: the context's socket, NULL-checked by the helper; the offset is a constant
+    // from read-only data, so the verifier checks the load against the kernel's BTF.
+    unsafe {
+        let sk = (*ctx.ops).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return None;
+        }
+        let tp = bpf_skc_to_tcp_sock(sk.cast());
+        if tp.is_null() {
+            return None;
+        }
+        let off = kernel::tcp_nulls_pprev_offset();
+        let pprev = core::ptr::read_volatile(tp.cast::<u8>().add(off as usize).cast::<u64>());
+        Some(pprev == 0)
+    }
 }
 
 /// The socket's family, addresses and peer port, from the callback's context: the kernel

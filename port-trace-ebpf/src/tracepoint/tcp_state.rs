@@ -110,5 +110,5 @@ fn closed(sk: *const u8, oldstate: i32) {
         track::failed(cookie, entry, errno);
         return;
     }
-    track::tcp_closed(cookie, entry, oldstate as u32);
+    track::tcp_closed(cookie, entry, oldstate as u32, None);
 }

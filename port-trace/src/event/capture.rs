@@ -226,6 +226,7 @@ impl EventLine {
             rport: self.rport.unwrap_or(0),
             errno: self.errno.unwrap_or(0),
             time_wait: false,
+            time_wait_made: false,
             time_wait_end: false,
             explicit: false,
         }

@@ -14,8 +14,9 @@ use std::{
 
 use port_trace_common::{
     AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, EAGAIN, EVENT_ALLOC, EVENT_BOUND_CONNECT,
-    EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, FLAG_EXPLICIT, FLAG_TIME_WAIT, IPPROTO_TCP,
-    IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN, KIND_SENDMSG, PortEvent,
+    EVENT_FAIL, EVENT_RELEASE, EVENT_TIME_WAIT_END, FLAG_EXPLICIT, FLAG_TIME_WAIT,
+    FLAG_TIME_WAIT_MADE, IPPROTO_TCP, IPPROTO_UDP, KIND_BIND, KIND_CONNECT, KIND_LISTEN,
+    KIND_SENDMSG, PortEvent,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -152,6 +153,9 @@ pub struct Event {
     pub errno: u32,
     /// A TCP release by active close: the port may live on in a TIME_WAIT socket.
     pub time_wait: bool,
+    /// With `time_wait`: the kernel side saw the TIME_WAIT socket made (tracepoint backend),
+    /// so only its end is left to watch.
+    pub time_wait_made: bool,
     /// The release of a port whose TIME_WAIT socket just died (kprobe backend).
     pub time_wait_end: bool,
     /// A port asked for by number: counted in occupancy, not as an allocation.
@@ -191,6 +195,7 @@ impl std::hash::Hash for Event {
             rport,
             errno,
             time_wait,
+            time_wait_made,
             time_wait_end,
             explicit,
         } = self;
@@ -210,7 +215,10 @@ impl std::hash::Hash for Event {
         state.write_u8(*family as u8);
         state.write_u8(*kind as u8);
         state.write_u8(
-            u8::from(*time_wait) | u8::from(*time_wait_end) << 1 | u8::from(*explicit) << 2,
+            u8::from(*time_wait)
+                | u8::from(*time_wait_end) << 1
+                | u8::from(*explicit) << 2
+                | u8::from(*time_wait_made) << 3,
         );
     }
 }
@@ -313,6 +321,7 @@ pub fn decode_raw(raw: &PortEvent) -> Result<Event, DecodeError> {
         rport: raw.rport,
         errno: raw.errno,
         time_wait: raw.flags & FLAG_TIME_WAIT != 0,
+        time_wait_made: raw.flags & FLAG_TIME_WAIT_MADE != 0,
         time_wait_end: raw.event == EVENT_TIME_WAIT_END,
         explicit: raw.flags & FLAG_EXPLICIT != 0,
     })

@@ -252,6 +252,8 @@ impl Btf {
             socket_sk: self.offset_of("socket.sk")?,
             sk_state: self.offset_of("sock.__sk_common.skc_state")?,
             tcp_cb_flags: self.offset_of("tcp_sock.bpf_sock_ops_cb_flags")?,
+            tcp_nulls_pprev: self
+                .offset_of("tcp_sock.inet_conn.icsk_inet.sk.__sk_common.skc_nulls_node.pprev")?,
         })
     }
 }

@@ -59,6 +59,7 @@ pub fn as_event(
         rport: socket.dport,
         errno: 0,
         time_wait: false,
+        time_wait_made: false,
         time_wait_end: false,
         explicit: false,
     }

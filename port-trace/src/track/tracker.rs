@@ -11,8 +11,9 @@ use super::Outcome;
 use crate::event::{Event, EventType, Proto};
 
 /// How long a TIME_WAIT socket lives (`TCP_TIMEWAIT_LEN`, fixed in the kernel). A parked port
-/// is checked at the first poll after its close (did a TIME_WAIT socket take it?), then not
-/// again until this long after the close, then at every poll until it is gone.
+/// is checked at the first poll after its close (did a TIME_WAIT socket take it?) unless the
+/// kernel side saw that socket made, then not again until this long after the close, then at
+/// every poll until it is gone.
 pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
 
 /// A port held by a TIME_WAIT socket: the release event as the kernel sent it (at the full
@@ -243,13 +244,20 @@ impl Tracker {
             Some(since) if event.time_wait => {
                 self.time_wait_tuples
                     .insert(four_tuple(event), event.cookie);
+                // Made, as the kernel side saw: nothing to ask until it may be gone. Else
+                // at the first poll: was one made at all?
+                let (seen, next_check_ns) = if event.time_wait_made {
+                    (true, event.ts_ns.saturating_add(TIME_WAIT_LEN_NS))
+                } else {
+                    (false, 0)
+                };
                 self.time_wait.insert(
                     event.cookie,
                     TimeWait {
                         release: event.clone(),
                         allocated_ns: since,
-                        seen: false,
-                        next_check_ns: 0,
+                        seen,
+                        next_check_ns,
                     },
                 );
                 Outcome::EnteredTimeWait
@@ -460,7 +468,7 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use port_trace_common::{EVENT_FAIL, EVENT_RELEASE, FLAG_TIME_WAIT};
+    use port_trace_common::{EVENT_FAIL, EVENT_RELEASE, FLAG_TIME_WAIT, FLAG_TIME_WAIT_MADE};
 
     use super::*;
     use crate::event::{decode_raw, tests::raw_connect};
@@ -582,6 +590,33 @@ mod tests {
         assert_eq!(done[0].0.ts_ns, gone);
         assert_eq!(tracker.held(), 0);
         assert!(due(&tracker, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_time_wait_socket_the_kernel_saw_made_is_asked_about_only_at_its_end() {
+        let mut tracker = Tracker::default();
+        let alloc = alloc();
+        tracker.apply(&alloc);
+        let closed = alloc.ts_ns + 1_000;
+        tracker.apply(&release(
+            alloc.cookie,
+            closed,
+            FLAG_TIME_WAIT | FLAG_TIME_WAIT_MADE,
+        ));
+        assert_eq!(tracker.held(), 1, "held through TIME_WAIT");
+        assert!(due(&tracker, closed + 1).is_empty(), "no first check");
+        let end = closed + TIME_WAIT_LEN_NS;
+        assert_eq!(due(&tracker, end), [alloc.cookie]);
+        // Gone a second later: released then, held through TIME_WAIT, not at the close.
+        let gone = end + 1_000_000_000;
+        let done = tracker.settle_time_wait(&[alloc.cookie], &HashSet::default(), gone);
+        assert_eq!(
+            done[0].1,
+            Outcome::Released {
+                lifetime_ns: gone - alloc.ts_ns,
+                time_wait_ns: Some(gone - closed)
+            }
+        );
     }
 
     #[test]
