@@ -98,28 +98,50 @@ impl TimeWaitWatcher {
     /// parked, two checks each) looks up, and a burst of fresh closes dumps.
     pub fn poll(&mut self, tracker: &mut Tracker) -> Vec<(Event, Outcome)> {
         let now = monotonic_ns();
-        let gone = self.forget_gone_namespaces();
+        // A namespace that is gone took its TIME_WAIT sockets with it: all settled now.
+        let mut gone: HashSet<u32> = self.forget_gone_namespaces().into_iter().collect();
+        let mut dumps = gone.clone();
         let mut plans = Vec::new();
-        for (inode, parked) in tracker.time_wait_parked(now) {
-            if parked.due.is_empty() && !gone.contains(&inode) {
+        for (inode, parked) in tracker.time_wait_due(now) {
+            if dumps.contains(&inode) {
                 continue;
             }
-            // A namespace that is gone took its TIME_WAIT sockets with it: all settled now.
-            let plan = if gone.contains(&inode)
-                || parked.due.len() * DUMP_BREAK_EVEN >= parked.all.len()
-            {
-                Plan::Dump(parked.all)
+            if parked.due.len() * DUMP_BREAK_EVEN >= parked.count {
+                dumps.insert(inode);
             } else {
-                Plan::Lookup {
-                    cookies: parked.due.iter().map(|r| r.cookie).collect(),
-                    ids: parked.due.iter().map(|r| connection(r)).collect(),
-                }
-            };
-            plans.push((inode, plan));
+                let ids = parked.due.iter().map(|r| connection(r)).collect();
+                let cookies = parked.due.iter().map(|r| r.cookie).collect();
+                plans.push((inode, Plan::Lookup { cookies, ids }));
+            }
+        }
+        // Every namespace with a port parked is watched from the first poll on, due or not:
+        // its socket is how `forget_gone_namespaces` sees it go, one stat a poll (the
+        // ports the kernel saw go into TIME_WAIT are not due for a minute).
+        for inode in tracker.time_wait_namespaces() {
+            if !self.diag.contains_key(&inode)
+                && self.socket_for(inode).is_none()
+                && netns::is_gone(inode)
+            {
+                gone.insert(inode);
+                dumps.insert(inode);
+            }
+        }
+        if !dumps.is_empty() {
+            plans.extend(
+                tracker
+                    .time_wait_in(&dumps)
+                    .into_iter()
+                    .map(|(inode, cookies)| (inode, Plan::Dump(cookies))),
+            );
         }
         let mut released = Vec::new();
         for (inode, plan) in plans {
-            let present: HashSet<u64> = match self.socket_for(inode) {
+            let socket = if gone.contains(&inode) {
+                None
+            } else {
+                self.socket_for(inode)
+            };
+            let present: HashSet<u64> = match socket {
                 Some(diag) => {
                     let answer = match &plan {
                         Plan::Dump(_) => diag.time_wait_cookies(),

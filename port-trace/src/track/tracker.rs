@@ -5,7 +5,11 @@
 // foldhash, not SipHash: these maps are touched for every event, and SipHash was a
 // third of the daemon's time. Keys come from the kernel, not from the network.
 use foldhash::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, hash_map::Entry},
+    net::SocketAddr,
+};
 
 use super::Outcome;
 use crate::event::{Event, EventType, Proto};
@@ -15,6 +19,10 @@ use crate::event::{Event, EventType, Proto};
 /// kernel side saw that socket made, then not again until this long after the close, then at
 /// every poll until it is gone.
 pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
+
+/// How many stale entries the check heap may hold beyond twice the parked ports before it is
+/// rebuilt (a rebuild is linear in the parked ports, so this keeps it rare at low counts).
+const STALE_CHECKS: usize = 4096;
 
 /// A port held by a TIME_WAIT socket: the release event as the kernel sent it (at the full
 /// socket's close) and the allocation time.
@@ -31,7 +39,9 @@ struct TimeWait {
 /// One namespace's parked ports, for the TIME_WAIT watcher.
 #[derive(Debug, Default)]
 pub struct Parked<'a> {
-    pub all: Vec<u64>,
+    /// How many ports are parked there.
+    pub count: usize,
+    /// Those due a check, as the release events that parked them.
     pub due: Vec<&'a Event>,
 }
 
@@ -202,6 +212,15 @@ pub struct Tracker {
     time_wait: HashMap<u64, TimeWait>,
     /// The ports in `time_wait` by connection, to see a new connect() take one over.
     time_wait_tuples: HashMap<FourTuple, u64>,
+    /// When each parked port is next due a check, earliest first: a poll takes the due ones
+    /// off the top instead of walking every parked port (a minute of closes: millions at
+    /// 100k/s). An entry whose time is no longer its port's (checked since, or released)
+    /// is dropped when it comes up.
+    checks: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Parked ports per namespace, and of them those asked for by number, kept as they come
+    /// and go (the watcher's plan and `held` would otherwise count every parked port).
+    parked_in: HashMap<u32, usize>,
+    parked_explicit: usize,
     /// Of those held, ports asked for by number: tracked for occupancy, not allocations.
     explicit: usize,
 }
@@ -251,15 +270,12 @@ impl Tracker {
                 } else {
                     (false, 0)
                 };
-                self.time_wait.insert(
-                    event.cookie,
-                    TimeWait {
-                        release: event.clone(),
-                        allocated_ns: since,
-                        seen,
-                        next_check_ns,
-                    },
-                );
+                self.park(TimeWait {
+                    release: event.clone(),
+                    allocated_ns: since,
+                    seen,
+                    next_check_ns,
+                });
                 Outcome::EnteredTimeWait
             }
             Some(since) => Outcome::Released {
@@ -332,7 +348,7 @@ impl Tracker {
                 event
             }
             None => {
-                let tw = self.time_wait.remove(&cookie)?;
+                let tw = self.unpark(cookie)?;
                 self.forget_tuple(&tw.release);
                 tw.release
             }
@@ -346,7 +362,7 @@ impl Tracker {
     /// killed that socket to let it, so its port was freed just before.
     fn take_over(&mut self, event: &Event) -> Option<(Event, Outcome)> {
         let cookie = self.time_wait_tuples.remove(&four_tuple(event))?;
-        let tw = self.time_wait.remove(&cookie)?;
+        let tw = self.unpark(cookie)?;
         let closed_ns = tw.release.ts_ns;
         let mut freed = tw.release;
         freed.ts_ns = event.ts_ns.max(closed_ns);
@@ -366,7 +382,7 @@ impl Tracker {
 
     /// The kernel saw the TIME_WAIT socket holding a port die (kprobe backend).
     fn end_time_wait(&mut self, event: &Event) -> Outcome {
-        let found = self.time_wait.remove(&event.cookie);
+        let found = self.unpark(event.cookie);
         if let Some(tw) = &found {
             self.forget_tuple(&tw.release);
         }
@@ -379,16 +395,82 @@ impl Tracker {
         }
     }
 
-    /// The parked ports by namespace: all of them (cookies), and those due a check at
-    /// `now_ns` (see `TIME_WAIT_LEN_NS`) as the release events that parked them (who,
-    /// where, and the cookie to ask for).
-    pub fn time_wait_parked(&self, now_ns: u64) -> HashMap<u32, Parked<'_>> {
+    fn park(&mut self, tw: TimeWait) {
+        let cookie = tw.release.cookie;
+        *self.parked_in.entry(tw.release.netns).or_default() += 1;
+        self.parked_explicit += usize::from(tw.release.explicit);
+        self.checks.push(Reverse((tw.next_check_ns, cookie)));
+        if let Some(old) = self.time_wait.insert(cookie, tw) {
+            // The same cookie parked twice (not seen from the kernel): count it once.
+            self.uncount(&old);
+        }
+    }
+
+    fn unpark(&mut self, cookie: u64) -> Option<TimeWait> {
+        let tw = self.time_wait.remove(&cookie)?;
+        self.uncount(&tw);
+        Some(tw)
+    }
+
+    fn uncount(&mut self, tw: &TimeWait) {
+        self.parked_explicit -= usize::from(tw.release.explicit);
+        if let Entry::Occupied(mut n) = self.parked_in.entry(tw.release.netns) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+    }
+
+    /// The parked ports due a check at `now_ns` (see `TIME_WAIT_LEN_NS`) by namespace, as
+    /// the release events that parked them (who, where, and the cookie to ask for), with how
+    /// many are parked there. Each is due again at the next poll unless a check settles it
+    /// first (`settle_time_wait`).
+    pub fn time_wait_due(&mut self, now_ns: u64) -> HashMap<u32, Parked<'_>> {
+        if self.checks.len() > 2 * self.time_wait.len() + STALE_CHECKS {
+            // Mostly entries of ports released since (taken over by a new connect(), say):
+            // rebuilt from what is parked, so the heap stays the size of the parked set.
+            self.checks = self
+                .time_wait
+                .iter()
+                .map(|(cookie, tw)| Reverse((tw.next_check_ns, *cookie)))
+                .collect();
+        }
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, cookie))) = self.checks.peek() {
+            if at > now_ns {
+                break;
+            }
+            self.checks.pop();
+            let Some(tw) = self.time_wait.get_mut(&cookie) else {
+                continue;
+            };
+            if tw.next_check_ns != at {
+                continue;
+            }
+            tw.next_check_ns = now_ns.saturating_add(1);
+            self.checks.push(Reverse((tw.next_check_ns, cookie)));
+            due.push(cookie);
+        }
         let mut by_netns: HashMap<u32, Parked<'_>> = HashMap::default();
-        for (cookie, tw) in &self.time_wait {
+        for cookie in due {
+            let Some(tw) = self.time_wait.get(&cookie) else {
+                continue;
+            };
             let parked = by_netns.entry(tw.release.netns).or_default();
-            parked.all.push(*cookie);
-            if tw.next_check_ns <= now_ns {
-                parked.due.push(&tw.release);
+            parked.count = self.parked_in.get(&tw.release.netns).copied().unwrap_or(0);
+            parked.due.push(&tw.release);
+        }
+        by_netns
+    }
+
+    /// The cookies of every port parked in each of `namespaces` (for a dump, which settles
+    /// them all): one walk of the parked ports.
+    pub fn time_wait_in(&self, namespaces: &HashSet<u32>) -> HashMap<u32, Vec<u64>> {
+        let mut by_netns: HashMap<u32, Vec<u64>> = HashMap::default();
+        for (cookie, tw) in &self.time_wait {
+            if namespaces.contains(&tw.release.netns) {
+                by_netns.entry(tw.release.netns).or_default().push(*cookie);
             }
         }
         by_netns
@@ -396,7 +478,7 @@ impl Tracker {
 
     /// The namespaces with a port parked in TIME_WAIT.
     pub fn time_wait_namespaces(&self) -> HashSet<u32> {
-        self.time_wait.values().map(|tw| tw.release.netns).collect()
+        self.parked_in.keys().copied().collect()
     }
 
     /// Settles the parked ports `checked` (cookies) against which of them still exist,
@@ -419,13 +501,13 @@ impl Tracker {
                 if !tw.seen {
                     tw.seen = true;
                     tw.next_check_ns = closed_ns + TIME_WAIT_LEN_NS;
-                } else if tw.next_check_ns <= now_ns {
-                    // Still there past its time (the kernel's timers run late under load).
-                    tw.next_check_ns = now_ns + 1;
+                    self.checks.push(Reverse((tw.next_check_ns, *cookie)));
                 }
+                // Else still there past its time (the kernel's timers run late under
+                // load): due again at the next poll, as `time_wait_due` left it.
                 continue;
             }
-            let Some(tw) = self.time_wait.remove(cookie) else {
+            let Some(tw) = self.unpark(*cookie) else {
                 continue;
             };
             self.forget_tuple(&tw.release);
@@ -449,20 +531,12 @@ impl Tracker {
 
     /// Ephemeral ports held right now, in TIME_WAIT included.
     pub fn held(&self) -> usize {
-        let time_wait = self
-            .time_wait
-            .values()
-            .filter(|t| !t.release.explicit)
-            .count();
-        self.held.len() - self.explicit + time_wait
+        self.held.len() - self.explicit + self.held_time_wait()
     }
 
     /// Of `held`, the ports in TIME_WAIT.
     pub fn held_time_wait(&self) -> usize {
-        self.time_wait
-            .values()
-            .filter(|t| !t.release.explicit)
-            .count()
+        self.time_wait.len() - self.parked_explicit
     }
 }
 
@@ -530,8 +604,8 @@ mod tests {
     }
 
     /// The cookies due a check at `now_ns`, in any namespace.
-    fn due(tracker: &Tracker, now_ns: u64) -> Vec<u64> {
-        let parked = tracker.time_wait_parked(now_ns);
+    fn due(tracker: &mut Tracker, now_ns: u64) -> Vec<u64> {
+        let parked = tracker.time_wait_due(now_ns);
         parked
             .values()
             .flat_map(|p| p.due.iter().map(|e| e.cookie))
@@ -552,7 +626,7 @@ mod tests {
         assert_eq!(tracker.held(), 1, "TIME_WAIT still holds the port");
 
         // Checked at once: it is there, so it did go into TIME_WAIT.
-        assert_eq!(due(&tracker, closed + 10), [cookie]);
+        assert_eq!(due(&mut tracker, closed + 10), [cookie]);
         let present = HashSet::from_iter([cookie]);
         assert!(
             tracker
@@ -566,16 +640,16 @@ mod tests {
                 .settle_time_wait(&[cookie], &present, closed + 20)
                 .is_empty()
         );
-        assert!(due(&tracker, closed + 30_000_000_000).is_empty());
+        assert!(due(&mut tracker, closed + 30_000_000_000).is_empty());
         let over = closed + TIME_WAIT_LEN_NS;
-        assert_eq!(due(&tracker, over), [cookie]);
+        assert_eq!(due(&mut tracker, over), [cookie]);
         // Still there (the kernel's timers run late under load): asked at every poll.
         assert!(
             tracker
                 .settle_time_wait(&[cookie], &present, over)
                 .is_empty()
         );
-        assert_eq!(due(&tracker, over + 1), [cookie]);
+        assert_eq!(due(&mut tracker, over + 1), [cookie]);
 
         let gone = over + 500_000_000;
         let done = tracker.settle_time_wait(&[cookie], &HashSet::default(), gone);
@@ -589,7 +663,7 @@ mod tests {
         );
         assert_eq!(done[0].0.ts_ns, gone);
         assert_eq!(tracker.held(), 0);
-        assert!(due(&tracker, u64::MAX).is_empty());
+        assert!(due(&mut tracker, u64::MAX).is_empty());
     }
 
     #[test]
@@ -604,9 +678,9 @@ mod tests {
             FLAG_TIME_WAIT | FLAG_TIME_WAIT_MADE,
         ));
         assert_eq!(tracker.held(), 1, "held through TIME_WAIT");
-        assert!(due(&tracker, closed + 1).is_empty(), "no first check");
+        assert!(due(&mut tracker, closed + 1).is_empty(), "no first check");
         let end = closed + TIME_WAIT_LEN_NS;
-        assert_eq!(due(&tracker, end), [alloc.cookie]);
+        assert_eq!(due(&mut tracker, end), [alloc.cookie]);
         // Gone a second later: released then, held through TIME_WAIT, not at the close.
         let gone = end + 1_000_000_000;
         let done = tracker.settle_time_wait(&[alloc.cookie], &HashSet::default(), gone);
@@ -652,6 +726,37 @@ mod tests {
     }
 
     #[test]
+    fn ports_taken_over_leave_no_pile_of_checks_behind() {
+        // tcp_tw_reuse churn: every TIME_WAIT port is taken over by the next connect()
+        // long before its check, so what is parked stays small, and so must the checks.
+        let mut tracker = Tracker::default();
+        let mut ts = 1_000_000;
+        for cookie in 1..=50_000u64 {
+            let mut raw = raw_connect();
+            raw.cookie = cookie;
+            raw.ts_ns = ts;
+            tracker.apply(&decode_raw(&raw).expect("decodes"));
+            ts += 1_000;
+            tracker.apply(&release(cookie, ts, FLAG_TIME_WAIT | FLAG_TIME_WAIT_MADE));
+            ts += 1_000;
+            if cookie % 10_000 == 0 {
+                // A poll: nothing is due yet (made TIME_WAITs wait for their end).
+                assert!(due(&mut tracker, ts).is_empty());
+            }
+        }
+        assert_eq!(tracker.held(), 1, "only the last connection's port");
+        assert_eq!(tracker.held_time_wait(), 1);
+        assert!(
+            tracker.checks.len() <= 2 * tracker.time_wait.len() + STALE_CHECKS,
+            "{} checks kept for {} parked ports",
+            tracker.checks.len(),
+            tracker.time_wait.len()
+        );
+        // The one left is still asked about at its end, once.
+        assert_eq!(due(&mut tracker, ts + TIME_WAIT_LEN_NS).len(), 1);
+    }
+
+    #[test]
     fn a_connect_that_takes_over_a_time_wait_connection_frees_its_port_first() {
         let mut tracker = Tracker::default();
         let first = alloc();
@@ -691,7 +796,7 @@ mod tests {
             2,
             "the two open connections, not the freed port"
         );
-        assert!(due(&tracker, u64::MAX).is_empty());
+        assert!(due(&mut tracker, u64::MAX).is_empty());
         // Reported once: the same connection again takes nothing over.
         let mut raw = raw_connect();
         raw.cookie = 45;
@@ -791,7 +896,7 @@ mod tests {
         assert_eq!(tracker.tracked().count(), 1);
         assert!(tracker.vanished(first.cookie, 200).is_some());
         assert_eq!(tracker.held(), 0);
-        assert!(due(&tracker, u64::MAX).is_empty());
+        assert!(due(&mut tracker, u64::MAX).is_empty());
         // A new connection on the same four-tuple takes nothing over.
         let mut raw = raw_connect();
         raw.cookie = 5;
