@@ -137,7 +137,11 @@ pub const PROBE_SOCK_RELEASE: u32 = 24;
 pub const PROBE_UDP_CREATE: u32 = 25;
 pub const PROBE_BIND_EXIT: u32 = 26;
 pub const PROBE_CONNECT_EXIT: u32 = 27;
-pub const PROBE_PROGRAMS: u32 = 28;
+// The tracepoint backend on kernels whose tp_btf programs cannot call
+// bpf_get_socket_cookie (before 5.12): `tcp_state`'s stand-in, and what gives it cookies.
+pub const PROBE_TCP_STATE_STORED_COOKIE: u32 = 28;
+pub const PROBE_TCP_COOKIE: u32 = 29;
+pub const PROBE_PROGRAMS: u32 = 30;
 /// Program names (the eBPF object's symbols) by `PROBE_*` index.
 pub const PROBE_NAMES: [&str; PROBE_PROGRAMS as usize] = [
     "kp_bind",
@@ -168,6 +172,8 @@ pub const PROBE_NAMES: [&str; PROBE_PROGRAMS as usize] = [
     "udp_create",
     "bind_exit",
     "connect_exit",
+    "tcp_state_stored_cookie",
+    "tcp_cookie",
 ];
 
 /// Each tracepoint-backend program and its empty twin at the same hook (port-trace-ebpf's
@@ -269,6 +275,9 @@ pub struct KernelOffsets {
     /// `struct tcp_sock`: `inet_conn.icsk_inet.sk.__sk_common.skc_nulls_node.pprev`: NULL
     /// once the socket is out of the connection table.
     pub tcp_nulls_pprev: u32,
+    /// `struct sock`: `__sk_common.skc_cookie` (u64): the socket's cookie, 0 until a helper
+    /// or the kernel made one.
+    pub sk_cookie: u32,
 }
 
 /// Which sockets the programs track at all, written by the daemon before load (`--netns`,
@@ -316,7 +325,7 @@ mod tests {
             8 + 8 + 8 + 4 + 4 + 16 * 3 + 2 * 2 + 4 + 4 + 1 + 3
         );
         assert_eq!(size_of::<PortEvent>() % 8, 0);
-        assert_eq!(size_of::<KernelOffsets>(), 16 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 18 * 4);
         assert_eq!(size_of::<KernelFilter>(), (MAX_NETNS_FILTER + 2) * 4);
     }
 

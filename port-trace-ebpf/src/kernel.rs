@@ -34,6 +34,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_state: 0,
     tcp_cb_flags: 0,
     tcp_nulls_pprev: 0,
+    sk_cookie: 0,
 };
 
 /// Random per run, from the daemon: the kprobe backend names a socket `sk ^ SOCKET_ID_KEY`,

@@ -119,6 +119,12 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub empty_programs: bool,
 
+    /// For the tests: attach the stand-ins that kernels refusing a program get (on 5.10,
+    /// `tcp_state_stored_cookie` and `tcp_cookie` for `tcp_state`), as if the kernel had
+    /// refused it, so every kernel can test them.
+    #[arg(long, hide = true)]
+    pub fallback_programs: bool,
+
     /// Report only what these processes allocate (repeat for more). Occupancy and warnings
     /// still count every process's ports: they fill the same range.
     #[arg(long, value_name = "PID")]

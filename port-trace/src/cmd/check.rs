@@ -91,6 +91,7 @@ pub fn run() -> Result<(), Fatal> {
             filter: Default::default(),
             count_map_ops: false,
             empty_programs: false,
+            fallback_programs: false,
         });
         match survey {
             Ok(probes) => {

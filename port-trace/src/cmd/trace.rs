@@ -114,6 +114,7 @@ impl Trace {
             filter: filter.kernel(),
             count_map_ops: cli.count_map_ops,
             empty_programs: cli.empty_programs,
+            fallback_programs: cli.fallback_programs,
         })?;
         let ring = watch(probes.take_events()?)?;
         let failures = watch(probes.take_failures()?)?;

@@ -254,6 +254,7 @@ impl Btf {
             tcp_cb_flags: self.offset_of("tcp_sock.bpf_sock_ops_cb_flags")?,
             tcp_nulls_pprev: self
                 .offset_of("tcp_sock.inet_conn.icsk_inet.sk.__sk_common.skc_nulls_node.pprev")?,
+            sk_cookie: self.offset_of("sock.__sk_common.skc_cookie")?,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod kprobe;
 pub mod preflight;
 pub mod tracefs;
 mod tracepoint;
+mod verifier;
 
 use std::{
     fmt,
@@ -77,6 +78,7 @@ fn programs() -> impl Iterator<Item = (Backend, &'static str)> {
         .map(|(name, _)| (Backend::Kprobe, *name));
     let tracepoints = tracepoint::PROGRAMS
         .iter()
+        .chain(tracepoint::FALLBACKS.iter().flat_map(|f| &f.instead))
         .map(|(name, _)| (Backend::Tracepoint, *name));
     kprobes.chain(tracepoints)
 }
@@ -95,6 +97,9 @@ pub struct ProbeConfig {
     /// The benchmark's floor: attach empty programs at the tracepoint backend's hooks
     /// (`--empty-programs`).
     pub empty_programs: bool,
+    /// The tests': attach the programs' fallbacks, as if the kernel refused the programs
+    /// (`--fallback-programs`).
+    pub fallback_programs: bool,
 }
 
 /// The loaded programs. Dropping this detaches every program and frees the maps.
@@ -157,6 +162,21 @@ impl Probes {
             }
             BackendChoice::Kprobe => Backend::Kprobe,
         };
+        // Before anything is loaded: the tracepoint backend cannot start without cgroup v2.
+        if backend == Backend::Tracepoint
+            && let Err(no_cgroup2) = machine.cgroup2()
+        {
+            return Err(match config.backend {
+                BackendChoice::Auto => Fatal::Unsupported(
+                    "no backend can start here: this kernel cannot attach kprobes (no kprobe \
+                     PMU: CONFIG_KPROBE_EVENTS is off) and cgroup v2, which the tracepoint \
+                     backend attaches at, is not mounted (mount -t cgroup2 none \
+                     /sys/fs/cgroup/unified)"
+                        .into(),
+                ),
+                _ => no_cgroup2,
+            });
+        }
 
         let btf_bytes = std::fs::read(preflight::VMLINUX_BTF)
             .with_context(|| format!("reading {}", preflight::VMLINUX_BTF))?;
@@ -208,8 +228,11 @@ impl Probes {
             Backend::Tracepoint => tracepoint::attach(
                 &mut ebpf,
                 &aya_btf,
-                &machine.cgroup2,
-                config.empty_programs,
+                machine.cgroup2()?,
+                tracepoint::Variant {
+                    empty: config.empty_programs,
+                    fallbacks: config.fallback_programs,
+                },
                 &mut hooks,
             )?,
         }
@@ -286,8 +309,15 @@ impl Probes {
     }
 
     /// Failed runs of each attached program (see `ProbeErrors`), summed over CPUs.
+    /// Only the programs attached: a fallback not needed here has no count to show.
     fn probe_errors(&self) -> anyhow::Result<ProbeErrors> {
-        ProbeErrors::collect(&[self.backend], self.per_cpu_sums("PROBE_ERRORS")?)
+        let mut errors = ProbeErrors::collect(&[self.backend], self.per_cpu_sums("PROBE_ERRORS")?)?;
+        errors.programs.retain(|p| {
+            self.programs
+                .iter()
+                .any(|label| label.split_whitespace().next() == Some(p.program))
+        });
+        Ok(errors)
     }
 
     /// The per-CPU counter array `name`, as a function from index to the sum over CPUs.
@@ -322,8 +352,23 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))?)
 }
 
+/// A program that failed to load or attach. A verifier refusal is told by its reason (the
+/// log's last message, `verifier::reason`); the whole log goes to the debug log.
 pub(super) fn load_error(name: &str, err: ProgramError) -> Fatal {
-    classify(anyhow::Error::new(err).context(format!("loading or attaching {name}")))
+    let err = match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            debug!("verifier log of {name}:\n{log}");
+            let reason =
+                verifier::reason(&log).unwrap_or_else(|| "the verifier's log is empty".to_string());
+            anyhow::Error::new(io_error).context(format!("the verifier refused it: {reason}"))
+        }
+        other => anyhow::Error::new(other),
+    };
+    classify(err.context(format!("loading or attaching {name}")))
 }
 
 /// EPERM anywhere in the chain means missing privileges, whatever else the kernel said.
@@ -413,11 +458,17 @@ mod tests {
         );
         let in_both: Vec<_> = kprobes.intersection(&tracepoints).collect();
         assert!(in_both.is_empty(), "in both backends' tables: {in_both:?}");
-        let twins: BTreeSet<&str> = tracepoints
+        // Each program of the main table has its empty twin (the fallbacks need none: the
+        // floor is measured at the same hooks).
+        let twins: BTreeSet<&str> = super::tracepoint::PROGRAMS
             .iter()
-            .filter_map(|name| super::tracepoint::empty_twin(name))
+            .filter_map(|(name, _)| super::tracepoint::empty_twin(name))
             .collect();
-        assert_eq!(twins.len(), tracepoints.len(), "a program without its twin");
+        assert_eq!(
+            twins.len(),
+            super::tracepoint::PROGRAMS.len(),
+            "a program without its twin"
+        );
         let in_tables: BTreeSet<&str> = kprobes.union(&tracepoints).copied().chain(twins).collect();
         assert_eq!(
             in_object.difference(&in_tables).collect::<Vec<_>>(),

@@ -1,10 +1,10 @@
-//! What must hold before loading anything: privileges, BTF, cgroup v2. Each failure is one
-//! clear sentence and its own exit code. `Preflight::evaluate` is the one place they are
-//! checked: `port-trace check` prints every check, `Probes::attach` stops at the first failure.
+//! What must hold before loading anything: privileges and BTF for every backend, cgroup v2
+//! for the tracepoint backend (its socket hooks attach at the cgroup v2 root; no kprobe
+//! needs it). Each failure is one clear sentence and its own exit code. `Preflight::evaluate`
+//! is the one place they are checked: `port-trace check` prints every check, `Probes::attach`
+//! stops at the first failure that matters to its backend.
 
 use std::path::{Path, PathBuf};
-
-use anyhow::Context as _;
 
 use crate::error::Fatal;
 
@@ -17,8 +17,26 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug)]
 pub struct Machine {
-    /// Where cgroup v2 is mounted; the cgroup hooks attach at its root to see every process.
-    pub cgroup2: PathBuf,
+    /// Where cgroup v2 is mounted, if it is; the tracepoint backend's cgroup hooks attach at
+    /// its root to see every process.
+    cgroup2: Option<PathBuf>,
+}
+
+impl Machine {
+    /// The cgroup v2 root the tracepoint backend attaches at, or why it cannot start.
+    pub fn cgroup2(&self) -> Result<&Path, Fatal> {
+        self.cgroup2.as_deref().ok_or_else(no_cgroup2)
+    }
+}
+
+/// The tracepoint backend's failure on a host without cgroup v2 (hosts whose init mounts only
+/// cgroup v1).
+fn no_cgroup2() -> Fatal {
+    Fatal::Unsupported(
+        "cgroup v2 is not mounted, and the tracepoint backend attaches its socket hooks at its \
+         root; mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or use --backend kprobe"
+            .to_string(),
+    )
 }
 
 /// What one check found: a line of `port-trace check`, and the error tracing stops with.
@@ -84,18 +102,12 @@ impl Preflight {
         };
         let cgroup2_mount = cgroup2_mount(mounts);
         let cgroup2 = Check {
-            name: "cgroup v2",
+            name: "cgroup v2 (tracepoint backend only)",
             ok: cgroup2_mount.is_some(),
             detail: cgroup2_mount
                 .as_ref()
                 .map_or("not mounted".into(), |p| p.display().to_string()),
-            failure: cgroup2_mount.is_none().then(|| {
-                Fatal::Unsupported(
-                    "cgroup v2 is not mounted; mount it (mount -t cgroup2 none \
-                     /sys/fs/cgroup/unified) so port-trace can attach its socket hooks"
-                        .to_string(),
-                )
-            }),
+            failure: cgroup2_mount.is_none().then(no_cgroup2),
         };
         Self {
             privileges,
@@ -110,21 +122,21 @@ impl Preflight {
         [&self.privileges, &self.btf, &self.cgroup2]
     }
 
-    /// What attaching needs, or the first check's failure.
+    /// What attaching needs, or the first failure of a check every backend needs; cgroup v2
+    /// is the tracepoint backend's to ask for (`Machine::cgroup2`).
     pub fn into_machine(self) -> Result<Machine, Fatal> {
-        for check in [self.privileges, self.btf, self.cgroup2] {
+        for check in [self.privileges, self.btf] {
             if let Some(failure) = check.failure {
                 return Err(failure);
             }
         }
-        let cgroup2 = self
-            .cgroup2_mount
-            .context("cgroup v2 check passed without a mount")?;
-        Ok(Machine { cgroup2 })
+        Ok(Machine {
+            cgroup2: self.cgroup2_mount,
+        })
     }
 }
 
-/// Every check, or the first failure.
+/// Every check every backend needs, or the first failure.
 pub fn check() -> Result<Machine, Fatal> {
     Preflight::evaluate()?.into_machine()
 }
@@ -184,11 +196,19 @@ mod tests {
                     false
                 ),
                 ("BTF", true, VMLINUX_BTF.to_string(), false),
-                ("cgroup v2", true, "/sys/fs/cgroup".to_string(), false),
+                (
+                    "cgroup v2 (tracepoint backend only)",
+                    true,
+                    "/sys/fs/cgroup".to_string(),
+                    false
+                ),
             ]
         );
         let machine = preflight.into_machine().expect("ready");
-        assert_eq!(machine.cgroup2, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            machine.cgroup2().expect("mounted"),
+            Path::new("/sys/fs/cgroup")
+        );
     }
 
     #[test]
@@ -208,16 +228,32 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
-        match Preflight::from_facts(ROOT, true, "").into_machine() {
-            Err(err @ Fatal::Unsupported(_)) => {
-                assert!(err.to_string().starts_with("cgroup v2 is not mounted"))
-            }
-            other => panic!("{other:?}"),
-        }
         match Preflight::from_facts(ROOT, false, "").into_machine() {
             Err(err @ Fatal::Unsupported(_)) => {
                 assert!(err.to_string().starts_with("this kernel has no BTF"))
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Hosts whose init mounts only cgroup v1: the kprobe backend needs no cgroup, so the
+    /// machine is ready, and only the tracepoint backend's request for the root fails.
+    #[test]
+    fn without_cgroup_v2_only_the_tracepoint_backend_is_refused() {
+        let v1_only = "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
+        let preflight = Preflight::from_facts(ROOT, true, v1_only);
+        assert!(!preflight.cgroup2.ok);
+        let machine = preflight
+            .into_machine()
+            .expect("ready for the kprobe backend");
+        match machine.cgroup2() {
+            Err(err @ Fatal::Unsupported(_)) => assert!(
+                err.to_string().starts_with(
+                    "cgroup v2 is not mounted, and the tracepoint backend attaches its socket \
+                     hooks at its root"
+                ),
+                "{err}"
+            ),
             other => panic!("{other:?}"),
         }
     }
