@@ -53,7 +53,13 @@ fn the_stand_in_sees_sockets_made_while_it_runs() {
     // Made before port-trace started, and never bound: it has no cookie to read.
     let older = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
 
-    let tracer = Tracer::start(&["--backend", "tracepoint", "--fallback-programs"]);
+    // The VM runs name the backend already (tracepoint, past the check above).
+    let args: &[&str] = if backend_args().is_empty() {
+        &["--backend", "tracepoint", "--fallback-programs"]
+    } else {
+        &["--fallback-programs"]
+    };
+    let tracer = Tracer::start(args);
     let programs: Vec<&str> = tracer.ready["programs"]
         .as_array()
         .expect("programs")

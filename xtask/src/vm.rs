@@ -1,9 +1,11 @@
 //! `cargo xtask vm-test`: the test suite on other kernels, in VMs.
 //!
-//! Boots Debian's 6.1 and 6.12 cloud kernels under qemu (TCG: KVM is not available here)
-//! from an initramfs holding busybox, the test binaries, port-trace and the shared libraries
-//! they need, runs every test binary inside once per backend, and prints a kernel x backend
-//! table. Kernel packages are cached in `CACHE` between runs.
+//! Boots Debian's cloud kernels (5.10 of Debian 11, 6.1 and 6.12 of Debian 12, 6.12 of Debian
+//! 13) under qemu (TCG: KVM is not available here) from an initramfs holding busybox, the
+//! test binaries, port-trace and the shared libraries they need, runs the test binaries
+//! inside once per run (a kernel, a backend, cgroup v2 mounted or not), and prints a table.
+//! Each kernel comes from its own Debian suite through an apt configuration private to the
+//! harness (the host's sources are not touched); packages are cached in `CACHE`.
 
 use std::{
     collections::BTreeSet,
@@ -23,21 +25,116 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cmd, run, setup};
 
 pub struct Kernel {
+    /// As `--kernels` and the table name it: the version, and the Debian release that
+    /// ships it where two releases ship the same version.
     pub name: &'static str,
     pub package: &'static str,
+    /// The Debian archive and suite the package comes from.
+    pub archive: &'static str,
+    pub suite: &'static str,
 }
 
-/// The distribution kernels the suite must pass on (KERNEL-NOTES.md).
-pub const KERNELS: [Kernel; 2] = [
+const DEBIAN: &str = "http://deb.debian.org/debian";
+const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
+
+/// The distribution kernels the suite must pass on (KERNEL-NOTES.md), oldest first.
+pub const KERNELS: [Kernel; 4] = [
     Kernel {
-        name: "6.1",
-        package: "linux-image-6.1.0-50-cloud-amd64",
+        name: "5.10-deb11",
+        package: "linux-image-5.10.0-46-cloud-amd64",
+        archive: DEBIAN_SECURITY,
+        suite: "bullseye-security",
     },
     Kernel {
-        name: "6.12",
+        name: "6.1-deb12",
+        package: "linux-image-6.1.0-50-cloud-amd64",
+        archive: DEBIAN,
+        suite: "bookworm",
+    },
+    Kernel {
+        name: "6.12-deb12",
         package: "linux-image-6.12.115+deb12-cloud-amd64",
+        archive: DEBIAN_SECURITY,
+        suite: "bookworm-security",
+    },
+    Kernel {
+        name: "6.12-deb13",
+        package: "linux-image-6.12.117+deb13-cloud-amd64",
+        archive: DEBIAN,
+        suite: "trixie",
     },
 ];
+
+/// One VM: a kernel, the backend the suite runs with, and whether cgroup v2 is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub kernel: &'static str,
+    pub backend: &'static str,
+    pub cgroup2: bool,
+}
+
+impl Run {
+    const fn new(kernel: &'static str, backend: &'static str) -> Self {
+        Self {
+            kernel,
+            backend,
+            cgroup2: true,
+        }
+    }
+
+    /// The test binaries it runs (name prefixes); all when empty.
+    fn tests(&self) -> &'static [&'static str] {
+        if self.cgroup2 { &[] } else { NO_CGROUP2_TESTS }
+    }
+
+    /// As in the table.
+    fn setup(&self) -> &'static str {
+        if self.cgroup2 {
+            "cgroup v2"
+        } else {
+            "no cgroup v2"
+        }
+    }
+}
+
+/// A host whose init mounts only cgroup v1: the kprobe backend needs no cgroup, the
+/// tracepoint backend says why it cannot start. What runs there: `check` (both backends'
+/// verdicts), and TCP and UDP ports end to end with the kprobe backend.
+const NO_CGROUP2_TESTS: &[&str] = &["check", "tcp_lifetimes", "udp_ports"];
+
+/// Every run `cargo xtask vm-test` can make: each kernel with each backend, and the newest
+/// kernel without cgroup v2 (kprobe: the backend that can work there).
+pub fn all_runs() -> Vec<Run> {
+    let mut runs: Vec<Run> = KERNELS
+        .iter()
+        .flat_map(|k| ["tracepoint", "kprobe"].map(|backend| Run::new(k.name, backend)))
+        .collect();
+    runs.push(Run {
+        cgroup2: false,
+        ..Run::new(KERNELS[KERNELS.len() - 1].name, "kprobe")
+    });
+    runs
+}
+
+/// What every CI run (`cargo xtask test`) makes, to stay within its time: both backends on
+/// the oldest and the newest kernel, Debian 12's 6.1 with the tracepoint backend (its kprobe
+/// runs take half as long again), and the run without cgroup v2. Debian 12's 6.12, the same
+/// upstream version as Debian 13's, runs on demand: `cargo xtask vm-test` makes every run
+/// (`all_runs`).
+pub fn ci_runs() -> Vec<Run> {
+    let (oldest, newest) = (KERNELS[0].name, KERNELS[KERNELS.len() - 1].name);
+    vec![
+        Run::new(oldest, "tracepoint"),
+        Run::new(oldest, "kprobe"),
+        Run::new("6.1-deb12", "tracepoint"),
+        Run::new(newest, "tracepoint"),
+        Run::new(newest, "kprobe"),
+        Run {
+            cgroup2: false,
+            ..Run::new(newest, "kprobe")
+        },
+    ]
+}
 
 const CACHE: &str = "/var/cache/port-trace/vm";
 const VM_PACKAGES: [&str; 5] = [
@@ -49,7 +146,13 @@ const VM_PACKAGES: [&str; 5] = [
 ];
 /// Host programs the tests run, copied in with their libraries (busybox has no ss, and its
 /// setpriv lacks the options the tests use).
-const HOST_TOOLS: [&str; 2] = ["/usr/bin/ss", "/usr/bin/setpriv"];
+const HOST_TOOLS: [&str; 4] = [
+    "/usr/bin/ss",
+    "/usr/bin/setpriv",
+    // The check test's private mount namespace without cgroup v2.
+    "/usr/bin/unshare",
+    "/usr/bin/findmnt",
+];
 /// sock_diag for TCP and UDP: modules in Debian's kernels, which a real host loads on demand
 /// and the VM's init loads by hand, in this order.
 const DIAG_MODULES: [&str; 4] = [
@@ -62,39 +165,65 @@ const DIAG_MODULES: [&str; 4] = [
 const VM_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 pub struct Outcome {
-    pub kernel: &'static str,
-    pub backend: String,
+    pub run: Run,
     pub passed: bool,
     pub summary: String,
 }
 
-/// What to run: backends, and optionally only some kernels and test binaries (by name
-/// prefix), for working on one failure.
+/// What to run: the runs, and optionally only some test binaries (by name prefix), for
+/// working on one failure.
 pub struct Selection<'a> {
-    pub backends: &'a [String],
-    pub kernels: &'a [String],
+    pub runs: Vec<Run>,
     pub only: Option<&'a str>,
+}
+
+/// `all_runs` narrowed to some backends and kernels (none: all); a kernel is named in full
+/// (`6.12-deb13`) or by its version (`6.12`: both).
+pub fn select(backends: &[String], kernels: &[String]) -> Result<Vec<Run>> {
+    for name in kernels {
+        if !KERNELS.iter().any(|k| kernel_matches(k.name, name)) {
+            let known: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+            bail!("no kernel {name} (known: {})", known.join(", "));
+        }
+    }
+    Ok(all_runs()
+        .into_iter()
+        .filter(|run| backends.is_empty() || backends.iter().any(|b| b == run.backend))
+        .filter(|run| kernels.is_empty() || kernels.iter().any(|k| kernel_matches(run.kernel, k)))
+        .collect())
+}
+
+fn kernel_matches(kernel: &str, asked: &str) -> bool {
+    kernel == asked || kernel.split('-').next() == Some(asked)
 }
 
 pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
     setup::ensure_apt_packages(&VM_PACKAGES)?;
+    let kernels: Vec<&Kernel> = KERNELS
+        .iter()
+        .filter(|k| selection.runs.iter().any(|run| run.kernel == k.name))
+        .collect();
+    let images: Vec<PathBuf> = kernels
+        .iter()
+        .map(|k| fetch_kernel(k))
+        .collect::<Result<_>>()?;
     let tests = build_test_binaries()?;
     let work = Path::new("target/vm");
     fs::create_dir_all(work)?;
-    let images: Vec<PathBuf> = KERNELS.iter().map(fetch_kernel).collect::<Result<_>>()?;
-    let initrd = build_initramfs(&tests, work)?;
-    let mut runs = Vec::new();
-    for (kernel, vmlinuz) in KERNELS.iter().zip(images) {
-        if !selection.kernels.is_empty() && !selection.kernels.iter().any(|k| k == kernel.name) {
-            continue;
-        }
-        for backend in selection.backends {
-            runs.push((kernel.name, vmlinuz.clone(), backend.clone()));
-        }
+    let initrd = build_initramfs(&tests, &kernels, work)?;
+    let mut runs: Vec<(Run, PathBuf)> = Vec::new();
+    for run in &selection.runs {
+        let image = kernels
+            .iter()
+            .zip(&images)
+            .find(|(k, _)| k.name == run.kernel)
+            .map(|(_, image)| image.clone())
+            .with_context(|| format!("no kernel {}", run.kernel))?;
+        runs.push((*run, image));
     }
-    // The longest first (the kprobe runs: 10-11 min against 6-7 under emulation), so the
-    // two lanes end together.
-    runs.sort_by_key(|(_, _, backend)| backend != "kprobe");
+    // The longest first (full suites with the kprobe backend: 10-11 min against 6-7 under
+    // emulation; the few tests without cgroup v2 last), so the two lanes end together.
+    runs.sort_by_key(|(run, _)| (!run.tests().is_empty(), run.backend != "kprobe"));
     // Two VMs at a time (PT_VM_JOBS): the suite spends much of its time waiting (TIME_WAIT's
     // 60 s, settling, reconciliation), when another VM can have the cores.
     let jobs = std::env::var("PT_VM_JOBS")
@@ -109,15 +238,22 @@ pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
             let done = done.clone();
             scope.spawn(|| {
                 let done = done; // by value: each thread owns its sender
-                while let Some((kernel, vmlinuz, backend)) =
-                    runs.get(next.fetch_add(1, Ordering::Relaxed))
-                {
-                    eprintln!("vm-test: {kernel} kernel, {backend} backend");
-                    let log = work.join(format!("{kernel}-{backend}.log"));
-                    let outcome = boot(vmlinuz, &initrd, backend, selection.only, &log).map(
+                while let Some((run, vmlinuz)) = runs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    eprintln!(
+                        "vm-test: {} kernel, {} backend, {}",
+                        run.kernel,
+                        run.backend,
+                        run.setup()
+                    );
+                    let log = work.join(format!(
+                        "{}-{}{}.log",
+                        run.kernel,
+                        run.backend,
+                        if run.cgroup2 { "" } else { "-no-cgroup2" }
+                    ));
+                    let outcome = boot(vmlinuz, &initrd, run, selection.only, &log).map(
                         |(passed, summary)| Outcome {
-                            kernel,
-                            backend: backend.clone(),
+                            run: *run,
                             passed,
                             summary,
                         },
@@ -130,7 +266,11 @@ pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
     drop(done);
     let mut outcomes: Vec<Outcome> = finished.into_iter().collect::<Result<_>>()?;
     // In the table, by kernel and backend, whichever finished first.
-    outcomes.sort_by(|a, b| (a.kernel, &a.backend).cmp(&(b.kernel, &b.backend)));
+    let order = |o: &Outcome| {
+        let kernel = KERNELS.iter().position(|k| k.name == o.run.kernel);
+        (kernel, o.run.backend, !o.run.cgroup2)
+    };
+    outcomes.sort_by_key(order);
     if outcomes.len() != runs.len() {
         bail!(
             "{} of {} VM runs did not report",
@@ -142,12 +282,27 @@ pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
 }
 
 pub fn print_table(outcomes: &[Outcome]) {
-    println!("\nkernel   backend      result  detail");
+    let width = |header: &str, cell: &dyn Fn(&Outcome) -> &str| {
+        outcomes
+            .iter()
+            .map(|o| cell(o).len())
+            .chain([header.len()])
+            .max()
+            .unwrap_or_default()
+    };
+    let kernel = width("kernel", &|o| o.run.kernel);
+    let backend = width("backend", &|o| o.run.backend);
+    let setup = width("setup", &|o| o.run.setup());
+    println!(
+        "\n{:<kernel$}  {:<backend$}  {:<setup$}  result  detail",
+        "kernel", "backend", "setup"
+    );
     for o in outcomes {
         println!(
-            "{:<8} {:<12} {:<7} {}",
-            o.kernel,
-            o.backend,
+            "{:<kernel$}  {:<backend$}  {:<setup$}  {:<6}  {}",
+            o.run.kernel,
+            o.run.backend,
+            o.run.setup(),
             if o.passed { "pass" } else { "FAIL" },
             o.summary
         );
@@ -226,13 +381,18 @@ fn fetch_kernel(kernel: &Kernel) -> Result<PathBuf> {
         return Ok(found);
     }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("vm-test: downloading {}", kernel.package);
+    eprintln!(
+        "vm-test: downloading {} from Debian {}",
+        kernel.package, kernel.suite
+    );
+    let apt = private_apt(kernel)?;
     let mut download = Command::new("apt-get");
     download
+        .args(&apt)
         .args(["download", kernel.package])
         .current_dir(&dir);
     if run(&mut download).is_err() {
-        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get").args(&apt).arg("update"))?;
         run(&mut download)?;
     }
     let deb = fs::read_dir(&dir)?
@@ -245,6 +405,32 @@ fn fetch_kernel(kernel: &Kernel) -> Result<PathBuf> {
         .arg(&deb)
         .arg(dir.join("root")))?;
     find_vmlinuz(&boot).with_context(|| format!("no vmlinuz in {}", deb.display()))
+}
+
+/// apt-get options for an apt of `kernel`'s suite alone: its own sources list, package lists
+/// and cache under `CACHE`, signed by Debian's archive keys; the host's configuration and
+/// package lists are not touched.
+fn private_apt(kernel: &Kernel) -> Result<Vec<String>> {
+    let dir = fs::canonicalize(CACHE)?.join("apt").join(kernel.suite);
+    for sub in ["lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let sources = dir.join("sources.list");
+    fs::write(
+        &sources,
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {} main\n",
+            kernel.archive, kernel.suite
+        ),
+    )?;
+    Ok(vec![
+        format!("-oDir::Etc::SourceList={}", sources.display()),
+        "-oDir::Etc::SourceParts=/nonexistent".into(),
+        format!("-oDir::State::Lists={}", dir.join("lists").display()),
+        format!("-oDir::Cache={}", dir.join("cache").display()),
+        // Downloads land in directories only root may write: apt's sandbox user cannot.
+        "-oAPT::Sandbox::User=root".into(),
+    ])
 }
 
 fn find_vmlinuz(boot: &Path) -> Option<PathBuf> {
@@ -281,7 +467,7 @@ fn place(root: &Path, from: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build_initramfs(tests: &[PathBuf], work: &Path) -> Result<PathBuf> {
+fn build_initramfs(tests: &[PathBuf], kernels: &[&Kernel], work: &Path) -> Result<PathBuf> {
     let root = work.join("root");
     let _ = fs::remove_dir_all(&root);
     for dir in ["bin", "proc", "sys", "dev", "tmp", "tests", "root", "run"] {
@@ -312,12 +498,16 @@ fn build_initramfs(tests: &[PathBuf], work: &Path) -> Result<PathBuf> {
         .arg(root.join(port_trace.strip_prefix("/")?))
         .status();
 
-    for kernel in &KERNELS {
+    for kernel in kernels {
         copy_diag_modules(kernel, &root)?;
     }
 
     let init = root.join("init");
-    fs::write(&init, INIT)?;
+    // The init runs `port-trace check` first: its verdict goes in the table.
+    fs::write(
+        &init,
+        INIT.replace("@PORT_TRACE@", &port_trace.display().to_string()),
+    )?;
     run(Command::new("chmod").arg("755").arg(&init))?;
 
     let initrd = work.join("initrd.cpio");
@@ -338,9 +528,13 @@ fn build_initramfs(tests: &[PathBuf], work: &Path) -> Result<PathBuf> {
 /// Copies `DIAG_MODULES` of `kernel` into the initramfs, decompressed (busybox insmod takes
 /// plain .ko files); a module built into the kernel is simply absent.
 fn copy_diag_modules(kernel: &Kernel, root: &Path) -> Result<()> {
-    let modules = Path::new(CACHE)
-        .join(kernel.package)
-        .join("root/lib/modules");
+    // Debian 13's packages keep modules under usr/lib (the merged /usr), older ones under lib.
+    let package = Path::new(CACHE).join(kernel.package).join("root");
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|dir| package.join(dir))
+        .find(|dir| dir.is_dir())
+        .with_context(|| format!("no lib/modules or usr/lib/modules in {}", package.display()))?;
     for version in fs::read_dir(&modules)?.filter_map(Result::ok) {
         let target = root.join("lib/modules").join(version.file_name());
         fs::create_dir_all(&target)?;
@@ -378,7 +572,12 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 # No tmpfs on /tmp: the initramfs root is writable already, and the binaries may live under
 # /tmp (where the checkout is), which a mount there would hide.
-mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
+cgroup2=1
+for word in $(cat /proc/cmdline); do
+  [ "$word" = pt_cgroup2=0 ] && cgroup2=0
+done
+# Without cgroup v2 when the run says so: a host whose init mounts only cgroup v1.
+[ "$cgroup2" = 1 ] && mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
 ip link set lo up
 for module in sock_diag inet_diag tcp_diag udp_diag; do
   [ -f "/lib/modules/$(uname -r)/$module.ko" ] && insmod "/lib/modules/$(uname -r)/$module.ko"
@@ -391,10 +590,21 @@ for word in $(cat /proc/cmdline); do
     pt_log=*) export PORT_TRACE_LOG="${word#pt_log=}";;
   esac
 done
-echo "=== vm kernel $(uname -r) backend $PORT_TRACE_TEST_BACKEND"
-for t in /tests/${only}*; do
+echo "=== vm kernel $(uname -r) backend $PORT_TRACE_TEST_BACKEND cgroup2 $cgroup2"
+# What port-trace itself says of this machine, before any test: its verdict goes in the table.
+@PORT_TRACE@ check 2>&1 | sed 's/^/=== check /'
+# pt_only: test binaries by name prefix, comma-separated (none: all).
+for t in /tests/*; do
+  name=$(basename "$t")
+  if [ -n "$only" ]; then
+    wanted=0
+    for prefix in $(echo "$only" | tr , ' '); do
+      case "$name" in "$prefix"*) wanted=1;; esac
+    done
+    [ "$wanted" = 1 ] || continue
+  fi
   "$t" --test-threads=1
-  echo "=== exit $(basename "$t") $?"
+  echo "=== exit $name $?"
 done
 echo "=== done"
 poweroff -f
@@ -404,10 +614,15 @@ poweroff -f
 fn boot(
     vmlinuz: &Path,
     initrd: &Path,
-    backend: &str,
+    run: &Run,
     only: Option<&str>,
     log: &Path,
 ) -> Result<(bool, String)> {
+    // `--only` narrows what the run would run; a run without cgroup v2 runs its own few.
+    let tests = match only {
+        Some(only) => only.to_string(),
+        None => run.tests().join(","),
+    };
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp"])
@@ -418,8 +633,9 @@ fn boot(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet pt_backend={backend} pt_only={}{}",
-            only.unwrap_or(""),
+            "console=ttyS0 panic=-1 quiet pt_backend={} pt_cgroup2={} pt_only={tests}{}",
+            run.backend,
+            u8::from(run.cgroup2),
             // The daemon's log filter inside the VM, for working on one failure.
             std::env::var("PT_VM_LOG")
                 .map(|filter| format!(" pt_log={filter}"))
@@ -441,6 +657,7 @@ fn boot(
     });
     let mut file = fs::File::create(log)?;
     let (mut exits, mut failed, mut done, mut results) = (0, Vec::new(), false, (0u32, 0u32));
+    let mut check = String::from("no backend");
     loop {
         let left = VM_TIMEOUT.saturating_sub(started.elapsed());
         let Ok(line) = rx.recv_timeout(left) else {
@@ -455,6 +672,11 @@ fn boot(
             {
                 failed.push(name.to_string());
             }
+        } else if let Some(verdict) = line
+            .strip_prefix("=== check ")
+            .and_then(|l| l.strip_prefix("will work: "))
+        {
+            check = verdict.to_string();
         } else if line.starts_with("=== done") {
             done = true;
         } else if let Some(rest) = line.trim().strip_prefix("test result: ") {
@@ -473,7 +695,7 @@ fn boot(
     let _ = child.wait();
     let passed = done && failed.is_empty() && exits > 0;
     let mut summary = format!(
-        "{} passed, {} failed in {} binaries, {:.0}s",
+        "check: {check}; {} passed, {} failed in {} binaries, {:.0}s",
         results.0,
         results.1,
         exits,
@@ -491,4 +713,38 @@ fn boot(
         ));
     }
     Ok((passed, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ci_run_is_one_of_all_runs_and_covers_both_ends() {
+        let all = all_runs();
+        assert_eq!(all.len(), KERNELS.len() * 2 + 1);
+        let ci = ci_runs();
+        assert!(ci.iter().all(|run| all.contains(run)), "{ci:?}");
+        for kernel in [KERNELS[0].name, KERNELS[KERNELS.len() - 1].name] {
+            for backend in ["tracepoint", "kprobe"] {
+                assert!(
+                    ci.contains(&Run::new(kernel, backend)),
+                    "{kernel} {backend}"
+                );
+            }
+        }
+        assert!(ci.iter().any(|run| !run.cgroup2 && run.backend == "kprobe"));
+    }
+
+    #[test]
+    fn kernels_are_named_in_full_or_by_version() {
+        let strings = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let runs = select(&strings(&["kprobe"]), &strings(&["6.12"])).expect("known");
+        let kernels: BTreeSet<&str> = runs.iter().map(|run| run.kernel).collect();
+        assert_eq!(kernels, BTreeSet::from(["6.12-deb12", "6.12-deb13"]));
+        assert!(runs.iter().all(|run| run.backend == "kprobe"));
+        let one = select(&[], &strings(&["5.10-deb11"])).expect("known");
+        assert_eq!(one.len(), 2);
+        assert!(select(&[], &strings(&["4.19"])).is_err());
+    }
 }
