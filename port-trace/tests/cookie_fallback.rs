@@ -5,28 +5,11 @@
 
 mod common;
 
-use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
-    time::Duration,
-};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
-use common::{Tracer, backend_args, ours, skip_unless_root};
+use common::{Tracer, backend_args, local_port, ours, rst_close, skip_unless_root};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
-
-fn local_port(socket: &Socket) -> u16 {
-    socket
-        .local_addr()
-        .expect("getsockname")
-        .as_socket()
-        .expect("inet")
-        .port()
-}
-
-fn rst_close(socket: Socket) {
-    socket.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
-    drop(socket);
-}
 
 fn events_of(events: &[Value], kind: &str, port: u16) -> Vec<Value> {
     ours(events, kind)

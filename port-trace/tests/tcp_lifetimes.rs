@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, ours, skip_unless_root};
+use common::{Tracer, local_port, ours, rst_close, skip_unless_root};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
@@ -42,23 +42,8 @@ fn tcp(addr: &SocketAddr) -> Socket {
     Socket::new(Domain::for_address(*addr), Type::STREAM, None).expect("socket")
 }
 
-fn local_port(socket: &Socket) -> u16 {
-    socket
-        .local_addr()
-        .expect("getsockname")
-        .as_socket()
-        .expect("inet")
-        .port()
-}
-
 fn family(addr: &SocketAddr) -> &'static str {
     if addr.is_ipv4() { "ipv4" } else { "ipv6" }
-}
-
-/// Closes with RST (SO_LINGER 0): the port is free at once, no TIME_WAIT.
-fn rst_close(socket: Socket) {
-    socket.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
-    drop(socket);
 }
 
 /// connect() to a local listener, hold, RST-close.

