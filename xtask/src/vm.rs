@@ -133,8 +133,9 @@ pub fn ci_runs() -> Vec<Run> {
     vec![
         Run::new(oldest, "tracepoint"),
         // take_over fails here about one run in two: a connection of its churn whose
-        // allocation the kprobe backend never reports, with nothing counted lost (kernels
-        // before 6.7 count no skipped kprobe runs). Not understood yet; `vm-test` runs it.
+        // allocation the kprobe backend never reports, with nothing counted lost (a skipped
+        // kprobe run is not in the counters port-trace reads). Not understood yet;
+        // `vm-test` runs it.
         Run {
             without: &["take_over"],
             ..Run::new(oldest, "kprobe")
