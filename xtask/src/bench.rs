@@ -50,6 +50,14 @@ impl Options {
             baseline: None,
         }
     }
+
+    /// Where the binaries measured are: the release builds, but for a smoke run the debug
+    /// builds the tests made already (it measures nothing; a release build would add three
+    /// minutes to CI).
+    fn bin(&self, name: &str) -> PathBuf {
+        let profile = if self.smoke { "debug" } else { "release" };
+        Path::new("target").join(profile).join(name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -144,7 +152,17 @@ pub fn bench(options: &Options) -> Result<()> {
     setup::ensure_build_toolchain()?;
     setup::ensure_apt_packages(&["libbpf-tools"])?;
     let tcplife = find_tcplife()?;
-    build_release()?;
+    if options.smoke {
+        run(cmd("cargo").args([
+            "build",
+            "--package",
+            "port-trace",
+            "--package",
+            "port-trace-bench",
+        ]))?;
+    } else {
+        build_release()?;
+    }
     ensure_tracefs()?;
     let stats_were = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
     let result = series(options, &tcplife);
@@ -577,7 +595,7 @@ fn measure(
         Config::PortTrace | Config::PortTraceJson | Config::Baseline | Config::Floor => {
             let binary = match (config, &options.baseline) {
                 (Config::Baseline, Some(baseline)) => baseline.as_path(),
-                _ => Path::new("target/release/port-trace"),
+                _ => &options.bin("port-trace"),
             };
             let mut command = Command::new(binary);
             command
@@ -607,7 +625,7 @@ fn measure(
     };
     let before = tracer.as_ref().map(Tracer::sample);
     let started = Instant::now();
-    let out = Command::new("target/release/churn")
+    let out = Command::new(options.bin("churn"))
         .args(&workload.args)
         .output()
         .context("running churn")?;
@@ -886,7 +904,7 @@ fn scale(options: &Options) -> Result<f64> {
         "scale: {} connections held across 32 local destinations",
         options.hold
     );
-    let mut command = Command::new("target/release/port-trace");
+    let mut command = Command::new(options.bin("port-trace"));
     command
         .args(["--interval", "1h", "--quiet"])
         .stdout(Stdio::null())
@@ -896,7 +914,7 @@ fn scale(options: &Options) -> Result<f64> {
     let before = status_kib(pid, "VmRSS");
     let cpu_before = tracer.sample().cpu_ticks;
     let started = Instant::now();
-    let mut holder = Command::new("target/release/churn")
+    let mut holder = Command::new(options.bin("churn"))
         .args([
             "--fresh-netns",
             "hold",
