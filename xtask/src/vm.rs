@@ -123,11 +123,13 @@ pub fn all_runs() -> Vec<Run> {
     runs
 }
 
-/// What every CI run (`cargo xtask test`) makes, to stay within its time (each full run is
-/// 7-11 minutes under emulation, two at a time): both backends on the oldest and the newest
-/// kernel, and the run without cgroup v2. Debian 12's kernels (6.1, and 6.12, the same
-/// upstream version as Debian 13's), between those two, run on demand: `cargo xtask
-/// vm-test` makes every run (`all_runs`).
+/// What every CI run (`cargo xtask test`) makes, to stay within its time (a full run is
+/// 7-12 minutes under emulation, two at a time; CI with both backends' full runs on the
+/// newest kernel too took 50 minutes): both backends on the oldest kernel, and the newest's
+/// kprobe backend in the run without cgroup v2 (check, TCP and UDP end to end). The
+/// tracepoint backend's full suite runs on the CI host's own kernel (6.18, newer still)
+/// before the VMs. The rest is on demand: `cargo xtask vm-test` makes every run
+/// (`all_runs`).
 pub fn ci_runs() -> Vec<Run> {
     let (oldest, newest) = (KERNELS[0].name, KERNELS[KERNELS.len() - 1].name);
     vec![
@@ -140,8 +142,6 @@ pub fn ci_runs() -> Vec<Run> {
             without: &["take_over"],
             ..Run::new(oldest, "kprobe")
         },
-        Run::new(newest, "tracepoint"),
-        Run::new(newest, "kprobe"),
         Run {
             cgroup2: false,
             ..Run::new(newest, "kprobe")
@@ -758,15 +758,14 @@ mod tests {
             ci.iter().all(|run| all.iter().any(|a| same(a, run))),
             "{ci:?}"
         );
-        for kernel in [KERNELS[0].name, KERNELS[KERNELS.len() - 1].name] {
-            for backend in ["tracepoint", "kprobe"] {
-                let wanted = Run::new(kernel, backend);
-                assert!(
-                    ci.iter().any(|run| same(run, &wanted)),
-                    "{kernel} {backend}"
-                );
-            }
-        }
+        // Both backends on the oldest kernel, the kprobe backend on the newest (the
+        // tracepoint backend's is the CI host's, newer still).
+        let covered = |kernel: &str, backend: &str| {
+            ci.iter()
+                .any(|run| run.kernel == kernel && run.backend == backend)
+        };
+        assert!(covered(KERNELS[0].name, "tracepoint") && covered(KERNELS[0].name, "kprobe"));
+        assert!(covered(KERNELS[KERNELS.len() - 1].name, "kprobe"));
         assert!(ci.iter().any(|run| !run.cgroup2 && run.backend == "kprobe"));
         // What a run leaves out is said in the table.
         let trimmed = ci.iter().find(|run| !run.without.is_empty()).expect("one");
