@@ -135,14 +135,17 @@ const TCPLIFE: &str = "/usr/sbin/tcplife";
 
 /// The release builds the bench and the soak run: port-trace and the churn workloads.
 pub fn build_release() -> Result<()> {
-    run(cmd("cargo").args([
-        "build",
-        "--release",
-        "--package",
-        "port-trace",
-        "--package",
-        "port-trace-bench",
-    ]))
+    build(true)
+}
+
+/// port-trace and the churn workloads, release or debug builds.
+fn build(release: bool) -> Result<()> {
+    let mut cargo = cmd("cargo");
+    cargo.arg("build");
+    if release {
+        cargo.arg("--release");
+    }
+    run(cargo.args(["--package", "port-trace", "--package", "port-trace-bench"]))
 }
 
 pub fn bench(options: &Options) -> Result<()> {
@@ -152,17 +155,7 @@ pub fn bench(options: &Options) -> Result<()> {
     setup::ensure_build_toolchain()?;
     setup::ensure_apt_packages(&["libbpf-tools"])?;
     let tcplife = find_tcplife()?;
-    if options.smoke {
-        run(cmd("cargo").args([
-            "build",
-            "--package",
-            "port-trace",
-            "--package",
-            "port-trace-bench",
-        ]))?;
-    } else {
-        build_release()?;
-    }
+    build(!options.smoke)?;
     ensure_tracefs()?;
     let stats_were = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
     let result = series(options, &tcplife);

@@ -592,24 +592,21 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 # No tmpfs on /tmp: the initramfs root is writable already, and the binaries may live under
 # /tmp (where the checkout is), which a mount there would hide.
-cgroup2=1
+only="" skip="" cgroup2=1
 for word in $(cat /proc/cmdline); do
-  [ "$word" = pt_cgroup2=0 ] && cgroup2=0
+  case "$word" in
+    pt_backend=*) export PORT_TRACE_TEST_BACKEND="${word#pt_backend=}";;
+    pt_only=*) only="${word#pt_only=}";;
+    pt_skip=*) skip="${word#pt_skip=}";;
+    pt_cgroup2=*) cgroup2="${word#pt_cgroup2=}";;
+    pt_log=*) export PORT_TRACE_LOG="${word#pt_log=}";;
+  esac
 done
 # Without cgroup v2 when the run says so: a host whose init mounts only cgroup v1.
 [ "$cgroup2" = 1 ] && mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
 ip link set lo up
 for module in sock_diag inet_diag tcp_diag udp_diag; do
   [ -f "/lib/modules/$(uname -r)/$module.ko" ] && insmod "/lib/modules/$(uname -r)/$module.ko"
-done
-only="" skip=""
-for word in $(cat /proc/cmdline); do
-  case "$word" in
-    pt_backend=*) export PORT_TRACE_TEST_BACKEND="${word#pt_backend=}";;
-    pt_only=*) only="${word#pt_only=}";;
-    pt_skip=*) skip="${word#pt_skip=}";;
-    pt_log=*) export PORT_TRACE_LOG="${word#pt_log=}";;
-  esac
 done
 echo "=== vm kernel $(uname -r) backend $PORT_TRACE_TEST_BACKEND cgroup2 $cgroup2"
 # What port-trace itself says of this machine, before any test: its verdict goes in the table.

@@ -42,6 +42,10 @@ pub fn available() -> bool {
 
 pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
+/// Why the kprobe backend cannot start where `available` is false, for its error messages.
+pub const UNAVAILABLE: &str =
+    "this kernel cannot attach kprobes (no kprobe PMU: CONFIG_KPROBE_EVENTS is off)";
+
 /// The kernel functions PROBES may attach to that this kernel has, in one pass over
 /// /proc/kallsyms (it has ~200k lines: scanning it once per probe was the slowest part of
 /// starting up).

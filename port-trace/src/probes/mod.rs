@@ -154,11 +154,10 @@ impl Probes {
             BackendChoice::Auto if kprobe::available() => Backend::Kprobe,
             BackendChoice::Auto | BackendChoice::Tracepoint => Backend::Tracepoint,
             BackendChoice::Kprobe if config.strict && !kprobe::available() => {
-                return Err(Fatal::Unsupported(
-                    "this kernel cannot attach kprobes (no kprobe PMU: CONFIG_KPROBE_EVENTS is \
-                     off); use --backend tracepoint"
-                        .into(),
-                ));
+                return Err(Fatal::Unsupported(format!(
+                    "{}; use --backend tracepoint",
+                    kprobe::UNAVAILABLE
+                )));
             }
             BackendChoice::Kprobe => Backend::Kprobe,
         };
@@ -167,13 +166,11 @@ impl Probes {
             && let Err(no_cgroup2) = machine.cgroup2()
         {
             return Err(match config.backend {
-                BackendChoice::Auto => Fatal::Unsupported(
-                    "no backend can start here: this kernel cannot attach kprobes (no kprobe \
-                     PMU: CONFIG_KPROBE_EVENTS is off) and cgroup v2, which the tracepoint \
-                     backend attaches at, is not mounted (mount -t cgroup2 none \
-                     /sys/fs/cgroup/unified)"
-                        .into(),
-                ),
+                BackendChoice::Auto => Fatal::Unsupported(format!(
+                    "no backend can start here: {} and cgroup v2, which the tracepoint backend \
+                     attaches at, is not mounted (mount -t cgroup2 none /sys/fs/cgroup/unified)",
+                    kprobe::UNAVAILABLE
+                )),
                 _ => no_cgroup2,
             });
         }

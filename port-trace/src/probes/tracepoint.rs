@@ -130,14 +130,14 @@ pub fn attach(
             Some(twin) if variant.empty => twin,
             _ => name,
         };
-        let has_fallback = FALLBACKS.iter().any(|f| f.program == name);
-        let result = if variant.fallbacks && has_fallback {
+        let fallback = FALLBACKS.iter().find(|f| f.program == name);
+        let result = if variant.fallbacks && fallback.is_some() {
             Err(Fatal::Other(anyhow::anyhow!("--fallback-programs")))
         } else {
             attach_one(ebpf, btf, &cgroup, name, point)
         };
         if let Err(refused) = &result
-            && let Some(fallback) = FALLBACKS.iter().find(|f| f.program == name)
+            && let Some(fallback) = fallback
         {
             let instead = fallback
                 .instead

@@ -457,8 +457,11 @@ impl Tracker {
             let Some(tw) = self.time_wait.get(&cookie) else {
                 continue;
             };
-            let parked = by_netns.entry(tw.release.netns).or_default();
-            parked.count = self.parked_in.get(&tw.release.netns).copied().unwrap_or(0);
+            let netns = tw.release.netns;
+            let parked = by_netns.entry(netns).or_insert_with(|| Parked {
+                count: self.parked_in.get(&netns).copied().unwrap_or(0),
+                due: Vec::new(),
+            });
             parked.due.push(&tw.release);
         }
         by_netns
