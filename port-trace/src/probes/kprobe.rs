@@ -1,15 +1,35 @@
 //! The kprobe backend (distribution kernels): kprobes and kretprobes where Linux chooses and
 //! frees ports (port-trace-ebpf/src/kprobe/mod.rs has the table of functions).
+//!
+//! The probes are tracefs kprobe events port-trace makes itself, not aya's (the kprobe PMU):
+//! a kretprobe tracks only so many calls at once (`maxactive`), and the PMU's cannot be given
+//! more than the kernel's default, 10 or, on kernels built without full preemption (Debian
+//! 11's 5.10), one per CPU. A thread can wait inside `__inet_hash_connect` (its port search
+//! yields between ports), and more threads than that connecting at once, as when a range is
+//! nearly full, made the return of one go unseen: its allocation was never reported, or its
+//! failure. And the kernel counts a tracefs event's missed hits (`kprobe_profile`), which
+//! port-trace reads as skipped runs, where the PMU's were counted nowhere it could read.
 
-use std::collections::HashSet;
-
-use aya::{
-    Ebpf,
-    programs::{KProbe, ProgramError},
+use std::{
+    collections::HashSet,
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
 };
 
-use super::{Hooks, load_error, program};
-use crate::error::Fatal;
+use anyhow::Context as _;
+use aya::{Ebpf, programs::KProbe};
+
+use super::{
+    Hooks, load_error, program,
+    tracefs::{self, ProbeEvent, ProbeKind},
+};
+use crate::{error::Fatal, sys};
+
+/// Calls of a function a kretprobe tracks at once: the kernel's most (KRETPROBE_MAXACTIVE_MAX).
+/// Each costs the kernel a few dozen bytes while the probe is attached (about 1.3 MB for the
+/// five kretprobes), and a return is missed only with more threads than this inside one of
+/// these functions at once.
+const MAXACTIVE: u32 = 4096;
 
 /// (program, kernel functions it attaches to). A `|` separates names a function has had in
 /// different kernels: the first one this kernel has is used.
@@ -34,8 +54,9 @@ pub(super) const PROBES: [(&str, &[&str]); 14] = [
     ("kp_twsk_kill", &["inet_twsk_kill"]),
 ];
 
-/// Whether this kernel can attach kprobes the way aya does (kernels >= 4.17): through the
-/// kprobe PMU, which exists only with CONFIG_KPROBE_EVENTS.
+/// Whether this kernel can make kprobe events: CONFIG_KPROBE_EVENTS, which gives both the
+/// kprobe PMU (whose file this looks for, readable before tracefs is mounted) and tracefs'
+/// `kprobe_events`, where the probes are made.
 pub fn available() -> bool {
     std::path::Path::new(KPROBE_PMU).exists()
 }
@@ -70,14 +91,62 @@ fn resolve(alternatives: &str, present: &HashSet<&str>) -> Option<String> {
         .map(str::to_string)
 }
 
-pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<(), Fatal> {
+/// One program attached at one kernel function: the perf event running it, and the kprobe
+/// event it is attached to. Dropping it detaches the program and removes the event (in
+/// that order: fields drop in the order they are declared).
+pub struct Link {
+    _perf_event: OwnedFd,
+    event: ProbeEvent,
+}
+
+/// The kprobe backend's links, and what their events missed.
+pub struct Links {
+    tracefs: PathBuf,
+    links: Vec<Link>,
+}
+
+impl Links {
+    /// Hits the kernel skipped, over every link (see `tracefs::probe_events_missed`).
+    pub fn missed(&self) -> u64 {
+        tracefs::probe_events_missed(
+            &tracefs::kprobe_profile(&self.tracefs),
+            self.links.iter().map(|link| link.event.name.as_str()),
+        )
+    }
+}
+
+fn attach_at(
+    tracefs: &Path,
+    prog: &KProbe,
+    name: &str,
+    function: &str,
+    kind: ProbeKind,
+) -> anyhow::Result<Link> {
+    let event = ProbeEvent::create(tracefs, name, function, kind)?;
+    let perf_event = sys::perf_event::attach_bpf(event.id, prog.fd()?.as_fd())
+        .with_context(|| format!("attaching {name} to kprobe event {}", event.name))?;
+    Ok(Link {
+        _perf_event: perf_event,
+        event,
+    })
+}
+
+pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<Links, Fatal> {
     let kallsyms = std::fs::read_to_string("/proc/kallsyms")?;
     let present = present_functions(&kallsyms);
+    let tracefs = tracefs::ensure_mounted().map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
+    tracefs::remove_stale_probe_events(&tracefs);
+    let mut links = Vec::new();
     for (name, functions) in PROBES {
-        let kind = if name.starts_with("kr_") {
-            "kretprobe"
+        let (kind, probe_kind) = if name.starts_with("kr_") {
+            (
+                "kretprobe",
+                ProbeKind::Return {
+                    maxactive: MAXACTIVE,
+                },
+            )
         } else {
-            "kprobe"
+            ("kprobe", ProbeKind::Entry)
         };
         let resolved: Vec<Option<String>> = functions
             .iter()
@@ -95,13 +164,15 @@ pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<(), Fatal> {
                 let function = function.as_deref().ok_or_else(|| {
                     Fatal::Unsupported(format!("this kernel has no {wanted} (/proc/kallsyms)"))
                 })?;
-                prog.attach(function, 0)
-                    .map_err(|e: ProgramError| load_error(name, e))?;
+                links.push(
+                    attach_at(&tracefs, prog, name, function, probe_kind)
+                        .map_err(|e| super::classify(e.context(format!("attaching {name}"))))?,
+                );
             }
             Ok(())
         })?;
     }
-    Ok(())
+    Ok(Links { tracefs, links })
 }
 
 #[cfg(test)]

@@ -104,6 +104,8 @@ pub struct ProbeConfig {
 
 /// The loaded programs. Dropping this detaches every program and frees the maps.
 pub struct Probes {
+    /// The kprobe backend's probes (aya keeps the tracepoint backend's links in `ebpf`).
+    kprobe_links: Option<kprobe::Links>,
     ebpf: Ebpf,
     pub backend: Backend,
     pub programs: Vec<String>,
@@ -213,6 +215,7 @@ impl Probes {
             strict: config.strict,
             list: Vec::new(),
         };
+        let mut kprobe_links = None;
         match backend {
             Backend::Kprobe if config.empty_programs => {
                 return Err(Fatal::Unsupported(
@@ -221,7 +224,7 @@ impl Probes {
                         .into(),
                 ));
             }
-            Backend::Kprobe => kprobe::attach(&mut ebpf, &mut hooks)?,
+            Backend::Kprobe => kprobe_links = Some(kprobe::attach(&mut ebpf, &mut hooks)?),
             Backend::Tracepoint => tracepoint::attach(
                 &mut ebpf,
                 &aya_btf,
@@ -239,6 +242,7 @@ impl Probes {
             hooks.list.len()
         );
         Ok(Self {
+            kprobe_links,
             ebpf,
             backend,
             programs: hooks.list.iter().map(|h| h.label.clone()).collect(),
@@ -282,8 +286,8 @@ impl Probes {
         })
     }
 
-    /// Runs of our programs the kernel skipped for recursion (see `LostCounts`), that could
-    /// have carried an event.
+    /// Runs of our programs the kernel skipped (see `LostCounts`), that could have carried an
+    /// event: skipped for recursion (fdinfo), and the kprobe backend's missed hits.
     fn recursion_misses(&self) -> u64 {
         let now: u64 = self
             .ebpf
@@ -291,7 +295,8 @@ impl Probes {
             .filter(|(name, _)| !SKIPS_LOSE_NOTHING.contains(name))
             .filter_map(|(_, program)| program.fd().ok())
             .map(|fd| sys::procfs::bpf_recursion_misses(fd.as_fd().as_raw_fd()))
-            .sum();
+            .sum::<u64>()
+            + self.kprobe_links.as_ref().map_or(0, kprobe::Links::missed);
         let seen = self.skipped_seen.get().max(now);
         self.skipped_seen.set(seen);
         seen
@@ -369,7 +374,7 @@ pub(super) fn load_error(name: &str, err: ProgramError) -> Fatal {
 }
 
 /// EPERM anywhere in the chain means missing privileges, whatever else the kernel said.
-fn classify(err: anyhow::Error) -> Fatal {
+pub(super) fn classify(err: anyhow::Error) -> Fatal {
     let denied = err.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()

@@ -1,5 +1,6 @@
 //! OS plumbing, no pipeline logic: network namespaces, sock_diag netlink, /proc, cgroups,
-//! the node's pod logs and the Docker socket, clocks, output files, stdout and stderr.
+//! perf events, the node's pod logs and the Docker socket, clocks, output files, stdout and
+//! stderr.
 //! Every stage may use these; these use no stage.
 
 pub mod cgroups;
@@ -7,6 +8,7 @@ pub mod clock;
 pub mod docker;
 pub mod netns;
 pub mod output;
+pub mod perf_event;
 pub mod pods;
 pub mod procfs;
 pub mod sock_diag;
