@@ -67,6 +67,7 @@ struct Spec {
     add: Vec<String>,
     read_only_root: bool,
     seccomp: Option<String>,
+    apparmor: Option<String>,
     /// (host path, path in the container, read-only)
     mounts: Vec<(String, String, bool)>,
     args: Vec<String>,
@@ -154,6 +155,9 @@ fn spec() -> Spec {
         add: strings(&security["capabilities"]["add"]),
         read_only_root: security["readOnlyRootFilesystem"] == true,
         seccomp: security["seccompProfile"]["type"]
+            .as_str()
+            .map(String::from),
+        apparmor: security["appArmorProfile"]["type"]
             .as_str()
             .map(String::from),
         mounts,
@@ -261,6 +265,13 @@ impl Deployed {
                 options.extend(["--security-opt".into(), "seccomp=unconfined".into()])
             }
             Some(other) => panic!("seccomp profile {other}: map it here"),
+        }
+        match spec.apparmor.as_deref() {
+            Some("RuntimeDefault") | None => {}
+            Some("Unconfined") => {
+                options.extend(["--security-opt".into(), "apparmor=unconfined".into()])
+            }
+            Some(other) => panic!("AppArmor profile {other}: map it here"),
         }
         let stand_ins =
             std::env::temp_dir().join(format!("port-trace-hostpaths-{}", std::process::id()));

@@ -25,9 +25,10 @@ pub struct LostCounts {
     pub failure_ring_full: u64,
     /// Program runs the kernel skipped: a tracepoint or kprobe fired inside a program already
     /// running on that CPU (an interrupt's network processing during a kprobe, say), and the
-    /// kernel does not nest tracing programs. The event of that run is missing: a release,
-    /// most often, under loopback churn. (Skipped runs that cannot carry an event are not
-    /// counted: `SKIPS_LOSE_NOTHING`.)
+    /// kernel does not nest tracing programs; or a kretprobe had no instance free for a call
+    /// (`maxactive`). The event of that run is missing: a release, most often, under
+    /// loopback churn. (Skipped runs that cannot carry an event are not counted:
+    /// `SKIPS_LOSE_NOTHING`.)
     pub program_skipped: u64,
 }
 

@@ -3,8 +3,8 @@
 //!
 //! The probes are tracefs kprobe events port-trace makes itself, not aya's (the kprobe PMU):
 //! a kretprobe tracks only so many calls at once (`maxactive`), and the PMU's cannot be given
-//! more than the kernel's default, 10 or, on kernels built without full preemption (Debian
-//! 11's 5.10), one per CPU. A thread can wait inside `__inet_hash_connect` (its port search
+//! more than the kernel's default, max(10, 2 per CPU) or, on kernels built without full
+//! preemption (Debian 11's 5.10), one per CPU. A thread can wait inside `__inet_hash_connect` (its port search
 //! yields between ports), and more threads than that connecting at once, as when a range is
 //! nearly full, made the return of one go unseen: its allocation was never reported, or its
 //! failure. And the kernel counts a tracefs event's missed hits (`kprobe_profile`), which
@@ -25,11 +25,21 @@ use super::{
 };
 use crate::{error::Fatal, sys};
 
-/// Calls of a function a kretprobe tracks at once: the kernel's most (KRETPROBE_MAXACTIVE_MAX).
-/// Each costs the kernel a few dozen bytes while the probe is attached (about 1.3 MB for the
-/// five kretprobes), and a return is missed only with more threads than this inside one of
-/// these functions at once.
-const MAXACTIVE: u32 = 4096;
+/// Calls of a function a kretprobe tracks at once: `MAXACTIVE_LEAST`, or two per possible
+/// CPU where that is more (the kernel's own default on a preemptible kernel), up to the
+/// kernel's most (KRETPROBE_MAXACTIVE_MAX). A return is missed (and counted) only with more
+/// threads than this inside one function at once. Not simply the most: each call tracked
+/// costs the kernel about 64 bytes, and from 6.7 on also 8 bytes per possible CPU (its pool
+/// keeps a slot of them per CPU), so 4096 would hold 13 MB of the kernel's memory at 64 CPUs
+/// for the six kretprobes; 256 holds 0.8 MB there, and 0.1 MB on a small host.
+fn maxactive() -> u32 {
+    let cpus = aya::util::nr_cpus().unwrap_or(1) as u32;
+    MAXACTIVE_LEAST.max(2 * cpus).min(4096)
+}
+
+/// 128 times what Debian 11's 5.10 gave a 2-CPU VM, where the take-over churn's 4 threads
+/// missed 12 of 6,864 connects' returns.
+const MAXACTIVE_LEAST: u32 = 256;
 
 /// (program, kernel functions it attaches to). A `|` separates names a function has had in
 /// different kernels: the first one this kernel has is used.
@@ -137,14 +147,10 @@ pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<Links, Fatal> {
     let tracefs = tracefs::ensure_mounted().map_err(|e| Fatal::Unsupported(format!("{e:#}")))?;
     tracefs::remove_stale_probe_events(&tracefs);
     let mut links = Vec::new();
+    let maxactive = maxactive();
     for (name, functions) in PROBES {
         let (kind, probe_kind) = if name.starts_with("kr_") {
-            (
-                "kretprobe",
-                ProbeKind::Return {
-                    maxactive: MAXACTIVE,
-                },
-            )
+            ("kretprobe", ProbeKind::Return { maxactive })
         } else {
             ("kprobe", ProbeKind::Entry)
         };

@@ -282,13 +282,13 @@ impl Probes {
             ring_buffer_full: sum(LOST_RINGBUF_FULL)?,
             socket_table_full: sum(LOST_TABLE_FULL)?,
             failure_ring_full: sum(LOST_FAILURE_RING_FULL)?,
-            program_skipped: self.recursion_misses(),
+            program_skipped: self.skipped_runs(),
         })
     }
 
     /// Runs of our programs the kernel skipped (see `LostCounts`), that could have carried an
     /// event: skipped for recursion (fdinfo), and the kprobe backend's missed hits.
-    fn recursion_misses(&self) -> u64 {
+    fn skipped_runs(&self) -> u64 {
         let now: u64 = self
             .ebpf
             .programs()

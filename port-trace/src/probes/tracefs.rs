@@ -89,9 +89,9 @@ pub enum ProbeKind {
 pub struct ProbeEvent {
     root: PathBuf,
     /// Unique to this process (`kprobe_profile` lists events by name alone, without group).
-    pub name: String,
+    pub(super) name: String,
     /// Its tracepoint id, for perf_event_open.
-    pub id: u64,
+    pub(super) id: u64,
 }
 
 impl ProbeEvent {
@@ -103,7 +103,10 @@ impl ProbeEvent {
         kind: ProbeKind,
     ) -> anyhow::Result<Self> {
         let name = event_name(std::process::id(), program, function);
-        write_kprobe_events(root, &definition(&name, function, kind))?;
+        write_kprobe_events(root, &definition(&name, function, kind)).context(
+            "the kprobe backend makes its probes there (is tracefs read-only, or does an \
+             AppArmor profile deny it? --backend tracepoint needs no kprobe events)",
+        )?;
         // From here the event exists: dropping `event` removes it on any error below.
         let mut event = Self {
             root: root.to_path_buf(),
@@ -148,8 +151,8 @@ fn definition(name: &str, function: &str, kind: ProbeKind) -> String {
 fn write_kprobe_events(root: &Path, line: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let path = root.join("kprobe_events");
-    // Appending: opening it for writing without O_APPEND would clear every kprobe event on
-    // the host, other tools' included.
+    // Appending, never truncating: O_TRUNC would clear every kprobe event on the host, other
+    // tools' included.
     std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
@@ -158,7 +161,10 @@ fn write_kprobe_events(root: &Path, line: &str) -> anyhow::Result<()> {
 }
 
 /// Removes the kprobe events of port-trace processes that are gone (killed before they
-/// could remove their own), so they do not pile up in `kprobe_events`.
+/// could remove their own), so they do not pile up in `kprobe_events`; and those with this
+/// process's pid, which it has made none of yet: a port-trace that is pid 1 in a container,
+/// killed and restarted, would otherwise find its old names taken. (An event another
+/// port-trace has attached is never removed: the kernel refuses, as it is in use.)
 pub fn remove_stale_probe_events(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join("events").join(GROUP)) else {
         return;
@@ -170,9 +176,8 @@ pub fn remove_stale_probe_events(root: &Path) {
         let Some(pid) = event_pid(&name) else {
             continue;
         };
-        if !Path::new("/proc").join(pid.to_string()).exists()
-            && let Err(e) = write_kprobe_events(root, &format!("-:{GROUP}/{name}"))
-        {
+        let stale = pid == std::process::id() || !crate::sys::procfs::process_exists(pid);
+        if stale && let Err(e) = write_kprobe_events(root, &format!("-:{GROUP}/{name}")) {
             tracing::debug!("could not remove a stale kprobe event: {e:#}");
         }
     }

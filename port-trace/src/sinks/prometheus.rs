@@ -150,7 +150,8 @@ impl Metrics {
             Opts::new(
                 "port_trace_lost_events_total",
                 "Events the kernel could not deliver, by reason (ring_buffer_full, \
-                 program_skipped: a program run the kernel skipped for recursion, \
+                 program_skipped: a program run the kernel skipped (nested, or a kretprobe \
+                 out of instances), \
                  socket_table_full, failure_ring_full).",
             ),
             &["reason"],
