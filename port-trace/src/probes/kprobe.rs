@@ -148,6 +148,8 @@ pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<Links, Fatal> {
     tracefs::remove_stale_probe_events(&tracefs);
     let mut links = Vec::new();
     let maxactive = maxactive();
+    // Without kprobe events every probe fails for that one reason, said as such.
+    let unavailable = (!available()).then(|| format!("{KPROBE_PMU} is missing: {UNAVAILABLE}"));
     for (name, functions) in PROBES {
         let (kind, probe_kind) = if name.starts_with("kr_") {
             ("kretprobe", ProbeKind::Return { maxactive })
@@ -164,6 +166,9 @@ pub fn attach(ebpf: &mut Ebpf, hooks: &mut Hooks) -> Result<Links, Fatal> {
             .map(|(found, wanted)| found.as_deref().unwrap_or(wanted))
             .collect();
         hooks.record(&format!("{name} ({kind} {})", shown.join(", ")), || {
+            if let Some(why) = &unavailable {
+                return Err(Fatal::Unsupported(why.clone()));
+            }
             let prog: &mut KProbe = program(ebpf, name)?;
             prog.load().map_err(|e| load_error(name, e))?;
             for (function, wanted) in resolved.iter().zip(functions) {

@@ -104,8 +104,8 @@ impl ProbeEvent {
     ) -> anyhow::Result<Self> {
         let name = event_name(std::process::id(), program, function);
         write_kprobe_events(root, &definition(&name, function, kind)).context(
-            "the kprobe backend makes its probes there (is tracefs read-only, or does an \
-             AppArmor profile deny it? --backend tracepoint needs no kprobe events)",
+            "cannot make kprobe events (is tracefs read-only, or denied by an AppArmor \
+             profile? --backend tracepoint needs none)",
         )?;
         // From here the event exists: dropping `event` removes it on any error below.
         let mut event = Self {
@@ -157,7 +157,8 @@ fn write_kprobe_events(root: &Path, line: &str) -> anyhow::Result<()> {
         .append(true)
         .open(&path)
         .and_then(|mut file| file.write_all(line.as_bytes()))
-        .with_context(|| format!("writing `{line}` to {}", path.display()))
+        // The path, not the line: every probe's failure reads the same (`check` says it once).
+        .with_context(|| format!("writing to {}", path.display()))
 }
 
 /// Removes the kprobe events of port-trace processes that are gone (killed before they
