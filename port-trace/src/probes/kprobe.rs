@@ -4,9 +4,9 @@
 //! The probes are tracefs kprobe events port-trace makes itself, not aya's (the kprobe PMU):
 //! a kretprobe tracks only so many calls at once (`maxactive`), and the PMU's cannot be given
 //! more than the kernel's default, max(10, 2 per CPU) or, on kernels built without full
-//! preemption (Debian 11's 5.10), one per CPU. A thread can wait inside `__inet_hash_connect` (its port search
-//! yields between ports), and more threads than that connecting at once, as when a range is
-//! nearly full, made the return of one go unseen: its allocation was never reported, or its
+//! preemption (Debian 11's 5.10), one per CPU. A thread can wait inside
+//! `__inet_hash_connect` (its port search yields between ports), and more threads than that
+//! connecting at once, as when a range is nearly full, made the return of one go unseen: its allocation was never reported, or its
 //! failure. And the kernel counts a tracefs event's missed hits (`kprobe_profile`), which
 //! port-trace reads as skipped runs, where the PMU's were counted nowhere it could read.
 
@@ -104,7 +104,7 @@ fn resolve(alternatives: &str, present: &HashSet<&str>) -> Option<String> {
 /// One program attached at one kernel function: the perf event running it, and the kprobe
 /// event it is attached to. Dropping it detaches the program and removes the event (in
 /// that order: fields drop in the order they are declared).
-pub struct Link {
+struct Link {
     _perf_event: OwnedFd,
     event: ProbeEvent,
 }

@@ -69,12 +69,12 @@ fn recursion_misses(fdinfo: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The running kernel's release (`uname -r`), or empty if unreadable.
 /// Whether process `pid` (as this process's pid namespace numbers it) is alive.
 pub fn process_exists(pid: u32) -> bool {
     std::path::Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// The running kernel's release (`uname -r`), or empty if unreadable.
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
