@@ -226,8 +226,9 @@ impl Exhaustion {
 
     /// The ranges set since the last call (a namespace first seen, or its range changed),
     /// for a capture to record.
-    pub fn take_new_ranges(&mut self) -> Vec<(u32, PortRange)> {
-        std::mem::take(&mut self.new_ranges)
+    pub fn take_new_ranges(&mut self) -> std::vec::Drain<'_, (u32, PortRange)> {
+        // Drained in place: asked after every event, and nearly always empty.
+        self.new_ranges.drain(..)
     }
 
     /// A socket that held its port before tracing started (the snapshot).
