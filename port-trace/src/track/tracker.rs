@@ -120,6 +120,9 @@ struct Origins {
     /// Origins no open socket has: kept a while (the next allocation is likely the same),
     /// swept when there are many.
     idle: usize,
+    /// The origin interned last: churn allocates from one origin over and over, and
+    /// comparing with it costs less than building, hashing and dropping a template.
+    last: Option<u32>,
 }
 
 /// Idle origins kept before a sweep frees them.
@@ -138,15 +141,71 @@ impl Origins {
         template
     }
 
+    /// Whether `event`'s template would be `template`: equal in every field `template()`
+    /// keeps (destructured, so a new field of `Event` must be placed here or there).
+    fn same_origin(template: &Event, event: &Event) -> bool {
+        let Event {
+            event: _,
+            ts_ns: _,
+            cookie: _,
+            port: _,
+            errno: _,
+            time_wait: _,
+            time_wait_end: _,
+            pid,
+            comm,
+            cgroup,
+            workload,
+            netns,
+            proto,
+            family,
+            kind,
+            laddr,
+            raddr,
+            rport,
+            time_wait_made,
+            explicit,
+        } = event;
+        template.pid == *pid
+            && template.netns == *netns
+            && template.rport == *rport
+            && template.cgroup == *cgroup
+            && template.raddr == *raddr
+            && template.laddr == *laddr
+            && template.comm == *comm
+            && template.proto == *proto
+            && template.family == *family
+            && template.kind == *kind
+            && template.time_wait_made == *time_wait_made
+            && template.explicit == *explicit
+            && template.workload == *workload
+    }
+
+    /// Takes one more reference to `id`.
+    fn take(&mut self, id: u32) -> bool {
+        let Some(Some((_, refs))) = self.slots.get_mut(id as usize) else {
+            return false;
+        };
+        if *refs == 0 {
+            self.idle -= 1;
+        }
+        *refs += 1;
+        true
+    }
+
     fn intern(&mut self, event: &Event) -> u32 {
+        if let Some(id) = self.last
+            && let Some(Some((template, _))) = self.slots.get(id as usize)
+            && Self::same_origin(template, event)
+            && self.take(id)
+        {
+            return id;
+        }
         let template = Self::template(event);
         if let Some(&id) = self.ids.get(&template)
-            && let Some(Some((_, refs))) = self.slots.get_mut(id as usize)
+            && self.take(id)
         {
-            if *refs == 0 {
-                self.idle -= 1;
-            }
-            *refs += 1;
+            self.last = Some(id);
             return id;
         }
         let id = match self.free.pop() {
@@ -158,6 +217,7 @@ impl Origins {
         };
         self.slots[id as usize] = Some((template.clone(), 1));
         self.ids.insert(template, id);
+        self.last = Some(id);
         id
     }
 
@@ -930,6 +990,61 @@ mod tests {
         tracker.apply(&decode_raw(&raw).expect("decodes"));
         assert!(tracker.origins.slots.len() <= IDLE_ORIGINS + 2);
         assert_eq!(tracker.tracked().count(), 1);
+    }
+
+    /// The fast path's comparison says what comparing whole templates says, field by field;
+    /// and an allocation from the last origin shares it, one from another does not.
+    #[test]
+    fn same_origin_agrees_with_templates() {
+        use std::{net::IpAddr, sync::Arc};
+
+        use crate::event::{AllocKind, Family, workload::Workload};
+        let base = alloc();
+        let changes: [fn(&mut Event); 20] = [
+            |e| e.event = EventType::Release,
+            |e| e.ts_ns += 1,
+            |e| e.cookie += 1,
+            |e| e.port += 1,
+            |e| e.errno = 99,
+            |e| e.time_wait = true,
+            |e| e.time_wait_end = true,
+            |e| e.pid += 1,
+            |e| e.comm = "other".into(),
+            |e| e.cgroup.0 += 1,
+            |e| e.workload = Some(Arc::new(Workload::default())),
+            |e| e.netns += 1,
+            |e| e.proto = Proto::Udp,
+            |e| e.family = Family::Ipv6,
+            |e| e.kind = AllocKind::Bind,
+            |e| e.laddr = IpAddr::from([127, 0, 0, 2]),
+            |e| e.raddr = IpAddr::from([10, 1, 2, 4]),
+            |e| e.rport += 1,
+            |e| e.time_wait_made = true,
+            |e| e.explicit = true,
+        ];
+        let template = Origins::template(&base);
+        for (i, change) in changes.iter().enumerate() {
+            let mut event = base.clone();
+            change(&mut event);
+            assert_eq!(
+                Origins::same_origin(&template, &event),
+                template == Origins::template(&event),
+                "change {i}"
+            );
+        }
+
+        let mut origins = Origins::default();
+        let first = origins.intern(&base);
+        let mut later = base.clone();
+        later.cookie += 1;
+        later.port += 1;
+        assert_eq!(origins.intern(&later), first, "the last origin, shared");
+        let mut other = base.clone();
+        other.pid += 1;
+        let second = origins.intern(&other);
+        assert_ne!(second, first);
+        assert_eq!(origins.intern(&base), first, "found by its hash again");
+        assert_eq!(origins.slots[first as usize].as_ref().map(|s| s.1), Some(3));
     }
 
     #[test]
