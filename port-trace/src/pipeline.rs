@@ -204,6 +204,10 @@ impl Pipeline {
 
     /// Ranges first seen or changed, before the events and warnings that follow from them.
     fn new_ranges(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        // Asked after every event; nearly always none.
+        if !self.exhaustion.has_new_ranges() {
+            return Ok(());
+        }
         for (netns, range) in self.exhaustion.take_new_ranges() {
             sink.range(netns, &range)?;
         }

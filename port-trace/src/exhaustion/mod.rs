@@ -224,10 +224,14 @@ impl Exhaustion {
         }
     }
 
+    /// Whether a range was set since `take_new_ranges` last looked.
+    pub fn has_new_ranges(&self) -> bool {
+        !self.new_ranges.is_empty()
+    }
+
     /// The ranges set since the last call (a namespace first seen, or its range changed),
     /// for a capture to record.
     pub fn take_new_ranges(&mut self) -> std::vec::Drain<'_, (u32, PortRange)> {
-        // Drained in place: asked after every event, and nearly always empty.
         self.new_ranges.drain(..)
     }
 
