@@ -24,57 +24,68 @@ pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
 /// rebuilt (a rebuild is linear in the parked ports, so this keeps it rare at low counts).
 const STALE_CHECKS: usize = 4096;
 
-/// A port held by a TIME_WAIT socket: the release event as the kernel sent it (at the full
-/// socket's close) and the allocation time.
-#[derive(Debug, Clone)]
+/// A port held by a TIME_WAIT socket: the release that parked it (at the full socket's
+/// close), as an `Origins` id and its time and port, and the allocation time. Compact, like
+/// `Open`: TIME_WAIT churn parks a minute of closes (800k at 14k closes/s), and a whole
+/// event each was 170 bytes a port and the daemon's cache misses in that churn.
+#[derive(Debug, Clone, Copy)]
 struct TimeWait {
-    release: Event,
+    closed_ns: u64,
     allocated_ns: u64,
-    /// Seen in a TIME_WAIT check at least once: it really went into TIME_WAIT.
-    seen: bool,
     /// When the watcher should next ask whether the socket is still there.
     next_check_ns: u64,
+    origin: u32,
+    /// Of the origin, kept here for the counts per namespace.
+    netns: u32,
+    port: u16,
+    explicit: bool,
+    /// Seen in a TIME_WAIT check at least once: it really went into TIME_WAIT.
+    seen: bool,
 }
 
 /// One namespace's parked ports, for the TIME_WAIT watcher.
 #[derive(Debug, Default)]
-pub struct Parked<'a> {
+pub struct Parked {
     /// How many ports are parked there.
     pub count: usize,
     /// Those due a check, as the release events that parked them.
-    pub due: Vec<&'a Event>,
+    pub due: Vec<Event>,
 }
 
 /// A TCP connection's identity in the kernel's tables: (netns, local address and port,
 /// remote address and port). No two sockets share one, TIME_WAIT sockets included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Kept as five words, 40 bytes (two `SocketAddr`s took 72), and hashed as them: TIME_WAIT
+/// churn parks a minute of closes, and reading these keys was most of the tracker's cache
+/// misses there (the derived hash of two `SocketAddr`s, enum tags and byte slices, was most
+/// of its time before). An IPv4 address is kept in its IPv4-mapped IPv6 form, which is the
+/// same connection to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FourTuple {
-    netns: u32,
-    local: SocketAddr,
-    remote: SocketAddr,
-}
-
-/// Hashed as two 128-bit words and one of ports and namespace: looked up for every TCP
-/// connect while ports are parked in TIME_WAIT, and the derived hash of two `SocketAddr`s
-/// (enum tags, byte slices with lengths) was most of the tracker's time in TIME_WAIT churn.
-impl std::hash::Hash for FourTuple {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        use crate::event::ip_bits as bits;
-        state.write_u128(bits(self.local.ip()));
-        state.write_u128(bits(self.remote.ip()));
-        state.write_u64(
-            u64::from(self.netns) << 32
-                | u64::from(self.local.port()) << 16
-                | u64::from(self.remote.port()),
-        );
-    }
+    local_high: u64,
+    local_low: u64,
+    remote_high: u64,
+    remote_low: u64,
+    /// netns, local port, remote port.
+    rest: u64,
 }
 
 fn four_tuple(event: &Event) -> FourTuple {
+    let words = |ip: std::net::IpAddr| {
+        let bits = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+            std::net::IpAddr::V6(v6) => v6.to_bits(),
+        };
+        ((bits >> 64) as u64, bits as u64)
+    };
+    let (local_high, local_low) = words(event.laddr);
+    let (remote_high, remote_low) = words(event.raddr);
     FourTuple {
-        netns: event.netns,
-        local: event.local(),
-        remote: event.remote(),
+        local_high,
+        local_low,
+        remote_high,
+        remote_low,
+        rest: u64::from(event.netns) << 32 | u64::from(event.port) << 16 | u64::from(event.rport),
     }
 }
 
@@ -108,9 +119,10 @@ struct Open {
 }
 
 /// The who and where of allocations (an allocation event less its time, cookie and port),
-/// shared by the open sockets that have them in common: one process connecting to one
-/// destination over and over keeps one. So an open socket costs 16 bytes more than its
-/// allocation time, not a whole event.
+/// and of the releases that park ports in TIME_WAIT, shared by the sockets that have them in
+/// common: one process connecting to one destination over and over keeps one (two, with
+/// TIME_WAIT). So an open socket costs 16 bytes more than its allocation time, not a whole
+/// event.
 #[derive(Debug, Default)]
 struct Origins {
     /// Each origin and how many open sockets have it; None where the slot is free.
@@ -120,9 +132,10 @@ struct Origins {
     /// Origins no open socket has: kept a while (the next allocation is likely the same),
     /// swept when there are many.
     idle: usize,
-    /// The origin interned last: churn allocates from one origin over and over, and
-    /// comparing with it costs less than building, hashing and dropping a template.
-    last: Option<u32>,
+    /// The origins interned last, newest first: churn allocates from one origin over and
+    /// over (and parks from one more), and comparing with them costs less than building,
+    /// hashing and dropping a template.
+    last: [Option<u32>; 2],
 }
 
 /// Idle origins kept before a sweep frees them.
@@ -194,18 +207,19 @@ impl Origins {
     }
 
     fn intern(&mut self, event: &Event) -> u32 {
-        if let Some(id) = self.last
-            && let Some(Some((template, _))) = self.slots.get(id as usize)
-            && Self::same_origin(template, event)
-            && self.take(id)
-        {
-            return id;
+        for id in self.last.into_iter().flatten() {
+            if let Some(Some((template, _))) = self.slots.get(id as usize)
+                && Self::same_origin(template, event)
+                && self.take(id)
+            {
+                return id;
+            }
         }
         let template = Self::template(event);
         if let Some(&id) = self.ids.get(&template)
             && self.take(id)
         {
-            self.last = Some(id);
+            self.last = [Some(id), self.last[0]];
             return id;
         }
         let id = match self.free.pop() {
@@ -217,7 +231,7 @@ impl Origins {
         };
         self.slots[id as usize] = Some((template.clone(), 1));
         self.ids.insert(template, id);
-        self.last = Some(id);
+        self.last = [Some(id), self.last[0]];
         id
     }
 
@@ -252,6 +266,22 @@ impl Origins {
         event.cookie = cookie;
         event.port = open.port;
         Some(event)
+    }
+
+    /// The release of `cookie` that parked its port in TIME_WAIT, as the kernel reported it.
+    fn parked(&self, tw: &TimeWait, cookie: u64) -> Option<Event> {
+        let (template, _) = self.slots.get(tw.origin as usize)?.as_ref()?;
+        let mut event = template.clone();
+        event.event = EventType::Release;
+        event.ts_ns = tw.closed_ns;
+        event.cookie = cookie;
+        event.port = tw.port;
+        event.time_wait = true;
+        Some(event)
+    }
+
+    fn template_of(&self, origin: u32) -> Option<&Event> {
+        self.slots.get(origin as usize)?.as_ref().map(|(t, _)| t)
     }
 }
 
@@ -330,12 +360,20 @@ impl Tracker {
                 } else {
                     (false, 0)
                 };
-                self.park(TimeWait {
-                    release: event.clone(),
-                    allocated_ns: since,
-                    seen,
-                    next_check_ns,
-                });
+                let origin = self.origins.intern(event);
+                self.park(
+                    event.cookie,
+                    TimeWait {
+                        closed_ns: event.ts_ns,
+                        allocated_ns: since,
+                        next_check_ns,
+                        origin,
+                        netns: event.netns,
+                        port: event.port,
+                        explicit: event.explicit,
+                        seen,
+                    },
+                );
                 Outcome::EnteredTimeWait
             }
             Some(since) => Outcome::Released {
@@ -363,23 +401,25 @@ impl Tracker {
                 since_ns: open.since_ns,
             })
         });
-        let parked = self.time_wait.values().map(|tw| TrackedPort {
-            event: tw.release.clone(),
-            since_ns: tw.allocated_ns,
+        let parked = self.time_wait.iter().filter_map(|(cookie, tw)| {
+            Some(TrackedPort {
+                event: self.origins.parked(tw, *cookie)?,
+                since_ns: tw.allocated_ns,
+            })
         });
         open.chain(parked)
     }
 
     /// Each port tracked as held, with its allocation's who and where (open sockets) or the
-    /// release that parked it (TIME_WAIT). No event is built: a template is lent with the port.
+    /// release's that parked it (TIME_WAIT). No event is built: a template is lent with the
+    /// port.
     pub fn for_each_held(&self, f: &mut dyn FnMut(&Event, u16)) {
-        for open in self.held.values() {
-            if let Some(Some((template, _))) = self.origins.slots.get(open.origin as usize) {
-                f(template, open.port);
+        let held = self.held.values().map(|open| (open.origin, open.port));
+        let parked = self.time_wait.values().map(|tw| (tw.origin, tw.port));
+        for (origin, port) in held.chain(parked) {
+            if let Some(template) = self.origins.template_of(origin) {
+                f(template, port);
             }
-        }
-        for tw in self.time_wait.values() {
-            f(&tw.release, tw.release.port);
         }
     }
 
@@ -388,9 +428,9 @@ impl Tracker {
         let open = self
             .held
             .values()
-            .filter_map(|open| self.origins.slots.get(open.origin as usize)?.as_ref())
-            .map(|(template, _)| template.netns);
-        open.chain(self.time_wait.values().map(|tw| tw.release.netns))
+            .filter_map(|open| self.origins.template_of(open.origin))
+            .map(|template| template.netns);
+        open.chain(self.time_wait.values().map(|tw| tw.netns))
             .collect()
     }
 
@@ -408,9 +448,9 @@ impl Tracker {
                 event
             }
             None => {
-                let tw = self.unpark(cookie)?;
-                self.forget_tuple(&tw.release);
-                tw.release
+                let (_, release) = self.unpark(cookie)?;
+                self.forget_tuple(&release);
+                release
             }
         };
         event.event = EventType::Release;
@@ -422,9 +462,8 @@ impl Tracker {
     /// killed that socket to let it, so its port was freed just before.
     fn take_over(&mut self, event: &Event) -> Option<(Event, Outcome)> {
         let cookie = self.time_wait_tuples.remove(&four_tuple(event))?;
-        let tw = self.unpark(cookie)?;
-        let closed_ns = tw.release.ts_ns;
-        let mut freed = tw.release;
+        let (tw, mut freed) = self.unpark(cookie)?;
+        let closed_ns = tw.closed_ns;
         freed.ts_ns = event.ts_ns.max(closed_ns);
         let outcome = Outcome::Released {
             lifetime_ns: freed.ts_ns.saturating_sub(tw.allocated_ns),
@@ -442,39 +481,42 @@ impl Tracker {
 
     /// The kernel saw the TIME_WAIT socket holding a port die (kprobe backend).
     fn end_time_wait(&mut self, event: &Event) -> Outcome {
-        let found = self.unpark(event.cookie);
-        if let Some(tw) = &found {
-            self.forget_tuple(&tw.release);
-        }
-        match found {
-            Some(tw) => Outcome::Released {
-                lifetime_ns: event.ts_ns.saturating_sub(tw.allocated_ns),
-                time_wait_ns: Some(event.ts_ns.saturating_sub(tw.release.ts_ns)),
-            },
+        match self.unpark(event.cookie) {
+            Some((tw, release)) => {
+                self.forget_tuple(&release);
+                Outcome::Released {
+                    lifetime_ns: event.ts_ns.saturating_sub(tw.allocated_ns),
+                    time_wait_ns: Some(event.ts_ns.saturating_sub(tw.closed_ns)),
+                }
+            }
             None => Outcome::UnmatchedRelease,
         }
     }
 
-    fn park(&mut self, tw: TimeWait) {
-        let cookie = tw.release.cookie;
-        *self.parked_in.entry(tw.release.netns).or_default() += 1;
-        self.parked_explicit += usize::from(tw.release.explicit);
+    /// Parks `cookie`'s port; `tw.origin` is a reference taken for it.
+    fn park(&mut self, cookie: u64, tw: TimeWait) {
+        *self.parked_in.entry(tw.netns).or_default() += 1;
+        self.parked_explicit += usize::from(tw.explicit);
         self.checks.push(Reverse((tw.next_check_ns, cookie)));
         if let Some(old) = self.time_wait.insert(cookie, tw) {
             // The same cookie parked twice (not seen from the kernel): count it once.
             self.uncount(&old);
+            self.origins.release(old.origin);
         }
     }
 
-    fn unpark(&mut self, cookie: u64) -> Option<TimeWait> {
+    /// Takes `cookie`'s port out of TIME_WAIT: what was kept, and the release that parked it.
+    fn unpark(&mut self, cookie: u64) -> Option<(TimeWait, Event)> {
         let tw = self.time_wait.remove(&cookie)?;
         self.uncount(&tw);
-        Some(tw)
+        let release = self.origins.parked(&tw, cookie);
+        self.origins.release(tw.origin);
+        Some((tw, release?))
     }
 
     fn uncount(&mut self, tw: &TimeWait) {
-        self.parked_explicit -= usize::from(tw.release.explicit);
-        if let Entry::Occupied(mut n) = self.parked_in.entry(tw.release.netns) {
+        self.parked_explicit -= usize::from(tw.explicit);
+        if let Entry::Occupied(mut n) = self.parked_in.entry(tw.netns) {
             *n.get_mut() -= 1;
             if *n.get() == 0 {
                 n.remove();
@@ -486,7 +528,7 @@ impl Tracker {
     /// the release events that parked them (who, where, and the cookie to ask for), with how
     /// many are parked there. Each is due again at the next poll unless a check settles it
     /// first (`settle_time_wait`).
-    pub fn time_wait_due(&mut self, now_ns: u64) -> HashMap<u32, Parked<'_>> {
+    pub fn time_wait_due(&mut self, now_ns: u64) -> HashMap<u32, Parked> {
         if self.checks.len() > 2 * self.time_wait.len() + STALE_CHECKS {
             // Mostly entries of ports released since (taken over by a new connect(), say):
             // rebuilt from what is parked, so the heap stays the size of the parked set.
@@ -512,17 +554,20 @@ impl Tracker {
             self.checks.push(Reverse((tw.next_check_ns, cookie)));
             due.push(cookie);
         }
-        let mut by_netns: HashMap<u32, Parked<'_>> = HashMap::default();
+        let mut by_netns: HashMap<u32, Parked> = HashMap::default();
         for cookie in due {
             let Some(tw) = self.time_wait.get(&cookie) else {
                 continue;
             };
-            let netns = tw.release.netns;
+            let Some(release) = self.origins.parked(tw, cookie) else {
+                continue;
+            };
+            let netns = tw.netns;
             let parked = by_netns.entry(netns).or_insert_with(|| Parked {
                 count: self.parked_in.get(&netns).copied().unwrap_or(0),
                 due: Vec::new(),
             });
-            parked.due.push(&tw.release);
+            parked.due.push(release);
         }
         by_netns
     }
@@ -532,8 +577,8 @@ impl Tracker {
     pub fn time_wait_in(&self, namespaces: &HashSet<u32>) -> HashMap<u32, Vec<u64>> {
         let mut by_netns: HashMap<u32, Vec<u64>> = HashMap::default();
         for (cookie, tw) in &self.time_wait {
-            if namespaces.contains(&tw.release.netns) {
-                by_netns.entry(tw.release.netns).or_default().push(*cookie);
+            if namespaces.contains(&tw.netns) {
+                by_netns.entry(tw.netns).or_default().push(*cookie);
             }
         }
         by_netns
@@ -559,7 +604,7 @@ impl Tracker {
             let Some(tw) = self.time_wait.get_mut(cookie) else {
                 continue;
             };
-            let closed_ns = tw.release.ts_ns;
+            let closed_ns = tw.closed_ns;
             if present.contains(cookie) {
                 if !tw.seen {
                     tw.seen = true;
@@ -570,11 +615,10 @@ impl Tracker {
                 // load): due again at the next poll, as `time_wait_due` left it.
                 continue;
             }
-            let Some(tw) = self.unpark(*cookie) else {
+            let Some((tw, mut event)) = self.unpark(*cookie) else {
                 continue;
             };
-            self.forget_tuple(&tw.release);
-            let mut event = tw.release;
+            self.forget_tuple(&event);
             let outcome = if tw.seen {
                 event.ts_ns = now_ns.max(closed_ns);
                 Outcome::Released {
@@ -990,6 +1034,62 @@ mod tests {
         tracker.apply(&decode_raw(&raw).expect("decodes"));
         assert!(tracker.origins.slots.len() <= IDLE_ORIGINS + 2);
         assert_eq!(tracker.tracked().count(), 1);
+    }
+
+    /// A parked port keeps an origin id, not its release: the release comes back whole, as
+    /// the kernel sent it, to the watcher, to reconciliation and at its end; and the origins
+    /// it took are given back.
+    #[test]
+    fn a_parked_port_gives_back_its_release_whole() {
+        let mut tracker = Tracker::default();
+        let alloc = alloc();
+        tracker.apply(&alloc);
+        // A release whose who and where differ from the allocation's (another pid, say):
+        // it, not the allocation, is what was parked.
+        let mut raw = raw_connect();
+        raw.event = EVENT_RELEASE;
+        raw.ts_ns = 9_000;
+        raw.pid = 8;
+        raw.flags = FLAG_TIME_WAIT;
+        let parked = decode_raw(&raw).expect("decodes");
+        assert_eq!(tracker.apply(&parked).outcome, Outcome::EnteredTimeWait);
+        let due = tracker.time_wait_due(10_000);
+        assert_eq!(due[&parked.netns].due, vec![parked.clone()]);
+        let tracked: Vec<TrackedPort> = tracker.tracked().collect();
+        assert_eq!(
+            tracked,
+            vec![TrackedPort {
+                event: parked.clone(),
+                since_ns: alloc.ts_ns
+            }]
+        );
+        let mut held = Vec::new();
+        tracker.for_each_held(&mut |event, port| held.push((event.pid, port)));
+        assert_eq!(held, vec![(8, parked.port)]);
+
+        let released = tracker.settle_time_wait(&[parked.cookie], &HashSet::default(), 20_000);
+        let mut expected = parked.clone();
+        expected.ts_ns = 9_000; // never seen in TIME_WAIT: released at its close
+        assert_eq!(
+            released,
+            vec![(
+                expected,
+                Outcome::Released {
+                    lifetime_ns: 8_000,
+                    time_wait_ns: Some(0)
+                }
+            )]
+        );
+        assert_eq!(tracker.held(), 0);
+        assert!(
+            tracker
+                .origins
+                .slots
+                .iter()
+                .flatten()
+                .all(|(_, refs)| *refs == 0),
+            "every origin given back"
+        );
     }
 
     /// The fast path's comparison says what comparing whole templates says, field by field;
