@@ -109,7 +109,7 @@ impl TimeWaitWatcher {
             if parked.due.len() * DUMP_BREAK_EVEN >= parked.count {
                 dumps.insert(inode);
             } else {
-                let ids = parked.due.iter().map(|r| connection(r)).collect();
+                let ids = parked.due.iter().map(connection).collect();
                 let cookies = parked.due.iter().map(|r| r.cookie).collect();
                 plans.push((inode, Plan::Lookup { cookies, ids }));
             }

@@ -8,7 +8,7 @@ use foldhash::{HashMap, HashSet};
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, hash_map::Entry},
-    net::SocketAddr,
+    net::IpAddr,
 };
 
 use super::Outcome;
@@ -71,10 +71,10 @@ struct FourTuple {
 }
 
 fn four_tuple(event: &Event) -> FourTuple {
-    let words = |ip: std::net::IpAddr| {
+    let words = |ip: IpAddr| {
         let bits = match ip {
-            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
-            std::net::IpAddr::V6(v6) => v6.to_bits(),
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+            IpAddr::V6(v6) => v6.to_bits(),
         };
         ((bits >> 64) as u64, bits as u64)
     };
