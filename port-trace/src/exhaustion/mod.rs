@@ -13,6 +13,7 @@
 pub mod forecast;
 pub mod level;
 pub mod occupancy;
+mod port_counts;
 pub mod range;
 pub mod scope;
 pub mod warning;

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, hash_map::Entry};
 
 use super::{
     forecast::Pace,
+    port_counts::PortCounts,
     range::PortRange,
     scope::{Destination, Holder, Scope, ScopeKey, Usage},
 };
@@ -33,7 +34,7 @@ use crate::{
 /// here: the held sockets are walked when a warning or finding names them (`top_holders`).
 #[derive(Debug, Default)]
 struct Held {
-    ports: HashMap<u16, u32>,
+    ports: PortCounts,
     in_range: u32,
     /// Of `in_range`, those in the half connect() tries first.
     in_connect_half: u32,
@@ -42,9 +43,7 @@ struct Held {
 impl Held {
     /// Returns whether `port` was not held here before.
     fn add(&mut self, port: u16, range: &PortRange) -> bool {
-        let count = self.ports.entry(port).or_default();
-        *count += 1;
-        let new = *count == 1;
+        let new = self.ports.add(port);
         if new && range.contains(port) {
             self.in_range += 1;
             if range.tried_first(port) {
@@ -56,7 +55,7 @@ impl Held {
 
     /// Returns whether `port` is no longer held here.
     fn remove(&mut self, port: u16, range: &PortRange) -> bool {
-        let gone = decrement(&mut self.ports, &port);
+        let gone = self.ports.remove(port);
         if gone && range.contains(port) {
             self.in_range -= 1;
             if range.tried_first(port) {
@@ -67,34 +66,21 @@ impl Held {
     }
 
     fn contains(&self, port: u16) -> bool {
-        self.ports.contains_key(&port)
+        self.ports.contains(port)
     }
 
     fn recount(&mut self, range: &PortRange) {
-        self.in_range = self.ports.keys().filter(|p| range.contains(**p)).count() as u32;
+        self.in_range = self.ports.ports().filter(|p| range.contains(*p)).count() as u32;
         self.in_connect_half = self
             .ports
-            .keys()
-            .filter(|p| range.in_connect_half(**p))
+            .ports()
+            .filter(|p| range.in_connect_half(*p))
             .count() as u32;
     }
 
     fn is_empty(&self) -> bool {
         self.ports.is_empty()
     }
-}
-
-/// Counts one fewer of `key`; returns whether none is left.
-fn decrement<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u32>, key: &K) -> bool {
-    let Some(count) = map.get_mut(key) else {
-        return false;
-    };
-    *count -= 1;
-    if *count == 0 {
-        map.remove(key);
-        return true;
-    }
-    false
 }
 
 /// One destination's ports and the pace they are taken at, under one key: an event
@@ -239,8 +225,8 @@ impl ProtoSpace {
         let only_connected = self
             .connected
             .ports
-            .keys()
-            .filter(|p| range.contains(**p) && !self.exclusive.contains(**p))
+            .ports()
+            .filter(|p| range.contains(*p) && !self.exclusive.contains(*p))
             .count() as u32;
         self.used_in_range = self.exclusive.in_range + only_connected;
     }
