@@ -118,7 +118,7 @@ fn connect_exhaustion_is_warned_before_it_fails() {
     thread::sleep(Duration::from_millis(300));
     let (events, _) = tracer.stop();
     assert_eq!(
-        common::our_findings(&events),
+        common::our_findings_in(&events, netns),
         Vec::<String>::new(),
         "no finding names this workload"
     );
@@ -174,7 +174,7 @@ fn bind_exhaustion_is_warned_before_it_fails() {
     thread::sleep(Duration::from_millis(300));
     let (events, _) = tracer.stop();
     assert_eq!(
-        common::our_findings(&events),
+        common::our_findings_in(&events, netns),
         Vec::<String>::new(),
         "no finding names this workload"
     );
@@ -217,7 +217,7 @@ fn sockets_from_before_the_start_count_until_they_close() {
     // The snapshot cannot tell a port chosen by bind(0) from one asked for by number: its
     // listeners inside the range are named as such (truly: a connect() could have taken
     // them first), and nothing else.
-    let ours = common::our_findings(&events);
+    let ours = common::our_findings_in(&events, netns);
     assert!(
         ours.iter()
             .all(|f| f == "\"listener_in_range\" \"appeared\""),
@@ -278,12 +278,17 @@ fn explicit_binds_inside_the_range_shrink_what_connect_can_use() {
     let mut listeners: Vec<u64> = events
         .iter()
         .filter(|e| e["type"] == "finding" && e["kind"] == "listener_in_range")
+        .filter(|e| e["netns"].as_u64() == Some(netns))
         .filter(|e| e["who"]["pid"].as_u64() == Some(u64::from(std::process::id())))
         .filter_map(|e| e["evidence"]["port"].as_u64())
         .collect();
     listeners.sort_unstable();
     assert_eq!(listeners, [40_008, 40_009]);
-    assert_eq!(common::our_findings(&events).len(), 2, "{events:?}");
+    assert_eq!(
+        common::our_findings_in(&events, netns).len(),
+        2,
+        "{events:?}"
+    );
     drop(held);
 
     // The kernel left the two explicit ports out of connect()'s choice, and so does the model.

@@ -605,6 +605,22 @@ pub fn our_findings(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// `our_findings` in namespace `netns` alone: the tests of one binary run at once in one
+/// process, so another test's namespace may hold ports that name this pid too (its
+/// listeners inside the same tiny range, say).
+pub fn our_findings_in(events: &[Value], netns: u64) -> Vec<String> {
+    let pid = u64::from(std::process::id());
+    events
+        .iter()
+        .filter(|e| {
+            e["type"] == "finding"
+                && e["who"]["pid"].as_u64() == Some(pid)
+                && e["netns"].as_u64() == Some(netns)
+        })
+        .map(|e| format!("{} {}", e["kind"], e["state"]))
+        .collect()
+}
+
 /// The local port the kernel gave `socket` (getsockname: the ground truth).
 pub fn local_port(socket: &socket2::Socket) -> u16 {
     socket
