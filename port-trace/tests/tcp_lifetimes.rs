@@ -154,6 +154,7 @@ fn kernel_chosen_tcp_ports_are_reported_with_their_lifetimes() {
     if skip_unless_root("kernel_chosen_tcp_ports_are_reported_with_their_lifetimes") {
         return;
     }
+    let _alone = common::one_at_a_time();
     let tracer = Tracer::start(&[]);
     // The listeners' own ports come from bind(0): they are allocations too.
     let listener4 = TcpListener::bind(v4()).expect("listener");
@@ -210,6 +211,7 @@ fn explicitly_requested_ports_are_not_allocations() {
     if skip_unless_root("explicitly_requested_ports_are_not_allocations") {
         return;
     }
+    let _alone = common::one_at_a_time();
     let tracer = Tracer::start(&[]);
     // Ports below the default ephemeral range (32768-60999): the kernel never hands these
     // out, so any alloc naming them would be a misreport.
@@ -263,6 +265,7 @@ fn release_is_attributed_to_the_allocating_process_from_another_context() {
     if skip_unless_root("release_is_attributed_to_the_allocating_process_from_another_context") {
         return;
     }
+    let _alone = common::one_at_a_time();
     let tracer = Tracer::start(&[]);
     let listener = TcpListener::bind(v4()).expect("listener");
     let client = tcp(&v4());

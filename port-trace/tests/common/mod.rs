@@ -605,6 +605,16 @@ pub fn our_findings(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Held by the tests of one binary that watch every namespace for findings naming this pid
+/// while one of them holds a listener inside the host's range on purpose: they run one at a
+/// time (the tests of a binary run at once, in one process, so one's listener names the
+/// others' pid). A test that panicked leaves the lock usable.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `our_findings` in namespace `netns` alone: the tests of one binary run at once in one
 /// process, so another test's namespace may hold ports that name this pid too (its
 /// listeners inside the same tiny range, say).
