@@ -27,7 +27,8 @@ const STALE_CHECKS: usize = 4096;
 /// A port held by a TIME_WAIT socket: the release that parked it (at the full socket's
 /// close), as an `Origins` id and its time and port, and the allocation time. Compact, like
 /// `Open`: TIME_WAIT churn parks a minute of closes (800k at 14k closes/s), and a whole
-/// event each was 170 bytes a port and the daemon's cache misses in that churn.
+/// event each (128 bytes a port with the times, where this is 40) was the daemon's cache
+/// misses in that churn.
 #[derive(Debug, Clone, Copy)]
 struct TimeWait {
     closed_ns: u64,
@@ -55,7 +56,7 @@ pub struct Parked {
 /// A TCP connection's identity in the kernel's tables: (netns, local address and port,
 /// remote address and port). No two sockets share one, TIME_WAIT sockets included.
 ///
-/// Kept as five words, 40 bytes (two `SocketAddr`s took 72), and hashed as them: TIME_WAIT
+/// Kept as five words, 40 bytes (the namespace and two `SocketAddr`s took 68), and hashed as them: TIME_WAIT
 /// churn parks a minute of closes, and reading these keys was most of the tracker's cache
 /// misses there (the derived hash of two `SocketAddr`s, enum tags and byte slices, was most
 /// of its time before). An IPv4 address is kept in its IPv4-mapped IPv6 form, which is the
@@ -125,14 +126,15 @@ struct Open {
 /// event.
 #[derive(Debug, Default)]
 struct Origins {
-    /// Each origin and how many open sockets have it; None where the slot is free.
+    /// Each origin and how many sockets have it (open, or parked in TIME_WAIT); None where
+    /// the slot is free.
     slots: Vec<Option<(Event, u32)>>,
     ids: HashMap<Event, u32>,
     free: Vec<u32>,
-    /// Origins no open socket has: kept a while (the next allocation is likely the same),
+    /// Origins no socket has: kept a while (the next allocation is likely the same),
     /// swept when there are many.
     idle: usize,
-    /// The origins interned last, newest first: churn allocates from one origin over and
+    /// The last two origins interned anew or found by their hash: churn allocates from one over and
     /// over (and parks from one more), and comparing with them costs less than building,
     /// hashing and dropping a template.
     last: [Option<u32>; 2],
