@@ -597,10 +597,16 @@ impl Drop for Container {
 /// The findings (kind and state) that name this test process: a test whose workload causes
 /// none asserts this is empty (other tests' namespaces may raise their own range lints).
 pub fn our_findings(events: &[Value]) -> Vec<String> {
+    findings_naming_us(events, |_| true)
+}
+
+/// The findings (kind and state) that name this test process, of those `keep` keeps.
+fn findings_naming_us(events: &[Value], keep: impl Fn(&Value) -> bool) -> Vec<String> {
     let pid = u64::from(std::process::id());
     events
         .iter()
         .filter(|e| e["type"] == "finding" && e["who"]["pid"].as_u64() == Some(pid))
+        .filter(|e| keep(e))
         .map(|e| format!("{} {}", e["kind"], e["state"]))
         .collect()
 }
@@ -619,16 +625,7 @@ pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// process, so another test's namespace may hold ports that name this pid too (its
 /// listeners inside the same tiny range, say).
 pub fn our_findings_in(events: &[Value], netns: u64) -> Vec<String> {
-    let pid = u64::from(std::process::id());
-    events
-        .iter()
-        .filter(|e| {
-            e["type"] == "finding"
-                && e["who"]["pid"].as_u64() == Some(pid)
-                && e["netns"].as_u64() == Some(netns)
-        })
-        .map(|e| format!("{} {}", e["kind"], e["state"]))
-        .collect()
+    findings_naming_us(events, |e| e["netns"].as_u64() == Some(netns))
 }
 
 /// The local port the kernel gave `socket` (getsockname: the ground truth).
